@@ -1,0 +1,524 @@
+//! The [`Redis`] handle.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use redis::{Cmd, ConnectionLike, FromRedisValue, ToRedisArgs, Value};
+
+use crate::breaker::{Breaker, BreakerState, Transition};
+use crate::config::Config;
+use crate::error::{Delivery, Error, Result};
+use crate::pool::{self, Manager, PooledConnection, Shared};
+use crate::retry::{is_read_only_command, RetryPolicy};
+use crate::script::{self, Pipeline};
+use crate::stats::{self, Stats};
+
+/// Something that can become a [`Config`]: a `Config`, a [`ConfigBuilder`](crate::ConfigBuilder)
+/// or a URL.
+pub trait IntoConfig {
+    /// Converts into a validated configuration.
+    fn into_config(self) -> Result<Config>;
+}
+
+impl IntoConfig for Config {
+    fn into_config(self) -> Result<Config> {
+        Ok(self)
+    }
+}
+
+impl IntoConfig for crate::ConfigBuilder {
+    fn into_config(self) -> Result<Config> {
+        self.build()
+    }
+}
+
+impl IntoConfig for &str {
+    fn into_config(self) -> Result<Config> {
+        Config::from_url(self)
+    }
+}
+
+impl IntoConfig for String {
+    fn into_config(self) -> Result<Config> {
+        Config::from_url(&self)
+    }
+}
+
+impl IntoConfig for &String {
+    fn into_config(self) -> Result<Config> {
+        Config::from_url(self)
+    }
+}
+
+struct Inner {
+    config: Config,
+    pool: r2d2::Pool<Manager>,
+    shared: Arc<Shared>,
+    breaker: Breaker,
+}
+
+/// A pooled, thread-safe Redis client. Cheap to clone (an `Arc`); share it between threads.
+///
+/// Three ways to send commands, from the most convenient to the most controlled:
+///
+/// 1. **`redis::Commands` on the handle.** `Redis` implements [`redis::ConnectionLike`], so
+///    every `redis::Commands` method works on a `&mut Redis` (clone the handle to get one).
+///    Each command checks a connection out of the pool, passes the circuit breaker and is
+///    retried under the [`RetryPolicy`]. Errors come back as `redis::RedisError`; `?` into
+///    `redkit::Error` recovers the full classification (including pool timeouts and an open
+///    breaker).
+/// 2. **Typed calls**: [`Redis::query`], [`Redis::run`], [`Redis::pipeline`],
+///    [`Redis::transaction`] return `redkit::Result`.
+/// 3. **A checked-out connection**: [`Redis::conn`] for several commands in a row on one
+///    connection (no retries, no breaker), for example blocking commands.
+///
+/// ```no_run
+/// use redis::Commands;
+/// use redkit::Redis;
+///
+/// let redis = Redis::connect("redis://127.0.0.1/")?;
+///
+/// // 1. redis::Commands on a handle:
+/// let mut r = redis.clone();
+/// r.set::<_, _, ()>("greeting", "hello")?;
+/// let v: String = r.get("greeting")?;
+///
+/// // 2. typed calls:
+/// let n: i64 = redis.query(redis::cmd("INCR").arg("counter"))?;
+///
+/// // 3. a checked-out connection:
+/// let mut con = redis.conn()?;
+/// let len: usize = con.llen("queue")?;
+/// # Ok::<(), redkit::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Redis {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("config", &self.inner.config)
+            .field("breaker", &self.inner.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Creates a handle and checks that the server answers: a wrong address, password,
+    /// certificate or ACL user fails here with a typed error. The connection used for the
+    /// check is closed; the pool fills in the background.
+    pub fn connect(config: impl IntoConfig) -> Result<Redis> {
+        let redis = Redis::connect_lazy(config)?;
+        let manager = Manager::new(redis.inner.config.clone(), Arc::new(Shared::default()))?;
+        let mut raw = manager.open()?;
+        redis::cmd("PING")
+            .query::<()>(&mut raw.con)
+            .map_err(|e| Error::from_redis(e, Delivery::Unknown))?;
+        info!("redis at {}: connected", redis.inner.config.addr);
+        Ok(redis)
+    }
+
+    /// Creates a handle without touching the network. Connections open in the background
+    /// and on demand; a server that is down now is not an error until a command needs it.
+    pub fn connect_lazy(config: impl IntoConfig) -> Result<Redis> {
+        let config = config.into_config()?;
+        let shared = Arc::new(Shared::default());
+        let manager = Manager::new(config.clone(), shared.clone())?;
+        let threads = Arc::new(
+            scheduled_thread_pool::ScheduledThreadPool::builder()
+                .num_threads(2)
+                .thread_name_pattern("redkit-pool-{}")
+                .build(),
+        );
+        let pool = r2d2::Pool::builder()
+            .max_size(config.pool.max_size)
+            .min_idle(Some(config.pool.min_idle))
+            .idle_timeout(config.pool.idle_timeout)
+            .max_lifetime(config.pool.max_lifetime)
+            .connection_timeout(config.timeouts.checkout)
+            // Our `is_valid` is two atomic loads, not a PING.
+            .test_on_check_out(true)
+            .thread_pool(threads)
+            .error_handler(Box::new(pool::QuietErrors))
+            .event_handler(Box::new(pool::Events(shared.clone())))
+            .build_unchecked(manager);
+        Ok(Redis {
+            inner: Arc::new(Inner {
+                breaker: Breaker::new(config.breaker),
+                config,
+                pool,
+                shared,
+            }),
+        })
+    }
+
+    /// Creates a handle from the `REDIS_URL` environment variable (see [`Redis::connect`]).
+    pub fn from_env() -> Result<Redis> {
+        Redis::connect(Config::from_env()?)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The key with the configured prefix in front (the key itself when there is none).
+    pub fn key(&self, key: &str) -> String {
+        match &self.inner.config.key_prefix {
+            Some(prefix) => format!("{prefix}{key}"),
+            None => key.to_owned(),
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        stats::snapshot(
+            &self.inner.shared.counters,
+            self.inner.pool.state(),
+            self.inner.config.pool.max_size,
+            self.inner.breaker.state(),
+        )
+    }
+
+    /// The circuit breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
+    }
+
+    /// Checks a connection out of the pool, waiting at most the configured checkout timeout.
+    pub fn conn(&self) -> Result<PooledConnection> {
+        self.conn_timeout(self.inner.config.timeouts.checkout)
+    }
+
+    /// Checks a connection out of the pool, waiting at most `timeout`.
+    ///
+    /// Fails with [`Error::PoolTimeout`] when every connection stays busy, or with the last
+    /// connect error (connection refused, authentication, TLS...) when none could be opened.
+    pub fn conn_timeout(&self, timeout: Duration) -> Result<PooledConnection> {
+        self.checkout_quiet(timeout).inspect_err(|e| {
+            self.inner.shared.counters.error(e.class());
+        })
+    }
+
+    /// Checks out an idle connection if one is ready; never blocks.
+    pub fn try_conn(&self) -> Option<PooledConnection> {
+        self.inner.pool.try_get().map(|c| self.wrap(c))
+    }
+
+    fn wrap(&self, conn: r2d2::PooledConnection<Manager>) -> PooledConnection {
+        PooledConnection::new(
+            conn,
+            self.inner.shared.clone(),
+            self.inner.config.timeouts.response,
+        )
+    }
+
+    /// Runs one command and converts its reply. Retried only when it surely did not run, or
+    /// when it is a read-only command (see [`crate::retry`]).
+    pub fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        let read_only = cmd_is_read_only(cmd);
+        self.execute(read_only, |con| {
+            let packed = cmd.get_packed_command();
+            script::convert(con.exec_packed(&packed)?)
+        })
+    }
+
+    /// Like [`Redis::query`], but the caller declares the command idempotent: it is resent
+    /// even when its first attempt may have run.
+    pub fn query_idempotent<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        self.execute(true, |con| {
+            let packed = cmd.get_packed_command();
+            script::convert(con.exec_packed(&packed)?)
+        })
+    }
+
+    /// Runs a closure on a pooled connection, with the breaker and the retry policy. The
+    /// closure is run again only when its failure surely did not run anything on the server
+    /// (see [`Redis::run_idempotent`] otherwise).
+    pub fn run<T>(&self, f: impl FnMut(&mut PooledConnection) -> Result<T>) -> Result<T> {
+        self.execute(false, f)
+    }
+
+    /// Like [`Redis::run`], and the caller declares the closure idempotent: it is run again
+    /// even when an earlier attempt may have had effects.
+    pub fn run_idempotent<T>(
+        &self,
+        f: impl FnMut(&mut PooledConnection) -> Result<T>,
+    ) -> Result<T> {
+        self.execute(true, f)
+    }
+
+    /// Runs a [`Pipeline`] (plain or atomic, with scripts), with the breaker and the retry
+    /// policy (resent after an unknown fate only when every command is read-only).
+    pub fn pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T> {
+        self.execute(pipe.is_read_only(), |con| pipe.query(con))
+    }
+
+    /// An optimistic transaction: `WATCH`es `keys`, lets `build` read what it needs and fill
+    /// an atomic pipeline, then runs it with `MULTI`/`EXEC`. When a watched key changed in
+    /// the meantime the whole thing runs again, at most
+    /// [`transaction_attempts`](crate::ConfigBuilder::transaction_attempts) times, then fails
+    /// with [`Error::TransactionConflict`]. When `build` fails, the keys are `UNWATCH`ed
+    /// before the connection goes back to the pool.
+    ///
+    /// ```no_run
+    /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+    /// use redis::Commands;
+    /// let (new_balance,): (i64,) = redis.transaction(&["balance"], |con, pipe| {
+    ///     let balance: i64 = con.get::<_, Option<i64>>("balance")?.unwrap_or(0);
+    ///     pipe.cmd("SET").arg("balance").arg(balance + 10).ignore()
+    ///         .cmd("GET").arg("balance");
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), redkit::Error>(())
+    /// ```
+    pub fn transaction<K, T, F>(&self, keys: &[K], mut build: F) -> Result<T>
+    where
+        K: ToRedisArgs,
+        T: FromRedisValue,
+        F: FnMut(&mut PooledConnection, &mut Pipeline) -> Result<()>,
+    {
+        let attempts = self.inner.config.transaction_attempts;
+        self.execute(false, |con| {
+            for _ in 0..attempts {
+                let mut watch = redis::cmd("WATCH");
+                watch.arg(keys);
+                script::convert::<()>(con.exec_packed(&watch.get_packed_command())?)?;
+                let mut pipe = Pipeline::new();
+                pipe.atomic();
+                if let Err(e) = build(con, &mut pipe) {
+                    unwatch(con);
+                    return Err(e);
+                }
+                // EXEC (or EXECABORT) clears the WATCH in every outcome.
+                match pipe.query::<Option<T>>(con)? {
+                    Some(v) => return Ok(v),
+                    None => {
+                        self.inner
+                            .shared
+                            .counters
+                            .transaction_conflicts
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(Error::TransactionConflict { attempts })
+        })
+    }
+
+    /// The heart of every call: breaker, checkout, attempt, classification, retry.
+    fn execute<T>(
+        &self,
+        idempotent: bool,
+        mut op: impl FnMut(&mut PooledConnection) -> Result<T>,
+    ) -> Result<T> {
+        let policy: &RetryPolicy = &self.inner.config.retry;
+        let start = Instant::now();
+        let deadline = start + policy.max_elapsed;
+        let mut delays = None;
+        let mut attempt = 1;
+        loop {
+            match self.attempt(&mut op, deadline) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    if attempt < policy.max_attempts && RetryPolicy::is_retry_safe(&e, idempotent)
+                    {
+                        let delay = delays
+                            .get_or_insert_with(|| policy.backoff.delays())
+                            .next_delay();
+                        if Instant::now() + delay < deadline {
+                            log::debug!("retrying after {e} in {delay:?} (attempt {attempt})");
+                            std::thread::sleep(delay);
+                            attempt += 1;
+                            self.inner
+                                .shared
+                                .counters
+                                .retries
+                                .fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
+                    self.inner.shared.counters.error(e.class());
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn attempt<T>(
+        &self,
+        op: &mut impl FnMut(&mut PooledConnection) -> Result<T>,
+        deadline: Instant,
+    ) -> Result<T> {
+        let breaker = &self.inner.breaker;
+        let (admission, transition) = match breaker.admit(Instant::now()) {
+            Ok(a) => a,
+            Err(e) => {
+                self.inner
+                    .shared
+                    .counters
+                    .breaker_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        self.note(transition);
+        let checkout = self
+            .inner
+            .config
+            .timeouts
+            .checkout
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1));
+        let result = self.checkout_quiet(checkout).and_then(|mut con| op(&mut con));
+        let failed = matches!(&result, Err(e) if e.class().is_infrastructure());
+        let transition = breaker.record(admission, failed, Instant::now());
+        self.note(transition);
+        result
+    }
+
+    /// Checkout without counting the error (`execute` counts what reaches the caller).
+    fn checkout_quiet(&self, timeout: Duration) -> Result<PooledConnection> {
+        let c = &self.inner.shared.counters;
+        c.waiting.fetch_add(1, Ordering::Relaxed);
+        let got = self.inner.pool.get_timeout(timeout);
+        c.waiting.fetch_sub(1, Ordering::Relaxed);
+        match got {
+            Ok(conn) => Ok(self.wrap(conn)),
+            Err(_) => Err(match self.inner.shared.last_connect_error() {
+                Some(e) if self.inner.pool.state().idle_connections == 0 => e,
+                _ => Error::PoolTimeout { waited: timeout },
+            }),
+        }
+    }
+
+    fn note(&self, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        let addr = &self.inner.config.addr;
+        match t.to {
+            BreakerState::Open => {
+                self.inner
+                    .shared
+                    .counters
+                    .breaker_opened
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!("redis at {addr}: circuit breaker opened (was {:?})", t.from);
+            }
+            BreakerState::HalfOpen => info!("redis at {addr}: circuit breaker half-open, probing"),
+            BreakerState::Closed => info!("redis at {addr}: circuit breaker closed"),
+        }
+    }
+}
+
+fn unwatch(con: &mut PooledConnection) {
+    let r = con.exec_packed(&redis::cmd("UNWATCH").get_packed_command());
+    if let Err(e) = r.and_then(script::convert::<()>) {
+        // The connection keeps its WATCH: never hand it out again.
+        warn!("UNWATCH failed ({e}); closing the connection");
+        con.mark_broken();
+    }
+}
+
+fn cmd_is_read_only(cmd: &Cmd) -> bool {
+    cmd.args_iter()
+        .next()
+        .is_some_and(|a| matches!(a, redis::Arg::Simple(name) if is_read_only_command(name)))
+}
+
+/// The name of the first command in a packed RESP request (`*N\r\n$len\r\nNAME\r\n...`).
+fn packed_command_name(packed: &[u8]) -> Option<&[u8]> {
+    let rest = packed.strip_prefix(b"*")?;
+    let rest = &rest[rest.iter().position(|b| *b == b'\n')? + 1..];
+    let rest = rest.strip_prefix(b"$")?;
+    let nl = rest.iter().position(|b| *b == b'\n')?;
+    let len: usize = std::str::from_utf8(rest.get(..nl)?.strip_suffix(b"\r")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    rest.get(nl + 1..nl + 1 + len)
+}
+
+/// Every command name in a packed pipeline.
+fn packed_all_read_only(mut packed: &[u8]) -> bool {
+    while !packed.is_empty() {
+        let Some(name) = packed_command_name(packed) else {
+            return false;
+        };
+        if !is_read_only_command(name) {
+            return false;
+        }
+        // Skip this command: `*N\r\n` then N bulk strings.
+        let Some(next) = skip_command(packed) else {
+            return false;
+        };
+        packed = next;
+    }
+    true
+}
+
+fn skip_command(packed: &[u8]) -> Option<&[u8]> {
+    let line = |b: &[u8]| -> Option<(usize, usize)> {
+        let nl = b.iter().position(|c| *c == b'\n')?;
+        let n = std::str::from_utf8(b.get(1..nl)?.strip_suffix(b"\r")?).ok()?.parse().ok()?;
+        Some((n, nl + 1))
+    };
+    let (count, mut at) = line(packed)?;
+    for _ in 0..count {
+        let (len, hdr) = line(packed.get(at..)?)?;
+        at += hdr + len + 2;
+    }
+    packed.get(at..)
+}
+
+impl ConnectionLike for Redis {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<Value> {
+        let read_only = packed_command_name(cmd).is_some_and(is_read_only_command);
+        self.execute(read_only, |con| con.exec_packed(cmd))
+            .map_err(pool::to_redis_error)
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<Value>> {
+        let read_only = packed_all_read_only(cmd);
+        self.execute(read_only, |con| con.exec_pipeline(cmd, offset, count))
+            .map_err(pool::to_redis_error)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.config.db
+    }
+
+    fn check_connection(&mut self) -> bool {
+        self.query::<String>(&redis::cmd("PING")).is_ok()
+    }
+
+    fn is_open(&self) -> bool {
+        self.inner.breaker.state() != BreakerState::Open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_command_names_from_packed_requests() {
+        let get = redis::cmd("GET").arg("k").get_packed_command();
+        assert_eq!(packed_command_name(&get), Some(&b"GET"[..]));
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg("a").cmd("MGET").arg("b").arg("c");
+        assert!(packed_all_read_only(&pipe.get_packed_pipeline()));
+        pipe.cmd("INCR").arg("x");
+        assert!(!packed_all_read_only(&pipe.get_packed_pipeline()));
+        assert_eq!(packed_command_name(b"garbage"), None);
+        assert!(!packed_all_read_only(b"*1\r\n$3\r\nGE"));
+    }
+}

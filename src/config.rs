@@ -1,0 +1,1038 @@
+//! Configuration: a consuming builder validated into an immutable [`Config`], also parsed from
+//! a URL or from the `REDIS_URL` environment variable.
+//!
+//! ```
+//! use std::time::Duration;
+//! use redkit::{Config, Timeouts};
+//!
+//! // From a URL, with redkit's own query parameters:
+//! let config: Config = "redis://app:s3cret@127.0.0.1:6379/2?client_name=worker&response_timeout=250ms"
+//!     .parse()?;
+//! assert_eq!(config.db(), 2);
+//! // The password never shows:
+//! assert!(!format!("{config:?} {config}").contains("s3cret"));
+//!
+//! // With the builder:
+//! let config = Config::builder()
+//!     .host("127.0.0.1")
+//!     .port(6379)
+//!     .client_name("worker")
+//!     .timeouts(Timeouts::default().response(Duration::from_millis(250)))
+//!     .pool_max_size(32)
+//!     .build()?;
+//! # Ok::<(), redkit::Error>(())
+//! ```
+//!
+//! ## URL forms
+//! `redis://[user[:password]@]host[:port][/db][?params]`, `rediss://...` (TLS with the system
+//! roots; `rediss://...#insecure` skips verification) and `unix:///path/to/socket[?db=N]`.
+//! redkit reads these query parameters: `protocol` (`2`/`resp2`, `3`/`resp3`), `client_name`,
+//! `connect_timeout`, `response_timeout`, `write_timeout`, `checkout_timeout` (durations such as
+//! `250ms`, `2s`, or plain milliseconds), `pool_max_size`, `pool_min_idle`, `key_prefix`, and
+//! for unix sockets `db`, `user`, `pass`. Any other parameter is an error.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::breaker::BreakerConfig;
+use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
+
+/// A string that never shows in `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// Where the server is.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addr {
+    /// A TCP address.
+    Tcp {
+        /// Host name or IP address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// A unix domain socket.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Addr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Addr::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// The RESP protocol version.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// RESP2 (every Redis version).
+    #[default]
+    Resp2,
+    /// RESP3 (Redis 6 and later; negotiated with `HELLO 3`).
+    Resp3,
+}
+
+/// Every timeout, in one place. Each is a [`Duration`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub(crate) connect: Duration,
+    pub(crate) response: Duration,
+    pub(crate) write: Duration,
+    pub(crate) checkout: Duration,
+}
+
+impl Default for Timeouts {
+    /// Connect 2 s, response 3 s, write 3 s, pool checkout 3 s.
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            response: Duration::from_secs(3),
+            write: Duration::from_secs(3),
+            checkout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl Timeouts {
+    /// TCP connect plus TLS handshake plus connection set-up (AUTH, SELECT, CLIENT SETNAME).
+    /// Defaults to 2 s.
+    pub fn connect(mut self, d: Duration) -> Timeouts {
+        self.connect = d;
+        self
+    }
+
+    /// How long to wait for a reply (the socket read timeout). Defaults to 3 s. Blocking
+    /// commands (`BLPOP`, `XREAD BLOCK`...) need a longer one: see
+    /// [`PooledConnection::set_response_timeout`](crate::PooledConnection::set_response_timeout).
+    pub fn response(mut self, d: Duration) -> Timeouts {
+        self.response = d;
+        self
+    }
+
+    /// How long writing a command may block (the socket write timeout). Defaults to 3 s.
+    pub fn write(mut self, d: Duration) -> Timeouts {
+        self.write = d;
+        self
+    }
+
+    /// How long to wait for a pooled connection. Defaults to 3 s.
+    pub fn checkout(mut self, d: Duration) -> Timeouts {
+        self.checkout = d;
+        self
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect
+    }
+
+    /// The response (read) timeout.
+    pub fn response_timeout(&self) -> Duration {
+        self.response
+    }
+
+    /// The write timeout.
+    pub fn write_timeout(&self) -> Duration {
+        self.write
+    }
+
+    /// The pool checkout timeout.
+    pub fn checkout_timeout(&self) -> Duration {
+        self.checkout
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (setting, d) in [
+            ("timeouts.connect", self.connect),
+            ("timeouts.response", self.response),
+            ("timeouts.write", self.write),
+            ("timeouts.checkout", self.checkout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::config(setting, "must be greater than zero"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connection pool settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub(crate) max_size: u32,
+    pub(crate) min_idle: u32,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_lifetime: Option<Duration>,
+}
+
+impl Default for PoolConfig {
+    /// At most 16 connections, 1 kept idle, idle ones closed after 5 minutes, every connection
+    /// replaced after 30 minutes.
+    fn default() -> Self {
+        PoolConfig {
+            max_size: 16,
+            min_idle: 1,
+            idle_timeout: Some(Duration::from_secs(300)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// The most connections the pool opens.
+    pub fn max_size(&self) -> u32 {
+        self.max_size
+    }
+
+    /// How many idle connections the pool keeps ready.
+    pub fn min_idle(&self) -> u32 {
+        self.min_idle
+    }
+
+    /// After how long idle connections (above `min_idle`) are closed.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
+    }
+
+    /// After how long any connection is replaced.
+    pub fn max_lifetime(&self) -> Option<Duration> {
+        self.max_lifetime
+    }
+}
+
+/// TLS settings (through `native-tls`).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct TlsConfig {
+    pub(crate) insecure: bool,
+    pub(crate) ca_pem: Option<Vec<u8>>,
+    pub(crate) client_cert_pem: Option<Vec<u8>>,
+    pub(crate) client_key_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("insecure", &self.insecure)
+            .field("custom_ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.client_cert_pem.is_some())
+            .field(
+                "client_key",
+                &self.client_key_pem.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl TlsConfig {
+    /// Whether certificate verification is off.
+    pub fn is_insecure(&self) -> bool {
+        self.insecure
+    }
+
+    /// Whether a custom CA replaces the system roots.
+    pub fn has_custom_ca(&self) -> bool {
+        self.ca_pem.is_some()
+    }
+
+    /// Whether a client certificate is presented (mutual TLS).
+    pub fn has_client_certificate(&self) -> bool {
+        self.client_cert_pem.is_some()
+    }
+}
+
+/// The immutable, validated configuration of a [`Redis`](crate::Redis) handle.
+///
+/// Build one with [`Config::builder`], parse one from a URL (`"redis://...".parse()`), or read
+/// `REDIS_URL` with [`Config::from_env`]. `Debug` and `Display` never show the password or the
+/// TLS private key.
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) addr: Addr,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<Secret>,
+    pub(crate) db: i64,
+    pub(crate) client_name: Option<String>,
+    pub(crate) protocol: Protocol,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) pool: PoolConfig,
+    pub(crate) key_prefix: Option<String>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) breaker: BreakerConfig,
+    pub(crate) tls: Option<TlsConfig>,
+    pub(crate) transaction_attempts: u32,
+}
+
+impl Config {
+    /// A builder with every default: `127.0.0.1:6379`, db 0, RESP2, no TLS.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// Parses a URL (see the [module docs](crate::config) for the forms and parameters).
+    pub fn from_url(url: &str) -> Result<Config> {
+        ConfigBuilder::from_url(url)?.build()
+    }
+
+    /// Reads the `REDIS_URL` environment variable.
+    pub fn from_env() -> Result<Config> {
+        ConfigBuilder::from_env()?.build()
+    }
+
+    /// A builder that starts from this configuration.
+    pub fn to_builder(&self) -> ConfigBuilder {
+        ConfigBuilder {
+            config: self.clone(),
+            tls_files: TlsFiles::default(),
+        }
+    }
+
+    /// Where the server is.
+    pub fn addr(&self) -> &Addr {
+        &self.addr
+    }
+
+    /// The ACL user name, if any.
+    pub fn username(&self) -> Option<&str> {
+        self.username.as_deref()
+    }
+
+    /// Whether a password is set (the password itself is not readable back).
+    pub fn has_password(&self) -> bool {
+        self.password.is_some()
+    }
+
+    /// The database number.
+    pub fn db(&self) -> i64 {
+        self.db
+    }
+
+    /// The client name sent with `CLIENT SETNAME` on every new connection.
+    pub fn client_name(&self) -> Option<&str> {
+        self.client_name.as_deref()
+    }
+
+    /// The protocol version.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The timeouts.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// The pool settings.
+    pub fn pool(&self) -> &PoolConfig {
+        &self.pool
+    }
+
+    /// The key prefix used by [`Redis::key`](crate::Redis::key) and redkit's helpers.
+    pub fn key_prefix(&self) -> Option<&str> {
+        self.key_prefix.as_deref()
+    }
+
+    /// The retry policy.
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// The circuit breaker settings.
+    pub fn breaker(&self) -> &BreakerConfig {
+        &self.breaker
+    }
+
+    /// The TLS settings, when TLS is on.
+    pub fn tls(&self) -> Option<&TlsConfig> {
+        self.tls.as_ref()
+    }
+
+    /// How many times [`Redis::transaction`](crate::Redis::transaction) runs its closure when
+    /// watched keys keep changing.
+    pub fn transaction_attempts(&self) -> u32 {
+        self.transaction_attempts
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("db", &self.db)
+            .field("client_name", &self.client_name)
+            .field("protocol", &self.protocol)
+            .field("timeouts", &self.timeouts)
+            .field("pool", &self.pool)
+            .field("key_prefix", &self.key_prefix)
+            .field("retry", &self.retry)
+            .field("breaker", &self.breaker)
+            .field("tls", &self.tls)
+            .field("transaction_attempts", &self.transaction_attempts)
+            .finish()
+    }
+}
+
+impl fmt::Display for Config {
+    /// A URL-like summary with the password redacted, for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match (&self.addr, &self.tls) {
+            (Addr::Unix(_), _) => "unix",
+            (_, Some(_)) => "rediss",
+            _ => "redis",
+        };
+        write!(f, "{scheme}://")?;
+        match (&self.username, &self.password) {
+            (Some(u), Some(_)) => write!(f, "{u}:***@")?,
+            (Some(u), None) => write!(f, "{u}@")?,
+            (None, Some(_)) => f.write_str(":***@")?,
+            (None, None) => {}
+        }
+        match &self.addr {
+            Addr::Unix(p) => write!(f, "{}?db={}", p.display(), self.db),
+            addr => write!(f, "{addr}/{}", self.db),
+        }
+    }
+}
+
+impl FromStr for Config {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Config> {
+        Config::from_url(s)
+    }
+}
+
+#[derive(Clone, Default)]
+struct TlsFiles {
+    ca: Option<PathBuf>,
+    client: Option<(PathBuf, PathBuf)>,
+}
+
+/// Builds a [`Config`]. Every setter consumes and returns the builder; [`ConfigBuilder::build`]
+/// validates everything and says which setting is wrong and why.
+#[derive(Clone)]
+pub struct ConfigBuilder {
+    config: Config,
+    tls_files: TlsFiles,
+}
+
+impl fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ConfigBuilder {
+    fn default() -> Self {
+        ConfigBuilder {
+            config: Config {
+                addr: Addr::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: 6379,
+                },
+                username: None,
+                password: None,
+                db: 0,
+                client_name: None,
+                protocol: Protocol::Resp2,
+                timeouts: Timeouts::default(),
+                pool: PoolConfig::default(),
+                key_prefix: None,
+                retry: RetryPolicy::default(),
+                breaker: BreakerConfig::default(),
+                tls: None,
+                transaction_attempts: 5,
+            },
+            tls_files: TlsFiles::default(),
+        }
+    }
+}
+
+impl ConfigBuilder {
+    /// Starts from a URL (see the [module docs](crate::config)).
+    pub fn from_url(url: &str) -> Result<ConfigBuilder> {
+        parse_url(url)
+    }
+
+    /// Starts from the `REDIS_URL` environment variable.
+    pub fn from_env() -> Result<ConfigBuilder> {
+        match std::env::var("REDIS_URL") {
+            Ok(url) => parse_url(&url).map_err(|e| match e {
+                Error::Config { reason, .. } => Error::config("REDIS_URL", reason),
+                other => other,
+            }),
+            Err(std::env::VarError::NotPresent) => {
+                Err(Error::config("REDIS_URL", "the environment variable is not set"))
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(Error::config("REDIS_URL", "the environment variable is not valid UTF-8"))
+            }
+        }
+    }
+
+    /// The host name or IP address. Defaults to `127.0.0.1`.
+    pub fn host(mut self, host: impl Into<String>) -> ConfigBuilder {
+        let port = match &self.config.addr {
+            Addr::Tcp { port, .. } => *port,
+            Addr::Unix(_) => 6379,
+        };
+        self.config.addr = Addr::Tcp {
+            host: host.into(),
+            port,
+        };
+        self
+    }
+
+    /// The TCP port. Defaults to 6379.
+    pub fn port(mut self, port: u16) -> ConfigBuilder {
+        let host = match &self.config.addr {
+            Addr::Tcp { host, .. } => host.clone(),
+            Addr::Unix(_) => "127.0.0.1".into(),
+        };
+        self.config.addr = Addr::Tcp { host, port };
+        self
+    }
+
+    /// Connect through a unix domain socket instead of TCP. Defaults to TCP.
+    pub fn unix_socket(mut self, path: impl AsRef<Path>) -> ConfigBuilder {
+        self.config.addr = Addr::Unix(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// The ACL user name. Defaults to none (the `default` user).
+    pub fn username(mut self, username: impl Into<String>) -> ConfigBuilder {
+        self.config.username = Some(username.into());
+        self
+    }
+
+    /// The password. Defaults to none. It never appears in `Debug`, `Display`, logs or errors.
+    pub fn password(mut self, password: impl Into<String>) -> ConfigBuilder {
+        self.config.password = Some(Secret(password.into()));
+        self
+    }
+
+    /// The database number (`SELECT`). Defaults to 0.
+    pub fn db(mut self, db: i64) -> ConfigBuilder {
+        self.config.db = db;
+        self
+    }
+
+    /// A name sent with `CLIENT SETNAME` on every new connection, visible in `CLIENT LIST`.
+    /// Defaults to none.
+    pub fn client_name(mut self, name: impl Into<String>) -> ConfigBuilder {
+        self.config.client_name = Some(name.into());
+        self
+    }
+
+    /// The protocol version. Defaults to [`Protocol::Resp2`].
+    pub fn protocol(mut self, protocol: Protocol) -> ConfigBuilder {
+        self.config.protocol = protocol;
+        self
+    }
+
+    /// All timeouts at once. Defaults to [`Timeouts::default`].
+    pub fn timeouts(mut self, timeouts: Timeouts) -> ConfigBuilder {
+        self.config.timeouts = timeouts;
+        self
+    }
+
+    /// The most connections the pool opens. Defaults to 16.
+    pub fn pool_max_size(mut self, n: u32) -> ConfigBuilder {
+        self.config.pool.max_size = n;
+        self
+    }
+
+    /// How many idle connections the pool keeps open. Defaults to 1.
+    pub fn pool_min_idle(mut self, n: u32) -> ConfigBuilder {
+        self.config.pool.min_idle = n;
+        self
+    }
+
+    /// Close idle connections (above `min_idle`) after this long; `None` keeps them. Defaults
+    /// to 5 minutes.
+    pub fn pool_idle_timeout(mut self, d: Option<Duration>) -> ConfigBuilder {
+        self.config.pool.idle_timeout = d;
+        self
+    }
+
+    /// Replace every connection after this long; `None` keeps them. Defaults to 30 minutes.
+    pub fn pool_max_lifetime(mut self, d: Option<Duration>) -> ConfigBuilder {
+        self.config.pool.max_lifetime = d;
+        self
+    }
+
+    /// A prefix for keys made with [`Redis::key`](crate::Redis::key) and by redkit's helpers.
+    /// Defaults to none.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> ConfigBuilder {
+        self.config.key_prefix = Some(prefix.into());
+        self
+    }
+
+    /// The retry policy. Defaults to [`RetryPolicy::default`].
+    pub fn retry(mut self, retry: RetryPolicy) -> ConfigBuilder {
+        self.config.retry = retry;
+        self
+    }
+
+    /// The circuit breaker. Defaults to [`BreakerConfig::default`].
+    pub fn breaker(mut self, breaker: BreakerConfig) -> ConfigBuilder {
+        self.config.breaker = breaker;
+        self
+    }
+
+    /// How many attempts [`Redis::transaction`](crate::Redis::transaction) makes while watched
+    /// keys keep changing. Defaults to 5.
+    pub fn transaction_attempts(mut self, n: u32) -> ConfigBuilder {
+        self.config.transaction_attempts = n;
+        self
+    }
+
+    /// Turns TLS on (verifying the server against the system roots). Defaults to off.
+    pub fn tls(mut self) -> ConfigBuilder {
+        self.config.tls.get_or_insert_with(TlsConfig::default);
+        self
+    }
+
+    /// Turns TLS on and trusts this CA (PEM) instead of the system roots.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> ConfigBuilder {
+        self.config.tls.get_or_insert_with(TlsConfig::default).ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Turns TLS on and trusts the CA in this PEM file (read by `build`).
+    pub fn tls_ca_file(mut self, path: impl AsRef<Path>) -> ConfigBuilder {
+        self.config.tls.get_or_insert_with(TlsConfig::default);
+        self.tls_files.ca = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Turns TLS on and presents this client certificate (PEM) and PKCS#8 key (PEM): mutual TLS.
+    pub fn tls_client_identity_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> ConfigBuilder {
+        let tls = self.config.tls.get_or_insert_with(TlsConfig::default);
+        tls.client_cert_pem = Some(cert.into());
+        tls.client_key_pem = Some(key.into());
+        self
+    }
+
+    /// Like [`ConfigBuilder::tls_client_identity_pem`], from files (read by `build`).
+    pub fn tls_client_identity_files(
+        mut self,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> ConfigBuilder {
+        self.config.tls.get_or_insert_with(TlsConfig::default);
+        self.tls_files.client = Some((cert.as_ref().to_path_buf(), key.as_ref().to_path_buf()));
+        self
+    }
+
+    /// Turns TLS on **without verifying the server's certificate or host name**. Only for
+    /// tests and trusted networks; every connection logs a warning.
+    pub fn tls_insecure(mut self) -> ConfigBuilder {
+        self.config.tls.get_or_insert_with(TlsConfig::default).insecure = true;
+        self
+    }
+
+    /// Validates and returns the configuration.
+    pub fn build(self) -> Result<Config> {
+        let ConfigBuilder {
+            mut config,
+            tls_files,
+        } = self;
+        if let Some(tls) = config.tls.as_mut() {
+            if let Some(path) = &tls_files.ca {
+                tls.ca_pem = Some(read_file("tls.ca_file", path)?);
+            }
+            if let Some((cert, key)) = &tls_files.client {
+                tls.client_cert_pem = Some(read_file("tls.client_cert_file", cert)?);
+                tls.client_key_pem = Some(read_file("tls.client_key_file", key)?);
+            }
+        }
+        validate(&config)?;
+        Ok(config)
+    }
+}
+
+fn read_file(setting: &'static str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| Error::config(setting, format!("cannot read {}: {e}", path.display())))
+}
+
+fn validate(c: &Config) -> Result<()> {
+    match &c.addr {
+        Addr::Tcp { host, .. } if host.is_empty() => {
+            return Err(Error::config("host", "must not be empty"))
+        }
+        Addr::Tcp { host, .. } if host == "0.0.0.0" || host == "::" => {
+            return Err(Error::config(
+                "host",
+                format!("`{host}` is a wildcard address, not one to connect to"),
+            ))
+        }
+        Addr::Tcp { port: 0, .. } => return Err(Error::config("port", "must not be 0")),
+        Addr::Unix(p) if p.as_os_str().is_empty() => {
+            return Err(Error::config("unix_socket", "path must not be empty"))
+        }
+        Addr::Unix(_) if c.tls.is_some() => {
+            return Err(Error::config("tls", "TLS is not available over a unix socket"))
+        }
+        _ => {}
+    }
+    if c.db < 0 {
+        return Err(Error::config("db", format!("must not be negative, got {}", c.db)));
+    }
+    if c.username.is_some() && c.password.is_none() {
+        return Err(Error::config("password", "a username needs a password"));
+    }
+    if let Some(name) = &c.client_name {
+        if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(Error::config(
+                "client_name",
+                "must be non-empty without spaces, newlines or control characters (a Redis rule)",
+            ));
+        }
+    }
+    c.timeouts.validate()?;
+    if c.pool.max_size == 0 {
+        return Err(Error::config("pool.max_size", "must be at least 1"));
+    }
+    if c.pool.min_idle > c.pool.max_size {
+        return Err(Error::config(
+            "pool.min_idle",
+            format!(
+                "({}) must not exceed pool.max_size ({})",
+                c.pool.min_idle, c.pool.max_size
+            ),
+        ));
+    }
+    for (setting, d) in [
+        ("pool.idle_timeout", c.pool.idle_timeout),
+        ("pool.max_lifetime", c.pool.max_lifetime),
+    ] {
+        if d.is_some_and(|d| d.is_zero()) {
+            return Err(Error::config(setting, "must be greater than zero (or None)"));
+        }
+    }
+    if c.transaction_attempts == 0 {
+        return Err(Error::config("transaction_attempts", "must be at least 1"));
+    }
+    c.retry.validate()?;
+    c.breaker.validate()?;
+    if let Some(tls) = &c.tls {
+        if let Some(ca) = &tls.ca_pem {
+            native_tls::Certificate::from_pem(ca)
+                .map_err(|e| Error::config("tls.ca", format!("not a PEM certificate: {e}")))?;
+        }
+        match (&tls.client_cert_pem, &tls.client_key_pem) {
+            (Some(cert), Some(key)) => {
+                native_tls::Identity::from_pkcs8(cert, key).map_err(|e| {
+                    Error::config(
+                        "tls.client_identity",
+                        format!("certificate and PKCS#8 key (PEM) do not load: {e}"),
+                    )
+                })?;
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::config(
+                    "tls.client_identity",
+                    "needs both a certificate and a key",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses a duration: `250ms`, `2s`, `1m`, `500us`, or plain milliseconds.
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "" | "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "us" => Some(Duration::from_micros(n)),
+        _ => None,
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn parse_url(url: &str) -> Result<ConfigBuilder> {
+    use redis::IntoConnectionInfo;
+
+    // Never echo the URL: it may hold a password.
+    let info = url.into_connection_info().map_err(|e| {
+        let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+        // The `redis` crate's messages name the problem, never the password.
+        Error::config("url", format!("{}{detail}", redact_redis_message(&e)))
+    })?;
+    let mut b = ConfigBuilder::default();
+    let mut tls_insecure = false;
+    b.config.addr = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => Addr::Tcp {
+            host: host.clone(),
+            port: *port,
+        },
+        redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure,
+            ..
+        } => {
+            b = b.tls();
+            tls_insecure = *insecure;
+            Addr::Tcp {
+                host: host.clone(),
+                port: *port,
+            }
+        }
+        redis::ConnectionAddr::Unix(path) => Addr::Unix(path.clone()),
+        _ => return Err(Error::config("url", "unsupported address kind")),
+    };
+    if tls_insecure {
+        b = b.tls_insecure();
+    }
+    let rs = info.redis_settings();
+    b.config.username = rs.username().map(str::to_owned);
+    b.config.password = rs.password().map(|p| Secret(p.to_owned()));
+    b.config.db = rs.db();
+    b.config.protocol = match rs.protocol() {
+        redis::ProtocolVersion::RESP3 => Protocol::Resp3,
+        _ => Protocol::Resp2,
+    };
+
+    let query = url
+        .split_once('?')
+        .map(|(_, q)| q.split_once('#').map_or(q, |(q, _)| q))
+        .unwrap_or("");
+    let is_unix = matches!(b.config.addr, Addr::Unix(_));
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v)
+            .ok_or_else(|| Error::config("url", format!("parameter `{k}` is not valid UTF-8")))?;
+        let duration = |setting: &'static str| {
+            parse_duration(&v).ok_or_else(|| {
+                Error::config(setting, format!("`{v}` is not a duration such as 250ms or 2s"))
+            })
+        };
+        let number = |setting: &'static str| {
+            v.parse::<u32>()
+                .map_err(|_| Error::config(setting, format!("`{v}` is not a whole number")))
+        };
+        match k {
+            "protocol" => {}
+            "db" | "user" | "pass" if is_unix => {}
+            "client_name" => b.config.client_name = Some(v.clone()),
+            "key_prefix" => b.config.key_prefix = Some(v.clone()),
+            "connect_timeout" => b.config.timeouts.connect = duration("timeouts.connect")?,
+            "response_timeout" => b.config.timeouts.response = duration("timeouts.response")?,
+            "write_timeout" => b.config.timeouts.write = duration("timeouts.write")?,
+            "checkout_timeout" => b.config.timeouts.checkout = duration("timeouts.checkout")?,
+            "pool_max_size" => b.config.pool.max_size = number("pool.max_size")?,
+            "pool_min_idle" => b.config.pool.min_idle = number("pool.min_idle")?,
+            other => {
+                return Err(Error::config(
+                    "url",
+                    format!("unknown parameter `{other}`"),
+                ))
+            }
+        }
+    }
+    Ok(b)
+}
+
+fn redact_redis_message(e: &redis::RedisError) -> String {
+    // `RedisError`'s description is a fixed string chosen by the crate (for example "Redis URL
+    // did not parse" or "Invalid database number"); it never includes the input.
+    match e.kind() {
+        redis::ErrorKind::InvalidClientConfig => e.category().to_owned(),
+        _ => "not a valid redis URL".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_url() {
+        let c: Config = "redis://alice:p%40ss@example.com:6380/3?protocol=3&client_name=w1&connect_timeout=250ms&response_timeout=2s&pool_max_size=8&pool_min_idle=2&key_prefix=app:"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            c.addr(),
+            &Addr::Tcp {
+                host: "example.com".into(),
+                port: 6380
+            }
+        );
+        assert_eq!(c.username(), Some("alice"));
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("p@ss"));
+        assert_eq!(c.db(), 3);
+        assert_eq!(c.protocol(), Protocol::Resp3);
+        assert_eq!(c.client_name(), Some("w1"));
+        assert_eq!(c.timeouts().connect_timeout(), Duration::from_millis(250));
+        assert_eq!(c.timeouts().response_timeout(), Duration::from_secs(2));
+        assert_eq!(c.pool().max_size(), 8);
+        assert_eq!(c.pool().min_idle(), 2);
+        assert_eq!(c.key_prefix(), Some("app:"));
+        assert!(c.tls().is_none());
+    }
+
+    #[test]
+    fn parses_tls_and_unix() {
+        let c: Config = "rediss://h:1/0".parse().unwrap();
+        assert!(c.tls().is_some_and(|t| !t.is_insecure()));
+        let c: Config = "rediss://h:1/0#insecure".parse().unwrap();
+        assert!(c.tls().is_some_and(|t| t.is_insecure()));
+        let c: Config = "unix:///tmp/redis.sock?db=2".parse().unwrap();
+        assert_eq!(c.addr(), &Addr::Unix("/tmp/redis.sock".into()));
+        assert_eq!(c.db(), 2);
+    }
+
+    #[test]
+    fn rejects_bad_urls_without_leaking() {
+        for bad in [
+            "http://u:hunter2@h/0",
+            "redis://u:hunter2@h/notanumber",
+            "redis://u:hunter2@h/0?bogus=1",
+            "redis://u:hunter2@h/0?connect_timeout=soon",
+            "redis://u:hunter2@0.0.0.0/0",
+            "not a url hunter2",
+        ] {
+            let e = bad.parse::<Config>().unwrap_err();
+            assert_eq!(e.class(), crate::ErrorClass::Config, "{bad}");
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("hunter2"), "{bad} leaked: {shown}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let cases = [
+            (Config::builder().pool_max_size(0), "pool.max_size"),
+            (
+                Config::builder().pool_max_size(2).pool_min_idle(3),
+                "pool.min_idle",
+            ),
+            (
+                Config::builder().timeouts(Timeouts::default().connect(Duration::ZERO)),
+                "timeouts.connect",
+            ),
+            (Config::builder().port(0), "port"),
+            (Config::builder().db(-1), "db"),
+            (Config::builder().client_name("has space"), "client_name"),
+            (Config::builder().username("u"), "password"),
+            (
+                Config::builder().retry(RetryPolicy::default().max_attempts(0)),
+                "retry.max_attempts",
+            ),
+            (
+                Config::builder().breaker(BreakerConfig::default().consecutive_failures(0)),
+                "breaker.consecutive_failures",
+            ),
+            (Config::builder().tls_ca_pem(b"junk".to_vec()), "tls.ca"),
+            (
+                Config::builder().tls_ca_file("/nonexistent/ca.pem"),
+                "tls.ca_file",
+            ),
+            (
+                Config::builder().unix_socket("/tmp/s").tls(),
+                "tls",
+            ),
+        ];
+        for (builder, setting) in cases {
+            match builder.build() {
+                Err(Error::Config { setting: s, .. }) => assert_eq!(s, setting),
+                other => panic!("{setting}: expected a config error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = Config::builder()
+            .username("bob")
+            .password("hunter2")
+            .build()
+            .unwrap();
+        let shown = format!("{c:?} {c} {:?}", c.to_builder());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>") && shown.contains("***"));
+        let tls = TlsConfig {
+            client_key_pem: Some(b"PRIVATE KEY".to_vec()),
+            ..TlsConfig::default()
+        };
+        assert!(!format!("{tls:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("100"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_duration("5h"), None);
+    }
+
+    #[test]
+    fn env_missing_is_a_config_error() {
+        // Only checks the error shape when the variable is absent in this process.
+        if std::env::var_os("REDIS_URL").is_none() {
+            let e = Config::from_env().unwrap_err();
+            assert!(matches!(e, Error::Config { setting: "REDIS_URL", .. }));
+        }
+    }
+}

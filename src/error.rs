@@ -1,0 +1,520 @@
+//! The one error type of redkit and its classification.
+//!
+//! Every failure is an [`Error`]. Its [`ErrorClass`] says what kind of trouble it is (connection,
+//! timeout, authentication, ...) and is derived from the `redis` crate's own error kind, server
+//! error code and I/O error kind, never from message text. Its [`Delivery`] says whether the
+//! command may have reached the server, which is what decides whether resending it is safe.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+/// The result type of redkit.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What kind of failure an [`Error`] is.
+///
+/// Counts of errors per class are kept in [`Stats`](crate::Stats).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The connection could not be made, or broke (refused, reset, closed, end of stream).
+    Connection,
+    /// A connect, read or write timed out.
+    Timeout,
+    /// Authentication failed (wrong password or user, `NOAUTH`).
+    Auth,
+    /// The authenticated user lacks an ACL permission (`NOPERM`).
+    Permission,
+    /// The server is temporarily unable to serve: `LOADING`, `BUSY` (a script runs), `TRYAGAIN`,
+    /// `MASTERDOWN`, `CLUSTERDOWN`.
+    Busy,
+    /// A write reached a replica (`READONLY`), typically after a failover.
+    ReadOnly,
+    /// A cluster redirection (`MOVED`, `ASK`).
+    ClusterRedirect,
+    /// A script is not loaded on the server (`NOSCRIPT`).
+    Script,
+    /// The server rejected the command: `ERR`, `WRONGTYPE`, `CROSSSLOT`, `EXECABORT`, a failing
+    /// script, or any other error reply.
+    Command,
+    /// The reply could not be converted into the requested Rust type.
+    Conversion,
+    /// The server sent bytes that are not valid RESP.
+    Protocol,
+    /// TLS could not be set up: handshake failure, untrusted certificate, wrong hostname, bad key.
+    Tls,
+    /// No pooled connection became available within the checkout timeout.
+    PoolTimeout,
+    /// The circuit breaker is open: the call failed fast without touching the network.
+    CircuitOpen,
+    /// A transaction kept conflicting with other writers (`WATCH`) until its retry cap.
+    TransactionConflict,
+    /// Invalid configuration (a setting, a URL, certificates that do not parse).
+    Config,
+    /// Anything else (sentinel or cluster topology errors, client-side errors).
+    Other,
+}
+
+impl ErrorClass {
+    /// Every class, in a stable order (used for per-class counters).
+    pub const ALL: [ErrorClass; 17] = [
+        ErrorClass::Connection,
+        ErrorClass::Timeout,
+        ErrorClass::Auth,
+        ErrorClass::Permission,
+        ErrorClass::Busy,
+        ErrorClass::ReadOnly,
+        ErrorClass::ClusterRedirect,
+        ErrorClass::Script,
+        ErrorClass::Command,
+        ErrorClass::Conversion,
+        ErrorClass::Protocol,
+        ErrorClass::Tls,
+        ErrorClass::PoolTimeout,
+        ErrorClass::CircuitOpen,
+        ErrorClass::TransactionConflict,
+        ErrorClass::Config,
+        ErrorClass::Other,
+    ];
+
+    pub(crate) fn index(self) -> usize {
+        ErrorClass::ALL
+            .iter()
+            .position(|c| *c == self)
+            .unwrap_or(ErrorClass::ALL.len() - 1)
+    }
+
+    /// A short lower-case name, stable for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Connection => "connection",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Auth => "auth",
+            ErrorClass::Permission => "permission",
+            ErrorClass::Busy => "busy",
+            ErrorClass::ReadOnly => "read_only",
+            ErrorClass::ClusterRedirect => "cluster_redirect",
+            ErrorClass::Script => "script",
+            ErrorClass::Command => "command",
+            ErrorClass::Conversion => "conversion",
+            ErrorClass::Protocol => "protocol",
+            ErrorClass::Tls => "tls",
+            ErrorClass::PoolTimeout => "pool_timeout",
+            ErrorClass::CircuitOpen => "circuit_open",
+            ErrorClass::TransactionConflict => "transaction_conflict",
+            ErrorClass::Config => "config",
+            ErrorClass::Other => "other",
+        }
+    }
+
+    /// Whether a later attempt may succeed (the trouble is transient).
+    ///
+    /// This says nothing about whether resending is *safe*: see [`Error::delivery`].
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Connection
+                | ErrorClass::Timeout
+                | ErrorClass::Busy
+                | ErrorClass::ReadOnly
+                | ErrorClass::PoolTimeout
+                | ErrorClass::CircuitOpen
+                | ErrorClass::TransactionConflict
+        )
+    }
+
+    /// Whether this class says the server or the path to it is unhealthy (it counts against
+    /// the circuit breaker). Command errors, type errors and the like do not.
+    pub(crate) fn is_infrastructure(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Connection
+                | ErrorClass::Timeout
+                | ErrorClass::Busy
+                | ErrorClass::PoolTimeout
+                | ErrorClass::Protocol
+        )
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How far a failed command got: the fact that decides whether resending it is safe.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The command surely did not run: no connection, the breaker was open, or writing it
+    /// failed before it was complete.
+    NotSent,
+    /// The command was written but no reply came (a read timeout, a dropped connection): it
+    /// may or may not have run. Resending a non-idempotent command here could apply it twice.
+    Unknown,
+    /// The server answered (with an error reply).
+    Answered,
+}
+
+/// Every failure of redkit.
+///
+/// Use [`Error::class`] to tell failures apart, [`Error::delivery`] to know whether the
+/// command could have run, and [`std::error::Error::source`] to reach the underlying
+/// [`redis::RedisError`].
+#[non_exhaustive]
+#[derive(Clone)]
+pub enum Error {
+    /// A failure reported by the `redis` crate: a connection problem or an error reply.
+    Redis {
+        /// The classification.
+        class: ErrorClass,
+        /// How far the command got.
+        delivery: Delivery,
+        /// The underlying error.
+        source: RedisError,
+    },
+    /// No pooled connection became available in time.
+    PoolTimeout {
+        /// How long the caller waited.
+        waited: Duration,
+    },
+    /// The circuit breaker is open; no network I/O was attempted.
+    CircuitOpen {
+        /// When the breaker will let a probe call through.
+        retry_after: Duration,
+    },
+    /// A `WATCH`ed transaction was aborted by concurrent writers on every attempt.
+    TransactionConflict {
+        /// How many attempts were made.
+        attempts: u32,
+    },
+    /// An invalid setting.
+    Config {
+        /// The setting at fault (for example `"pool.max_size"` or `"url"`).
+        setting: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Builds an error from a `redis` crate error, classifying it.
+    pub(crate) fn from_redis(source: RedisError, delivery: Delivery) -> Error {
+        if let Some(carried) = carried(&source) {
+            return carried;
+        }
+        let class = classify(&source);
+        let delivery = if matches!(class, ErrorClass::Tls | ErrorClass::Config) {
+            Delivery::NotSent
+        } else {
+            delivery
+        };
+        Error::Redis {
+            class,
+            delivery,
+            source,
+        }
+    }
+
+    /// An error that came off the wire while reading a reply: here a parse error means the
+    /// byte stream is corrupt (not that a reply failed to convert to a Rust type).
+    pub(crate) fn from_wire(source: RedisError, delivery: Delivery) -> Error {
+        let protocol = source.kind() == ErrorKind::Parse;
+        let mut e = Error::from_redis(source, delivery);
+        if let (true, Error::Redis { class, .. }) = (protocol, &mut e) {
+            *class = ErrorClass::Protocol;
+        }
+        e
+    }
+
+    /// A configuration error.
+    pub(crate) fn config(setting: &'static str, reason: impl Into<String>) -> Error {
+        Error::Config {
+            setting,
+            reason: reason.into(),
+        }
+    }
+
+    /// The classification of this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Redis { class, .. } => *class,
+            Error::PoolTimeout { .. } => ErrorClass::PoolTimeout,
+            Error::CircuitOpen { .. } => ErrorClass::CircuitOpen,
+            Error::TransactionConflict { .. } => ErrorClass::TransactionConflict,
+            Error::Config { .. } => ErrorClass::Config,
+        }
+    }
+
+    /// How far the failed command got.
+    pub fn delivery(&self) -> Delivery {
+        match self {
+            Error::Redis { delivery, .. } => *delivery,
+            Error::TransactionConflict { .. } => Delivery::Answered,
+            _ => Delivery::NotSent,
+        }
+    }
+
+    /// Whether a later attempt may succeed. Whether redkit resends automatically also depends
+    /// on [`Error::delivery`] and on the command being idempotent (see [`RetryPolicy`](crate::RetryPolicy)).
+    pub fn is_retryable(&self) -> bool {
+        self.class().is_transient()
+    }
+
+    /// Whether this is a timeout: connect, read or write timeout, or pool checkout timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.class(), ErrorClass::Timeout | ErrorClass::PoolTimeout)
+    }
+
+    /// Whether the connection failed or broke (including TLS set-up failures).
+    pub fn is_connection(&self) -> bool {
+        matches!(self.class(), ErrorClass::Connection | ErrorClass::Tls)
+    }
+
+    /// The server's error code (`"WRONGTYPE"`, `"NOPERM"`, `"ERR"`...), when the server replied
+    /// with an error.
+    pub fn server_code(&self) -> Option<&str> {
+        match self {
+            Error::Redis { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+
+    /// The underlying `redis` crate error, if any.
+    pub fn redis_error(&self) -> Option<&RedisError> {
+        match self {
+            Error::Redis { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection that produced this error must not be used again: its state is
+    /// unknown (broken socket, a reply still in flight after a timeout, a protocol error).
+    pub(crate) fn poisons_connection(&self) -> bool {
+        match self {
+            Error::Redis {
+                class, delivery, ..
+            } => {
+                matches!(
+                    class,
+                    ErrorClass::Connection
+                        | ErrorClass::Timeout
+                        | ErrorClass::Protocol
+                        | ErrorClass::Tls
+                ) || *delivery == Delivery::Unknown
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A redkit error that travelled through the `redis` crate's `ConnectionLike` surface.
+fn carried(e: &RedisError) -> Option<Error> {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<crate::pool::Carried>())
+        .map(|c| c.0.clone())
+}
+
+/// Classifies a `redis` crate error from its kind, server code and I/O error kind.
+pub(crate) fn classify(e: &RedisError) -> ErrorClass {
+    if e.is_timeout() {
+        return ErrorClass::Timeout;
+    }
+    match e.kind() {
+        ErrorKind::Io => {
+            // The `redis` crate reports a failed TLS handshake as a bare I/O error that wraps
+            // no `std::io::Error` (every real socket error wraps one).
+            if std::error::Error::source(e).is_none() && e.detail().is_some() {
+                ErrorClass::Tls
+            } else {
+                ErrorClass::Connection
+            }
+        }
+        ErrorKind::AuthenticationFailed => ErrorClass::Auth,
+        ErrorKind::Server(kind) => match kind {
+            ServerErrorKind::NoPerm => ErrorClass::Permission,
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ClusterDown => ErrorClass::Busy,
+            ServerErrorKind::ReadOnly => ErrorClass::ReadOnly,
+            ServerErrorKind::Moved | ServerErrorKind::Ask => ErrorClass::ClusterRedirect,
+            ServerErrorKind::NoScript => ErrorClass::Script,
+            _ => ErrorClass::Command,
+        },
+        ErrorKind::Extension => match e.code() {
+            Some("WRONGPASS") | Some("NOAUTH") => ErrorClass::Auth,
+            Some("BUSY") | Some("NOREPLICAS") => ErrorClass::Busy,
+            _ => ErrorClass::Command,
+        },
+        // The `redis` crate reports both a reply that does not convert to the requested type
+        // and a corrupt byte stream as `Parse`; redkit tells them apart by where they arise
+        // (see `Error::from_wire`).
+        ErrorKind::UnexpectedReturnType | ErrorKind::Parse => ErrorClass::Conversion,
+        ErrorKind::InvalidClientConfig | ErrorKind::RESP3NotSupported => ErrorClass::Config,
+        ErrorKind::Client => {
+            let is_tls = std::error::Error::source(e)
+                .is_some_and(|s| s.downcast_ref::<native_tls::Error>().is_some());
+            if is_tls {
+                ErrorClass::Tls
+            } else {
+                ErrorClass::Other
+            }
+        }
+        ErrorKind::ClusterConnectionNotFound => ErrorClass::Connection,
+        _ => ErrorClass::Other,
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Redis {
+                class,
+                delivery,
+                source,
+            } => {
+                write!(f, "redis {class} error: {source}")?;
+                if *delivery == Delivery::Unknown {
+                    f.write_str(" (the command may or may not have run)")?;
+                }
+                Ok(())
+            }
+            Error::PoolTimeout { waited } => {
+                write!(f, "no pooled connection became available within {waited:?}")
+            }
+            Error::CircuitOpen { retry_after } => write!(
+                f,
+                "circuit breaker is open: failing fast, next probe in {retry_after:?}"
+            ),
+            Error::TransactionConflict { attempts } => write!(
+                f,
+                "transaction aborted by concurrent writes on all {attempts} attempts"
+            ),
+            Error::Config { setting, reason } => {
+                write!(f, "invalid configuration `{setting}`: {reason}")
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Redis {
+                class,
+                delivery,
+                source,
+            } => f
+                .debug_struct("Redis")
+                .field("class", class)
+                .field("delivery", delivery)
+                .field("source", &format_args!("{source}"))
+                .finish(),
+            Error::PoolTimeout { waited } => f
+                .debug_struct("PoolTimeout")
+                .field("waited", waited)
+                .finish(),
+            Error::CircuitOpen { retry_after } => f
+                .debug_struct("CircuitOpen")
+                .field("retry_after", retry_after)
+                .finish(),
+            Error::TransactionConflict { attempts } => f
+                .debug_struct("TransactionConflict")
+                .field("attempts", attempts)
+                .finish(),
+            Error::Config { setting, reason } => f
+                .debug_struct("Config")
+                .field("setting", setting)
+                .field("reason", reason)
+                .finish(),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Redis { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<RedisError> for Error {
+    /// Converts an error from direct use of the `redis` crate (a reply error, a conversion
+    /// error). Its delivery is taken to be [`Delivery::Unknown`] for connection trouble and
+    /// [`Delivery::Answered`] otherwise.
+    fn from(e: RedisError) -> Error {
+        let delivery = if e.is_io_error() {
+            Delivery::Unknown
+        } else {
+            Delivery::Answered
+        };
+        Error::from_redis(e, delivery)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    fn server_err(reply: &[u8]) -> RedisError {
+        match redis::parse_redis_value(reply) {
+            Ok(v) => match v.extract_error() {
+                Err(e) => e,
+                Ok(v) => panic!("not an error: {v:?}"),
+            },
+            Err(e) => e.into(),
+        }
+    }
+
+    #[test]
+    fn classifies_server_codes() {
+        let cases: &[(&[u8], ErrorClass)] = &[
+            (b"-WRONGTYPE Operation against a key\r\n", ErrorClass::Command),
+            (b"-ERR unknown command\r\n", ErrorClass::Command),
+            (b"-NOPERM this user has no permissions\r\n", ErrorClass::Permission),
+            (b"-WRONGPASS invalid username-password pair\r\n", ErrorClass::Auth),
+            (b"-NOAUTH Authentication required.\r\n", ErrorClass::Auth),
+            (b"-LOADING Redis is loading\r\n", ErrorClass::Busy),
+            (b"-BUSY Redis is busy running a script\r\n", ErrorClass::Busy),
+            (b"-READONLY You can't write against a read only replica.\r\n", ErrorClass::ReadOnly),
+            (b"-MOVED 3999 127.0.0.1:6381\r\n", ErrorClass::ClusterRedirect),
+            (b"-NOSCRIPT No matching script\r\n", ErrorClass::Script),
+        ];
+        for (reply, class) in cases {
+            let e = Error::from_redis(server_err(reply), Delivery::Answered);
+            assert_eq!(e.class(), *class, "{}", String::from_utf8_lossy(reply));
+        }
+    }
+
+    #[test]
+    fn classifies_io() {
+        let timeout = RedisError::from(io::Error::from(io::ErrorKind::WouldBlock));
+        assert_eq!(classify(&timeout), ErrorClass::Timeout);
+        let reset = RedisError::from(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert_eq!(classify(&reset), ErrorClass::Connection);
+        let handshake = RedisError::from((ErrorKind::Io, "SSL Handshake error", "x".to_string()));
+        assert_eq!(classify(&handshake), ErrorClass::Tls);
+    }
+
+    #[test]
+    fn poisoning() {
+        let timeout = Error::from_redis(
+            RedisError::from(io::Error::from(io::ErrorKind::TimedOut)),
+            Delivery::Unknown,
+        );
+        assert!(timeout.poisons_connection());
+        assert!(timeout.is_timeout() && timeout.is_retryable());
+        let wrongtype = Error::from_redis(server_err(b"-WRONGTYPE x\r\n"), Delivery::Answered);
+        assert!(!wrongtype.poisons_connection());
+        assert!(!wrongtype.is_retryable());
+    }
+}

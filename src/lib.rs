@@ -1,0 +1,86 @@
+//! # redkit: the synchronous Redis toolkit
+//!
+//! For worker-thread applications, CLI batch jobs and plain `fn main()` programs that do not
+//! use async: a pooled, thread-safe, blocking client built on the [`redis`] crate that
+//! survives outages, with retries that never apply a command twice, a circuit breaker, TLS,
+//! Lua scripts that survive `SCRIPT FLUSH`, and typed errors.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use redis::Commands;
+//! use redkit::Redis;
+//!
+//! fn main() -> redkit::Result<()> {
+//!     // A URL, a `Config`, or `Redis::from_env()` for REDIS_URL.
+//!     let redis = Redis::connect("redis://127.0.0.1:6379/0?client_name=demo")?;
+//!
+//!     // Every `redis::Commands` method works on the handle (it is cheap to clone and share
+//!     // between threads); each call checks a connection out of the pool.
+//!     let mut r = redis.clone();
+//!     r.set::<_, _, ()>("greeting", "hello")?;
+//!     let greeting: String = r.get("greeting")?;
+//!     assert_eq!(greeting, "hello");
+//!
+//!     // Pipelines and transactions:
+//!     let mut pipe = redkit::Pipeline::new();
+//!     pipe.cmd("INCR").arg("hits").cmd("EXPIRE").arg("hits").arg(60).ignore();
+//!     let (hits,): (i64,) = redis.pipeline(&pipe)?;
+//!
+//!     let (balance,): (i64,) = redis.transaction(&["balance"], |con, pipe| {
+//!         let now: i64 = con.get::<_, Option<i64>>("balance")?.unwrap_or(0);
+//!         pipe.cmd("SET").arg("balance").arg(now + hits).ignore()
+//!             .cmd("GET").arg("balance");
+//!         Ok(())
+//!     })?;
+//!     println!("balance is now {balance}");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## What happens when things fail
+//!
+//! Every failure is an [`Error`] with an [`ErrorClass`] (connection, timeout, auth,
+//! permission, busy, read-only, TLS, pool timeout, circuit open...) derived from the `redis`
+//! crate's error kinds and codes, and a [`Delivery`] that says whether the command could have
+//! run. Calls through the handle are retried under the [`RetryPolicy`] (attempts, overall
+//! deadline, exponential backoff with jitter), but a command whose fate is unknown (a reply
+//! that timed out) is never resent unless it is read-only or you say it is idempotent: an
+//! `INCR` is never applied twice. See [`retry`] for the full table.
+//!
+//! A [circuit breaker](BreakerConfig) opens after consecutive failures (or a failure rate),
+//! makes calls fail fast with [`Error::CircuitOpen`] while open, then lets probe calls
+//! through. A connection that saw an unrecoverable error is closed, never handed out again.
+//!
+//! ## Logging
+//!
+//! redkit logs through the [`log`] facade and never installs a logger. `warn`: problems you
+//! should fix (cannot connect, breaker opened, TLS verification off); `info`: connection state
+//! changes; `debug`: details (retries, new connections); `trace`: wire-level details.
+//! Passwords and private keys never appear in logs, `Debug`, `Display` or errors.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
+mod breaker;
+mod client;
+pub mod config;
+mod error;
+mod pool;
+pub mod retry;
+mod script;
+mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use breaker::{BreakerConfig, BreakerState, FailureRate};
+pub use client::{IntoConfig, Redis};
+pub use config::{Addr, Config, ConfigBuilder, PoolConfig, Protocol, Timeouts, TlsConfig};
+pub use error::{Delivery, Error, ErrorClass, Result};
+pub use pool::PooledConnection;
+pub use retry::{Backoff, BackoffDelays, Jitter, RetryPolicy};
+pub use script::{Pipeline, Script, ScriptCall};
+pub use stats::{ErrorCounts, PoolStats, Stats};
+
+/// The `redis` crate, re-exported so that versions always match.
+pub use redis;

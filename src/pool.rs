@@ -1,0 +1,442 @@
+//! The connection pool: r2d2 over our own connection manager.
+//!
+//! Unlike the `redis` crate's r2d2 manager, ours connects with the connect timeout, sets read
+//! and write timeouts on every new connection, sends `CLIENT SETNAME`, and does not `PING` on
+//! every checkout. Checkout validation is two atomic loads: a connection is refused when it
+//! saw an unrecoverable error, or when it is older than the pool's generation. After any
+//! connection reports that the server dropped it, the connections made before that moment are
+//! `PING`ed once at their next checkout (a server restart leaves every idle socket dead).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{debug, info, trace, warn};
+use parking_lot::Mutex;
+use redis::{ConnectionLike, RedisError, Value};
+
+use crate::config::{Addr, Config, Protocol};
+use crate::error::{Delivery, Error, ErrorClass, Result};
+use crate::stats::Counters;
+
+/// State shared by the handle, the manager and every pooled connection.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub(crate) counters: Counters,
+    /// Connections made before this generation are discarded.
+    pub(crate) generation: AtomicU64,
+    /// Connections last validated before this epoch are `PING`ed at checkout.
+    pub(crate) suspect_epoch: AtomicU64,
+    connect_failing: AtomicBool,
+    last_connect_error: Mutex<Option<Error>>,
+}
+
+impl Shared {
+    /// The server dropped a connection: validate older connections before handing them out.
+    pub(crate) fn connection_dropped(&self) {
+        self.suspect_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The most recent failure to open a connection, if no connection opened since.
+    pub(crate) fn last_connect_error(&self) -> Option<Error> {
+        self.last_connect_error.lock().clone()
+    }
+}
+
+/// A connection as the pool holds it.
+pub(crate) struct RawConn {
+    pub(crate) con: redis::Connection,
+    generation: u64,
+    validated_epoch: u64,
+    pub(crate) broken: bool,
+}
+
+/// Builds the `redis` crate client (connection info, TLS material) from our config.
+pub(crate) fn redis_client(config: &Config) -> Result<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let addr = match (&config.addr, &config.tls) {
+        (Addr::Tcp { host, port }, None) => redis::ConnectionAddr::Tcp(host.clone(), *port),
+        (Addr::Tcp { host, port }, Some(tls)) => redis::ConnectionAddr::TcpTls {
+            host: host.clone(),
+            port: *port,
+            insecure: tls.insecure,
+            tls_params: None,
+        },
+        (Addr::Unix(path), _) => redis::ConnectionAddr::Unix(path.clone()),
+    };
+    let mut settings = redis::RedisConnectionInfo::default()
+        .set_db(config.db)
+        .set_protocol(match config.protocol {
+            Protocol::Resp2 => redis::ProtocolVersion::RESP2,
+            Protocol::Resp3 => redis::ProtocolVersion::RESP3,
+        })
+        .set_lib_name("redkit", env!("CARGO_PKG_VERSION"));
+    if let Some(user) = &config.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &config.password {
+        settings = settings.set_password(password.expose());
+    }
+    let info = addr
+        .into_connection_info()
+        .map_err(|e| Error::from_redis(e, Delivery::NotSent))?
+        .set_redis_settings(settings);
+    let client = match &config.tls {
+        Some(tls)
+            if !tls.insecure && (tls.ca_pem.is_some() || tls.client_cert_pem.is_some()) =>
+        {
+            let certs = redis::TlsCertificates {
+                client_tls: match (&tls.client_cert_pem, &tls.client_key_pem) {
+                    (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                        client_cert: cert.clone(),
+                        client_key: key.clone(),
+                    }),
+                    _ => None,
+                },
+                root_cert: tls.ca_pem.clone(),
+            };
+            redis::Client::build_with_tls(info, certs)
+        }
+        _ => redis::Client::open(info),
+    };
+    if config.tls.as_ref().is_some_and(|t| t.insecure) {
+        warn!(
+            "TLS certificate verification is OFF for {} (insecure mode): use only in tests",
+            config.addr
+        );
+    }
+    client.map_err(|e| Error::from_redis(e, Delivery::NotSent))
+}
+
+/// Our r2d2 connection manager.
+pub(crate) struct Manager {
+    client: redis::Client,
+    config: Config,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("addr", &self.config.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Manager {
+    pub(crate) fn new(config: Config, shared: Arc<Shared>) -> Result<Manager> {
+        Ok(Manager {
+            client: redis_client(&config)?,
+            config,
+            shared,
+        })
+    }
+
+    /// Opens one connection with every setting applied.
+    pub(crate) fn open(&self) -> Result<RawConn> {
+        let t = &self.config.timeouts;
+        let not_sent = |e| Error::from_redis(e, Delivery::NotSent);
+        let mut con = self
+            .client
+            .get_connection_with_timeout(t.connect)
+            .map_err(not_sent)?;
+        // The `redis` crate clears the timeouts after connecting: set ours.
+        con.set_read_timeout(Some(t.response)).map_err(not_sent)?;
+        con.set_write_timeout(Some(t.write)).map_err(not_sent)?;
+        if let Some(name) = &self.config.client_name {
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(name)
+                .query::<()>(&mut con)
+                .map_err(not_sent)?;
+        }
+        Ok(RawConn {
+            con,
+            generation: self.shared.generation.load(Ordering::Acquire),
+            validated_epoch: self.shared.suspect_epoch.load(Ordering::Acquire),
+            broken: false,
+        })
+    }
+}
+
+fn stale() -> Error {
+    Error::from_redis(
+        RedisError::from(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "pooled connection is stale",
+        )),
+        Delivery::NotSent,
+    )
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = RawConn;
+    type Error = Error;
+
+    fn connect(&self) -> Result<RawConn> {
+        match self.open() {
+            Ok(conn) => {
+                self.shared.counters.conns_created.fetch_add(1, Ordering::Relaxed);
+                *self.shared.last_connect_error.lock() = None;
+                if self.shared.connect_failing.swap(false, Ordering::AcqRel) {
+                    info!("redis at {}: connecting works again", self.config.addr);
+                } else {
+                    debug!("redis at {}: new pooled connection", self.config.addr);
+                }
+                Ok(conn)
+            }
+            Err(e) => {
+                self.shared.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                if self.shared.connect_failing.swap(true, Ordering::AcqRel) {
+                    debug!("redis at {}: connect failed again: {e}", self.config.addr);
+                } else {
+                    warn!("redis at {}: cannot connect: {e}", self.config.addr);
+                }
+                *self.shared.last_connect_error.lock() = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut RawConn) -> Result<()> {
+        if conn.broken || conn.generation < self.shared.generation.load(Ordering::Acquire) {
+            return Err(stale());
+        }
+        let suspect = self.shared.suspect_epoch.load(Ordering::Acquire);
+        if conn.validated_epoch < suspect {
+            trace!("validating a pooled connection made before a drop");
+            redis::cmd("PING")
+                .query::<()>(&mut conn.con)
+                .map_err(|e| Error::from_redis(e, Delivery::Unknown))?;
+            conn.validated_epoch = suspect;
+        }
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut RawConn) -> bool {
+        let broken = conn.broken
+            || !conn.con.is_open()
+            || conn.generation < self.shared.generation.load(Ordering::Acquire);
+        if broken {
+            self.shared
+                .counters
+                .conns_discarded_broken
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        broken
+    }
+}
+
+/// Feeds r2d2's events into our counters.
+#[derive(Debug)]
+pub(crate) struct Events(pub(crate) Arc<Shared>);
+
+impl r2d2::HandleEvent for Events {
+    fn handle_release(&self, _: r2d2::event::ReleaseEvent) {
+        self.0.counters.conns_closed.fetch_add(1, Ordering::Relaxed);
+    }
+    fn handle_checkout(&self, e: r2d2::event::CheckoutEvent) {
+        self.0.counters.checkout_waited(e.duration());
+    }
+    fn handle_timeout(&self, _: r2d2::event::TimeoutEvent) {
+        self.0.counters.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// r2d2 reports connect errors here too; the manager already logged them.
+#[derive(Debug)]
+pub(crate) struct QuietErrors;
+
+impl r2d2::HandleError<Error> for QuietErrors {
+    fn handle_error(&self, e: Error) {
+        trace!("pool: {e}");
+    }
+}
+
+/// A connection checked out of the pool. It goes back when dropped, unless it saw an
+/// unrecoverable error (then it is closed).
+///
+/// It implements [`redis::ConnectionLike`], so every [`redis::Commands`] method, pipelines,
+/// scripts and transactions work on it. Commands on a checked-out connection are not retried
+/// and do not pass the circuit breaker: those belong to [`Redis`](crate::Redis) calls.
+pub struct PooledConnection {
+    conn: r2d2::PooledConnection<Manager>,
+    shared: Arc<Shared>,
+    default_response: Duration,
+    response_changed: bool,
+}
+
+impl std::fmt::Debug for PooledConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledConnection")
+            .field("db", &self.conn.con.get_db())
+            .field("broken", &self.conn.broken)
+            .finish()
+    }
+}
+
+impl PooledConnection {
+    pub(crate) fn new(
+        conn: r2d2::PooledConnection<Manager>,
+        shared: Arc<Shared>,
+        default_response: Duration,
+    ) -> PooledConnection {
+        PooledConnection {
+            conn,
+            shared,
+            default_response,
+            response_changed: false,
+        }
+    }
+
+    /// Changes the response (read) timeout of this connection until it goes back to the pool,
+    /// for blocking commands such as `BLPOP` or `XREADGROUP BLOCK`. `None` waits forever.
+    pub fn set_response_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        if timeout.is_some_and(|d| d.is_zero()) {
+            return Err(Error::config(
+                "response_timeout",
+                "must be greater than zero (None waits forever)",
+            ));
+        }
+        self.response_changed = true;
+        self.conn
+            .con
+            .set_read_timeout(timeout)
+            .map_err(|e| self.fail(Error::from_redis(e, Delivery::NotSent)))
+    }
+
+    /// Whether this connection saw an unrecoverable error and will be closed when dropped.
+    pub fn is_broken(&self) -> bool {
+        self.conn.broken || !self.conn.con.is_open()
+    }
+
+    pub(crate) fn mark_broken(&mut self) {
+        self.conn.broken = true;
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        if e.poisons_connection() {
+            self.conn.broken = true;
+            if e.class() == ErrorClass::Connection {
+                self.shared.connection_dropped();
+            }
+        }
+        e
+    }
+
+    /// Sends one packed command and reads its reply, telling apart a command that was never
+    /// completely written from one whose reply did not come.
+    pub(crate) fn exec_packed(&mut self, cmd: &[u8]) -> Result<Value> {
+        self.shared.counters.commands.fetch_add(1, Ordering::Relaxed);
+        if self.conn.broken {
+            return Err(stale());
+        }
+        if let Err(e) = self.conn.con.send_packed_command(cmd) {
+            return Err(self.fail(Error::from_redis(e, Delivery::NotSent)));
+        }
+        loop {
+            match self.conn.con.recv_response() {
+                Ok(Value::Push { .. }) => continue,
+                Ok(v) => return Ok(v),
+                Err(e) => return Err(self.fail(Error::from_wire(e, Delivery::Unknown))),
+            }
+        }
+    }
+
+    /// Sends a packed pipeline and reads `offset + count` replies, keeping the last `count`.
+    pub(crate) fn exec_pipeline(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<Value>> {
+        let c = &self.shared.counters;
+        c.commands.fetch_add(1, Ordering::Relaxed);
+        c.pipelines.fetch_add(1, Ordering::Relaxed);
+        if self.conn.broken {
+            return Err(stale());
+        }
+        self.conn
+            .con
+            .req_packed_commands(cmd, offset, count)
+            .map_err(|e| {
+                let delivery = if e.is_io_error() || e.kind() == redis::ErrorKind::Parse {
+                    Delivery::Unknown
+                } else {
+                    Delivery::Answered
+                };
+                self.fail(Error::from_wire(e, delivery))
+            })
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        if self.response_changed && !self.conn.broken {
+            let restored = self
+                .conn
+                .con
+                .set_read_timeout(Some(self.default_response));
+            if restored.is_err() {
+                self.conn.broken = true;
+            }
+        }
+    }
+}
+
+/// Turns our error back into a `redis` error for the [`ConnectionLike`] surface, keeping
+/// redkit-only errors recoverable by [`Error::from`].
+pub(crate) fn to_redis_error(e: Error) -> RedisError {
+    match e {
+        Error::Redis { source, .. } => source,
+        other => {
+            let kind = if other.is_timeout() {
+                io::ErrorKind::TimedOut
+            } else {
+                io::ErrorKind::Other
+            };
+            RedisError::from(io::Error::new(kind, Carried(other)))
+        }
+    }
+}
+
+/// A redkit error travelling inside a `redis::RedisError` (see [`to_redis_error`]).
+#[derive(Debug)]
+pub(crate) struct Carried(pub(crate) Error);
+
+impl std::fmt::Display for Carried {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Carried {}
+
+impl ConnectionLike for PooledConnection {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<Value> {
+        self.exec_packed(cmd).map_err(to_redis_error)
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<Value>> {
+        self.exec_pipeline(cmd, offset, count)
+            .map_err(to_redis_error)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.con.get_db()
+    }
+
+    fn check_connection(&mut self) -> bool {
+        redis::cmd("PING").query::<()>(self).is_ok()
+    }
+
+    fn is_open(&self) -> bool {
+        !self.is_broken()
+    }
+}

@@ -1,0 +1,160 @@
+//! Counters kept in atomics, read as a [`Stats`] snapshot.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::breaker::BreakerState;
+use crate::error::ErrorClass;
+
+const CLASSES: usize = ErrorClass::ALL.len();
+
+/// The live counters. Cheap to update: each is one relaxed atomic add.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) commands: AtomicU64,
+    pub(crate) pipelines: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) errors: [AtomicU64; CLASSES],
+    pub(crate) conns_created: AtomicU64,
+    pub(crate) conns_closed: AtomicU64,
+    pub(crate) conns_discarded_broken: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
+    pub(crate) checkouts: AtomicU64,
+    pub(crate) checkout_timeouts: AtomicU64,
+    pub(crate) checkout_wait_ns: AtomicU64,
+    pub(crate) checkout_wait_max_ns: AtomicU64,
+    pub(crate) waiting: AtomicI64,
+    pub(crate) breaker_opened: AtomicU64,
+    pub(crate) breaker_rejected: AtomicU64,
+    pub(crate) transaction_conflicts: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn error(&self, class: ErrorClass) {
+        self.errors[class.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn checkout_waited(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.checkouts.fetch_add(1, Relaxed);
+        self.checkout_wait_ns.fetch_add(ns, Relaxed);
+        self.checkout_wait_max_ns.fetch_max(ns, Relaxed);
+    }
+}
+
+/// Error counts per [`ErrorClass`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ErrorCounts([u64; CLASSES]);
+
+impl ErrorCounts {
+    /// How many errors of this class were returned to callers.
+    pub fn get(&self, class: ErrorClass) -> u64 {
+        self.0[class.index()]
+    }
+
+    /// All errors.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// `(class, count)` for every class with a non-zero count.
+    pub fn iter(&self) -> impl Iterator<Item = (ErrorClass, u64)> + '_ {
+        ErrorClass::ALL
+            .iter()
+            .zip(self.0.iter())
+            .filter(|(_, n)| **n > 0)
+            .map(|(c, n)| (*c, *n))
+    }
+}
+
+/// The state of the connection pool.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    /// Open connections (idle and in use).
+    pub size: u32,
+    /// Idle connections.
+    pub idle: u32,
+    /// Connections checked out by callers.
+    pub in_use: u32,
+    /// Callers waiting for a connection right now.
+    pub waiting: u64,
+    /// The most connections the pool opens.
+    pub max_size: u32,
+    /// Connections opened since start.
+    pub created: u64,
+    /// Connections closed since start (idle timeout, lifetime, broken).
+    pub closed: u64,
+    /// Connections discarded because they saw an unrecoverable error.
+    pub discarded_broken: u64,
+    /// Failed attempts to open a connection.
+    pub connect_failures: u64,
+    /// Successful checkouts.
+    pub checkouts: u64,
+    /// Checkouts that timed out.
+    pub checkout_timeouts: u64,
+    /// Average time a successful checkout waited.
+    pub checkout_wait_avg: Duration,
+    /// Longest time a successful checkout waited.
+    pub checkout_wait_max: Duration,
+}
+
+/// A snapshot of a [`Redis`](crate::Redis) handle's counters, from [`Redis::stats`](crate::Redis::stats).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Commands sent (each attempt counts once; a pipeline counts once).
+    pub commands: u64,
+    /// Pipelines and transactions among `commands`.
+    pub pipelines: u64,
+    /// Attempts that were retries.
+    pub retries: u64,
+    /// Errors returned to callers, per class.
+    pub errors: ErrorCounts,
+    /// The connection pool.
+    pub pool: PoolStats,
+    /// The circuit breaker's state.
+    pub breaker: BreakerState,
+    /// How often the breaker opened.
+    pub breaker_opened: u64,
+    /// Calls refused because the breaker was open.
+    pub breaker_rejected: u64,
+    /// Transaction attempts aborted because a watched key changed.
+    pub transaction_conflicts: u64,
+}
+
+pub(crate) fn snapshot(
+    c: &Counters,
+    state: r2d2::State,
+    max_size: u32,
+    breaker: BreakerState,
+) -> Stats {
+    let checkouts = c.checkouts.load(Relaxed);
+    let wait_ns = c.checkout_wait_ns.load(Relaxed);
+    let errors = ErrorCounts(std::array::from_fn(|i| c.errors[i].load(Relaxed)));
+    Stats {
+        commands: c.commands.load(Relaxed),
+        pipelines: c.pipelines.load(Relaxed),
+        retries: c.retries.load(Relaxed),
+        errors,
+        pool: PoolStats {
+            size: state.connections,
+            idle: state.idle_connections,
+            in_use: state.connections.saturating_sub(state.idle_connections),
+            waiting: u64::try_from(c.waiting.load(Relaxed)).unwrap_or(0),
+            max_size,
+            created: c.conns_created.load(Relaxed),
+            closed: c.conns_closed.load(Relaxed),
+            discarded_broken: c.conns_discarded_broken.load(Relaxed),
+            connect_failures: c.connect_failures.load(Relaxed),
+            checkouts,
+            checkout_timeouts: c.checkout_timeouts.load(Relaxed),
+            checkout_wait_avg: Duration::from_nanos(wait_ns.checked_div(checkouts).unwrap_or(0)),
+            checkout_wait_max: Duration::from_nanos(c.checkout_wait_max_ns.load(Relaxed)),
+        },
+        breaker,
+        breaker_opened: c.breaker_opened.load(Relaxed),
+        breaker_rejected: c.breaker_rejected.load(Relaxed),
+        transaction_conflicts: c.transaction_conflicts.load(Relaxed),
+    }
+}

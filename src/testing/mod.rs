@@ -1,0 +1,194 @@
+//! Test support: a real `redis-server` launcher and run-time generated TLS material.
+//!
+//! Enabled by the `testing` feature. Everything here is meant for test suites (ours and
+//! yours): every server runs on a fresh loopback port out of a private temporary directory,
+//! persists nothing, and is killed when its [`RedisServer`] handle is dropped, even if the
+//! test panics.
+//!
+//! The `redis-server` binary is taken from the `REDKIT_REDIS_SERVER` environment variable, or
+//! else looked up in `PATH`, `/usr/bin` and `/usr/local/bin`. When none is found,
+//! [`TestingError::ServerNotFound`] says how to install one.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use redkit::testing::{RedisServer, TestingError, TlsMaterial};
+//!
+//! # fn main() -> Result<(), TestingError> {
+//! // A plain server.
+//! let server = RedisServer::start()?;
+//! let client = redis::Client::open(server.url())?;
+//! let mut con = client.get_connection()?;
+//! let pong: String = redis::cmd("PING").query(&mut con)?;
+//! assert_eq!(pong, "PONG");
+//!
+//! // A password-protected, TLS-only server that requires client certificates.
+//! let tls = TlsMaterial::generate()?;
+//! let mut secure = RedisServer::builder()
+//!     .password("s3cret")
+//!     .acl_user("user reader on >reader-pw ~* +get")
+//!     .tls(tls.clone())
+//!     .tls_auth_clients(true)
+//!     .start()?;
+//! // `admin()` is authenticated as the default user, with the client certificate.
+//! let mut admin = secure.admin()?;
+//! redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("10mb").exec(&mut admin)?;
+//!
+//! // Kill it, then bring it back on the same port.
+//! secure.kill()?;
+//! secure.restart()?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+mod server;
+mod tls;
+
+pub use server::{wait_until, RedisServer, ServerBuilder};
+pub use tls::TlsMaterial;
+
+/// Name of the environment variable that points at the `redis-server` binary to use.
+pub const REDIS_SERVER_ENV: &str = "REDKIT_REDIS_SERVER";
+
+/// Errors of the test-support helpers.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TestingError {
+    /// No usable `redis-server` binary was found.
+    ServerNotFound {
+        /// Where it was looked for.
+        searched: String,
+    },
+    /// The server did not come up (it exited, or did not answer `PING` in time).
+    StartFailed {
+        /// What went wrong.
+        reason: String,
+        /// The last lines of the server's log file.
+        log_tail: String,
+    },
+    /// A condition awaited with [`wait_until`] (or a server shutdown) did not happen in time.
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long it was awaited.
+        timeout: Duration,
+    },
+    /// A file-system or process operation failed.
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A Redis command or connection failed.
+    Redis(redis::RedisError),
+    /// Generating TLS keys or certificates failed.
+    Tls(openssl::error::ErrorStack),
+}
+
+impl fmt::Display for TestingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ServerNotFound { searched } => write!(
+                f,
+                "redis-server not found (searched {searched}); install it with \
+                 `apt-get install -y redis-server` on Debian/Ubuntu, or set \
+                 {REDIS_SERVER_ENV} to its path"
+            ),
+            Self::StartFailed { reason, log_tail } => {
+                write!(f, "redis-server failed to start: {reason}")?;
+                if log_tail.is_empty() {
+                    write!(f, " (log is empty)")
+                } else {
+                    write!(f, "\n--- redis-server log tail ---\n{log_tail}")
+                }
+            }
+            Self::Timeout { what, timeout } => {
+                write!(f, "timed out after {timeout:?} waiting for {what}")
+            }
+            Self::Io { context, source } => write!(f, "{context}: {source}"),
+            Self::Redis(e) => write!(f, "redis error: {e}"),
+            Self::Tls(e) => write!(f, "TLS material generation failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TestingError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            Self::Redis(e) => Some(e),
+            Self::Tls(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<redis::RedisError> for TestingError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Redis(e)
+    }
+}
+
+impl From<openssl::error::ErrorStack> for TestingError {
+    fn from(e: openssl::error::ErrorStack) -> Self {
+        Self::Tls(e)
+    }
+}
+
+/// Wraps an I/O error with what was being done.
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> TestingError {
+    let context = context.into();
+    move |source| TestingError::Io { context, source }
+}
+
+/// A freshly created directory under [`std::env::temp_dir`], removed (recursively) on drop.
+#[derive(Debug)]
+pub(crate) struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `<tmp>/redkit-<label>-<pid>-<counter>-<nanos>`.
+    pub(crate) fn new(label: &str) -> Result<Self, TestingError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let mut last_err = None;
+        for _ in 0..8 {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let name = format!(
+                "redkit-{label}-{}-{}-{nanos}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let path = std::env::temp_dir().join(name);
+            // `create_dir` (not `_all`) fails on an existing path, so the directory is ours.
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(Self { path }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
+                Err(e) => return Err(io_err(format!("creating {}", path.display()))(e)),
+            }
+        }
+        let e = last_err.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists));
+        Err(io_err("creating a unique temporary directory")(e))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            log::warn!("could not remove {}: {e}", self.path.display());
+        }
+    }
+}
