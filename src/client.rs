@@ -132,6 +132,7 @@ impl Redis {
             scheduled_thread_pool::ScheduledThreadPool::builder()
                 .num_threads(2)
                 .thread_name_pattern("redkit-pool-{}")
+                .on_drop_behavior(scheduled_thread_pool::OnPoolDropBehavior::DiscardPendingScheduled)
                 .build(),
         );
         let pool = r2d2::Pool::builder()
@@ -396,6 +397,17 @@ impl Redis {
         }
     }
 
+    /// On the `ConnectionLike` surface error replies reach the caller as values (the `redis`
+    /// crate turns them into errors later): count them here.
+    fn count_error_replies(&self, values: &[Value]) {
+        for v in values {
+            if let Value::ServerError(e) = v {
+                let e = Error::from_redis(e.clone().into(), Delivery::Answered);
+                self.inner.shared.counters.error(e.class());
+            }
+        }
+    }
+
     fn note(&self, transition: Option<Transition>) {
         let Some(t) = transition else { return };
         let addr = &self.inner.config.addr;
@@ -477,8 +489,11 @@ fn skip_command(packed: &[u8]) -> Option<&[u8]> {
 impl ConnectionLike for Redis {
     fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<Value> {
         let read_only = packed_command_name(cmd).is_some_and(is_read_only_command);
-        self.execute(read_only, |con| con.exec_packed(cmd))
-            .map_err(pool::to_redis_error)
+        let value = self
+            .execute(read_only, |con| con.exec_packed(cmd))
+            .map_err(pool::to_redis_error)?;
+        self.count_error_replies(std::slice::from_ref(&value));
+        Ok(value)
     }
 
     fn req_packed_commands(
@@ -488,8 +503,11 @@ impl ConnectionLike for Redis {
         count: usize,
     ) -> redis::RedisResult<Vec<Value>> {
         let read_only = packed_all_read_only(cmd);
-        self.execute(read_only, |con| con.exec_pipeline(cmd, offset, count))
-            .map_err(pool::to_redis_error)
+        let values = self
+            .execute(read_only, |con| con.exec_pipeline(cmd, offset, count))
+            .map_err(pool::to_redis_error)?;
+        self.count_error_replies(&values);
+        Ok(values)
     }
 
     fn get_db(&self) -> i64 {
