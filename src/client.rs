@@ -52,9 +52,14 @@ impl IntoConfig for &String {
     }
 }
 
+/// How long one wait on the pool lasts before checking whether connecting fails.
+const CHECKOUT_SLICE: Duration = Duration::from_millis(50);
+
 struct Inner {
     config: Config,
     pool: r2d2::Pool<Manager>,
+    /// Opens connections outside the pool while connecting fails (see `checkout_quiet`).
+    probe: Manager,
     shared: Arc<Shared>,
     breaker: Breaker,
 }
@@ -149,6 +154,7 @@ impl Redis {
             .build_unchecked(manager);
         Ok(Redis {
             inner: Arc::new(Inner {
+                probe: Manager::new(config.clone(), shared.clone())?,
                 breaker: Breaker::new(config.breaker),
                 config,
                 pool,
@@ -383,18 +389,40 @@ impl Redis {
     }
 
     /// Checkout without counting the error (`execute` counts what reaches the caller).
+    ///
+    /// While connecting fails, a caller does not wait out the checkout timeout for a
+    /// connection that cannot come: it tries one connection itself (on its own thread, within
+    /// the connect timeout) and fails fast with that error, or, when the server is back,
+    /// clears the failing state and gets a fresh connection at once.
     fn checkout_quiet(&self, timeout: Duration) -> Result<PooledConnection> {
-        let c = &self.inner.shared.counters;
+        let inner = &*self.inner;
+        let c = &inner.shared.counters;
+        let start = Instant::now();
+        let deadline = start + timeout;
         c.waiting.fetch_add(1, Ordering::Relaxed);
-        let got = self.inner.pool.get_timeout(timeout);
+        let got = loop {
+            if inner.shared.connect_failing() {
+                if let Some(conn) = inner.pool.try_get() {
+                    break Ok(conn);
+                }
+                if let Err(e) = inner.probe.probe() {
+                    break Err(e);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                c.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
+                break Err(Error::PoolTimeout { waited: timeout });
+            }
+            // Wait in slices so that a connect failure seen meanwhile ends the wait early.
+            if let Ok(conn) = inner.pool.get_timeout((deadline - now).min(CHECKOUT_SLICE)) {
+                break Ok(conn);
+            }
+        };
         c.waiting.fetch_sub(1, Ordering::Relaxed);
-        match got {
-            Ok(conn) => Ok(self.wrap(conn)),
-            Err(_) => Err(match self.inner.shared.last_connect_error() {
-                Some(e) if self.inner.pool.state().idle_connections == 0 => e,
-                _ => Error::PoolTimeout { waited: timeout },
-            }),
-        }
+        let conn = got?;
+        c.checkout_waited(start.elapsed());
+        Ok(self.wrap(conn))
     }
 
     /// On the `ConnectionLike` surface error replies reach the caller as values (the `redis`

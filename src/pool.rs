@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use log::{debug, info, trace, warn};
-use parking_lot::Mutex;
 use redis::{ConnectionLike, RedisError, Value};
 
 use crate::config::{Addr, Config, Protocol};
@@ -29,7 +28,6 @@ pub(crate) struct Shared {
     /// Connections last validated before this epoch are `PING`ed at checkout.
     pub(crate) suspect_epoch: AtomicU64,
     connect_failing: AtomicBool,
-    last_connect_error: Mutex<Option<Error>>,
 }
 
 impl Shared {
@@ -38,9 +36,30 @@ impl Shared {
         self.suspect_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// The most recent failure to open a connection, if no connection opened since.
-    pub(crate) fn last_connect_error(&self) -> Option<Error> {
-        self.last_connect_error.lock().clone()
+    /// Whether the last attempt to open a connection failed.
+    pub(crate) fn connect_failing(&self) -> bool {
+        self.connect_failing.load(Ordering::Acquire)
+    }
+
+    /// Records the outcome of an attempt to open a connection (logging state changes once).
+    pub(crate) fn record_connect(&self, addr: &Addr, result: Result<(), &Error>) {
+        match result {
+            Ok(()) => {
+                if self.connect_failing.load(Ordering::Acquire)
+                    && self.connect_failing.swap(false, Ordering::AcqRel)
+                {
+                    info!("redis at {addr}: connecting works again");
+                }
+            }
+            Err(e) => {
+                self.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                if self.connect_failing.swap(true, Ordering::AcqRel) {
+                    debug!("redis at {addr}: connect failed again: {e}");
+                } else {
+                    warn!("redis at {addr}: cannot connect: {e}");
+                }
+            }
+        }
     }
 }
 
@@ -133,6 +152,15 @@ impl Manager {
         })
     }
 
+    /// Opens a connection outside the pool to learn whether the server is reachable again,
+    /// and records the outcome.
+    pub(crate) fn probe(&self) -> Result<()> {
+        let result = self.open().map(drop);
+        self.shared
+            .record_connect(&self.config.addr, result.as_ref().map(|_| ()));
+        result
+    }
+
     /// Opens one connection with every setting applied.
     pub(crate) fn open(&self) -> Result<RawConn> {
         let t = &self.config.timeouts;
@@ -175,28 +203,14 @@ impl r2d2::ManageConnection for Manager {
     type Error = Error;
 
     fn connect(&self) -> Result<RawConn> {
-        match self.open() {
-            Ok(conn) => {
-                self.shared.counters.conns_created.fetch_add(1, Ordering::Relaxed);
-                *self.shared.last_connect_error.lock() = None;
-                if self.shared.connect_failing.swap(false, Ordering::AcqRel) {
-                    info!("redis at {}: connecting works again", self.config.addr);
-                } else {
-                    debug!("redis at {}: new pooled connection", self.config.addr);
-                }
-                Ok(conn)
-            }
-            Err(e) => {
-                self.shared.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
-                if self.shared.connect_failing.swap(true, Ordering::AcqRel) {
-                    debug!("redis at {}: connect failed again: {e}", self.config.addr);
-                } else {
-                    warn!("redis at {}: cannot connect: {e}", self.config.addr);
-                }
-                *self.shared.last_connect_error.lock() = Some(e.clone());
-                Err(e)
-            }
+        let conn = self.open();
+        self.shared
+            .record_connect(&self.config.addr, conn.as_ref().map(|_| ()));
+        if conn.is_ok() {
+            self.shared.counters.conns_created.fetch_add(1, Ordering::Relaxed);
+            debug!("redis at {}: new pooled connection", self.config.addr);
         }
+        conn
     }
 
     fn is_valid(&self, conn: &mut RawConn) -> Result<()> {
@@ -235,12 +249,6 @@ pub(crate) struct Events(pub(crate) Arc<Shared>);
 impl r2d2::HandleEvent for Events {
     fn handle_release(&self, _: r2d2::event::ReleaseEvent) {
         self.0.counters.conns_closed.fetch_add(1, Ordering::Relaxed);
-    }
-    fn handle_checkout(&self, e: r2d2::event::CheckoutEvent) {
-        self.0.counters.checkout_waited(e.duration());
-    }
-    fn handle_timeout(&self, _: r2d2::event::TimeoutEvent) {
-        self.0.counters.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 }
 
