@@ -116,13 +116,22 @@ impl BreakerConfig {
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if self.consecutive_failures == 0 {
-            return Err(Error::config("breaker.consecutive_failures", "must be at least 1"));
+            return Err(Error::config(
+                "breaker.consecutive_failures",
+                "must be at least 1",
+            ));
         }
         if self.half_open_probes == 0 {
-            return Err(Error::config("breaker.half_open_probes", "must be at least 1"));
+            return Err(Error::config(
+                "breaker.half_open_probes",
+                "must be at least 1",
+            ));
         }
         if self.open_for.is_zero() {
-            return Err(Error::config("breaker.open_for", "must be greater than zero"));
+            return Err(Error::config(
+                "breaker.open_for",
+                "must be greater than zero",
+            ));
         }
         if let Some(r) = self.failure_rate {
             if !(r.rate > 0.0 && r.rate <= 1.0) {
@@ -198,10 +207,7 @@ impl Breaker {
     }
 
     /// Asks to make a call. `Err` means fail fast; `Ok(Some(t))` reports a transition.
-    pub(crate) fn admit(
-        &self,
-        now: Instant,
-    ) -> Result<(Admission, Option<Transition>), Error> {
+    pub(crate) fn admit(&self, now: Instant) -> Result<(Admission, Option<Transition>), Error> {
         if !self.config.enabled || self.state() == BreakerState::Closed {
             return Ok((Admission::Call, None));
         }
@@ -303,12 +309,9 @@ impl Breaker {
         let bucket_len = rate.window / BUCKETS as u32;
         let mut inner = self.inner.lock();
         // Find the current bucket or recycle the oldest one.
-        let current = inner
-            .window
-            .iter()
-            .position(|(start, _, _)| {
-                start.is_some_and(|s| now.saturating_duration_since(s) < bucket_len)
-            });
+        let current = inner.window.iter().position(|(start, _, _)| {
+            start.is_some_and(|s| now.saturating_duration_since(s) < bucket_len)
+        });
         let idx = match current {
             Some(i) => i,
             None => {
@@ -361,7 +364,10 @@ mod tests {
         let (a, _) = b.admit(t0).unwrap();
         let t = b.record(a, true, t0).unwrap();
         assert_eq!(t.to, BreakerState::Open);
-        assert!(matches!(b.admit(t0 + ms(50)), Err(Error::CircuitOpen { .. })));
+        assert!(matches!(
+            b.admit(t0 + ms(50)),
+            Err(Error::CircuitOpen { .. })
+        ));
         let (a, t) = b.admit(t0 + ms(100)).unwrap();
         assert_eq!(a, Admission::Probe);
         assert_eq!(t.unwrap().to, BreakerState::HalfOpen);

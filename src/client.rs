@@ -137,7 +137,9 @@ impl Redis {
             scheduled_thread_pool::ScheduledThreadPool::builder()
                 .num_threads(2)
                 .thread_name_pattern("redkit-pool-{}")
-                .on_drop_behavior(scheduled_thread_pool::OnPoolDropBehavior::DiscardPendingScheduled)
+                .on_drop_behavior(
+                    scheduled_thread_pool::OnPoolDropBehavior::DiscardPendingScheduled,
+                )
                 .build(),
         );
         let pool = r2d2::Pool::builder()
@@ -332,8 +334,7 @@ impl Redis {
             match self.attempt(&mut op, deadline) {
                 Ok(v) => return Ok(v),
                 Err(e) => {
-                    if attempt < policy.max_attempts && RetryPolicy::is_retry_safe(&e, idempotent)
-                    {
+                    if attempt < policy.max_attempts && RetryPolicy::is_retry_safe(&e, idempotent) {
                         let delay = delays
                             .get_or_insert_with(|| policy.backoff.delays())
                             .next_delay();
@@ -381,7 +382,9 @@ impl Redis {
             .checkout
             .min(deadline.saturating_duration_since(Instant::now()))
             .max(Duration::from_millis(1));
-        let result = self.checkout_quiet(checkout).and_then(|mut con| op(&mut con));
+        let result = self
+            .checkout_quiet(checkout)
+            .and_then(|mut con| op(&mut con));
         let failed = matches!(&result, Err(e) if e.class().is_infrastructure());
         let transition = breaker.record(admission, failed, Instant::now());
         self.note(transition);
@@ -503,7 +506,10 @@ fn packed_all_read_only(mut packed: &[u8]) -> bool {
 fn skip_command(packed: &[u8]) -> Option<&[u8]> {
     let line = |b: &[u8]| -> Option<(usize, usize)> {
         let nl = b.iter().position(|c| *c == b'\n')?;
-        let n = std::str::from_utf8(b.get(1..nl)?.strip_suffix(b"\r")?).ok()?.parse().ok()?;
+        let n = std::str::from_utf8(b.get(1..nl)?.strip_suffix(b"\r")?)
+            .ok()?
+            .parse()
+            .ok()?;
         Some((n, nl + 1))
     };
     let (count, mut at) = line(packed)?;

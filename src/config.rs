@@ -483,12 +483,14 @@ impl ConfigBuilder {
                 Error::Config { reason, .. } => Error::config("REDIS_URL", reason),
                 other => other,
             }),
-            Err(std::env::VarError::NotPresent) => {
-                Err(Error::config("REDIS_URL", "the environment variable is not set"))
-            }
-            Err(std::env::VarError::NotUnicode(_)) => {
-                Err(Error::config("REDIS_URL", "the environment variable is not valid UTF-8"))
-            }
+            Err(std::env::VarError::NotPresent) => Err(Error::config(
+                "REDIS_URL",
+                "the environment variable is not set",
+            )),
+            Err(std::env::VarError::NotUnicode(_)) => Err(Error::config(
+                "REDIS_URL",
+                "the environment variable is not valid UTF-8",
+            )),
         }
     }
 
@@ -617,7 +619,10 @@ impl ConfigBuilder {
 
     /// Turns TLS on and trusts this CA (PEM) instead of the system roots.
     pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> ConfigBuilder {
-        self.config.tls.get_or_insert_with(TlsConfig::default).ca_pem = Some(pem.into());
+        self.config
+            .tls
+            .get_or_insert_with(TlsConfig::default)
+            .ca_pem = Some(pem.into());
         self
     }
 
@@ -654,7 +659,10 @@ impl ConfigBuilder {
     /// Turns TLS on **without verifying the server's certificate or host name**. Only for
     /// tests and trusted networks; every connection logs a warning.
     pub fn tls_insecure(mut self) -> ConfigBuilder {
-        self.config.tls.get_or_insert_with(TlsConfig::default).insecure = true;
+        self.config
+            .tls
+            .get_or_insert_with(TlsConfig::default)
+            .insecure = true;
         self
     }
 
@@ -699,12 +707,18 @@ fn validate(c: &Config) -> Result<()> {
             return Err(Error::config("unix_socket", "path must not be empty"))
         }
         Addr::Unix(_) if c.tls.is_some() => {
-            return Err(Error::config("tls", "TLS is not available over a unix socket"))
+            return Err(Error::config(
+                "tls",
+                "TLS is not available over a unix socket",
+            ))
         }
         _ => {}
     }
     if c.db < 0 {
-        return Err(Error::config("db", format!("must not be negative, got {}", c.db)));
+        return Err(Error::config(
+            "db",
+            format!("must not be negative, got {}", c.db),
+        ));
     }
     if c.username.is_some() && c.password.is_none() {
         return Err(Error::config("password", "a username needs a password"));
@@ -735,7 +749,10 @@ fn validate(c: &Config) -> Result<()> {
         ("pool.max_lifetime", c.pool.max_lifetime),
     ] {
         if d.is_some_and(|d| d.is_zero()) {
-            return Err(Error::config(setting, "must be greater than zero (or None)"));
+            return Err(Error::config(
+                setting,
+                "must be greater than zero (or None)",
+            ));
         }
     }
     if c.transaction_attempts == 0 {
@@ -863,7 +880,10 @@ fn parse_url(url: &str) -> Result<ConfigBuilder> {
             .ok_or_else(|| Error::config("url", format!("parameter `{k}` is not valid UTF-8")))?;
         let duration = |setting: &'static str| {
             parse_duration(&v).ok_or_else(|| {
-                Error::config(setting, format!("`{v}` is not a duration such as 250ms or 2s"))
+                Error::config(
+                    setting,
+                    format!("`{v}` is not a duration such as 250ms or 2s"),
+                )
             })
         };
         let number = |setting: &'static str| {
@@ -881,12 +901,7 @@ fn parse_url(url: &str) -> Result<ConfigBuilder> {
             "checkout_timeout" => b.config.timeouts.checkout = duration("timeouts.checkout")?,
             "pool_max_size" => b.config.pool.max_size = number("pool.max_size")?,
             "pool_min_idle" => b.config.pool.min_idle = number("pool.min_idle")?,
-            other => {
-                return Err(Error::config(
-                    "url",
-                    format!("unknown parameter `{other}`"),
-                ))
-            }
+            other => return Err(Error::config("url", format!("unknown parameter `{other}`"))),
         }
     }
     Ok(b)
@@ -987,10 +1002,7 @@ mod tests {
                 Config::builder().tls_ca_file("/nonexistent/ca.pem"),
                 "tls.ca_file",
             ),
-            (
-                Config::builder().unix_socket("/tmp/s").tls(),
-                "tls",
-            ),
+            (Config::builder().unix_socket("/tmp/s").tls(), "tls"),
         ];
         for (builder, setting) in cases {
             match builder.build() {
@@ -1032,7 +1044,13 @@ mod tests {
         // Only checks the error shape when the variable is absent in this process.
         if std::env::var_os("REDIS_URL").is_none() {
             let e = Config::from_env().unwrap_err();
-            assert!(matches!(e, Error::Config { setting: "REDIS_URL", .. }));
+            assert!(matches!(
+                e,
+                Error::Config {
+                    setting: "REDIS_URL",
+                    ..
+                }
+            ));
         }
     }
 }

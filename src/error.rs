@@ -471,22 +471,40 @@ mod tests {
                 Err(e) => e,
                 Ok(v) => panic!("not an error: {v:?}"),
             },
-            Err(e) => e.into(),
+            Err(e) => e,
         }
     }
 
     #[test]
     fn classifies_server_codes() {
         let cases: &[(&[u8], ErrorClass)] = &[
-            (b"-WRONGTYPE Operation against a key\r\n", ErrorClass::Command),
+            (
+                b"-WRONGTYPE Operation against a key\r\n",
+                ErrorClass::Command,
+            ),
             (b"-ERR unknown command\r\n", ErrorClass::Command),
-            (b"-NOPERM this user has no permissions\r\n", ErrorClass::Permission),
-            (b"-WRONGPASS invalid username-password pair\r\n", ErrorClass::Auth),
+            (
+                b"-NOPERM this user has no permissions\r\n",
+                ErrorClass::Permission,
+            ),
+            (
+                b"-WRONGPASS invalid username-password pair\r\n",
+                ErrorClass::Auth,
+            ),
             (b"-NOAUTH Authentication required.\r\n", ErrorClass::Auth),
             (b"-LOADING Redis is loading\r\n", ErrorClass::Busy),
-            (b"-BUSY Redis is busy running a script\r\n", ErrorClass::Busy),
-            (b"-READONLY You can't write against a read only replica.\r\n", ErrorClass::ReadOnly),
-            (b"-MOVED 3999 127.0.0.1:6381\r\n", ErrorClass::ClusterRedirect),
+            (
+                b"-BUSY Redis is busy running a script\r\n",
+                ErrorClass::Busy,
+            ),
+            (
+                b"-READONLY You can't write against a read only replica.\r\n",
+                ErrorClass::ReadOnly,
+            ),
+            (
+                b"-MOVED 3999 127.0.0.1:6381\r\n",
+                ErrorClass::ClusterRedirect,
+            ),
             (b"-NOSCRIPT No matching script\r\n", ErrorClass::Script),
         ];
         for (reply, class) in cases {

@@ -52,7 +52,9 @@ impl Shared {
                 }
             }
             Err(e) => {
-                self.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 if self.connect_failing.swap(true, Ordering::AcqRel) {
                     debug!("redis at {addr}: connect failed again: {e}");
                 } else {
@@ -102,9 +104,7 @@ pub(crate) fn redis_client(config: &Config) -> Result<redis::Client> {
         .map_err(|e| Error::from_redis(e, Delivery::NotSent))?
         .set_redis_settings(settings);
     let client = match &config.tls {
-        Some(tls)
-            if !tls.insecure && (tls.ca_pem.is_some() || tls.client_cert_pem.is_some()) =>
-        {
+        Some(tls) if !tls.insecure && (tls.ca_pem.is_some() || tls.client_cert_pem.is_some()) => {
             let certs = redis::TlsCertificates {
                 client_tls: match (&tls.client_cert_pem, &tls.client_key_pem) {
                     (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
@@ -207,7 +207,10 @@ impl r2d2::ManageConnection for Manager {
         self.shared
             .record_connect(&self.config.addr, conn.as_ref().map(|_| ()));
         if conn.is_ok() {
-            self.shared.counters.conns_created.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .counters
+                .conns_created
+                .fetch_add(1, Ordering::Relaxed);
             debug!("redis at {}: new pooled connection", self.config.addr);
         }
         conn
@@ -336,7 +339,10 @@ impl PooledConnection {
     /// Sends one packed command and reads its reply, telling apart a command that was never
     /// completely written from one whose reply did not come.
     pub(crate) fn exec_packed(&mut self, cmd: &[u8]) -> Result<Value> {
-        self.shared.counters.commands.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .commands
+            .fetch_add(1, Ordering::Relaxed);
         if self.conn.broken {
             return Err(stale());
         }
@@ -382,10 +388,7 @@ impl PooledConnection {
 impl Drop for PooledConnection {
     fn drop(&mut self) {
         if self.response_changed && !self.conn.broken {
-            let restored = self
-                .conn
-                .con
-                .set_read_timeout(Some(self.default_response));
+            let restored = self.conn.con.set_read_timeout(Some(self.default_response));
             if restored.is_err() {
                 self.conn.broken = true;
             }

@@ -98,7 +98,10 @@ impl Backoff {
 
     pub(crate) fn validate(&self, setting: &'static str) -> Result<(), Error> {
         if self.base.is_zero() {
-            return Err(Error::config(setting, "backoff base must be greater than zero"));
+            return Err(Error::config(
+                setting,
+                "backoff base must be greater than zero",
+            ));
         }
         if self.cap < self.base {
             return Err(Error::config(
@@ -243,17 +246,83 @@ impl RetryPolicy {
 /// resend when its fate is unknown.
 pub fn is_read_only_command(name: &[u8]) -> bool {
     const READ_ONLY: &[&[u8]] = &[
-        b"BITCOUNT", b"BITPOS", b"DBSIZE", b"DUMP", b"ECHO", b"EVALSHA_RO", b"EVAL_RO",
-        b"EXISTS", b"EXPIRETIME", b"FCALL_RO", b"GEODIST", b"GEOHASH", b"GEOPOS", b"GEOSEARCH",
-        b"GET", b"GETBIT", b"GETRANGE", b"HEXISTS", b"HGET", b"HGETALL", b"HKEYS", b"HLEN",
-        b"HMGET", b"HRANDFIELD", b"HSCAN", b"HSTRLEN", b"HVALS", b"INFO", b"KEYS", b"LINDEX",
-        b"LLEN", b"LPOS", b"LRANGE", b"MGET", b"PEXPIRETIME", b"PFCOUNT", b"PING", b"PTTL",
-        b"SCAN", b"SCARD", b"SDIFF", b"SINTER", b"SINTERCARD", b"SISMEMBER", b"SMEMBERS",
-        b"SMISMEMBER", b"SRANDMEMBER", b"SSCAN", b"STRLEN", b"SUNION", b"TIME", b"TTL", b"TYPE",
-        b"XINFO", b"XLEN", b"XPENDING", b"XRANGE", b"XREVRANGE", b"ZCARD", b"ZCOUNT", b"ZDIFF",
-        b"ZINTER", b"ZINTERCARD", b"ZLEXCOUNT", b"ZMSCORE", b"ZRANDMEMBER", b"ZRANGE",
-        b"ZRANGEBYLEX", b"ZRANGEBYSCORE", b"ZRANK", b"ZREVRANGE", b"ZREVRANGEBYLEX",
-        b"ZREVRANGEBYSCORE", b"ZREVRANK", b"ZSCAN", b"ZSCORE", b"ZUNION",
+        b"BITCOUNT",
+        b"BITPOS",
+        b"DBSIZE",
+        b"DUMP",
+        b"ECHO",
+        b"EVALSHA_RO",
+        b"EVAL_RO",
+        b"EXISTS",
+        b"EXPIRETIME",
+        b"FCALL_RO",
+        b"GEODIST",
+        b"GEOHASH",
+        b"GEOPOS",
+        b"GEOSEARCH",
+        b"GET",
+        b"GETBIT",
+        b"GETRANGE",
+        b"HEXISTS",
+        b"HGET",
+        b"HGETALL",
+        b"HKEYS",
+        b"HLEN",
+        b"HMGET",
+        b"HRANDFIELD",
+        b"HSCAN",
+        b"HSTRLEN",
+        b"HVALS",
+        b"INFO",
+        b"KEYS",
+        b"LINDEX",
+        b"LLEN",
+        b"LPOS",
+        b"LRANGE",
+        b"MGET",
+        b"PEXPIRETIME",
+        b"PFCOUNT",
+        b"PING",
+        b"PTTL",
+        b"SCAN",
+        b"SCARD",
+        b"SDIFF",
+        b"SINTER",
+        b"SINTERCARD",
+        b"SISMEMBER",
+        b"SMEMBERS",
+        b"SMISMEMBER",
+        b"SRANDMEMBER",
+        b"SSCAN",
+        b"STRLEN",
+        b"SUNION",
+        b"TIME",
+        b"TTL",
+        b"TYPE",
+        b"XINFO",
+        b"XLEN",
+        b"XPENDING",
+        b"XRANGE",
+        b"XREVRANGE",
+        b"ZCARD",
+        b"ZCOUNT",
+        b"ZDIFF",
+        b"ZINTER",
+        b"ZINTERCARD",
+        b"ZLEXCOUNT",
+        b"ZMSCORE",
+        b"ZRANDMEMBER",
+        b"ZRANGE",
+        b"ZRANGEBYLEX",
+        b"ZRANGEBYSCORE",
+        b"ZRANK",
+        b"ZREVRANGE",
+        b"ZREVRANGEBYLEX",
+        b"ZREVRANGEBYSCORE",
+        b"ZREVRANK",
+        b"ZSCAN",
+        b"ZSCORE",
+        b"ZUNION",
     ];
     READ_ONLY.iter().any(|c| c.eq_ignore_ascii_case(name))
 }
@@ -265,9 +334,10 @@ fn clock_seed() -> u64 {
         .unwrap_or(0);
     // Mix in a per-call counter so two sequences made in the same nanosecond differ.
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    nanos ^ COUNTER
-        .fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)
-        .rotate_left(17)
+    nanos
+        ^ COUNTER
+            .fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)
+            .rotate_left(17)
 }
 
 /// A small, fast, seedable generator (SplitMix64); jitter needs no cryptographic quality.
@@ -377,9 +447,7 @@ mod tests {
         assert!(RetryPolicy::is_retry_safe(&unknown, true));
         let not_sent = Error::from_redis(timeout, Delivery::NotSent);
         assert!(RetryPolicy::is_retry_safe(&not_sent, false));
-        let open = Error::CircuitOpen {
-            retry_after: ms(1),
-        };
+        let open = Error::CircuitOpen { retry_after: ms(1) };
         assert!(!RetryPolicy::is_retry_safe(&open, true));
     }
 

@@ -159,8 +159,7 @@ pub(crate) fn convert<T: FromRedisValue>(value: Value) -> Result<T> {
     let value = value
         .extract_error()
         .map_err(|e| Error::from_redis(e, Delivery::Answered))?;
-    redis::from_redis_value(value)
-        .map_err(|e| Error::from_redis(e.into(), Delivery::Answered))
+    redis::from_redis_value(value).map_err(|e| Error::from_redis(e.into(), Delivery::Answered))
 }
 
 struct Entry {
@@ -325,7 +324,10 @@ impl Pipeline {
         if missing.is_empty() {
             return Ok(Some(values));
         }
-        log::debug!("pipeline: {} script call(s) met NOSCRIPT; loading and resending them", missing.len());
+        log::debug!(
+            "pipeline: {} script call(s) met NOSCRIPT; loading and resending them",
+            missing.len()
+        );
         let mut packed = Vec::new();
         let mut loads = 0;
         for script in self.distinct_scripts(&missing) {
@@ -361,9 +363,7 @@ impl Pipeline {
         match reply.pop() {
             Some(Value::Nil) => Ok(None),
             Some(Value::Array(values)) => Ok(Some(values)),
-            Some(Value::ServerError(e)) => {
-                Err(Error::from_redis(e.into(), Delivery::Answered))
-            }
+            Some(Value::ServerError(e)) => Err(Error::from_redis(e.into(), Delivery::Answered)),
             other => Err(Error::from_redis(
                 redis::RedisError::from((
                     redis::ErrorKind::UnexpectedReturnType,

@@ -14,7 +14,11 @@ use support::*;
 #[test]
 fn commands_and_pipelines_from_many_threads() -> TestResult {
     let server = server();
-    let redis = Redis::connect(builder(&server).pool_max_size(4).client_name("many-threads"))?;
+    let redis = Redis::connect(
+        builder(&server)
+            .pool_max_size(4)
+            .client_name("many-threads"),
+    )?;
     let threads = 8;
     let per_thread: usize = 200;
     let barrier = Arc::new(Barrier::new(threads));
@@ -59,15 +63,26 @@ fn commands_and_pipelines_from_many_threads() -> TestResult {
 
     let stats = redis.stats();
     assert!(stats.pool.size <= 4, "{stats:?}");
-    assert!(stats.pool.created >= 1 && stats.pool.created <= 4, "{stats:?}");
+    assert!(
+        stats.pool.created >= 1 && stats.pool.created <= 4,
+        "{stats:?}"
+    );
     assert_eq!(stats.errors.total(), 0, "{stats:?}");
     assert!(stats.commands >= (threads * per_thread * 3) as u64);
     assert!(stats.pipelines >= (threads * per_thread / 20 * 2) as u64);
 
     // CLIENT SETNAME was applied to every pooled connection.
-    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin(&server))?;
-    let named = list.lines().filter(|l| l.contains("name=many-threads")).count();
-    assert!(named >= 1 && named as u32 == redis.stats().pool.size, "{list}");
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut admin(&server))?;
+    let named = list
+        .lines()
+        .filter(|l| l.contains("name=many-threads"))
+        .count();
+    assert!(
+        named >= 1 && named as u32 == redis.stats().pool.size,
+        "{list}"
+    );
     Ok(())
 }
 
@@ -161,7 +176,10 @@ fn transaction_retry_cap_gives_a_typed_error() -> TestResult {
         })
         .map(|(): ()| ())
         .unwrap_err();
-    assert!(matches!(err, Error::TransactionConflict { attempts: 3 }), "{err:?}");
+    assert!(
+        matches!(err, Error::TransactionConflict { attempts: 3 }),
+        "{err:?}"
+    );
     assert_eq!(err.class(), ErrorClass::TransactionConflict);
     assert_eq!(calls, 3);
     let hot: i64 = redis.query(redis::cmd("GET").arg("hot"))?;
@@ -219,7 +237,10 @@ fn script_survives_script_flush_alone() -> TestResult {
     assert_eq!(a, 5);
     flush_scripts(&server)?;
     let b: i64 = script.key("n").arg(5).run(&redis)?;
-    assert_eq!(b, 10, "after SCRIPT FLUSH the script is loaded again and runs once");
+    assert_eq!(
+        b, 10,
+        "after SCRIPT FLUSH the script is loaded again and runs once"
+    );
     // On a checked-out connection too.
     flush_scripts(&server)?;
     let mut con = redis.conn()?;
@@ -312,7 +333,10 @@ fn blocking_commands_can_extend_the_response_timeout() -> TestResult {
     // Back in the pool the default applies again: a 1 s block times out at 300 ms.
     let mut con = redis.conn()?;
     let start = Instant::now();
-    let e = Error::from(con.blpop::<_, Option<(String, String)>>("nothing", 1.0).unwrap_err());
+    let e = Error::from(
+        con.blpop::<_, Option<(String, String)>>("nothing", 1.0)
+            .unwrap_err(),
+    );
     assert_eq!(e.class(), ErrorClass::Timeout, "{e:?}");
     assert!(start.elapsed() < Duration::from_millis(900));
     assert!(con.is_broken(), "a timed-out connection is never reused");

@@ -27,27 +27,36 @@ fn killed_server_gives_typed_errors_and_the_pool_recovers_after_restart() -> Tes
     server.kill()?;
 
     // A write on a dead connection: a typed connection error, not resent.
-    let err = redis
-        .query::<i64>(redis::cmd("INCR").arg("n"))
-        .unwrap_err();
+    let err = redis.query::<i64>(redis::cmd("INCR").arg("n")).unwrap_err();
     assert!(err.is_connection(), "{err:?}");
     assert_eq!(err.class(), ErrorClass::Connection);
     // A read is retried under the policy, then fails with a connection error too, fast.
     let start = Instant::now();
-    let err = redis.query::<Option<i64>>(redis::cmd("GET").arg("n")).unwrap_err();
+    let err = redis
+        .query::<Option<i64>>(redis::cmd("GET").arg("n"))
+        .unwrap_err();
     assert!(err.is_connection(), "{err:?}");
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
     // Through the redis::Commands surface as well.
     let mut r = redis.clone();
     let err = Error::from(r.set::<_, _, ()>("k", 1).unwrap_err());
     assert!(err.is_connection(), "{err:?}");
 
     // Broken connections were discarded, not kept.
-    wait_until(Duration::from_secs(5), "dead connections to be discarded", || {
-        redis.stats().pool.size == 0
-    })?;
+    wait_until(
+        Duration::from_secs(5),
+        "dead connections to be discarded",
+        || redis.stats().pool.size == 0,
+    )?;
     let stats = redis.stats();
-    assert!(stats.pool.discarded_broken + stats.pool.closed >= 4, "{stats:?}");
+    assert!(
+        stats.pool.discarded_broken + stats.pool.closed >= 4,
+        "{stats:?}"
+    );
     assert!(stats.errors.get(ErrorClass::Connection) >= 3, "{stats:?}");
 
     server.restart()?;
@@ -61,7 +70,11 @@ fn killed_server_gives_typed_errors_and_the_pool_recovers_after_restart() -> Tes
         assert_eq!(v, i);
     }
     let errors_after = redis.stats().errors.total();
-    assert_eq!(errors_after, stats.errors.total(), "no error after recovery");
+    assert_eq!(
+        errors_after,
+        stats.errors.total(),
+        "no error after recovery"
+    );
     Ok(())
 }
 
@@ -130,11 +143,17 @@ fn incr_is_not_applied_twice_when_its_response_times_out() -> TestResult {
             .retry(RetryPolicy::default().max_attempts(5)),
     )?;
     let sleeper = block_server(&server, 2.0)?;
-    let err = redis.query::<i64>(redis::cmd("INCR").arg("counter")).unwrap_err();
+    let err = redis
+        .query::<i64>(redis::cmd("INCR").arg("counter"))
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Timeout, "{err:?}");
     assert_eq!(err.delivery(), Delivery::Unknown);
     assert!(err.is_timeout() && err.is_retryable());
-    assert_eq!(redis.stats().retries, 0, "an INCR with unknown fate is never resent");
+    assert_eq!(
+        redis.stats().retries,
+        0,
+        "an INCR with unknown fate is never resent"
+    );
     sleeper.join().expect("sleeper");
     // The server ran the INCR it had received exactly once.
     let mut admin = admin(&server);
@@ -193,25 +212,27 @@ fn breaker_opens_fails_fast_half_opens_and_closes() -> TestResult {
     let mut server = server();
     let open_for = Duration::from_millis(400);
     let redis = Redis::connect(
-        builder(&server)
-            .retry(RetryPolicy::never())
-            .breaker(
-                BreakerConfig::default()
-                    .consecutive_failures(3)
-                    .open_for(open_for),
-            ),
+        builder(&server).retry(RetryPolicy::never()).breaker(
+            BreakerConfig::default()
+                .consecutive_failures(3)
+                .open_for(open_for),
+        ),
     )?;
     redis.query::<()>(redis::cmd("SET").arg("k").arg(1))?;
     server.kill()?;
     for _ in 0..3 {
-        let e = redis.query::<()>(redis::cmd("SET").arg("k").arg(2)).unwrap_err();
+        let e = redis
+            .query::<()>(redis::cmd("SET").arg("k").arg(2))
+            .unwrap_err();
         assert!(e.is_connection(), "{e:?}");
     }
     assert_eq!(redis.breaker_state(), BreakerState::Open);
     // Open: fails fast, without touching the network.
     let failures_before = redis.stats().pool.connect_failures;
     let start = Instant::now();
-    let e = redis.query::<()>(redis::cmd("SET").arg("k").arg(3)).unwrap_err();
+    let e = redis
+        .query::<()>(redis::cmd("SET").arg("k").arg(3))
+        .unwrap_err();
     assert!(matches!(e, Error::CircuitOpen { .. }), "{e:?}");
     assert_eq!(e.class(), ErrorClass::CircuitOpen);
     assert!(start.elapsed() < Duration::from_millis(50));
@@ -221,19 +242,24 @@ fn breaker_opens_fails_fast_half_opens_and_closes() -> TestResult {
     assert_eq!(stats.breaker_opened, 1);
     assert_eq!(stats.breaker_rejected, 1);
     assert_eq!(stats.errors.get(ErrorClass::CircuitOpen), 1);
-    assert_eq!(stats.pool.connect_failures, failures_before, "no network while open");
+    assert_eq!(
+        stats.pool.connect_failures, failures_before,
+        "no network while open"
+    );
 
     // After open_for, one probe goes through; the server is still down: open again.
-    wait_until(open_for * 5, "the breaker to let a probe through", || {
-        match redis.query::<()>(&redis::cmd("PING")) {
+    wait_until(
+        open_for * 5,
+        "the breaker to let a probe through",
+        || match redis.query::<()>(&redis::cmd("PING")) {
             Err(Error::CircuitOpen { .. }) => false,
             Err(e) => {
                 assert!(e.is_connection(), "{e:?}");
                 true
             }
             Ok(()) => panic!("the server is down"),
-        }
-    })?;
+        },
+    )?;
     assert_eq!(redis.breaker_state(), BreakerState::Open);
     assert_eq!(redis.stats().breaker_opened, 2);
 
@@ -255,9 +281,8 @@ fn breaker_opens_fails_fast_half_opens_and_closes() -> TestResult {
 #[test]
 fn breaker_ignores_command_errors() -> TestResult {
     let server = server();
-    let redis = Redis::connect(
-        builder(&server).breaker(BreakerConfig::default().consecutive_failures(2)),
-    )?;
+    let redis =
+        Redis::connect(builder(&server).breaker(BreakerConfig::default().consecutive_failures(2)))?;
     redis.query::<()>(redis::cmd("LPUSH").arg("l").arg(1))?;
     for _ in 0..10 {
         let e = redis.query::<()>(redis::cmd("INCR").arg("l")).unwrap_err();
@@ -282,6 +307,10 @@ fn unreachable_server_fails_fast_with_a_connection_error() -> TestResult {
     assert_eq!(err.class(), ErrorClass::Connection, "{err:?}");
     let err = lazy.query::<String>(&redis::cmd("PING")).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Connection, "{err:?}");
-    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
     Ok(())
 }

@@ -142,8 +142,7 @@ fn tls_with_custom_ca() -> TestResult {
     assert_eq!(v, 1);
     // The same from files, and through a rediss:// URL plus the CA.
     let from_files = Redis::connect(
-        redkit::ConfigBuilder::from_url(&server.url())?
-            .tls_ca_file(tls.ca_cert_path()),
+        redkit::ConfigBuilder::from_url(&server.url())?.tls_ca_file(tls.ca_cert_path()),
     )?;
     let v: i64 = from_files.query(redis::cmd("GET").arg("over-tls"))?;
     assert_eq!(v, 1);
@@ -189,8 +188,7 @@ fn tls_wrong_ca_and_wrong_host_are_rejected_with_a_tls_error() -> TestResult {
     // A certificate for another host name.
     let wrong = tls.wrong_host_server_material();
     let wrong_server = tls_server(&wrong, false);
-    let err =
-        Redis::connect(builder(&wrong_server).tls_ca_pem(wrong.ca_cert_pem())).unwrap_err();
+    let err = Redis::connect(builder(&wrong_server).tls_ca_pem(wrong.ca_cert_pem())).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Tls, "{err:?}");
 
     // Insecure mode connects anyway (and logs a warning).
@@ -205,8 +203,7 @@ fn plain_client_against_tls_server_fails_cleanly() -> TestResult {
     let tls = TlsMaterial::generate()?;
     let server = tls_server(&tls, false);
     let err = Redis::connect(
-        builder(&server)
-            .timeouts(redkit::Timeouts::default().connect(Duration::from_millis(500))),
+        builder(&server).timeouts(redkit::Timeouts::default().connect(Duration::from_millis(500))),
     )
     .unwrap_err();
     assert!(err.is_connection() || err.is_timeout(), "{err:?}");
