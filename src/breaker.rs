@@ -207,7 +207,15 @@ impl Breaker {
     }
 
     /// Asks to make a call. `Err` means fail fast; `Ok(Some(t))` reports a transition.
-    pub(crate) fn admit(&self, now: Instant) -> Result<(Admission, Option<Transition>), Error> {
+    /// Reads the clock only when the breaker is not closed.
+    pub(crate) fn admit(&self) -> Result<(Admission, Option<Transition>), Error> {
+        if !self.config.enabled || self.state() == BreakerState::Closed {
+            return Ok((Admission::Call, None));
+        }
+        self.admit_at(Instant::now())
+    }
+
+    pub(crate) fn admit_at(&self, now: Instant) -> Result<(Admission, Option<Transition>), Error> {
         if !self.config.enabled || self.state() == BreakerState::Closed {
             return Ok((Admission::Call, None));
         }
@@ -240,8 +248,21 @@ impl Breaker {
         }
     }
 
-    /// Reports the outcome of an admitted call (`failed` = an infrastructure failure).
-    pub(crate) fn record(
+    /// Reports the outcome of an admitted call (`failed` = an infrastructure failure). Reads
+    /// the clock only when it matters.
+    pub(crate) fn record(&self, admission: Admission, failed: bool) -> Option<Transition> {
+        if !self.config.enabled
+            || (!failed
+                && admission == Admission::Call
+                && self.config.failure_rate.is_none()
+                && self.consecutive.load(Ordering::Relaxed) == 0)
+        {
+            return None;
+        }
+        self.record_at(admission, failed, Instant::now())
+    }
+
+    pub(crate) fn record_at(
         &self,
         admission: Admission,
         failed: bool,
@@ -358,24 +379,24 @@ mod tests {
         );
         let t0 = Instant::now();
         for i in 0..2 {
-            let (a, _) = b.admit(t0).unwrap();
-            assert_eq!(b.record(a, true, t0), None, "failure {i}");
+            let (a, _) = b.admit_at(t0).unwrap();
+            assert_eq!(b.record_at(a, true, t0), None, "failure {i}");
         }
-        let (a, _) = b.admit(t0).unwrap();
-        let t = b.record(a, true, t0).unwrap();
+        let (a, _) = b.admit_at(t0).unwrap();
+        let t = b.record_at(a, true, t0).unwrap();
         assert_eq!(t.to, BreakerState::Open);
         assert!(matches!(
-            b.admit(t0 + ms(50)),
+            b.admit_at(t0 + ms(50)),
             Err(Error::CircuitOpen { .. })
         ));
-        let (a, t) = b.admit(t0 + ms(100)).unwrap();
+        let (a, t) = b.admit_at(t0 + ms(100)).unwrap();
         assert_eq!(a, Admission::Probe);
         assert_eq!(t.unwrap().to, BreakerState::HalfOpen);
         // A second concurrent probe is refused.
-        assert!(b.admit(t0 + ms(101)).is_err());
-        let t = b.record(a, false, t0 + ms(102)).unwrap();
+        assert!(b.admit_at(t0 + ms(101)).is_err());
+        let t = b.record_at(a, false, t0 + ms(102)).unwrap();
         assert_eq!(t.to, BreakerState::Closed);
-        assert_eq!(b.admit(t0 + ms(103)).unwrap().0, Admission::Call);
+        assert_eq!(b.admit_at(t0 + ms(103)).unwrap().0, Admission::Call);
     }
 
     #[test]
@@ -386,12 +407,12 @@ mod tests {
                 .open_for(ms(10)),
         );
         let t0 = Instant::now();
-        let (a, _) = b.admit(t0).unwrap();
-        b.record(a, true, t0);
-        let (a, _) = b.admit(t0 + ms(10)).unwrap();
-        let t = b.record(a, true, t0 + ms(11)).unwrap();
+        let (a, _) = b.admit_at(t0).unwrap();
+        b.record_at(a, true, t0);
+        let (a, _) = b.admit_at(t0 + ms(10)).unwrap();
+        let t = b.record_at(a, true, t0 + ms(11)).unwrap();
         assert_eq!(t.to, BreakerState::Open);
-        assert!(b.admit(t0 + ms(15)).is_err());
+        assert!(b.admit_at(t0 + ms(15)).is_err());
     }
 
     #[test]
@@ -399,8 +420,8 @@ mod tests {
         let b = Breaker::new(BreakerConfig::default().consecutive_failures(2));
         let t0 = Instant::now();
         for _ in 0..10 {
-            b.record(Admission::Call, true, t0);
-            b.record(Admission::Call, false, t0);
+            b.record_at(Admission::Call, true, t0);
+            b.record_at(Admission::Call, false, t0);
         }
         assert_eq!(b.state(), BreakerState::Closed);
     }
@@ -415,8 +436,8 @@ mod tests {
         let t0 = Instant::now();
         let mut opened = false;
         for i in 0..10 {
-            b.record(Admission::Call, false, t0 + ms(i));
-            if b.record(Admission::Call, true, t0 + ms(i)).is_some() {
+            b.record_at(Admission::Call, false, t0 + ms(i));
+            if b.record_at(Admission::Call, true, t0 + ms(i)).is_some() {
                 opened = true;
             }
         }
@@ -432,11 +453,11 @@ mod tests {
                 .failure_rate(0.5, 4, Duration::from_millis(100)),
         );
         let t0 = Instant::now();
-        b.record(Admission::Call, true, t0);
-        b.record(Admission::Call, true, t0);
+        b.record_at(Admission::Call, true, t0);
+        b.record_at(Admission::Call, true, t0);
         // Far later: only successes in the window.
         for i in 0..4 {
-            b.record(Admission::Call, false, t0 + ms(500 + i));
+            b.record_at(Admission::Call, false, t0 + ms(500 + i));
         }
         assert_eq!(b.state(), BreakerState::Closed);
     }
@@ -446,8 +467,8 @@ mod tests {
         let b = Breaker::new(BreakerConfig::disabled().consecutive_failures(1));
         let t0 = Instant::now();
         for _ in 0..10 {
-            b.record(Admission::Call, true, t0);
+            b.record_at(Admission::Call, true, t0);
         }
-        assert!(b.admit(t0).is_ok());
+        assert!(b.admit_at(t0).is_ok());
     }
 }

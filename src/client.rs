@@ -363,7 +363,7 @@ impl Redis {
         deadline: Instant,
     ) -> Result<T> {
         let breaker = &self.inner.breaker;
-        let (admission, transition) = match breaker.admit(Instant::now()) {
+        let (admission, transition) = match breaker.admit() {
             Ok(a) => a,
             Err(e) => {
                 self.inner
@@ -386,7 +386,7 @@ impl Redis {
             .checkout_quiet(checkout)
             .and_then(|mut con| op(&mut con));
         let failed = matches!(&result, Err(e) if e.class().is_infrastructure());
-        let transition = breaker.record(admission, failed, Instant::now());
+        let transition = breaker.record(admission, failed);
         self.note(transition);
         result
     }

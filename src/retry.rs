@@ -245,86 +245,94 @@ impl RetryPolicy {
 /// Whether a command (by name, any case) is one redkit knows to be read-only, and so safe to
 /// resend when its fate is unknown.
 pub fn is_read_only_command(name: &[u8]) -> bool {
-    const READ_ONLY: &[&[u8]] = &[
-        b"BITCOUNT",
-        b"BITPOS",
-        b"DBSIZE",
-        b"DUMP",
-        b"ECHO",
-        b"EVALSHA_RO",
-        b"EVAL_RO",
-        b"EXISTS",
-        b"EXPIRETIME",
-        b"FCALL_RO",
-        b"GEODIST",
-        b"GEOHASH",
-        b"GEOPOS",
-        b"GEOSEARCH",
-        b"GET",
-        b"GETBIT",
-        b"GETRANGE",
-        b"HEXISTS",
-        b"HGET",
-        b"HGETALL",
-        b"HKEYS",
-        b"HLEN",
-        b"HMGET",
-        b"HRANDFIELD",
-        b"HSCAN",
-        b"HSTRLEN",
-        b"HVALS",
-        b"INFO",
-        b"KEYS",
-        b"LINDEX",
-        b"LLEN",
-        b"LPOS",
-        b"LRANGE",
-        b"MGET",
-        b"PEXPIRETIME",
-        b"PFCOUNT",
-        b"PING",
-        b"PTTL",
-        b"SCAN",
-        b"SCARD",
-        b"SDIFF",
-        b"SINTER",
-        b"SINTERCARD",
-        b"SISMEMBER",
-        b"SMEMBERS",
-        b"SMISMEMBER",
-        b"SRANDMEMBER",
-        b"SSCAN",
-        b"STRLEN",
-        b"SUNION",
-        b"TIME",
-        b"TTL",
-        b"TYPE",
-        b"XINFO",
-        b"XLEN",
-        b"XPENDING",
-        b"XRANGE",
-        b"XREVRANGE",
-        b"ZCARD",
-        b"ZCOUNT",
-        b"ZDIFF",
-        b"ZINTER",
-        b"ZINTERCARD",
-        b"ZLEXCOUNT",
-        b"ZMSCORE",
-        b"ZRANDMEMBER",
-        b"ZRANGE",
-        b"ZRANGEBYLEX",
-        b"ZRANGEBYSCORE",
-        b"ZRANK",
-        b"ZREVRANGE",
-        b"ZREVRANGEBYLEX",
-        b"ZREVRANGEBYSCORE",
-        b"ZREVRANK",
-        b"ZSCAN",
-        b"ZSCORE",
-        b"ZUNION",
-    ];
-    READ_ONLY.iter().any(|c| c.eq_ignore_ascii_case(name))
+    // Upper-case into a stack buffer, then one `match` (compiled to a few comparisons).
+    let mut buf = [0u8; 20];
+    let Some(upper) = buf.get_mut(..name.len()) else {
+        return false;
+    };
+    for (d, s) in upper.iter_mut().zip(name) {
+        *d = s.to_ascii_uppercase();
+    }
+    matches!(
+        &*upper,
+        b"BITCOUNT"
+            | b"BITPOS"
+            | b"DBSIZE"
+            | b"DUMP"
+            | b"ECHO"
+            | b"EVALSHA_RO"
+            | b"EVAL_RO"
+            | b"EXISTS"
+            | b"EXPIRETIME"
+            | b"FCALL_RO"
+            | b"GEODIST"
+            | b"GEOHASH"
+            | b"GEOPOS"
+            | b"GEOSEARCH"
+            | b"GET"
+            | b"GETBIT"
+            | b"GETRANGE"
+            | b"HEXISTS"
+            | b"HGET"
+            | b"HGETALL"
+            | b"HKEYS"
+            | b"HLEN"
+            | b"HMGET"
+            | b"HRANDFIELD"
+            | b"HSCAN"
+            | b"HSTRLEN"
+            | b"HVALS"
+            | b"INFO"
+            | b"KEYS"
+            | b"LINDEX"
+            | b"LLEN"
+            | b"LPOS"
+            | b"LRANGE"
+            | b"MGET"
+            | b"PEXPIRETIME"
+            | b"PFCOUNT"
+            | b"PING"
+            | b"PTTL"
+            | b"SCAN"
+            | b"SCARD"
+            | b"SDIFF"
+            | b"SINTER"
+            | b"SINTERCARD"
+            | b"SISMEMBER"
+            | b"SMEMBERS"
+            | b"SMISMEMBER"
+            | b"SRANDMEMBER"
+            | b"SSCAN"
+            | b"STRLEN"
+            | b"SUNION"
+            | b"TIME"
+            | b"TTL"
+            | b"TYPE"
+            | b"XINFO"
+            | b"XLEN"
+            | b"XPENDING"
+            | b"XRANGE"
+            | b"XREVRANGE"
+            | b"ZCARD"
+            | b"ZCOUNT"
+            | b"ZDIFF"
+            | b"ZINTER"
+            | b"ZINTERCARD"
+            | b"ZLEXCOUNT"
+            | b"ZMSCORE"
+            | b"ZRANDMEMBER"
+            | b"ZRANGE"
+            | b"ZRANGEBYLEX"
+            | b"ZRANGEBYSCORE"
+            | b"ZRANK"
+            | b"ZREVRANGE"
+            | b"ZREVRANGEBYLEX"
+            | b"ZREVRANGEBYSCORE"
+            | b"ZREVRANK"
+            | b"ZSCAN"
+            | b"ZSCORE"
+            | b"ZUNION"
+    )
 }
 
 fn clock_seed() -> u64 {
@@ -458,5 +466,9 @@ mod tests {
         assert!(!is_read_only_command(b"INCR"));
         assert!(!is_read_only_command(b"SET"));
         assert!(!is_read_only_command(b"LPUSH"));
+        assert!(!is_read_only_command(
+            b"A_COMMAND_NAME_LONGER_THAN_THE_BUFFER"
+        ));
+        assert!(!is_read_only_command(b""));
     }
 }
