@@ -131,6 +131,12 @@ impl Redis {
     /// and on demand; a server that is down now is not an error until a command needs it.
     pub fn connect_lazy(config: impl IntoConfig) -> Result<Redis> {
         let config = config.into_config()?;
+        if config.tls.as_ref().is_some_and(|t| t.insecure) {
+            warn!(
+                "redis at {}: TLS certificate verification is OFF (insecure mode): use only in tests",
+                config.addr
+            );
+        }
         let shared = Arc::new(Shared::default());
         let manager = Manager::new(config.clone(), shared.clone())?;
         let threads = Arc::new(
@@ -382,12 +388,19 @@ impl Redis {
             .checkout
             .min(deadline.saturating_duration_since(Instant::now()))
             .max(Duration::from_millis(1));
+        // A half-open probe whose closure panics must still be accounted for, or the breaker
+        // would wait for it forever.
+        let mut guard = ProbeGuard {
+            breaker,
+            admission: Some(admission),
+        };
         let result = self
             .checkout_quiet(checkout)
             .and_then(|mut con| op(&mut con));
         let failed = matches!(&result, Err(e) if e.class().is_infrastructure());
-        let transition = breaker.record(admission, failed);
-        self.note(transition);
+        if let Some(admission) = guard.admission.take() {
+            self.note(breaker.record(admission, failed));
+        }
         result
     }
 
@@ -457,12 +470,37 @@ impl Redis {
     }
 }
 
+/// An error reply that says "try again later" (`LOADING`, `BUSY`, `READONLY`...) becomes an
+/// error so that the retry policy sees it; other replies pass through as values.
+fn transient_reply_as_error(value: Value) -> Result<Value> {
+    if let Value::ServerError(e) = &value {
+        let err = Error::from_redis(e.clone().into(), Delivery::Answered);
+        if err.is_retryable() {
+            return Err(err);
+        }
+    }
+    Ok(value)
+}
+
 fn unwatch(con: &mut PooledConnection) {
     let r = con.exec_packed(&redis::cmd("UNWATCH").get_packed_command());
     if let Err(e) = r.and_then(script::convert::<()>) {
         // The connection keeps its WATCH: never hand it out again.
         warn!("UNWATCH failed ({e}); closing the connection");
         con.mark_broken();
+    }
+}
+
+struct ProbeGuard<'a> {
+    breaker: &'a Breaker,
+    admission: Option<crate::breaker::Admission>,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(admission) = self.admission.take() {
+            self.breaker.record(admission, true);
+        }
     }
 }
 
@@ -524,7 +562,9 @@ impl ConnectionLike for Redis {
     fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<Value> {
         let read_only = packed_command_name(cmd).is_some_and(is_read_only_command);
         let value = self
-            .execute(read_only, |con| con.exec_packed(cmd))
+            .execute(read_only, |con| {
+                transient_reply_as_error(con.exec_packed(cmd)?)
+            })
             .map_err(pool::to_redis_error)?;
         self.count_error_replies(std::slice::from_ref(&value));
         Ok(value)
@@ -560,6 +600,16 @@ impl ConnectionLike for Redis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Redis>();
+        fn send<T: Send>() {}
+        send::<PooledConnection>();
+        send::<Pipeline>();
+        check::<crate::Script>();
+    }
 
     #[test]
     fn reads_command_names_from_packed_requests() {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use log::{debug, info, trace, warn};
+
 use redis::{ConnectionLike, RedisError, Value};
 
 use crate::config::{Addr, Config, Protocol};
@@ -119,12 +120,6 @@ pub(crate) fn redis_client(config: &Config) -> Result<redis::Client> {
         }
         _ => redis::Client::open(info),
     };
-    if config.tls.as_ref().is_some_and(|t| t.insecure) {
-        warn!(
-            "TLS certificate verification is OFF for {} (insecure mode): use only in tests",
-            config.addr
-        );
-    }
     client.map_err(|e| Error::from_redis(e, Delivery::NotSent))
 }
 

@@ -112,25 +112,25 @@ fn restart_without_traffic_in_between_costs_at_most_one_error() -> TestResult {
     Ok(())
 }
 
-/// Blocks the server with DEBUG SLEEP from another connection, and returns once a probe
-/// PING proves the server is busy.
+/// Blocks the server with DEBUG SLEEP from another connection, and returns once a PING on
+/// an already established connection times out: proof that the server is asleep.
 fn block_server(server: &RedisServer, seconds: f64) -> TestResult<thread::JoinHandle<()>> {
     let mut admin = admin(server);
     admin.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut probe = server.admin()?;
+    probe.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let _: String = redis::cmd("PING").query(&mut probe)?;
     let sleeper = thread::spawn(move || {
         let _: redis::RedisResult<()> = redis::cmd("DEBUG")
             .arg("SLEEP")
             .arg(seconds)
             .query(&mut admin);
     });
-    wait_until(Duration::from_secs(5), "the server to be busy", || {
-        let client = redis::Client::open(server.url()).expect("client");
-        let Ok(mut probe) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
-            return true;
-        };
-        let _ = probe.set_read_timeout(Some(Duration::from_millis(50)));
-        redis::cmd("PING").query::<String>(&mut probe).is_err()
-    })?;
+    wait_until(
+        Duration::from_secs(10),
+        "the server to be asleep",
+        || matches!(redis::cmd("PING").query::<String>(&mut probe), Err(e) if e.is_timeout()),
+    )?;
     Ok(sleeper)
 }
 
@@ -193,13 +193,13 @@ fn read_only_command_is_retried_after_a_timeout() -> TestResult {
             .breaker(BreakerConfig::disabled()),
     )?;
     redis.query::<()>(redis::cmd("SET").arg("k").arg("v"))?;
-    let sleeper = block_server(&server, 1.0)?;
+    let sleeper = block_server(&server, 1.5)?;
     let v: String = redis.query(redis::cmd("GET").arg("k"))?;
     assert_eq!(v, "v");
     assert!(redis.stats().retries >= 1);
     // A caller-declared idempotent write is retried too.
     sleeper.join().expect("sleeper");
-    let sleeper = block_server(&server, 1.0)?;
+    let sleeper = block_server(&server, 1.5)?;
     redis.query_idempotent::<()>(redis::cmd("SET").arg("k").arg("w"))?;
     sleeper.join().expect("sleeper");
     let v: String = redis.query(redis::cmd("GET").arg("k"))?;
@@ -235,7 +235,7 @@ fn breaker_opens_fails_fast_half_opens_and_closes() -> TestResult {
         .unwrap_err();
     assert!(matches!(e, Error::CircuitOpen { .. }), "{e:?}");
     assert_eq!(e.class(), ErrorClass::CircuitOpen);
-    assert!(start.elapsed() < Duration::from_millis(50));
+    assert!(start.elapsed() < Duration::from_millis(500));
     assert!(!redkit::RetryPolicy::is_retry_safe(&e, true));
     let stats = redis.stats();
     assert_eq!(stats.breaker, BreakerState::Open);
@@ -312,5 +312,60 @@ fn unreachable_server_fails_fast_with_a_connection_error() -> TestResult {
         "{:?}",
         start.elapsed()
     );
+    Ok(())
+}
+
+#[test]
+fn busy_server_replies_are_retried_on_every_surface() -> TestResult {
+    let server = server();
+    let redis = Redis::connect(
+        builder(&server)
+            .retry(
+                RetryPolicy::default()
+                    .max_attempts(50)
+                    .max_elapsed(Duration::from_secs(10))
+                    .backoff(redkit::Backoff::exponential(
+                        Duration::from_millis(20),
+                        Duration::from_millis(100),
+                    )),
+            )
+            .breaker(BreakerConfig::disabled()),
+    )?;
+    redis.query::<()>(redis::cmd("SET").arg("k").arg("v"))?;
+    let mut admin = admin(&server);
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("busy-reply-threshold")
+        .arg(50)
+        .exec(&mut admin)?;
+    // A script that keeps the server busy for 800 ms: everyone else gets -BUSY meanwhile.
+    let busy = thread::spawn(move || {
+        let script = "local t = redis.call('TIME') \
+            local start = t[1] * 1000000 + t[2] \
+            while true do \
+              local n = redis.call('TIME') \
+              if n[1] * 1000000 + n[2] - start > 800000 then break end \
+            end return 1";
+        let _: redis::RedisResult<i64> = redis::cmd("EVAL").arg(script).arg(0).query(&mut admin);
+    });
+    wait_until(Duration::from_secs(5), "the server to answer BUSY", || {
+        let client = redis::Client::open(server.url()).expect("client");
+        let Ok(mut probe) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
+            return false;
+        };
+        matches!(
+            redis::cmd("PING").query::<String>(&mut probe),
+            Err(e) if e.code() == Some("BUSY")
+        )
+    })?;
+    // A write through the typed API and a write through redis::Commands: both retried until
+    // the script ends (the server refused them, so they surely did not run).
+    let mut r = redis.clone();
+    r.set::<_, _, ()>("k", "w1")?;
+    redis.query::<()>(redis::cmd("INCR").arg("n"))?;
+    busy.join().expect("busy thread");
+    assert!(redis.stats().retries >= 1, "{:?}", redis.stats());
+    let n: i64 = redis.query(redis::cmd("GET").arg("n"))?;
+    assert_eq!(n, 1);
     Ok(())
 }
