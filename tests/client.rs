@@ -365,3 +365,25 @@ fn resp3_and_database_selection() -> TestResult {
     assert!(info.contains("resp=3"), "{info}");
     Ok(())
 }
+
+#[test]
+fn unix_socket_connection() -> TestResult {
+    init_logs();
+    let dir = std::env::temp_dir().join(format!("redkit-sock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("redis.sock");
+    let server = redkit::testing::RedisServer::builder()
+        .config("unixsocket", socket.display().to_string())
+        .config("unixsocketperm", "700")
+        .start()?;
+    let url = format!("unix://{}?db=1", socket.display());
+    let mut r = Redis::connect(url.as_str())?;
+    r.set::<_, _, ()>("via-socket", 7)?;
+    let mut admin = admin(&server);
+    redis::cmd("SELECT").arg(1).exec(&mut admin)?;
+    let v: i64 = redis::cmd("GET").arg("via-socket").query(&mut admin)?;
+    assert_eq!(v, 7);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
