@@ -71,18 +71,21 @@ fn commands_and_pipelines_from_many_threads() -> TestResult {
     assert!(stats.commands >= (threads * per_thread * 3) as u64);
     assert!(stats.pipelines >= (threads * per_thread / 20 * 2) as u64);
 
-    // CLIENT SETNAME was applied to every pooled connection.
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut admin(&server))?;
-    let named = list
-        .lines()
-        .filter(|l| l.contains("name=many-threads"))
-        .count();
-    assert!(
-        named >= 1 && named as u32 == redis.stats().pool.size,
-        "{list}"
-    );
+    // CLIENT SETNAME was applied to every pooled connection (one may still be in set-up
+    // right now: wait for a stable picture).
+    let mut admin = admin(&server);
+    redkit::testing::wait_until(Duration::from_secs(5), "every connection named", || {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut admin)
+            .expect("CLIENT LIST");
+        let ours: Vec<&str> = list
+            .lines()
+            .filter(|l| !l.contains("cmd=client|list"))
+            .collect();
+        ours.iter().all(|l| l.contains("name=many-threads"))
+            && ours.len() as u32 == redis.stats().pool.size
+    })?;
     Ok(())
 }
 
@@ -118,12 +121,11 @@ fn typed_errors_for_command_and_conversion_failures() -> TestResult {
         .query::<i64>(redis::cmd("LRANGE").arg("list").arg(0).arg(-1))
         .unwrap_err();
     assert_eq!(e.class(), ErrorClass::Conversion, "{e:?}");
-    // Neither error poisons the pool: the same connections keep working.
-    let created = redis.stats().pool.created;
+    // Neither error poisons a connection: none was discarded or closed.
     let n: i64 = redis.query(redis::cmd("LLEN").arg("list"))?;
     assert_eq!(n, 1);
-    assert_eq!(redis.stats().pool.created, created);
     assert_eq!(redis.stats().pool.discarded_broken, 0);
+    assert_eq!(redis.stats().pool.closed, 0);
     // Errors through the redis::Commands surface convert back with `?`.
     let mut r = redis.clone();
     let raw = r.incr::<_, _, i64>("list", 1).unwrap_err();
