@@ -142,6 +142,10 @@ fn incr_is_not_applied_twice_when_its_response_times_out() -> TestResult {
             .timeouts(redkit::Timeouts::default().response(Duration::from_millis(300)))
             .retry(RetryPolicy::default().max_attempts(5)),
     )?;
+    // An idle pooled connection must exist before the server sleeps: a connection opened
+    // during the sleep would wait in its set-up (within the connect timeout) and the INCR
+    // would then simply succeed.
+    redis.query::<()>(redis::cmd("SET").arg("counter").arg(0))?;
     let sleeper = block_server(&server, 2.0)?;
     let err = redis
         .query::<i64>(redis::cmd("INCR").arg("counter"))
@@ -175,21 +179,24 @@ fn incr_is_not_applied_twice_when_its_response_times_out() -> TestResult {
     Ok(())
 }
 
+/// Retries for as long as a blocked server may take in these tests.
+fn patient_retry() -> RetryPolicy {
+    RetryPolicy::default()
+        .max_attempts(50)
+        .max_elapsed(Duration::from_secs(10))
+        .backoff(redkit::Backoff::exponential(
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+        ))
+}
+
 #[test]
 fn read_only_command_is_retried_after_a_timeout() -> TestResult {
     let server = server();
     let redis = Redis::connect(
         builder(&server)
             .timeouts(redkit::Timeouts::default().response(Duration::from_millis(300)))
-            .retry(
-                RetryPolicy::default()
-                    .max_attempts(20)
-                    .max_elapsed(Duration::from_secs(10))
-                    .backoff(redkit::Backoff::exponential(
-                        Duration::from_millis(50),
-                        Duration::from_millis(200),
-                    )),
-            )
+            .retry(patient_retry())
             .breaker(BreakerConfig::disabled()),
     )?;
     redis.query::<()>(redis::cmd("SET").arg("k").arg("v"))?;
@@ -320,15 +327,7 @@ fn busy_server_replies_are_retried_on_every_surface() -> TestResult {
     let server = server();
     let redis = Redis::connect(
         builder(&server)
-            .retry(
-                RetryPolicy::default()
-                    .max_attempts(50)
-                    .max_elapsed(Duration::from_secs(10))
-                    .backoff(redkit::Backoff::exponential(
-                        Duration::from_millis(20),
-                        Duration::from_millis(100),
-                    )),
-            )
+            .retry(patient_retry())
             .breaker(BreakerConfig::disabled()),
     )?;
     redis.query::<()>(redis::cmd("SET").arg("k").arg("v"))?;
