@@ -235,27 +235,32 @@ impl Redis {
     /// Runs one command and converts its reply. Retried only when it surely did not run, or
     /// when it is a read-only command (see [`crate::retry`]).
     pub fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
-        let read_only = cmd_is_read_only(cmd);
-        self.execute(read_only, |con| {
-            let packed = cmd.get_packed_command();
-            script::convert(con.exec_packed(&packed)?)
-        })
+        self.execute(
+            || cmd_is_read_only(cmd),
+            |con| {
+                let packed = cmd.get_packed_command();
+                script::convert(con.exec_packed(&packed)?)
+            },
+        )
     }
 
     /// Like [`Redis::query`], but the caller declares the command idempotent: it is resent
     /// even when its first attempt may have run.
     pub fn query_idempotent<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
-        self.execute(true, |con| {
-            let packed = cmd.get_packed_command();
-            script::convert(con.exec_packed(&packed)?)
-        })
+        self.execute(
+            || true,
+            |con| {
+                let packed = cmd.get_packed_command();
+                script::convert(con.exec_packed(&packed)?)
+            },
+        )
     }
 
     /// Runs a closure on a pooled connection, with the breaker and the retry policy. The
     /// closure is run again only when its failure surely did not run anything on the server
     /// (see [`Redis::run_idempotent`] otherwise).
     pub fn run<T>(&self, f: impl FnMut(&mut PooledConnection) -> Result<T>) -> Result<T> {
-        self.execute(false, f)
+        self.execute(|| false, f)
     }
 
     /// Like [`Redis::run`], and the caller declares the closure idempotent: it is run again
@@ -264,13 +269,13 @@ impl Redis {
         &self,
         f: impl FnMut(&mut PooledConnection) -> Result<T>,
     ) -> Result<T> {
-        self.execute(true, f)
+        self.execute(|| true, f)
     }
 
     /// Runs a [`Pipeline`] (plain or atomic, with scripts), with the breaker and the retry
     /// policy (resent after an unknown fate only when every command is read-only).
     pub fn pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T> {
-        self.execute(pipe.is_read_only(), |con| pipe.query(con))
+        self.execute(|| pipe.is_read_only(), |con| pipe.query(con))
     }
 
     /// An optimistic transaction: `WATCH`es `keys`, lets `build` read what it needs and fill
@@ -298,37 +303,43 @@ impl Redis {
         F: FnMut(&mut PooledConnection, &mut Pipeline) -> Result<()>,
     {
         let attempts = self.inner.config.transaction_attempts;
-        self.execute(false, |con| {
-            for _ in 0..attempts {
-                let mut watch = redis::cmd("WATCH");
-                watch.arg(keys);
-                script::convert::<()>(con.exec_packed(&watch.get_packed_command())?)?;
-                let mut pipe = Pipeline::new();
-                pipe.atomic();
-                if let Err(e) = build(con, &mut pipe) {
-                    unwatch(con);
-                    return Err(e);
-                }
-                // EXEC (or EXECABORT) clears the WATCH in every outcome.
-                match pipe.query::<Option<T>>(con)? {
-                    Some(v) => return Ok(v),
-                    None => {
-                        self.inner
-                            .shared
-                            .counters
-                            .transaction_conflicts
-                            .fetch_add(1, Ordering::Relaxed);
+        self.execute(
+            || false,
+            |con| {
+                for _ in 0..attempts {
+                    let mut watch = redis::cmd("WATCH");
+                    watch.arg(keys);
+                    script::convert::<()>(con.exec_packed(&watch.get_packed_command())?)?;
+                    let mut pipe = Pipeline::new();
+                    pipe.atomic();
+                    if let Err(e) = build(con, &mut pipe) {
+                        unwatch(con);
+                        return Err(e);
+                    }
+                    // EXEC (or EXECABORT) clears the WATCH in every outcome.
+                    match pipe.query::<Option<T>>(con)? {
+                        Some(v) => return Ok(v),
+                        None => {
+                            self.inner
+                                .shared
+                                .counters
+                                .transaction_conflicts
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
-            }
-            Err(Error::TransactionConflict { attempts })
-        })
+                Err(Error::TransactionConflict { attempts })
+            },
+        )
     }
 
     /// The heart of every call: breaker, checkout, attempt, classification, retry.
+    ///
+    /// `idempotent` is asked only when a failure's fate is unknown, so working it out costs
+    /// nothing on the happy path.
     fn execute<T>(
         &self,
-        idempotent: bool,
+        idempotent: impl Fn() -> bool,
         mut op: impl FnMut(&mut PooledConnection) -> Result<T>,
     ) -> Result<T> {
         let policy: &RetryPolicy = &self.inner.config.retry;
@@ -340,7 +351,9 @@ impl Redis {
             match self.attempt(&mut op, deadline) {
                 Ok(v) => return Ok(v),
                 Err(e) => {
-                    if attempt < policy.max_attempts && RetryPolicy::is_retry_safe(&e, idempotent) {
+                    if attempt < policy.max_attempts
+                        && RetryPolicy::is_retry_safe_with(&e, &idempotent)
+                    {
                         let delay = delays
                             .get_or_insert_with(|| policy.backoff.delays())
                             .next_delay();
@@ -413,6 +426,11 @@ impl Redis {
     fn checkout_quiet(&self, timeout: Duration) -> Result<PooledConnection> {
         let inner = &*self.inner;
         let c = &inner.shared.counters;
+        // Fast path: an idle connection, no clock, no waiting bookkeeping.
+        if let Some(conn) = inner.pool.try_get() {
+            c.checkouts.fetch_add(1, Ordering::Relaxed);
+            return Ok(self.wrap(conn));
+        }
         let start = Instant::now();
         let deadline = start + timeout;
         c.waiting.fetch_add(1, Ordering::Relaxed);
@@ -560,7 +578,7 @@ fn skip_command(packed: &[u8]) -> Option<&[u8]> {
 
 impl ConnectionLike for Redis {
     fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<Value> {
-        let read_only = packed_command_name(cmd).is_some_and(is_read_only_command);
+        let read_only = || packed_command_name(cmd).is_some_and(is_read_only_command);
         let value = self
             .execute(read_only, |con| {
                 transient_reply_as_error(con.exec_packed(cmd)?)
@@ -576,7 +594,7 @@ impl ConnectionLike for Redis {
         offset: usize,
         count: usize,
     ) -> redis::RedisResult<Vec<Value>> {
-        let read_only = packed_all_read_only(cmd);
+        let read_only = || packed_all_read_only(cmd);
         let values = self
             .execute(read_only, |con| con.exec_pipeline(cmd, offset, count))
             .map_err(pool::to_redis_error)?;

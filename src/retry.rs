@@ -217,6 +217,11 @@ impl RetryPolicy {
 
     /// Whether `error` may be retried, given whether the operation is idempotent.
     pub fn is_retry_safe(error: &Error, idempotent: bool) -> bool {
+        RetryPolicy::is_retry_safe_with(error, &|| idempotent)
+    }
+
+    /// Like [`RetryPolicy::is_retry_safe`], asking `idempotent` only when it matters.
+    pub(crate) fn is_retry_safe_with(error: &Error, idempotent: &dyn Fn() -> bool) -> bool {
         let class = error.class();
         if matches!(
             class,
@@ -227,7 +232,7 @@ impl RetryPolicy {
         }
         match error.delivery() {
             Delivery::NotSent | Delivery::Answered => true,
-            Delivery::Unknown => idempotent,
+            Delivery::Unknown => idempotent(),
         }
     }
 
