@@ -10,19 +10,24 @@ use redkit::testing::{wait_until, RedisServer};
 use redkit::{BreakerConfig, BreakerState, Delivery, Error, ErrorClass, Redis, RetryPolicy};
 use support::*;
 
-#[test]
-fn killed_server_gives_typed_errors_and_the_pool_recovers_after_restart() -> TestResult {
-    let mut server = server();
+/// A handle without a breaker whose pool holds 4 open, idle connections.
+fn full_pool_of_four(server: &RedisServer) -> TestResult<Redis> {
     let redis = Redis::connect(
-        builder(&server)
+        builder(server)
             .pool_max_size(4)
             .breaker(BreakerConfig::disabled()),
     )?;
-    // Fill the pool with several connections in use at once.
+    // Several connections in use at once, then all idle.
     let conns: Vec<_> = (0..4).map(|_| redis.conn()).collect::<Result<_, _>>()?;
     drop(conns);
-    let before = redis.stats();
-    assert_eq!(before.pool.size, 4);
+    assert_eq!(redis.stats().pool.size, 4);
+    Ok(redis)
+}
+
+#[test]
+fn killed_server_gives_typed_errors_and_the_pool_recovers_after_restart() -> TestResult {
+    let mut server = server();
+    let redis = full_pool_of_four(&server)?;
 
     server.kill()?;
 
@@ -83,13 +88,7 @@ fn restart_without_traffic_in_between_costs_at_most_one_error() -> TestResult {
     // Idle connections die silently when the server restarts. The first command on one of
     // them finds out; every other idle connection is then checked before use.
     let mut server = server();
-    let redis = Redis::connect(
-        builder(&server)
-            .pool_max_size(4)
-            .breaker(BreakerConfig::disabled()),
-    )?;
-    let conns: Vec<_> = (0..4).map(|_| redis.conn()).collect::<Result<_, _>>()?;
-    drop(conns);
+    let redis = full_pool_of_four(&server)?;
     server.kill()?;
     server.restart()?;
     let mut failures = 0;
