@@ -11,7 +11,7 @@ use crate::breaker::{Breaker, BreakerState, Transition};
 use crate::config::Config;
 use crate::error::{Delivery, Error, Result};
 use crate::pool::{self, Manager, PooledConnection, Shared};
-use crate::retry::{is_read_only_command, RetryPolicy};
+use crate::retry::{is_read_only_cmd, is_read_only_command, RetryPolicy};
 use crate::script::{self, Pipeline};
 use crate::stats::{self, Stats};
 
@@ -211,8 +211,8 @@ impl Redis {
 
     /// Checks a connection out of the pool, waiting at most `timeout`.
     ///
-    /// Fails with [`Error::PoolTimeout`] when every connection stays busy, or with the last
-    /// connect error (connection refused, authentication, TLS...) when none could be opened.
+    /// Fails with [`Error::PoolTimeout`] when every connection stays busy, or at once with the
+    /// connect error (connection refused, authentication, TLS...) while none can be opened.
     pub fn conn_timeout(&self, timeout: Duration) -> Result<PooledConnection> {
         self.checkout_quiet(timeout).inspect_err(|e| {
             self.inner.shared.counters.error(e.class());
@@ -235,25 +235,18 @@ impl Redis {
     /// Runs one command and converts its reply. Retried only when it surely did not run, or
     /// when it is a read-only command (see [`crate::retry`]).
     pub fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
-        self.execute(
-            || cmd_is_read_only(cmd),
-            |con| {
-                let packed = cmd.get_packed_command();
-                script::convert(con.exec_packed(&packed)?)
-            },
-        )
+        self.query_with(|| is_read_only_cmd(cmd), cmd)
     }
 
     /// Like [`Redis::query`], but the caller declares the command idempotent: it is resent
     /// even when its first attempt may have run.
     pub fn query_idempotent<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
-        self.execute(
-            || true,
-            |con| {
-                let packed = cmd.get_packed_command();
-                script::convert(con.exec_packed(&packed)?)
-            },
-        )
+        self.query_with(|| true, cmd)
+    }
+
+    fn query_with<T: FromRedisValue>(&self, idempotent: impl Fn() -> bool, cmd: &Cmd) -> Result<T> {
+        let packed = cmd.get_packed_command();
+        self.execute(idempotent, |con| script::convert(con.exec_packed(&packed)?))
     }
 
     /// Runs a closure on a pooled connection, with the breaker and the retry policy. The
@@ -522,12 +515,6 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
-fn cmd_is_read_only(cmd: &Cmd) -> bool {
-    cmd.args_iter()
-        .next()
-        .is_some_and(|a| matches!(a, redis::Arg::Simple(name) if is_read_only_command(name)))
-}
-
 /// The name of the first command in a packed RESP request (`*N\r\n$len\r\nNAME\r\n...`).
 fn packed_command_name(packed: &[u8]) -> Option<&[u8]> {
     let rest = packed.strip_prefix(b"*")?;
@@ -541,7 +528,7 @@ fn packed_command_name(packed: &[u8]) -> Option<&[u8]> {
     rest.get(nl + 1..nl + 1 + len)
 }
 
-/// Every command name in a packed pipeline.
+/// Whether every command in a packed pipeline is one redkit knows to be read-only.
 fn packed_all_read_only(mut packed: &[u8]) -> bool {
     while !packed.is_empty() {
         let Some(name) = packed_command_name(packed) else {

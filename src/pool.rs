@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use log::{debug, info, trace, warn};
-
 use redis::{ConnectionLike, RedisError, Value};
 
 use crate::config::{Addr, Config, Protocol};

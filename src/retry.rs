@@ -340,6 +340,13 @@ pub fn is_read_only_command(name: &[u8]) -> bool {
     )
 }
 
+/// Whether a prepared command is one redkit knows to be read-only.
+pub(crate) fn is_read_only_cmd(cmd: &redis::Cmd) -> bool {
+    cmd.args_iter()
+        .next()
+        .is_some_and(|a| matches!(a, redis::Arg::Simple(name) if is_read_only_command(name)))
+}
+
 fn clock_seed() -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

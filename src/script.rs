@@ -270,14 +270,9 @@ impl Pipeline {
 
     /// Whether every command is one redkit knows to be read-only.
     pub(crate) fn is_read_only(&self) -> bool {
-        self.entries.iter().all(|e| {
-            e.script.is_none()
-                && e
-                    .cmd
-                    .args_iter()
-                    .next()
-                    .is_some_and(|a| matches!(a, redis::Arg::Simple(name) if crate::retry::is_read_only_command(name)))
-        })
+        self.entries
+            .iter()
+            .all(|e| e.script.is_none() && crate::retry::is_read_only_cmd(&e.cmd))
     }
 
     /// Runs the pipeline on any connection.
