@@ -310,6 +310,20 @@ impl Breaker {
         None
     }
 
+    /// Closes the breaker and forgets past failures (the server is known to answer again).
+    pub(crate) fn reset(&self) -> Option<Transition> {
+        if !self.config.enabled {
+            return None;
+        }
+        let mut inner = self.inner.lock();
+        inner.opened_at = None;
+        inner.probes_in_flight = 0;
+        inner.probe_successes = 0;
+        inner.window = [(None, 0, 0); BUCKETS];
+        self.consecutive.store(0, Ordering::Relaxed);
+        self.set_state(BreakerState::Closed)
+    }
+
     fn open(&self, inner: &mut Inner, now: Instant) -> Option<Transition> {
         inner.opened_at = Some(now);
         inner.probes_in_flight = 0;
@@ -460,6 +474,23 @@ mod tests {
             b.record_at(Admission::Call, false, t0 + ms(500 + i));
         }
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn reset_closes_and_forgets() {
+        let b = Breaker::new(BreakerConfig::default().consecutive_failures(2));
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            b.record_at(Admission::Call, true, t0);
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        let t = b.reset().expect("a transition");
+        assert_eq!((t.from, t.to), (BreakerState::Open, BreakerState::Closed));
+        assert!(b.admit_at(t0).is_ok());
+        // One failure after the reset does not trip it again.
+        b.record_at(Admission::Call, true, t0);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.reset().is_none(), "already closed");
     }
 
     #[test]

@@ -4,13 +4,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use log::{info, warn};
+use parking_lot::Mutex;
 use redis::{Cmd, ConnectionLike, FromRedisValue, ToRedisArgs, Value};
 
-use crate::breaker::{Breaker, BreakerState, Transition};
+use crate::breaker::{Breaker, BreakerState};
 use crate::config::Config;
 use crate::error::{Delivery, Error, Result};
-use crate::pool::{self, Manager, PooledConnection, Shared};
+use crate::events::{self, Event, Health};
+use crate::heartbeat::HeartbeatThread;
+use crate::pool::{self, Manager, PooledConnection, RawConn, Shared};
 use crate::retry::{is_read_only_cmd, is_read_only_command, RetryPolicy};
 use crate::script::{self, Pipeline};
 use crate::stats::{self, Stats};
@@ -61,7 +65,41 @@ struct Inner {
     /// Opens connections outside the pool while connecting fails (see `checkout_quiet`).
     probe: Manager,
     shared: Arc<Shared>,
-    breaker: Breaker,
+    heartbeat: Mutex<Option<HeartbeatThread>>,
+}
+
+impl Inner {
+    fn breaker(&self) -> &Breaker {
+        &self.shared.breaker
+    }
+
+    /// Stops the heartbeat, retires every connection and disconnects the event listeners.
+    /// Returns the heartbeat thread's panic message, if it panicked.
+    fn shut_down(&self) -> Option<String> {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let heartbeat = self.heartbeat.lock().take();
+        let panicked = heartbeat.and_then(|mut h| h.stop().err());
+        // Every idle connection fails validation now, so one `try_get` closes them all;
+        // connections in use are closed when they come back.
+        self.shared.retire_connections();
+        drop(self.pool.try_get());
+        self.shared.events.close();
+        info!("redis at {}: closed", self.config.addr);
+        panicked
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(panic) = self.shut_down() {
+            warn!(
+                "redis at {}: the heartbeat thread had panicked: {panic}",
+                self.config.addr
+            );
+        }
+    }
 }
 
 /// A pooled, thread-safe Redis client. Cheap to clone (an `Arc`); share it between threads.
@@ -107,7 +145,8 @@ impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redis")
             .field("config", &self.inner.config)
-            .field("breaker", &self.inner.breaker.state())
+            .field("health", &self.inner.shared.health())
+            .field("breaker", &self.inner.breaker().state())
             .finish_non_exhaustive()
     }
 }
@@ -115,29 +154,56 @@ impl std::fmt::Debug for Redis {
 impl Redis {
     /// Creates a handle and checks that the server answers: a wrong address, password,
     /// certificate or ACL user fails here with a typed error. The connection used for the
-    /// check is closed; the pool fills in the background.
+    /// check becomes the heartbeat's; the pool fills in the background.
     pub fn connect(config: impl IntoConfig) -> Result<Redis> {
-        let redis = Redis::connect_lazy(config)?;
-        let manager = Manager::new(redis.inner.config.clone(), Arc::new(Shared::default()))?;
+        let config = config.into_config()?;
+        let (shared, kicks) = Shared::new(&config, Health::Healthy);
+        let shared = Arc::new(shared);
+        let manager = Manager::new(config.clone(), shared.clone())?;
         let mut raw = manager.open()?;
+        let hb = &config.heartbeat;
+        let timeout = hb.interval.map_or(config.timeouts.response, |_| hb.timeout);
+        let not_sent = |e| Error::from_redis(e, Delivery::NotSent);
+        raw.con.set_read_timeout(Some(timeout)).map_err(not_sent)?;
+        raw.con.set_write_timeout(Some(timeout)).map_err(not_sent)?;
+        let start = Instant::now();
         redis::cmd("PING")
             .query::<()>(&mut raw.con)
             .map_err(|e| Error::from_redis(e, Delivery::Unknown))?;
-        info!("redis at {}: connected", redis.inner.config.addr);
-        Ok(redis)
+        shared.heartbeat_answered(start.elapsed());
+        info!("redis at {}: connected", config.addr);
+        Redis::build(config, shared, kicks, manager, Some(raw))
     }
 
     /// Creates a handle without touching the network. Connections open in the background
     /// and on demand; a server that is down now is not an error until a command needs it.
+    /// The [health](Redis::health) is `Down` until the heartbeat's first `PING` answers.
     pub fn connect_lazy(config: impl IntoConfig) -> Result<Redis> {
         let config = config.into_config()?;
+        let health = if config.heartbeat.interval.is_some() {
+            Health::Down
+        } else {
+            Health::Healthy
+        };
+        let (shared, kicks) = Shared::new(&config, health);
+        let shared = Arc::new(shared);
+        let manager = Manager::new(config.clone(), shared.clone())?;
+        Redis::build(config, shared, kicks, manager, None)
+    }
+
+    fn build(
+        config: Config,
+        shared: Arc<Shared>,
+        kicks: Receiver<crate::heartbeat::Kick>,
+        heartbeat_manager: Manager,
+        con: Option<RawConn>,
+    ) -> Result<Redis> {
         if config.tls.as_ref().is_some_and(|t| t.insecure) {
             warn!(
                 "redis at {}: TLS certificate verification is OFF (insecure mode): use only in tests",
                 config.addr
             );
         }
-        let shared = Arc::new(Shared::default());
         let manager = Manager::new(config.clone(), shared.clone())?;
         let threads = Arc::new(
             scheduled_thread_pool::ScheduledThreadPool::builder()
@@ -160,15 +226,63 @@ impl Redis {
             .error_handler(Box::new(pool::QuietErrors))
             .event_handler(Box::new(pool::Events(shared.clone())))
             .build_unchecked(manager);
+        let heartbeat = match config.heartbeat.interval {
+            Some(_) => Some(HeartbeatThread::spawn(
+                config.heartbeat,
+                heartbeat_manager,
+                shared.clone(),
+                kicks,
+                con,
+            )?),
+            None => None,
+        };
         Ok(Redis {
             inner: Arc::new(Inner {
                 probe: Manager::new(config.clone(), shared.clone())?,
-                breaker: Breaker::new(config.breaker),
                 config,
                 pool,
                 shared,
+                heartbeat: Mutex::new(heartbeat),
             }),
         })
+    }
+
+    /// Closes the handle, for every clone: stops the heartbeat thread (waiting for it), closes
+    /// the idle pooled connections (connections in use close when they come back), sends
+    /// [`Event::Closed`] and disconnects every event listener. Calls made afterwards fail with
+    /// [`Error::Closed`]. Closing twice is fine.
+    ///
+    /// Dropping the last clone does the same, logging what `close` would return. The pool's
+    /// own threads end when the last clone is dropped.
+    pub fn close(&self) -> Result<()> {
+        match self.inner.shut_down() {
+            None => Ok(()),
+            Some(panic) => Err(Error::Background {
+                thread: "redkit-heartbeat",
+                reason: panic,
+            }),
+        }
+    }
+
+    /// Whether [`Redis::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.shared.is_closed()
+    }
+
+    /// A new event listener with room for 256 events (see [`crate::events`]).
+    pub fn events(&self) -> Receiver<Event> {
+        self.events_with_capacity(events::DEFAULT_CAPACITY)
+    }
+
+    /// A new event listener that holds at most `capacity` undelivered events; when it is full
+    /// further events are lost for it (counted in [`Stats::events_dropped`]).
+    pub fn events_with_capacity(&self, capacity: usize) -> Receiver<Event> {
+        self.inner.shared.events.subscribe(capacity)
+    }
+
+    /// The connection's health as the heartbeat sees it.
+    pub fn health(&self) -> Health {
+        self.inner.shared.health()
     }
 
     /// Creates a handle from the `REDIS_URL` environment variable (see [`Redis::connect`]).
@@ -189,19 +303,19 @@ impl Redis {
         }
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters, latencies and states.
     pub fn stats(&self) -> Stats {
+        self.inner.shared.rotate_windows();
         stats::snapshot(
-            &self.inner.shared.counters,
+            &self.inner.shared,
             self.inner.pool.state(),
             self.inner.config.pool.max_size,
-            self.inner.breaker.state(),
         )
     }
 
     /// The circuit breaker's state.
     pub fn breaker_state(&self) -> BreakerState {
-        self.inner.breaker.state()
+        self.inner.breaker().state()
     }
 
     /// Checks a connection out of the pool, waiting at most the configured checkout timeout.
@@ -214,14 +328,26 @@ impl Redis {
     /// Fails with [`Error::PoolTimeout`] when every connection stays busy, or at once with the
     /// connect error (connection refused, authentication, TLS...) while none can be opened.
     pub fn conn_timeout(&self, timeout: Duration) -> Result<PooledConnection> {
-        self.checkout_quiet(timeout).inspect_err(|e| {
-            self.inner.shared.counters.error(e.class());
-        })
+        self.check_open()
+            .and_then(|()| self.checkout_quiet(timeout))
+            .inspect_err(|e| {
+                self.inner.shared.counters.error(e.class());
+            })
     }
 
     /// Checks out an idle connection if one is ready; never blocks.
     pub fn try_conn(&self) -> Option<PooledConnection> {
+        if self.is_closed() {
+            return None;
+        }
         self.inner.pool.try_get().map(|c| self.wrap(c))
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.shared.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(())
     }
 
     fn wrap(&self, conn: r2d2::PooledConnection<Manager>) -> PooledConnection {
@@ -333,10 +459,22 @@ impl Redis {
     fn execute<T>(
         &self,
         idempotent: impl Fn() -> bool,
-        mut op: impl FnMut(&mut PooledConnection) -> Result<T>,
+        op: impl FnMut(&mut PooledConnection) -> Result<T>,
     ) -> Result<T> {
         let policy: &RetryPolicy = &self.inner.config.retry;
         let start = Instant::now();
+        let result = self.execute_from(start, idempotent, op, policy);
+        self.inner.shared.command_latency.record(start.elapsed());
+        result
+    }
+
+    fn execute_from<T>(
+        &self,
+        start: Instant,
+        idempotent: impl Fn() -> bool,
+        mut op: impl FnMut(&mut PooledConnection) -> Result<T>,
+        policy: &RetryPolicy,
+    ) -> Result<T> {
         let deadline = start + policy.max_elapsed;
         let mut delays = None;
         let mut attempt = 1;
@@ -374,7 +512,8 @@ impl Redis {
         op: &mut impl FnMut(&mut PooledConnection) -> Result<T>,
         deadline: Instant,
     ) -> Result<T> {
-        let breaker = &self.inner.breaker;
+        self.check_open()?;
+        let breaker = self.inner.breaker();
         let (admission, transition) = match breaker.admit() {
             Ok(a) => a,
             Err(e) => {
@@ -386,7 +525,7 @@ impl Redis {
                 return Err(e);
             }
         };
-        self.note(transition);
+        self.inner.shared.breaker_changed(transition);
         let checkout = self
             .inner
             .config
@@ -405,7 +544,9 @@ impl Redis {
             .and_then(|mut con| op(&mut con));
         let failed = matches!(&result, Err(e) if e.class().is_infrastructure());
         if let Some(admission) = guard.admission.take() {
-            self.note(breaker.record(admission, failed));
+            self.inner
+                .shared
+                .breaker_changed(breaker.record(admission, failed));
         }
         result
     }
@@ -439,6 +580,10 @@ impl Redis {
             let now = Instant::now();
             if now >= deadline {
                 c.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .shared
+                    .events
+                    .emit(Event::PoolExhausted { waited: timeout });
                 break Err(Error::PoolTimeout { waited: timeout });
             }
             // Wait in slices so that a connect failure seen meanwhile ends the wait early.
@@ -460,23 +605,6 @@ impl Redis {
                 let e = Error::from_redis(e.clone().into(), Delivery::Answered);
                 self.inner.shared.counters.error(e.class());
             }
-        }
-    }
-
-    fn note(&self, transition: Option<Transition>) {
-        let Some(t) = transition else { return };
-        let addr = &self.inner.config.addr;
-        match t.to {
-            BreakerState::Open => {
-                self.inner
-                    .shared
-                    .counters
-                    .breaker_opened
-                    .fetch_add(1, Ordering::Relaxed);
-                warn!("redis at {addr}: circuit breaker opened (was {:?})", t.from);
-            }
-            BreakerState::HalfOpen => info!("redis at {addr}: circuit breaker half-open, probing"),
-            BreakerState::Closed => info!("redis at {addr}: circuit breaker closed"),
         }
     }
 }
@@ -598,7 +726,7 @@ impl ConnectionLike for Redis {
     }
 
     fn is_open(&self) -> bool {
-        self.inner.breaker.state() != BreakerState::Open
+        !self.is_closed() && self.inner.breaker().state() != BreakerState::Open
     }
 }
 

@@ -28,8 +28,9 @@
 //! roots; `rediss://...#insecure` skips verification) and `unix:///path/to/socket[?db=N]`.
 //! redkit reads these query parameters: `protocol` (`2`/`resp2`, `3`/`resp3`), `client_name`,
 //! `connect_timeout`, `response_timeout`, `write_timeout`, `checkout_timeout` (durations such as
-//! `250ms`, `2s`, or plain milliseconds), `pool_max_size`, `pool_min_idle`, `key_prefix`, and
-//! for unix sockets `db`, `user`, `pass`. Any other parameter is an error.
+//! `250ms`, `2s`, or plain milliseconds), `pool_max_size`, `pool_min_idle`, `key_prefix`,
+//! `heartbeat_interval` (a duration, or `off`), `heartbeat_timeout`, and for unix sockets `db`,
+//! `user`, `pass`. Any other parameter is an error.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ use std::time::Duration;
 
 use crate::breaker::BreakerConfig;
 use crate::error::{Error, Result};
+use crate::heartbeat::HeartbeatConfig;
 use crate::retry::RetryPolicy;
 
 /// A string that never shows in `Debug` or `Display`.
@@ -280,6 +282,8 @@ pub struct Config {
     pub(crate) breaker: BreakerConfig,
     pub(crate) tls: Option<TlsConfig>,
     pub(crate) transaction_attempts: u32,
+    pub(crate) heartbeat: HeartbeatConfig,
+    pub(crate) tcp_keepalive: Option<Duration>,
 }
 
 impl Config {
@@ -371,6 +375,16 @@ impl Config {
     pub fn transaction_attempts(&self) -> u32 {
         self.transaction_attempts
     }
+
+    /// Heartbeat and reconnect settings.
+    pub fn heartbeat(&self) -> &HeartbeatConfig {
+        &self.heartbeat
+    }
+
+    /// The TCP keepalive idle time, `None` when keepalive is off.
+    pub fn tcp_keepalive(&self) -> Option<Duration> {
+        self.tcp_keepalive
+    }
 }
 
 impl fmt::Debug for Config {
@@ -389,6 +403,8 @@ impl fmt::Debug for Config {
             .field("breaker", &self.breaker)
             .field("tls", &self.tls)
             .field("transaction_attempts", &self.transaction_attempts)
+            .field("heartbeat", &self.heartbeat)
+            .field("tcp_keepalive", &self.tcp_keepalive)
             .finish()
     }
 }
@@ -464,6 +480,8 @@ impl Default for ConfigBuilder {
                 breaker: BreakerConfig::default(),
                 tls: None,
                 transaction_attempts: 5,
+                heartbeat: HeartbeatConfig::default(),
+                tcp_keepalive: Some(Duration::from_secs(30)),
             },
             tls_files: TlsFiles::default(),
         }
@@ -666,6 +684,22 @@ impl ConfigBuilder {
         self
     }
 
+    /// Heartbeat and reconnect settings (see [`HeartbeatConfig`]). Defaults to a `PING` every
+    /// second with a 1 s deadline; [`HeartbeatConfig::disabled`] turns the thread off.
+    pub fn heartbeat(mut self, heartbeat: HeartbeatConfig) -> ConfigBuilder {
+        self.config.heartbeat = heartbeat;
+        self
+    }
+
+    /// TCP keepalive on every connection: the first probe after this much silence, then
+    /// probes every third of it, 3 of them. Defaults to 30 s; `None` turns it off. The
+    /// heartbeat notices a dead server much sooner; keepalive also clears connections that
+    /// sit idle in the pool behind a NAT or firewall that forgets them.
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> ConfigBuilder {
+        self.config.tcp_keepalive = idle;
+        self
+    }
+
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<Config> {
         let ConfigBuilder {
@@ -760,6 +794,13 @@ fn validate(c: &Config) -> Result<()> {
     }
     c.retry.validate()?;
     c.breaker.validate()?;
+    c.heartbeat.validate()?;
+    if c.tcp_keepalive.is_some_and(|d| d < Duration::from_secs(1)) {
+        return Err(Error::config(
+            "tcp_keepalive",
+            "must be at least 1 s (or None)",
+        ));
+    }
     if let Some(tls) = &c.tls {
         if let Some(ca) = &tls.ca_pem {
             native_tls::Certificate::from_pem(ca)
@@ -901,6 +942,16 @@ fn parse_url(url: &str) -> Result<ConfigBuilder> {
             "checkout_timeout" => b.config.timeouts.checkout = duration("timeouts.checkout")?,
             "pool_max_size" => b.config.pool.max_size = number("pool.max_size")?,
             "pool_min_idle" => b.config.pool.min_idle = number("pool.min_idle")?,
+            "heartbeat_interval" if v == "off" => {
+                b.config.heartbeat = HeartbeatConfig {
+                    interval: None,
+                    ..b.config.heartbeat
+                }
+            }
+            "heartbeat_interval" => {
+                b.config.heartbeat.interval = Some(duration("heartbeat.interval")?)
+            }
+            "heartbeat_timeout" => b.config.heartbeat.timeout = duration("heartbeat.timeout")?,
             other => return Err(Error::config("url", format!("unknown parameter `{other}`"))),
         }
     }

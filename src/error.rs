@@ -53,13 +53,15 @@ pub enum ErrorClass {
     TransactionConflict,
     /// Invalid configuration (a setting, a URL, certificates that do not parse).
     Config,
+    /// The handle was closed ([`Redis::close`](crate::Redis::close)).
+    Closed,
     /// Anything else (sentinel or cluster topology errors, client-side errors).
     Other,
 }
 
 impl ErrorClass {
     /// Every class, in a stable order (used for per-class counters).
-    pub const ALL: [ErrorClass; 17] = [
+    pub const ALL: [ErrorClass; 18] = [
         ErrorClass::Connection,
         ErrorClass::Timeout,
         ErrorClass::Auth,
@@ -76,6 +78,7 @@ impl ErrorClass {
         ErrorClass::CircuitOpen,
         ErrorClass::TransactionConflict,
         ErrorClass::Config,
+        ErrorClass::Closed,
         ErrorClass::Other,
     ];
 
@@ -105,6 +108,7 @@ impl ErrorClass {
             ErrorClass::CircuitOpen => "circuit_open",
             ErrorClass::TransactionConflict => "transaction_conflict",
             ErrorClass::Config => "config",
+            ErrorClass::Closed => "closed",
             ErrorClass::Other => "other",
         }
     }
@@ -198,6 +202,15 @@ pub enum Error {
         /// Why it is invalid.
         reason: String,
     },
+    /// The handle was closed with [`Redis::close`](crate::Redis::close); no call runs any more.
+    Closed,
+    /// A background thread of redkit failed (reported by [`Redis::close`](crate::Redis::close)).
+    Background {
+        /// The thread's name.
+        thread: &'static str,
+        /// What happened (a panic message).
+        reason: String,
+    },
 }
 
 impl Error {
@@ -246,6 +259,8 @@ impl Error {
             Error::CircuitOpen { .. } => ErrorClass::CircuitOpen,
             Error::TransactionConflict { .. } => ErrorClass::TransactionConflict,
             Error::Config { .. } => ErrorClass::Config,
+            Error::Closed => ErrorClass::Closed,
+            Error::Background { .. } => ErrorClass::Other,
         }
     }
 
@@ -399,6 +414,10 @@ impl fmt::Display for Error {
             Error::Config { setting, reason } => {
                 write!(f, "invalid configuration `{setting}`: {reason}")
             }
+            Error::Closed => f.write_str("the redis handle is closed"),
+            Error::Background { thread, reason } => {
+                write!(f, "background thread `{thread}` failed: {reason}")
+            }
         }
     }
 }
@@ -431,6 +450,12 @@ impl fmt::Debug for Error {
             Error::Config { setting, reason } => f
                 .debug_struct("Config")
                 .field("setting", setting)
+                .field("reason", reason)
+                .finish(),
+            Error::Closed => f.write_str("Closed"),
+            Error::Background { thread, reason } => f
+                .debug_struct("Background")
+                .field("thread", thread)
                 .field("reason", reason)
                 .finish(),
         }

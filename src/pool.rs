@@ -10,17 +10,23 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
+use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info, trace, warn};
+use parking_lot::Mutex;
 use redis::{ConnectionLike, RedisError, Value};
 
+use crate::breaker::{Breaker, BreakerState, Transition};
 use crate::config::{Addr, Config, Protocol};
 use crate::error::{Delivery, Error, ErrorClass, Result};
+use crate::events::{AtomicHealth, Event, Health, Listeners};
+use crate::heartbeat::Kick;
+use crate::histogram::Histogram;
 use crate::stats::Counters;
 
-/// State shared by the handle, the manager and every pooled connection.
-#[derive(Debug, Default)]
+/// State shared by the handle, the heartbeat thread, the manager and every pooled connection.
+#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Connections made before this generation are discarded.
@@ -28,12 +34,85 @@ pub(crate) struct Shared {
     /// Connections last validated before this epoch are `PING`ed at checkout.
     pub(crate) suspect_epoch: AtomicU64,
     connect_failing: AtomicBool,
+    pub(crate) breaker: Breaker,
+    pub(crate) events: Listeners,
+    health: AtomicHealth,
+    pub(crate) heartbeat_latency: Histogram,
+    heartbeat_last_us: AtomicU64,
+    pub(crate) command_latency: Histogram,
+    times: Mutex<Times>,
+    /// Set by `Redis::close`: no new connections, every call fails with `Error::Closed`.
+    pub(crate) closed: AtomicBool,
+    kick: Sender<Kick>,
+    addr: Addr,
 }
 
+/// When things happened.
+#[derive(Debug)]
+struct Times {
+    started: Instant,
+    connected_at: Option<SystemTime>,
+    disconnected_at: Option<SystemTime>,
+    up_since: Option<Instant>,
+}
+
+/// A moment in the handle's life, for [`Stats`](crate::Stats).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TimesSnapshot {
+    pub(crate) age: Duration,
+    pub(crate) connected_at: Option<SystemTime>,
+    pub(crate) disconnected_at: Option<SystemTime>,
+    pub(crate) uptime: Option<Duration>,
+}
+
+/// The window over which latency percentiles are computed (see [`Histogram`]).
+const LATENCY_WINDOW: Duration = Duration::from_secs(60);
+
 impl Shared {
-    /// The server dropped a connection: validate older connections before handing them out.
+    /// Shared state for a handle whose health starts as `health`, and the receiving end of
+    /// the heartbeat's wake-up channel.
+    pub(crate) fn new(config: &Config, health: Health) -> (Shared, Receiver<Kick>) {
+        let (kick, kicks) = crossbeam_channel::bounded(4);
+        let shared = Shared {
+            counters: Counters::default(),
+            generation: AtomicU64::new(0),
+            suspect_epoch: AtomicU64::new(0),
+            connect_failing: AtomicBool::new(false),
+            breaker: Breaker::new(config.breaker),
+            events: Listeners::default(),
+            health: AtomicHealth::new(health),
+            heartbeat_latency: Histogram::new(LATENCY_WINDOW),
+            heartbeat_last_us: AtomicU64::new(0),
+            command_latency: Histogram::new(LATENCY_WINDOW),
+            times: Mutex::new(Times {
+                started: Instant::now(),
+                connected_at: None,
+                disconnected_at: None,
+                up_since: None,
+            }),
+            closed: AtomicBool::new(false),
+            kick,
+            addr: config.addr.clone(),
+        };
+        (shared, kicks)
+    }
+
+    /// A call saw the server drop a connection: validate older connections before handing
+    /// them out, and have the heartbeat check the server now.
     pub(crate) fn connection_dropped(&self) {
+        self.connection_dropped_quiet();
+        let _ = self.kick.try_send(Kick::Suspect);
+    }
+
+    /// Marks every existing pooled connection as suspect (`PING`ed at its next checkout).
+    pub(crate) fn connection_dropped_quiet(&self) {
         self.suspect_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Retires every pooled connection made so far: idle ones are closed at their next
+    /// checkout, busy ones when they come back.
+    pub(crate) fn retire_connections(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Whether the last attempt to open a connection failed.
@@ -49,6 +128,7 @@ impl Shared {
                     && self.connect_failing.swap(false, Ordering::AcqRel)
                 {
                     info!("redis at {addr}: connecting works again");
+                    let _ = self.kick.try_send(Kick::Reachable);
                 }
             }
             Err(e) => {
@@ -62,6 +142,90 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// The heartbeat's view of the server.
+    pub(crate) fn health(&self) -> Health {
+        self.health.get()
+    }
+
+    /// Changes the health, logging and emitting the change.
+    pub(crate) fn set_health(&self, to: Health) {
+        if let Some(from) = self.health.set(to) {
+            info!("redis at {}: health {from} -> {to}", self.addr);
+            self.events.emit(Event::HealthChanged { from, to });
+        }
+    }
+
+    /// Logs, counts and emits a breaker transition.
+    pub(crate) fn breaker_changed(&self, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        let addr = &self.addr;
+        match t.to {
+            BreakerState::Open => {
+                self.counters.breaker_opened.fetch_add(1, Ordering::Relaxed);
+                warn!("redis at {addr}: circuit breaker opened (was {:?})", t.from);
+            }
+            BreakerState::HalfOpen => info!("redis at {addr}: circuit breaker half-open, probing"),
+            BreakerState::Closed => info!("redis at {addr}: circuit breaker closed"),
+        }
+        self.events.emit(Event::BreakerChanged {
+            from: t.from,
+            to: t.to,
+        });
+    }
+
+    /// Closes the breaker (the server is known to answer again).
+    pub(crate) fn reset_breaker(&self) {
+        self.breaker_changed(self.breaker.reset());
+    }
+
+    /// A heartbeat `PING` was answered after `took`.
+    pub(crate) fn heartbeat_answered(&self, took: Duration) {
+        self.heartbeat_latency.record(took);
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.heartbeat_last_us.store(us, Ordering::Relaxed);
+    }
+
+    /// The last heartbeat round trip.
+    pub(crate) fn heartbeat_last(&self) -> Option<Duration> {
+        match self.heartbeat_last_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// Starts new latency windows when due.
+    pub(crate) fn rotate_windows(&self) {
+        let now = Instant::now();
+        self.heartbeat_latency.maybe_rotate(now);
+        self.command_latency.maybe_rotate(now);
+    }
+
+    pub(crate) fn mark_connected(&self) {
+        let mut t = self.times.lock();
+        t.connected_at = Some(SystemTime::now());
+        t.up_since = Some(Instant::now());
+    }
+
+    pub(crate) fn mark_disconnected(&self) {
+        let mut t = self.times.lock();
+        t.disconnected_at = Some(SystemTime::now());
+        t.up_since = None;
+    }
+
+    pub(crate) fn times(&self) -> TimesSnapshot {
+        let t = self.times.lock();
+        TimesSnapshot {
+            age: t.started.elapsed(),
+            connected_at: t.connected_at,
+            disconnected_at: t.disconnected_at,
+            uptime: t.up_since.map(|s| s.elapsed()),
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 }
 
@@ -102,7 +266,8 @@ pub(crate) fn redis_client(config: &Config) -> Result<redis::Client> {
     let info = addr
         .into_connection_info()
         .map_err(|e| Error::from_redis(e, Delivery::NotSent))?
-        .set_redis_settings(settings);
+        .set_redis_settings(settings)
+        .set_tcp_settings(tcp_settings(config));
     let client = match &config.tls {
         Some(tls) if !tls.insecure && (tls.ca_pem.is_some() || tls.client_cert_pem.is_some()) => {
             let certs = redis::TlsCertificates {
@@ -120,6 +285,26 @@ pub(crate) fn redis_client(config: &Config) -> Result<redis::Client> {
         _ => redis::Client::open(info),
     };
     client.map_err(|e| Error::from_redis(e, Delivery::NotSent))
+}
+
+/// `TCP_NODELAY` (commands are small and latency-bound) and keepalive.
+fn tcp_settings(config: &Config) -> redis::io::tcp::TcpSettings {
+    use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
+    let settings = TcpSettings::default().set_nodelay(true);
+    let Some(idle) = config.tcp_keepalive else {
+        return settings;
+    };
+    let keepalive = TcpKeepalive::new().with_time(idle);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        windows
+    ))]
+    let keepalive = keepalive.with_interval((idle / 3).max(Duration::from_secs(1)));
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
+    let keepalive = keepalive.with_retries(3);
+    settings.set_keepalive(keepalive)
 }
 
 /// Our r2d2 connection manager.
@@ -144,6 +329,11 @@ impl Manager {
             config,
             shared,
         })
+    }
+
+    /// The server's address.
+    pub(crate) fn addr(&self) -> &Addr {
+        &self.config.addr
     }
 
     /// Opens a connection outside the pool to learn whether the server is reachable again,
@@ -197,6 +387,9 @@ impl r2d2::ManageConnection for Manager {
     type Error = Error;
 
     fn connect(&self) -> Result<RawConn> {
+        if self.shared.is_closed() {
+            return Err(Error::Closed);
+        }
         let conn = self.open();
         self.shared
             .record_connect(&self.config.addr, conn.as_ref().map(|_| ()));
@@ -211,7 +404,10 @@ impl r2d2::ManageConnection for Manager {
     }
 
     fn is_valid(&self, conn: &mut RawConn) -> Result<()> {
-        if conn.broken || conn.generation < self.shared.generation.load(Ordering::Acquire) {
+        if conn.broken
+            || conn.generation < self.shared.generation.load(Ordering::Acquire)
+            || self.shared.is_closed()
+        {
             return Err(stale());
         }
         let suspect = self.shared.suspect_epoch.load(Ordering::Acquire);
@@ -228,7 +424,8 @@ impl r2d2::ManageConnection for Manager {
     fn has_broken(&self, conn: &mut RawConn) -> bool {
         let broken = conn.broken
             || !conn.con.is_open()
-            || conn.generation < self.shared.generation.load(Ordering::Acquire);
+            || conn.generation < self.shared.generation.load(Ordering::Acquire)
+            || self.shared.is_closed();
         if broken {
             self.shared
                 .counters

@@ -1,10 +1,13 @@
 //! Counters kept in atomics, read as a [`Stats`] snapshot.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::breaker::BreakerState;
 use crate::error::ErrorClass;
+use crate::events::Health;
+use crate::histogram::Latency;
+use crate::pool::Shared;
 
 const CLASSES: usize = ErrorClass::ALL.len();
 
@@ -27,6 +30,7 @@ pub(crate) struct Counters {
     pub(crate) breaker_opened: AtomicU64,
     pub(crate) breaker_rejected: AtomicU64,
     pub(crate) transaction_conflicts: AtomicU64,
+    pub(crate) reconnections: AtomicU64,
 }
 
 impl Counters {
@@ -121,14 +125,36 @@ pub struct Stats {
     pub breaker_rejected: u64,
     /// Transaction attempts aborted because a watched key changed.
     pub transaction_conflicts: u64,
+    /// The heartbeat's view of the connection.
+    pub health: Health,
+    /// Times the heartbeat reconnected after losing the server.
+    pub reconnections: u64,
+    /// When the heartbeat last (re)connected.
+    pub last_connected: Option<SystemTime>,
+    /// When the heartbeat last lost the server.
+    pub last_disconnected: Option<SystemTime>,
+    /// How long the server has answered without interruption (since the last (re)connection);
+    /// `None` while it is down or before the first connection.
+    pub uptime: Option<Duration>,
+    /// How long ago the handle was created.
+    pub age: Duration,
+    /// The last heartbeat round trip.
+    pub heartbeat_last: Option<Duration>,
+    /// Heartbeat round trips over the last one to two minutes.
+    pub heartbeat_latency: Latency,
+    /// Calls through the handle ([`Redis::query`](crate::Redis::query), `run`, `pipeline`,
+    /// `transaction` and `redis::Commands` on the handle), as the caller saw them: checkout,
+    /// retries and all, over the last one to two minutes.
+    pub command_latency: Latency,
+    /// Event listeners right now.
+    pub event_listeners: usize,
+    /// Events lost because a listener's queue was full (each listener counts once).
+    pub events_dropped: u64,
 }
 
-pub(crate) fn snapshot(
-    c: &Counters,
-    state: r2d2::State,
-    max_size: u32,
-    breaker: BreakerState,
-) -> Stats {
+pub(crate) fn snapshot(shared: &Shared, state: r2d2::State, max_size: u32) -> Stats {
+    let c = &shared.counters;
+    let times = shared.times();
     let checkouts = c.checkouts.load(Relaxed);
     let wait_ns = c.checkout_wait_ns.load(Relaxed);
     let errors = ErrorCounts(std::array::from_fn(|i| c.errors[i].load(Relaxed)));
@@ -152,9 +178,20 @@ pub(crate) fn snapshot(
             checkout_wait_avg: Duration::from_nanos(wait_ns.checked_div(checkouts).unwrap_or(0)),
             checkout_wait_max: Duration::from_nanos(c.checkout_wait_max_ns.load(Relaxed)),
         },
-        breaker,
+        breaker: shared.breaker.state(),
         breaker_opened: c.breaker_opened.load(Relaxed),
         breaker_rejected: c.breaker_rejected.load(Relaxed),
         transaction_conflicts: c.transaction_conflicts.load(Relaxed),
+        health: shared.health(),
+        reconnections: c.reconnections.load(Relaxed),
+        last_connected: times.connected_at,
+        last_disconnected: times.disconnected_at,
+        uptime: times.uptime,
+        age: times.age,
+        heartbeat_last: shared.heartbeat_last(),
+        heartbeat_latency: shared.heartbeat_latency.latency(),
+        command_latency: shared.command_latency.latency(),
+        event_listeners: shared.events.len(),
+        events_dropped: shared.events.dropped.load(Relaxed),
     }
 }
