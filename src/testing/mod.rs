@@ -1,4 +1,5 @@
-//! Test support: a real `redis-server` launcher and run-time generated TLS material.
+//! Test support: a real `redis-server` launcher, run-time generated TLS material and a
+//! fault-injection proxy.
 //!
 //! Enabled by the `testing` feature. Everything here is meant for test suites (ours and
 //! yours): every server runs on a fresh loopback port out of a private temporary directory,
@@ -8,6 +9,16 @@
 //! The `redis-server` binary is taken from the `REDKIT_REDIS_SERVER` environment variable, or
 //! else looked up in `PATH`, `/usr/bin` and `/usr/local/bin`. When none is found,
 //! [`TestingError::ServerNotFound`] says how to install one.
+//!
+//! # Fault injection
+//!
+//! A [`FaultProxy`] sits between a client and a server (`FaultProxy::start_for(&server)`,
+//! then connect to [`FaultProxy::url`]) and simulates outages on demand with
+//! [`FaultProxy::set_mode`]: added latency ([`ProxyMode::Delay`]), a silent, half-open
+//! server ([`ProxyMode::BlackHole`]) or refused connections ([`ProxyMode::Refuse`]);
+//! [`FaultProxy::cut`] resets every current connection on both sides. Unlike killing the
+//! server, the server's state survives, and the fault ends the moment you switch back to
+//! [`ProxyMode::Pass`].
 //!
 //! # Example
 //!
@@ -47,9 +58,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod proxy;
 mod server;
 mod tls;
 
+pub use proxy::{FaultProxy, ProxyMode};
 pub use server::{wait_until, RedisServer, ServerBuilder};
 pub use tls::TlsMaterial;
 
