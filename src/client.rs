@@ -82,8 +82,15 @@ impl Inner {
         let heartbeat = self.heartbeat.lock().take();
         let panicked = heartbeat.and_then(|mut h| h.stop().err());
         // Every idle connection fails validation now, so one `try_get` closes them all;
-        // connections in use are closed when they come back.
+        // connections in use are closed when they come back. A connection the pool is
+        // opening right now is refused when it completes; wait for those (at most the
+        // connect timeout) and close whatever reached the pool meanwhile.
         self.shared.retire_connections();
+        drop(self.pool.try_get());
+        let deadline = Instant::now() + self.config.timeouts.connect;
+        while self.shared.connecting.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         drop(self.pool.try_get());
         self.shared.events.close();
         info!("redis at {}: closed", self.config.addr);

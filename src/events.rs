@@ -91,7 +91,9 @@ impl fmt::Display for Health {
 /// [`Event::Disconnected`], [`Event::HealthChanged`] (to `Down`), then for each attempt
 /// [`Event::Reconnecting`] (or, at the attempt or time limit, [`Event::ReconnectGaveUp`]),
 /// and when the server answers again [`Event::BreakerChanged`] (to `Closed`, if the breaker
-/// had opened), [`Event::Reconnected`] and [`Event::HealthChanged`] (back to `Healthy`).
+/// had opened), [`Event::HealthChanged`] (back to `Healthy`) and [`Event::Reconnected`]: by the
+/// time a listener sees `Reconnected`, [`Redis::health`](crate::Redis::health) says `Healthy`
+/// and calls use fresh connections.
 /// Calls that time out waiting for a connection add [`Event::PoolExhausted`], and the breaker
 /// reports its own changes as they happen.
 #[non_exhaustive]

@@ -443,22 +443,23 @@ impl Beat {
         if std::mem::take(&mut self.first) {
             info!("redis at {addr}: connected");
             self.shared.mark_connected();
+            self.shared.set_health(Health::Healthy);
             self.shared.events.emit(Event::Connected);
-        } else {
-            // Order matters: retire the old connections and close the breaker before anyone
-            // hears that the server is back.
-            self.shared.retire_connections();
-            self.shared.reset_breaker();
-            self.shared.mark_connected();
-            self.shared
-                .counters
-                .reconnections
-                .fetch_add(1, Ordering::Relaxed);
-            info!("redis at {addr}: reconnected after {downtime:?} ({attempts} attempts)");
-            self.shared
-                .events
-                .emit(Event::Reconnected { downtime, attempts });
+            return;
         }
+        // Order matters: retire the old connections, close the breaker and update the health
+        // before anyone hears that the server is back.
+        self.shared.retire_connections();
+        self.shared.reset_breaker();
+        self.shared.mark_connected();
+        self.shared
+            .counters
+            .reconnections
+            .fetch_add(1, Ordering::Relaxed);
         self.shared.set_health(Health::Healthy);
+        info!("redis at {addr}: reconnected after {downtime:?} ({attempts} attempts)");
+        self.shared
+            .events
+            .emit(Event::Reconnected { downtime, attempts });
     }
 }

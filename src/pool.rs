@@ -8,7 +8,7 @@
 //! `PING`ed once at their next checkout (a server restart leaves every idle socket dead).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     times: Mutex<Times>,
     /// Set by `Redis::close`: no new connections, every call fails with `Error::Closed`.
     pub(crate) closed: AtomicBool,
+    /// Pool connections being opened right now (`close` waits for them).
+    pub(crate) connecting: AtomicUsize,
     kick: Sender<Kick>,
     addr: Addr,
 }
@@ -91,6 +93,7 @@ impl Shared {
                 up_since: None,
             }),
             closed: AtomicBool::new(false),
+            connecting: AtomicUsize::new(0),
             kick,
             addr: config.addr.clone(),
         };
@@ -390,7 +393,15 @@ impl r2d2::ManageConnection for Manager {
         if self.shared.is_closed() {
             return Err(Error::Closed);
         }
-        let conn = self.open();
+        self.shared.connecting.fetch_add(1, Ordering::AcqRel);
+        let conn = self.open().and_then(|c| {
+            // Closed while connecting: do not hand the pool a connection nobody will close.
+            if self.shared.is_closed() {
+                return Err(Error::Closed);
+            }
+            Ok(c)
+        });
+        self.shared.connecting.fetch_sub(1, Ordering::AcqRel);
         self.shared
             .record_connect(&self.config.addr, conn.as_ref().map(|_| ()));
         if conn.is_ok() {

@@ -1,0 +1,105 @@
+//! After every handle is dropped, no thread of ours is left and the server sees no connection
+//! of ours. One test in its own binary, so that no other test's threads blur the count.
+
+mod support;
+
+use std::time::Duration;
+
+use redkit::testing::{wait_until, FaultProxy};
+use redkit::Redis;
+use support::*;
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn ours(admin: &mut redis::Connection, name: &str) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(admin)
+        .expect("CLIENT LIST");
+    list.lines()
+        .filter(|l| l.contains(&format!("name={name} ")))
+        .count()
+}
+
+#[test]
+fn dropping_every_handle_leaves_no_thread_and_no_connection() -> TestResult {
+    let server = server();
+    let mut admin = admin(&server);
+    let baseline = threads();
+    if baseline == 0 {
+        eprintln!("no /proc/self/task here: skipping the thread count");
+    }
+
+    for round in ["dropped", "closed"] {
+        let redis = Redis::connect(builder(&server).client_name(round).pool_max_size(8))?;
+        let events = redis.events();
+        // Work from several threads, so the pool grows and its threads run.
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let redis = redis.clone();
+                s.spawn(move || {
+                    for i in 0..100 {
+                        redis
+                            .query::<()>(redis::cmd("SET").arg(format!("{t}:{i}")).arg(i))
+                            .expect("SET");
+                    }
+                });
+            }
+        });
+        let clones: Vec<Redis> = (0..3).map(|_| redis.clone()).collect();
+        assert!(threads() > baseline, "the heartbeat and pool threads run");
+        wait_until(Duration::from_secs(5), "connections open", || {
+            ours(&mut admin, round) >= 2
+        })?;
+
+        if round == "closed" {
+            redis.close()?;
+        }
+        drop(clones);
+        drop(redis);
+        // Listeners see Closed, then the end of the channel.
+        let rest: Vec<redkit::Event> = events.iter().collect();
+        assert!(
+            matches!(rest.last(), Some(redkit::Event::Closed)),
+            "{rest:?}"
+        );
+
+        if baseline > 0 {
+            wait_until(
+                Duration::from_secs(5),
+                "thread count back to baseline",
+                || threads() == baseline,
+            )?;
+        }
+        wait_until(Duration::from_secs(5), "no connection of ours", || {
+            ours(&mut admin, round) == 0
+        })?;
+    }
+
+    // A handle through a proxy that goes silent also shuts down cleanly.
+    let proxy = FaultProxy::start_for(&server)?;
+    let redis = Redis::connect(
+        builder(&server)
+            .port(proxy.port())
+            .client_name("silenced")
+            .timeouts(redkit::Timeouts::default().connect(Duration::from_millis(500))),
+    )?;
+    redis.query::<()>(&redis::cmd("PING"))?;
+    proxy.set_mode(redkit::testing::ProxyMode::BlackHole);
+    let t = std::time::Instant::now();
+    drop(redis);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    drop(proxy);
+    if baseline > 0 {
+        wait_until(
+            Duration::from_secs(5),
+            "thread count back to baseline",
+            || threads() == baseline,
+        )?;
+    }
+    Ok(())
+}
