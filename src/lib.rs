@@ -52,11 +52,56 @@
 //! makes calls fail fast with [`Error::CircuitOpen`] while open, then lets probe calls
 //! through. A connection that saw an unrecoverable error is closed, never handed out again.
 //!
+//! ## Resilience
+//!
+//! Each handle runs one [`heartbeat`] thread that `PING`s the server on its own
+//! connection with a deadline, keeps the [`Health`], and reconnects with backoff when the
+//! server goes away. During an outage:
+//!
+//! - Calls fail fast: none waits out the checkout timeout for a connection that cannot come;
+//!   it tries one connection itself and returns that error (at once when the server refuses,
+//!   after the connect timeout when packets vanish), and once the breaker opens calls fail
+//!   with [`Error::CircuitOpen`] without touching the network. What waits: a reply from a slow
+//!   server (response timeout), a checkout while every connection is busy (checkout timeout).
+//! - A black-holed connection is noticed within heartbeat interval + deadline; a call that
+//!   sees the server drop a connection wakes the heartbeat at once.
+//! - On recovery every pooled connection made before the outage is retired and the breaker
+//!   closes *before* [`Event::Reconnected`] is sent: from then on no call meets a stale
+//!   connection.
+//!
+//! What happened is told by [`events`] on bounded channels (a slow listener loses
+//! events, it never stalls anyone) and by [`Redis::stats`]. [`Redis::close`] (or dropping the
+//! last clone) stops the heartbeat and closes every connection.
+//!
+//! ```no_run
+//! use redkit::{Event, Health, Redis};
+//!
+//! let redis = Redis::connect("redis://127.0.0.1/")?;
+//! let events = redis.events();
+//! // ... later, from a monitoring thread:
+//! while let Ok(event) = events.try_recv() {
+//!     if let Event::Reconnected { downtime, .. } = event {
+//!         eprintln!("redis was down for {downtime:?}");
+//!     }
+//! }
+//! let stats = redis.stats();
+//! if stats.health != Health::Healthy {
+//!     eprintln!("redis is {}: heartbeat p99 {:?}", stats.health, stats.heartbeat_latency.p99);
+//! }
+//! redis.close()?;
+//! # Ok::<(), redkit::Error>(())
+//! ```
+//!
+//! The `testing` feature has what you need to test your own code against outages: a real
+//! `redis-server` launcher (kill, restart on the same port) and a fault-injection proxy
+//! (delay, black hole, refuse, cut).
+//!
 //! ## Logging
 //!
 //! redkit logs through the [`log`] facade and never installs a logger. `warn`: problems you
-//! should fix (cannot connect, breaker opened, TLS verification off); `info`: connection state
-//! changes; `debug`: details (retries, new connections); `trace`: wire-level details.
+//! should fix (cannot connect, breaker opened, reconnect loop gave up, TLS verification off);
+//! `info`: connection state changes (connected, lost, reconnected, health, closed); `debug`:
+//! details (retries, reconnect attempts, new connections); `trace`: wire-level details.
 //! Passwords and private keys never appear in logs, `Debug`, `Display` or errors.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
