@@ -972,6 +972,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn heartbeat_settings_from_url_and_builder() {
+        let c: Config = "redis://h/?heartbeat_interval=250ms&heartbeat_timeout=2s"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            c.heartbeat().interval_value(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(c.heartbeat().timeout_value(), Duration::from_secs(2));
+        let off: Config = "redis://h/?heartbeat_interval=off".parse().unwrap();
+        assert_eq!(off.heartbeat().interval_value(), None);
+        let e = "redis://h/?heartbeat_interval=0"
+            .parse::<Config>()
+            .unwrap_err();
+        assert!(e.to_string().contains("heartbeat.interval"), "{e}");
+        let e = Config::builder()
+            .heartbeat(HeartbeatConfig::default().max_attempts(0))
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("heartbeat.max_attempts"), "{e}");
+        let e = Config::builder()
+            .tcp_keepalive(Some(Duration::from_millis(10)))
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("tcp_keepalive"), "{e}");
+        assert_eq!(
+            Config::builder().build().unwrap().tcp_keepalive(),
+            Some(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
     fn parses_full_url() {
         let c: Config = "redis://alice:p%40ss@example.com:6380/3?protocol=3&client_name=w1&connect_timeout=250ms&response_timeout=2s&pool_max_size=8&pool_min_idle=2&key_prefix=app:"
             .parse()

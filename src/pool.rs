@@ -653,3 +653,27 @@ impl ConnectionLike for PooledConnection {
         !self.is_broken()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_get_keepalive_and_nodelay() {
+        let config = Config::builder().build().expect("config");
+        let client = redis_client(&config).expect("client");
+        let tcp = client.get_connection_info().tcp_settings();
+        assert!(tcp.nodelay());
+        assert!(tcp.keepalive().is_some());
+        let off = Config::builder()
+            .tcp_keepalive(None)
+            .build()
+            .expect("config");
+        let client = redis_client(&off).expect("client");
+        assert!(client
+            .get_connection_info()
+            .tcp_settings()
+            .keepalive()
+            .is_none());
+    }
+}
