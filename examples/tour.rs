@@ -1,4 +1,5 @@
-//! A tour of redkit: connect, commands, a pipeline, a transaction, a script, stats.
+//! A tour of redkit: connect, commands, a pipeline, a transaction, a script, an outage and
+//! its recovery (with a throwaway server), stats.
 //!
 //! Runs against `REDIS_URL` when it is set; otherwise it starts a throwaway `redis-server` on
 //! a free loopback port (through `redkit::testing`) and stops it at the end.
@@ -10,16 +11,17 @@
 //! ```
 
 use std::thread;
+use std::time::Duration;
 
 use redis::Commands;
 use redkit::testing::RedisServer;
-use redkit::{Pipeline, Redis, Script};
+use redkit::{Event, Pipeline, Redis, Script};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::init();
 
     // 1. Connect: REDIS_URL, or a throwaway server of our own.
-    let (_server, redis) = match std::env::var("REDIS_URL") {
+    let (mut server, redis) = match std::env::var("REDIS_URL") {
         Ok(_) => (None, Redis::from_env()?),
         Err(_) => {
             let server = RedisServer::start()?;
@@ -105,7 +107,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         err.is_retryable()
     );
 
-    // 7. Stats.
+    // 7. An outage (only with our own throwaway server): kill it, restart it on the same
+    // port, and watch the handle recover by itself.
+    if let Some(server) = server.as_mut() {
+        let events = redis.events();
+        server.kill()?;
+        println!("killed the server");
+        for event in events.iter() {
+            println!("  event: {event}");
+            if matches!(event, Event::Disconnected { .. }) {
+                break;
+            }
+        }
+        server.restart()?;
+        println!("restarted the server");
+        while let Ok(event) = events.recv_timeout(Duration::from_secs(10)) {
+            println!("  event: {event}");
+            if matches!(event, Event::Reconnected { .. }) {
+                break;
+            }
+        }
+        r.set::<_, _, ()>(format!("{ns}:hits"), 1)?;
+        println!("SET after the restart works");
+    }
+
+    // 8. Stats.
     let stats = redis.stats();
     println!(
         "stats: {} commands, {} pipelines, {} errors, pool {} connections ({} idle), breaker {:?}",
@@ -116,6 +142,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.pool.idle,
         stats.breaker
     );
+    println!(
+        "health {}, {} reconnections, up for {:?}, heartbeat p50 {:?}, command p50 {:?} p99 {:?}",
+        stats.health,
+        stats.reconnections,
+        stats.uptime.unwrap_or_default(),
+        stats.heartbeat_latency.p50,
+        stats.command_latency.p50,
+        stats.command_latency.p99
+    );
 
     let _: usize = r.del(&[
         format!("{ns}:greeting"),
@@ -123,6 +158,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         format!("{ns}:list"),
         account,
     ])?;
+    redis.close()?;
     println!("tour done");
     Ok(())
 }
