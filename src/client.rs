@@ -524,11 +524,12 @@ impl Redis {
         let (admission, transition) = match breaker.admit() {
             Ok(a) => a,
             Err(e) => {
-                self.inner
-                    .shared
+                let shared = &self.inner.shared;
+                shared
                     .counters
                     .breaker_rejected
                     .fetch_add(1, Ordering::Relaxed);
+                shared.demand();
                 return Err(e);
             }
         };
@@ -581,6 +582,7 @@ impl Redis {
                     break Ok(conn);
                 }
                 if let Err(e) = inner.probe.probe() {
+                    inner.shared.demand();
                     break Err(e);
                 }
             }

@@ -116,7 +116,8 @@ pub enum Event {
     Reconnecting {
         /// 1 for the first attempt after the loss.
         attempt: u32,
-        /// How long it waits before this attempt (zero for the first).
+        /// How long it waits before this attempt at most (zero for the first; cut short when
+        /// a call reaches the server, or to the backoff base while calls keep failing).
         delay: Duration,
     },
     /// The server answers again. Every pooled connection made before the outage has been

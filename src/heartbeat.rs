@@ -12,7 +12,9 @@
 //! health `Down`), marks every pooled connection as suspect (each is `PING`ed before its next
 //! use), and reconnects: the first attempt at once, then after each
 //! [backoff](HeartbeatConfig::reconnect_backoff) delay, up to the optional attempt and time
-//! limits (after which it tries once per interval). On success it retires every pooled
+//! limits (after which it tries once per interval). The delay grows only while nobody needs
+//! the server: while calls keep failing, attempts come at least every base delay, and a call
+//! that manages to connect on its own ends the wait at once. On success it retires every pooled
 //! connection made before the outage, closes the circuit breaker and emits
 //! [`Event::Reconnected`] with the downtime: calls from then on run on fresh connections.
 
@@ -86,7 +88,9 @@ impl HeartbeatConfig {
     }
 
     /// The delays between reconnect attempts (the first attempt is immediate). Defaults to
-    /// 100 ms doubling up to 5 s, with full jitter.
+    /// 100 ms doubling up to 5 s, with full jitter. While calls keep failing because the
+    /// server is down, attempts come at least every base delay (100 ms): the delay grows only
+    /// while nobody is waiting for the server.
     pub fn reconnect_backoff(mut self, backoff: Backoff) -> HeartbeatConfig {
         self.reconnect = backoff;
         self
@@ -146,6 +150,9 @@ pub(crate) enum Kick {
     Suspect,
     /// A call managed to connect while the heartbeat is reconnecting: try now.
     Reachable,
+    /// Calls are failing because the server is down: someone needs it, so do not let the
+    /// backoff grow past the backoff base between two attempts.
+    Demand,
 }
 
 /// The running thread, owned by the handle.
@@ -246,9 +253,17 @@ impl Beat {
             return;
         }
         loop {
-            match self.wait(self.interval) {
-                Woken::Stop => break,
-                Woken::Kick(_) | Woken::Timeout => {}
+            let next = Instant::now() + self.interval;
+            loop {
+                match self.wait(next.saturating_duration_since(Instant::now())) {
+                    Woken::Stop => {
+                        debug!("heartbeat for {} stopped", self.manager.addr());
+                        return;
+                    }
+                    Woken::Kick(Kick::Suspect | Kick::Reachable) | Woken::Timeout => break,
+                    // Only the reconnect loop speeds up on demand.
+                    Woken::Kick(Kick::Demand) => {}
+                }
             }
             self.shared.rotate_windows();
             if self.con.is_some() {
@@ -342,6 +357,7 @@ impl Beat {
         let start = Instant::now();
         let mut delays = self.config.reconnect.delays();
         let mut attempt = 0u32;
+        let mut last_attempt = start;
         loop {
             attempt += 1;
             let delay = if attempt == 1 {
@@ -376,22 +392,27 @@ impl Beat {
                 .events
                 .emit(Event::Reconnecting { attempt, delay });
             if !delay.is_zero() {
-                let until = Instant::now() + delay;
-                // A caller that reached the server cuts the wait short; other kicks do not.
+                let mut until = Instant::now() + delay;
+                // A caller that reached the server cuts the wait short. While calls fail
+                // because the server is down, attempts come at least every backoff base: the
+                // backoff grows only while nobody needs the server.
                 loop {
                     match self.wait(until.saturating_duration_since(Instant::now())) {
                         Woken::Stop => return false,
                         Woken::Kick(Kick::Reachable) | Woken::Timeout => break,
-                        Woken::Kick(Kick::Suspect) => {
-                            if Instant::now() >= until {
-                                break;
-                            }
+                        Woken::Kick(Kick::Demand) => {
+                            until = until.min(last_attempt + self.config.reconnect.base());
                         }
+                        Woken::Kick(Kick::Suspect) => {}
+                    }
+                    if Instant::now() >= until {
+                        break;
                     }
                 }
             } else if self.stop_requested() {
                 return false;
             }
+            last_attempt = Instant::now();
             match self.try_connect() {
                 Ok(()) => {
                     self.recovered(attempt);

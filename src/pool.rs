@@ -107,6 +107,14 @@ impl Shared {
         let _ = self.kick.try_send(Kick::Suspect);
     }
 
+    /// A call failed because the server is down: ask the reconnect loop not to back off
+    /// further (see `Kick::Demand`).
+    pub(crate) fn demand(&self) {
+        if self.health() == Health::Down {
+            let _ = self.kick.try_send(Kick::Demand);
+        }
+    }
+
     /// Marks every existing pooled connection as suspect (`PING`ed at its next checkout).
     pub(crate) fn connection_dropped_quiet(&self) {
         self.suspect_epoch.fetch_add(1, Ordering::AcqRel);

@@ -552,3 +552,50 @@ fn dropping_a_handle_while_it_reconnects_returns_promptly() -> TestResult {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     Ok(())
 }
+
+#[test]
+fn failing_calls_keep_the_reconnect_loop_from_backing_off() -> TestResult {
+    let mut server = server();
+    let base = Duration::from_millis(50);
+    let redis = Redis::connect(
+        builder(&server)
+            .pool_min_idle(0)
+            .heartbeat(quick_heartbeat().reconnect_backoff(
+                Backoff::exponential(base, Duration::from_secs(60)).jitter(Jitter::None),
+            ))
+            .retry(RetryPolicy::never()),
+    )?;
+    let events = redis.events();
+    server.kill()?;
+    // Wait until the backoff has grown well past its base: 50, 100, 200, 400, 800 ms...
+    // The announcement of attempt 7 starts a wait of 1.6 s.
+    events_until(&events, Duration::from_secs(20), "attempt 7", |e| {
+        matches!(e, Event::Reconnecting { attempt: 7, .. })
+    });
+    // Calls that fail (the breaker opens and rejects them) ask for attempts every 50 ms.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| -> TestResult {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = redis.query::<()>(&redis::cmd("PING"));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        server.restart()?;
+        let t0 = Instant::now();
+        let result = wait_until(Duration::from_secs(10), "a call succeeds", || {
+            redis.query::<()>(&redis::cmd("PING")).is_ok()
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        result?;
+        // Without the demand the next attempt would come 1.6 s after the announcement.
+        assert!(
+            t0.elapsed() < Duration::from_millis(800),
+            "{:?}",
+            t0.elapsed()
+        );
+        Ok(())
+    })?;
+    assert_eq!(redis.health(), Health::Healthy);
+    Ok(())
+}
