@@ -167,17 +167,9 @@ impl Redis {
         let (shared, kicks) = Shared::new(&config, Health::Healthy);
         let shared = Arc::new(shared);
         let manager = Manager::new(config.clone(), shared.clone())?;
-        let mut raw = manager.open()?;
         let hb = &config.heartbeat;
         let timeout = hb.interval.map_or(config.timeouts.response, |_| hb.timeout);
-        let not_sent = |e| Error::from_redis(e, Delivery::NotSent);
-        raw.con.set_read_timeout(Some(timeout)).map_err(not_sent)?;
-        raw.con.set_write_timeout(Some(timeout)).map_err(not_sent)?;
-        let start = Instant::now();
-        redis::cmd("PING")
-            .query::<()>(&mut raw.con)
-            .map_err(|e| Error::from_redis(e, Delivery::Unknown))?;
-        shared.heartbeat_answered(start.elapsed());
+        let raw = crate::heartbeat::open_checked(&manager, &shared, timeout)?;
         info!("redis at {}: connected", config.addr);
         Redis::build(config, shared, kicks, manager, Some(raw))
     }

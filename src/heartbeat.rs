@@ -143,6 +143,25 @@ impl HeartbeatConfig {
     }
 }
 
+/// Opens a connection for the heartbeat, with `timeout` as its read and write timeout, and
+/// checks it with a `PING` (recording the round trip).
+pub(crate) fn open_checked(
+    manager: &Manager,
+    shared: &Shared,
+    timeout: Duration,
+) -> Result<RawConn> {
+    let mut raw = manager.open()?;
+    let not_sent = |e| Error::from_redis(e, Delivery::NotSent);
+    raw.con.set_read_timeout(Some(timeout)).map_err(not_sent)?;
+    raw.con.set_write_timeout(Some(timeout)).map_err(not_sent)?;
+    let start = Instant::now();
+    redis::cmd("PING")
+        .query::<()>(&mut raw.con)
+        .map_err(|e| Error::from_wire(e, Delivery::Unknown))?;
+    shared.heartbeat_answered(start.elapsed());
+    Ok(raw)
+}
+
 /// Why the heartbeat was woken before its interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kick {
@@ -435,20 +454,9 @@ impl Beat {
 
     /// Opens a connection and checks it with a `PING`.
     fn try_connect(&mut self) -> Result<()> {
-        let result = self.manager.open().and_then(|mut raw| {
-            let t = self.config.timeout;
-            let not_sent = |e| Error::from_redis(e, Delivery::NotSent);
-            raw.con.set_read_timeout(Some(t)).map_err(not_sent)?;
-            raw.con.set_write_timeout(Some(t)).map_err(not_sent)?;
-            let start = Instant::now();
-            redis::cmd("PING")
-                .query::<()>(&mut raw.con)
-                .map_err(|e| Error::from_wire(e, Delivery::Unknown))?;
-            self.shared.heartbeat_answered(start.elapsed());
-            Ok(raw)
-        });
+        let result = open_checked(&self.manager, &self.shared, self.config.timeout);
         self.shared
-            .record_connect(self.manager.addr(), result.as_ref().map(|_| ()));
+            .record_connect(self.manager.addr(), result.as_ref().map(|_| ()), false);
         self.con = Some(result?);
         Ok(())
     }

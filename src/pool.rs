@@ -132,7 +132,9 @@ impl Shared {
     }
 
     /// Records the outcome of an attempt to open a connection (logging state changes once).
-    pub(crate) fn record_connect(&self, addr: &Addr, result: Result<(), &Error>) {
+    /// `counted`: a failure counts in the pool's `connect_failures` (the heartbeat's own
+    /// attempts do not).
+    pub(crate) fn record_connect(&self, addr: &Addr, result: Result<(), &Error>, counted: bool) {
         match result {
             Ok(()) => {
                 if self.connect_failing.load(Ordering::Acquire)
@@ -143,9 +145,11 @@ impl Shared {
                 }
             }
             Err(e) => {
-                self.counters
-                    .connect_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                if counted {
+                    self.counters
+                        .connect_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 if self.connect_failing.swap(true, Ordering::AcqRel) {
                     debug!("redis at {addr}: connect failed again: {e}");
                 } else {
@@ -352,7 +356,7 @@ impl Manager {
     pub(crate) fn probe(&self) -> Result<()> {
         let result = self.open().map(drop);
         self.shared
-            .record_connect(&self.config.addr, result.as_ref().map(|_| ()));
+            .record_connect(&self.config.addr, result.as_ref().map(|_| ()), true);
         result
     }
 
@@ -411,7 +415,7 @@ impl r2d2::ManageConnection for Manager {
         });
         self.shared.connecting.fetch_sub(1, Ordering::AcqRel);
         self.shared
-            .record_connect(&self.config.addr, conn.as_ref().map(|_| ()));
+            .record_connect(&self.config.addr, conn.as_ref().map(|_| ()), true);
         if conn.is_ok() {
             self.shared
                 .counters

@@ -91,7 +91,8 @@ pub struct PoolStats {
     pub closed: u64,
     /// Connections discarded because they saw an unrecoverable error.
     pub discarded_broken: u64,
-    /// Failed attempts to open a connection.
+    /// Failed attempts to open a pooled connection (the heartbeat's own attempts are told by
+    /// [`Event::Reconnecting`](crate::Event::Reconnecting) instead).
     pub connect_failures: u64,
     /// Successful checkouts.
     pub checkouts: u64,

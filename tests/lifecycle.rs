@@ -15,6 +15,18 @@ fn threads() -> usize {
         .unwrap_or(0)
 }
 
+/// Waits until the process has `baseline` threads again (when /proc tells).
+fn back_to(baseline: usize) -> TestResult {
+    if baseline > 0 {
+        wait_until(
+            Duration::from_secs(5),
+            "thread count back to baseline",
+            || threads() == baseline,
+        )?;
+    }
+    Ok(())
+}
+
 fn ours(admin: &mut redis::Connection, name: &str) -> usize {
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
@@ -68,13 +80,7 @@ fn dropping_every_handle_leaves_no_thread_and_no_connection() -> TestResult {
             "{rest:?}"
         );
 
-        if baseline > 0 {
-            wait_until(
-                Duration::from_secs(5),
-                "thread count back to baseline",
-                || threads() == baseline,
-            )?;
-        }
+        back_to(baseline)?;
         wait_until(Duration::from_secs(5), "no connection of ours", || {
             ours(&mut admin, round) == 0
         })?;
@@ -94,12 +100,6 @@ fn dropping_every_handle_leaves_no_thread_and_no_connection() -> TestResult {
     drop(redis);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     drop(proxy);
-    if baseline > 0 {
-        wait_until(
-            Duration::from_secs(5),
-            "thread count back to baseline",
-            || threads() == baseline,
-        )?;
-    }
+    back_to(baseline)?;
     Ok(())
 }
