@@ -55,13 +55,15 @@ pub enum ErrorClass {
     Config,
     /// The handle was closed ([`Redis::close`](crate::Redis::close)).
     Closed,
+    /// A rate limiter did not grant the request within the wait allowed.
+    RateLimited,
     /// Anything else (sentinel or cluster topology errors, client-side errors).
     Other,
 }
 
 impl ErrorClass {
     /// Every class, in a stable order (used for per-class counters).
-    pub const ALL: [ErrorClass; 18] = [
+    pub const ALL: [ErrorClass; 19] = [
         ErrorClass::Connection,
         ErrorClass::Timeout,
         ErrorClass::Auth,
@@ -79,6 +81,7 @@ impl ErrorClass {
         ErrorClass::TransactionConflict,
         ErrorClass::Config,
         ErrorClass::Closed,
+        ErrorClass::RateLimited,
         ErrorClass::Other,
     ];
 
@@ -109,6 +112,7 @@ impl ErrorClass {
             ErrorClass::TransactionConflict => "transaction_conflict",
             ErrorClass::Config => "config",
             ErrorClass::Closed => "closed",
+            ErrorClass::RateLimited => "rate_limited",
             ErrorClass::Other => "other",
         }
     }
@@ -204,6 +208,12 @@ pub enum Error {
     },
     /// The handle was closed with [`Redis::close`](crate::Redis::close); no call runs any more.
     Closed,
+    /// A rate limiter did not grant the request within the wait allowed
+    /// ([`RateLimiter::acquire`](crate::ratelimit::RateLimiter::acquire)).
+    RateLimited {
+        /// When it may succeed; `None` when it never can (it asks for more than the limit).
+        retry_after: Option<Duration>,
+    },
     /// A background thread of redkit failed (reported by [`Redis::close`](crate::Redis::close)).
     Background {
         /// The thread's name.
@@ -260,6 +270,7 @@ impl Error {
             Error::TransactionConflict { .. } => ErrorClass::TransactionConflict,
             Error::Config { .. } => ErrorClass::Config,
             Error::Closed => ErrorClass::Closed,
+            Error::RateLimited { .. } => ErrorClass::RateLimited,
             Error::Background { .. } => ErrorClass::Other,
         }
     }
@@ -415,6 +426,12 @@ impl fmt::Display for Error {
                 write!(f, "invalid configuration `{setting}`: {reason}")
             }
             Error::Closed => f.write_str("the redis handle is closed"),
+            Error::RateLimited {
+                retry_after: Some(d),
+            } => write!(f, "rate limited: retry after {d:?}"),
+            Error::RateLimited { retry_after: None } => {
+                f.write_str("rate limited: the request is larger than the limit can ever grant")
+            }
             Error::Background { thread, reason } => {
                 write!(f, "background thread `{thread}` failed: {reason}")
             }
@@ -453,6 +470,10 @@ impl fmt::Debug for Error {
                 .field("reason", reason)
                 .finish(),
             Error::Closed => f.write_str("Closed"),
+            Error::RateLimited { retry_after } => f
+                .debug_struct("RateLimited")
+                .field("retry_after", retry_after)
+                .finish(),
             Error::Background { thread, reason } => f
                 .debug_struct("Background")
                 .field("thread", thread)

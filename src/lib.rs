@@ -115,6 +115,7 @@ pub mod events;
 pub mod heartbeat;
 mod histogram;
 mod pool;
+pub mod ratelimit;
 pub mod retry;
 mod script;
 mod stats;

@@ -1,0 +1,219 @@
+//! Rate limiters: Lua scripts on the server's clock, one round trip per decision.
+//!
+//! Every limiter runs as a Lua script that reads the server's clock (`TIME`), never the
+//! client's, so any number of processes on any number of machines share one limit exactly.
+//! The keys of one limited subject carry a hash tag (`{subject}`), so they live in one
+//! cluster slot, and every key gets a TTL so idle subjects cost nothing.
+//!
+//! Every decision is a [`Decision`]: how many were allowed, how many remain, when to retry
+//! ([`RetryAfter::Never`] when the request is larger than the limit can ever grant, instead of
+//! a made-up wait), and when the limit is fully reset.
+//!
+//! | need | pick |
+//! |---|---|
+//! | smooth rate with a burst allowance, O(1) memory | [`Gcra`] |
+//! | never more than N in any window of the period, exactly | `SlidingLog` |
+//! | N per window, smoothed across window edges, O(1) memory | `SlidingWindow` |
+//! | N per calendar window (per minute, per hour), cheapest | `FixedWindow` |
+//! | a bucket of tokens refilled at a rate, taking several at once | `TokenBucket` |
+//! | at most N at the same time (in flight), with leases | `ConcurrencyLimiter` |
+//! | several limits at once, all or nothing | [`MultiLimit`] |
+//!
+//! Limits can be changed at run time (`set_limit`): the new parameters apply to the stored
+//! state from the next decision on; nothing is reset by accident. Each limiter's docs say
+//! what a change does to the current window.
+//!
+//! Worker threads use the blocking helpers of [`RateLimiter`]: [`RateLimiter::acquire`]
+//! sleeps for the retry-after until allowed or the deadline passes, [`RateLimiter::try_acquire`]
+//! never sleeps.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+mod gcra;
+mod multi;
+
+pub use gcra::{Gcra, GcraLimit};
+pub use multi::{MultiDecision, MultiLimit};
+
+/// When a denied request may succeed.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAfter {
+    /// It was allowed: nothing to wait for.
+    Now,
+    /// Retry after this long.
+    After(Duration),
+    /// Never: the request asks for more than the limit can ever grant.
+    Never,
+}
+
+impl RetryAfter {
+    /// From the scripts' convention: `-1` never, `0` now, otherwise microseconds.
+    pub(crate) fn from_micros(us: i64) -> RetryAfter {
+        match us {
+            i64::MIN..=-1 => RetryAfter::Never,
+            0 => RetryAfter::Now,
+            us => RetryAfter::After(Duration::from_micros(us.unsigned_abs())),
+        }
+    }
+}
+
+/// The outcome of one rate-limit check.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// How many units were granted (0 when denied).
+    pub allowed: u64,
+    /// How many more units would be granted right now.
+    pub remaining: u64,
+    /// When a denied request may succeed ([`RetryAfter::Now`] when it was allowed).
+    pub retry_after: RetryAfter,
+    /// When the limit will be back to its full capacity if nothing more is taken.
+    pub reset_after: Duration,
+    /// The limit the decision was made against.
+    pub limit: u64,
+}
+
+impl Decision {
+    /// Whether at least one unit was granted.
+    pub fn is_allowed(&self) -> bool {
+        self.allowed > 0
+    }
+
+    /// Parses the scripts' reply: `{allowed, remaining, retry_after_us, reset_after_us, limit}`
+    /// (`retry_after_us`: `-1` never, `0` now).
+    pub(crate) fn from_reply(v: &[i64]) -> Result<Decision> {
+        let [allowed, remaining, retry, reset, limit] = v else {
+            return Err(bad_reply(format!("expected 5 integers, got {v:?}")));
+        };
+        let non_neg = |x: i64| u64::try_from(x).unwrap_or(0);
+        Ok(Decision {
+            allowed: non_neg(*allowed),
+            remaining: non_neg(*remaining),
+            retry_after: RetryAfter::from_micros(*retry),
+            reset_after: Duration::from_micros(non_neg(*reset)),
+            limit: non_neg(*limit),
+        })
+    }
+}
+
+fn bad_reply(detail: String) -> Error {
+    let e = redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected rate-limit script reply",
+        detail,
+    ));
+    Error::from_redis(e, crate::error::Delivery::Answered)
+}
+
+/// The operations every limiter offers, and the blocking helpers built on them.
+pub trait RateLimiter {
+    /// Takes `n` units for `subject` if they fit, atomically; `n = 0` only looks.
+    fn allow_n(&self, subject: &str, n: u64) -> Result<Decision>;
+
+    /// Forgets everything about `subject`: its full capacity is available again.
+    fn reset(&self, subject: &str) -> Result<()>;
+
+    /// How long [`RateLimiter::acquire`] waits at most. Defaults to 10 s.
+    fn max_wait(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+
+    /// Takes one unit.
+    fn allow(&self, subject: &str) -> Result<Decision> {
+        self.allow_n(subject, 1)
+    }
+
+    /// Looks without taking anything.
+    fn peek(&self, subject: &str) -> Result<Decision> {
+        self.allow_n(subject, 0)
+    }
+
+    /// Takes `n` units if they fit now; never sleeps.
+    fn try_acquire(&self, subject: &str, n: u64) -> Result<bool> {
+        Ok(self.allow_n(subject, n)?.allowed >= n.max(1))
+    }
+
+    /// Takes `n` units, sleeping for the retry-after until they fit, at most
+    /// [`max_wait`](RateLimiter::max_wait).
+    fn acquire(&self, subject: &str, n: u64) -> Result<Decision> {
+        self.acquire_timeout(subject, n, self.max_wait())
+    }
+
+    /// Takes `n` units, sleeping for the retry-after until they fit, at most `timeout`. Fails
+    /// with [`Error::RateLimited`] when the deadline would pass first, or at once when the
+    /// request can never fit.
+    fn acquire_timeout(&self, subject: &str, n: u64, timeout: Duration) -> Result<Decision> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let d = self.allow_n(subject, n)?;
+            let wait = match d.retry_after {
+                RetryAfter::Now => return Ok(d),
+                RetryAfter::Never => return Err(Error::RateLimited { retry_after: None }),
+                RetryAfter::After(w) => w,
+            };
+            let now = Instant::now();
+            if now + wait > deadline {
+                return Err(Error::RateLimited {
+                    retry_after: Some(wait),
+                });
+            }
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// The key of a subject: `{prefix}{name}:{subject}` with the subject as the hash tag, so that
+/// every key of one subject lives in one cluster slot.
+pub(crate) fn subject_key(prefix: &str, name: &str, subject: &str) -> String {
+    format!("{prefix}{name}:{{{subject}}}")
+}
+
+/// The key prefix every limiter uses unless told otherwise.
+pub(crate) const DEFAULT_PREFIX: &str = "redkit:rl:";
+
+/// Checks a rate-limit setting.
+pub(crate) fn positive(setting: &'static str, v: u64) -> Result<u64> {
+    if v == 0 {
+        return Err(Error::config(setting, "must be at least 1"));
+    }
+    Ok(v)
+}
+
+/// Checks a period.
+pub(crate) fn period(setting: &'static str, d: Duration) -> Result<Duration> {
+    if d < Duration::from_millis(1) {
+        return Err(Error::config(setting, "must be at least 1 ms"));
+    }
+    Ok(d)
+}
+
+/// A duration in whole microseconds for the scripts.
+pub(crate) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_parse() {
+        let d = Decision::from_reply(&[1, 9, 0, 100_000, 10]).unwrap();
+        assert!(d.is_allowed());
+        assert_eq!(d.retry_after, RetryAfter::Now);
+        assert_eq!(d.reset_after, Duration::from_millis(100));
+        let d = Decision::from_reply(&[0, 0, -1, 5, 10]).unwrap();
+        assert_eq!(d.retry_after, RetryAfter::Never);
+        let d = Decision::from_reply(&[0, 0, 250, 5, 10]).unwrap();
+        assert_eq!(d.retry_after, RetryAfter::After(Duration::from_micros(250)));
+        assert!(Decision::from_reply(&[1, 2]).is_err());
+    }
+
+    #[test]
+    fn keys_share_a_hash_tag() {
+        assert_eq!(subject_key("rl:", "api", "u1"), "rl:api:{u1}");
+    }
+}
