@@ -35,7 +35,9 @@ impl MultiDecision {
 
     /// The index in `parts` of the first limit that denied the request.
     pub fn denied_by(&self) -> Option<usize> {
-        self.parts.iter().position(|d| d.retry_after != RetryAfter::Now)
+        self.parts
+            .iter()
+            .position(|d| d.retry_after != RetryAfter::Now)
     }
 }
 
@@ -95,14 +97,15 @@ impl MultiLimit {
             .map(Decision::from_reply)
             .collect::<Result<Vec<_>>>()?;
         let denied = parts.iter().any(|d| d.retry_after != RetryAfter::Now);
-        let retry_after = parts
-            .iter()
-            .map(|d| d.retry_after)
-            .fold(RetryAfter::Now, |acc, r| match (acc, r) {
-                (RetryAfter::Never, _) | (_, RetryAfter::Never) => RetryAfter::Never,
-                (RetryAfter::After(a), RetryAfter::After(b)) => RetryAfter::After(a.max(b)),
-                (RetryAfter::Now, x) | (x, RetryAfter::Now) => x,
-            });
+        let retry_after =
+            parts
+                .iter()
+                .map(|d| d.retry_after)
+                .fold(RetryAfter::Now, |acc, r| match (acc, r) {
+                    (RetryAfter::Never, _) | (_, RetryAfter::Never) => RetryAfter::Never,
+                    (RetryAfter::After(a), RetryAfter::After(b)) => RetryAfter::After(a.max(b)),
+                    (RetryAfter::Now, x) | (x, RetryAfter::Now) => x,
+                });
         Ok(MultiDecision {
             allowed: if denied { 0 } else { n },
             retry_after,
