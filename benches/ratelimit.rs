@@ -1,0 +1,193 @@
+//! Rate-limit decisions per second through redkit against raw `EVALSHA` round trips of a
+//! trivial script on a dedicated `redis` connection (the floor a script-based limiter can
+//! reach), measured in the same run, reported as a ratio; and the memory one limited subject
+//! costs at a steady 1,000 requests per window (`MEMORY USAGE`).
+//!
+//! `cargo bench --bench ratelimit`. `REDKIT_BENCH_OPS` sets the decisions per side (default
+//! 10000). Sides alternate in blocks of 250 decisions on one thread; each ratio is the median
+//! of per-block ratios against the raw block next to it. Results go to stdout and to
+//! `target/redkit-bench-ratelimit.json`.
+
+use std::time::{Duration, Instant};
+
+use redkit::ratelimit::{Gcra, GcraLimit, MultiLimit, RateLimiter};
+use redkit::testing::RedisServer;
+use redkit::{Config, Redis};
+
+const BLOCK: usize = 250;
+/// The target from issue 6: redkit decisions / raw EVALSHA round trips.
+const TARGET: f64 = 0.95;
+
+type Decide = Box<dyn FnMut(usize)>;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A limiter as the bench sees it: a name, one decision, and the keys of a subject.
+struct Scenario {
+    name: &'static str,
+    decide: Decide,
+}
+
+fn limiter_scenario<L: RateLimiter + 'static>(name: &'static str, limiter: L) -> Scenario {
+    Scenario {
+        name,
+        decide: Box::new(move |i| {
+            // Many subjects, so most decisions are allowed (the common case).
+            let d = limiter.allow(&format!("s{}", i % 1000)).expect("decision");
+            std::hint::black_box(d);
+        }),
+    }
+}
+
+fn main() {
+    let ops = env_usize("REDKIT_BENCH_OPS", 10_000).max(BLOCK);
+    let blocks = ops / BLOCK;
+    let server = RedisServer::start().expect("start redis-server");
+    let redis = Redis::connect(
+        Config::builder()
+            .host(server.host())
+            .port(server.port())
+            .build()
+            .expect("config"),
+    )
+    .expect("connect");
+
+    // The baseline: EVALSHA of a script that returns a decision-shaped reply, on a raw
+    // connection.
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut raw = client.get_connection().expect("raw connection");
+    let trivial = redis::Script::new("return {1, 9, 0, 100000, 10}");
+    trivial
+        .prepare_invoke()
+        .load(&mut raw)
+        .expect("SCRIPT LOAD");
+    let baseline: Decide = Box::new(move |i| {
+        let v: Vec<i64> = trivial
+            .key(format!("s{}", i % 1000))
+            .invoke(&mut raw)
+            .expect("EVALSHA");
+        std::hint::black_box(v);
+    });
+
+    let big = GcraLimit::new(1_000_000, Duration::from_secs(1));
+    let gcra = Gcra::new(&redis, "bench-gcra", big).expect("gcra");
+    let g1 = Gcra::new(&redis, "bench-m1", big).expect("gcra");
+    let g2 = Gcra::new(&redis, "bench-m2", big).expect("gcra");
+    let multi = MultiLimit::new(&redis);
+    let mut scenarios = Vec::new();
+    scenarios.push(limiter_scenario("GCRA", gcra));
+    scenarios.push(Scenario {
+        name: "MultiLimit (2 GCRA)",
+        decide: Box::new(move |i| {
+            let s = format!("s{}", i % 1000);
+            let d = multi.allow_n(&[(&g1, &s), (&g2, &s)], 1).expect("multi");
+            std::hint::black_box(d);
+        }),
+    });
+
+    // Warm up every side (scripts loaded, pool filled).
+    let mut baseline = baseline;
+    for i in 0..BLOCK {
+        baseline(i);
+        for s in scenarios.iter_mut() {
+            (s.decide)(i);
+        }
+    }
+
+    println!(
+        "rate-limit decisions vs raw EVALSHA of a trivial script on a dedicated connection \
+         ({ops} decisions per side in blocks of {BLOCK}, one thread; ratio = median of per-block ratios)"
+    );
+    println!(
+        "{:<24} {:>12} {:>12} {:>8} {:>8}",
+        "limiter", "decisions/s", "raw/s", "ratio", "target"
+    );
+    let mut rows = Vec::new();
+    for s in scenarios.iter_mut() {
+        let mut ratios = Vec::with_capacity(blocks);
+        let (mut ours, mut theirs) = (0.0, 0.0);
+        for b in 0..blocks {
+            // Alternate which side goes first.
+            let time = |f: &mut Decide| {
+                let start = Instant::now();
+                for i in 0..BLOCK {
+                    f(b * BLOCK + i);
+                }
+                start.elapsed().as_secs_f64()
+            };
+            let (r, o) = if b % 2 == 0 {
+                let r = time(&mut baseline);
+                (r, time(&mut s.decide))
+            } else {
+                let o = time(&mut s.decide);
+                (time(&mut baseline), o)
+            };
+            ours += o;
+            theirs += r;
+            ratios.push(r / o);
+        }
+        let ratio = median(ratios);
+        let ours_rate = (blocks * BLOCK) as f64 / ours;
+        let raw_rate = (blocks * BLOCK) as f64 / theirs;
+        println!(
+            "{:<24} {:>12.0} {:>12.0} {:>8.3} {:>8}",
+            s.name,
+            ours_rate,
+            raw_rate,
+            ratio,
+            format!(">= {TARGET}")
+        );
+        rows.push(format!(
+            r#"{{"scenario":"{}","redkit_per_s":{ours_rate:.0},"raw_per_s":{raw_rate:.0},"ratio":{ratio:.3},"target":{TARGET}}}"#,
+            s.name
+        ));
+    }
+
+    // Memory of one subject at a steady 1,000 requests per window.
+    println!();
+    println!("memory per limited subject after 1,000 requests in one window (MEMORY USAGE)");
+    let mut admin = server.admin().expect("admin");
+    let mut mem_rows = Vec::new();
+    let per_window = GcraLimit::new(1000, Duration::from_secs(60));
+    let g = Gcra::new(&redis, "mem-gcra", per_window).expect("gcra");
+    for _ in 0..1000 {
+        g.allow("subject").expect("allow");
+    }
+    let keys = [("GCRA", vec![g.key("subject")])];
+    for (name, keys) in keys {
+        let bytes: i64 = keys
+            .iter()
+            .map(|k| {
+                redis::cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(k)
+                    .query::<Option<i64>>(&mut admin)
+                    .expect("MEMORY USAGE")
+                    .unwrap_or(0)
+            })
+            .sum();
+        println!("{name:<24} {bytes:>8} bytes");
+        mem_rows.push(format!(r#"{{"limiter":"{name}","bytes":{bytes}}}"#));
+    }
+
+    let json = format!(
+        r#"{{"bench":"ratelimit","ops":{ops},"block":{BLOCK},"results":[{}],"memory":[{}]}}"#,
+        rows.join(","),
+        mem_rows.join(",")
+    );
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/redkit-bench-ratelimit.json");
+    if let Err(e) = std::fs::write(&path, json) {
+        eprintln!("cannot write {}: {e}", path.display());
+    }
+}
