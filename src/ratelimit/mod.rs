@@ -12,9 +12,9 @@
 //! | need | pick |
 //! |---|---|
 //! | smooth rate with a burst allowance, O(1) memory | [`Gcra`] |
-//! | never more than N in any window of the period, exactly | `SlidingLog` |
-//! | N per window, smoothed across window edges, O(1) memory | `SlidingWindow` |
-//! | N per calendar window (per minute, per hour), cheapest | `FixedWindow` |
+//! | never more than N in any window of the period, exactly | [`SlidingLog`] |
+//! | N per window, smoothed across window edges, O(1) memory | [`SlidingWindow`] |
+//! | N per calendar window (per minute, per hour), cheapest | [`FixedWindow`] |
 //! | a bucket of tokens refilled at a rate, taking several at once | `TokenBucket` |
 //! | at most N at the same time (in flight), with leases | `ConcurrencyLimiter` |
 //! | several limits at once, all or nothing | [`MultiLimit`] |
@@ -33,9 +33,11 @@ use crate::error::{Error, Result};
 
 mod gcra;
 mod multi;
+mod window;
 
 pub use gcra::{Gcra, GcraLimit};
 pub use multi::{MultiDecision, MultiLimit};
+pub use window::{FixedWindow, SlidingLog, SlidingWindow, WindowLimit};
 
 /// When a denied request may succeed.
 #[non_exhaustive]
