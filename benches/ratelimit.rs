@@ -10,7 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use redkit::ratelimit::{Gcra, GcraLimit, MultiLimit, RateLimiter};
+use redkit::ratelimit::{
+    FixedWindow, Gcra, GcraLimit, MultiLimit, RateLimiter, SlidingLog, SlidingWindow, WindowLimit,
+};
 use redkit::testing::RedisServer;
 use redkit::{Config, Redis};
 
@@ -86,6 +88,19 @@ fn main() {
     let multi = MultiLimit::new(&redis);
     let mut scenarios = Vec::new();
     scenarios.push(limiter_scenario("GCRA", gcra));
+    let window = WindowLimit::new(1_000_000, Duration::from_secs(1));
+    scenarios.push(limiter_scenario(
+        "SlidingLog",
+        SlidingLog::new(&redis, "bench-log", window).expect("log"),
+    ));
+    scenarios.push(limiter_scenario(
+        "SlidingWindow",
+        SlidingWindow::new(&redis, "bench-sw", window).expect("sliding window"),
+    ));
+    scenarios.push(limiter_scenario(
+        "FixedWindow",
+        FixedWindow::new(&redis, "bench-fw", window).expect("fixed window"),
+    ));
     scenarios.push(Scenario {
         name: "MultiLimit (2 GCRA)",
         decide: Box::new(move |i| {
@@ -163,7 +178,21 @@ fn main() {
     for _ in 0..1000 {
         g.allow("subject").expect("allow");
     }
-    let keys = [("GCRA", vec![g.key("subject")])];
+    let window = WindowLimit::new(1000, Duration::from_secs(60));
+    let log = SlidingLog::new(&redis, "mem-log", window).expect("log");
+    let sw = SlidingWindow::new(&redis, "mem-sw", window).expect("sliding window");
+    let fw = FixedWindow::new(&redis, "mem-fw", window).expect("fixed window");
+    for _ in 0..1000 {
+        log.allow("subject").expect("allow");
+        sw.allow("subject").expect("allow");
+        fw.allow("subject").expect("allow");
+    }
+    let keys = [
+        ("GCRA", vec![g.key("subject")]),
+        ("SlidingLog", vec![log.key("subject")]),
+        ("SlidingWindow", vec![sw.key("subject")]),
+        ("FixedWindow", vec![fw.key("subject")]),
+    ];
     for (name, keys) in keys {
         let bytes: i64 = keys
             .iter()
