@@ -15,8 +15,8 @@
 //! | never more than N in any window of the period, exactly | [`SlidingLog`] |
 //! | N per window, smoothed across window edges, O(1) memory | [`SlidingWindow`] |
 //! | N per calendar window (per minute, per hour), cheapest | [`FixedWindow`] |
-//! | a bucket of tokens refilled at a rate, taking several at once | `TokenBucket` |
-//! | at most N at the same time (in flight), with leases | `ConcurrencyLimiter` |
+//! | a bucket of tokens refilled at a rate, taking several at once | [`TokenBucket`] |
+//! | at most N at the same time (in flight), with leases | [`ConcurrencyLimiter`] |
 //! | several limits at once, all or nothing | [`MultiLimit`] |
 //!
 //! Limits can be changed at run time (`set_limit`): the new parameters apply to the stored
@@ -31,10 +31,14 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
+mod bucket;
+mod concurrency;
 mod gcra;
 mod multi;
 mod window;
 
+pub use bucket::{BucketLimit, TokenBucket};
+pub use concurrency::{ConcurrencyLimiter, Slot};
 pub use gcra::{Gcra, GcraLimit};
 pub use multi::{MultiDecision, MultiLimit};
 pub use window::{FixedWindow, SlidingLog, SlidingWindow, WindowLimit};
