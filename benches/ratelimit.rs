@@ -3,6 +3,10 @@
 //! reach), measured in the same run, reported as a ratio; and the memory one limited subject
 //! costs at a steady 1,000 requests per window (`MEMORY USAGE`).
 //!
+//! Two reference rows separate the costs: a trivial script through the redkit handle (what
+//! redkit adds on the client) and the GCRA script on a raw connection (what the algorithm
+//! costs the server).
+//!
 //! `cargo bench --bench ratelimit`. `REDKIT_BENCH_OPS` sets the decisions per side (default
 //! 10000). Sides alternate in blocks of 250 decisions on one thread; each ratio is the median
 //! of per-block ratios against the raw block next to it. Results go to stdout and to
@@ -11,7 +15,8 @@
 use std::time::{Duration, Instant};
 
 use redkit::ratelimit::{
-    FixedWindow, Gcra, GcraLimit, MultiLimit, RateLimiter, SlidingLog, SlidingWindow, WindowLimit,
+    BucketLimit, ConcurrencyLimiter, FixedWindow, Gcra, GcraLimit, MultiLimit, RateLimiter,
+    SlidingLog, SlidingWindow, TokenBucket, WindowLimit,
 };
 use redkit::testing::RedisServer;
 use redkit::{Config, Redis};
@@ -87,6 +92,42 @@ fn main() {
     let g2 = Gcra::new(&redis, "bench-m2", big).expect("gcra");
     let multi = MultiLimit::new(&redis);
     let mut scenarios = Vec::new();
+    // A trivial script through the redkit handle: what redkit adds on the client.
+    let trivial_rk = redkit::Script::new("return {1, 9, 0, 100000, 10}");
+    let redis_t = redis.clone();
+    scenarios.push(Scenario {
+        name: "trivial script, redkit",
+        decide: Box::new(move |i| {
+            let v: Vec<i64> = trivial_rk
+                .key(format!("s{}", i % 1000))
+                .run(&redis_t)
+                .expect("EVALSHA");
+            std::hint::black_box(v);
+        }),
+    });
+    // The same GCRA script on a raw connection: what the algorithm costs the server, without
+    // any redkit code on the client.
+    let mut raw2 = client.get_connection().expect("raw connection");
+    let gcra_raw = redis::Script::new(include_str!("../src/ratelimit/gcra.lua"));
+    gcra_raw
+        .prepare_invoke()
+        .load(&mut raw2)
+        .expect("SCRIPT LOAD");
+    scenarios.push(Scenario {
+        name: "GCRA script, raw conn",
+        decide: Box::new(move |i| {
+            let v: Vec<i64> = gcra_raw
+                .key(format!("redkit:rl:raw:{{s{}}}", i % 1000))
+                .arg(1_000_000)
+                .arg(1_000_000)
+                .arg(1_000_000)
+                .arg(1)
+                .arg("0")
+                .invoke(&mut raw2)
+                .expect("EVALSHA");
+            std::hint::black_box(v);
+        }),
+    });
     scenarios.push(limiter_scenario("GCRA", gcra));
     let window = WindowLimit::new(1_000_000, Duration::from_secs(1));
     scenarios.push(limiter_scenario(
@@ -101,6 +142,27 @@ fn main() {
         "FixedWindow",
         FixedWindow::new(&redis, "bench-fw", window).expect("fixed window"),
     ));
+    scenarios.push(limiter_scenario(
+        "TokenBucket",
+        TokenBucket::new(
+            &redis,
+            "bench-tb",
+            BucketLimit::new(1_000_000, 1_000_000, Duration::from_secs(1)),
+        )
+        .expect("token bucket"),
+    ));
+    let slots = ConcurrencyLimiter::new(&redis, "bench-cc", 1_000_000, Duration::from_secs(60))
+        .expect("concurrency");
+    scenarios.push(Scenario {
+        name: "Concurrency (2 trips)",
+        decide: Box::new(move |i| {
+            let slot = slots
+                .try_acquire(&format!("s{}", i % 1000))
+                .expect("acquire")
+                .expect("a free slot");
+            slot.release().expect("release");
+        }),
+    });
     scenarios.push(Scenario {
         name: "MultiLimit (2 GCRA)",
         decide: Box::new(move |i| {
@@ -182,7 +244,18 @@ fn main() {
     let log = SlidingLog::new(&redis, "mem-log", window).expect("log");
     let sw = SlidingWindow::new(&redis, "mem-sw", window).expect("sliding window");
     let fw = FixedWindow::new(&redis, "mem-fw", window).expect("fixed window");
+    let tb = TokenBucket::new(
+        &redis,
+        "mem-tb",
+        BucketLimit::new(1000, 1000, Duration::from_secs(60)),
+    )
+    .expect("token bucket");
+    let cc = ConcurrencyLimiter::new(&redis, "mem-cc", 1000, Duration::from_secs(60))
+        .expect("concurrency");
+    let mut held = Vec::with_capacity(1000);
     for _ in 0..1000 {
+        tb.allow("subject").expect("allow");
+        held.push(cc.try_acquire("subject").expect("acquire").expect("a slot"));
         log.allow("subject").expect("allow");
         sw.allow("subject").expect("allow");
         fw.allow("subject").expect("allow");
@@ -192,6 +265,8 @@ fn main() {
         ("SlidingLog", vec![log.key("subject")]),
         ("SlidingWindow", vec![sw.key("subject")]),
         ("FixedWindow", vec![fw.key("subject")]),
+        ("TokenBucket", vec![tb.key("subject")]),
+        ("Concurrency (1,000 held)", vec![cc.key("subject")]),
     ];
     for (name, keys) in keys {
         let bytes: i64 = keys
@@ -208,6 +283,7 @@ fn main() {
         println!("{name:<24} {bytes:>8} bytes");
         mem_rows.push(format!(r#"{{"limiter":"{name}","bytes":{bytes}}}"#));
     }
+    drop(held);
 
     let json = format!(
         r#"{{"bench":"ratelimit","ops":{ops},"block":{BLOCK},"results":[{}],"memory":[{}]}}"#,
