@@ -574,3 +574,67 @@ fn concurrency_acquire_timeout_on_a_full_limiter() -> TestResult {
     assert!(slot.release()?);
     Ok(())
 }
+
+/// Hammers one token bucket (capacity 10, 50 tokens per second) for `run`; returns how many
+/// were admitted.
+fn hammer_bucket(redis: &redkit::Redis, threads: usize, run: Duration) -> u64 {
+    let bucket = TokenBucket::new(redis, "hammer", per_second(10, 50)).expect("bucket");
+    let admitted = std::sync::atomic::AtomicU64::new(0);
+    let until = Instant::now() + run;
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                while Instant::now() < until {
+                    if bucket.allow("shared").expect("allow").is_allowed() {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    admitted.into_inner()
+}
+
+/// The second process of `token_bucket_contention_from_threads_and_another_process`.
+#[test]
+#[ignore = "run by token_bucket_contention_from_threads_and_another_process as a child"]
+fn child_hammer_bucket() {
+    let Ok(url) = std::env::var("REDKIT_CHILD_URL") else {
+        return;
+    };
+    let redis = redkit::Redis::connect(url.as_str()).expect("child connect");
+    let n = hammer_bucket(&redis, 2, Duration::from_millis(1500));
+    println!("ADMITTED={n}");
+}
+
+#[test]
+fn token_bucket_contention_from_threads_and_another_process() -> TestResult {
+    let server = server();
+    let redis = redis(&server);
+    let start = Instant::now();
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["--ignored", "--exact", "child_hammer_bucket", "--nocapture"])
+        .env("REDKIT_CHILD_URL", server.url())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let here = hammer_bucket(&redis, 8, Duration::from_millis(1500));
+    let out = child.wait_with_output()?;
+    let elapsed = start.elapsed();
+    assert!(out.status.success(), "child failed: {out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let there: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ADMITTED="))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("no count from the child: {stdout}"))?;
+    let total = here + there;
+    // A full bucket of 10, plus 50 per second over the whole time both ran.
+    let ceiling = 10 + (50.0 * elapsed.as_secs_f64()).ceil() as u64;
+    assert!(
+        total <= ceiling,
+        "{here} + {there} admitted, at most {ceiling}"
+    );
+    assert!(here > 0 && there > 0, "{here} {there}");
+    assert!(total >= 30, "the bucket did not refuse everyone: {total}");
+    Ok(())
+}
