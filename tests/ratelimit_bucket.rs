@@ -612,21 +612,10 @@ fn token_bucket_contention_from_threads_and_another_process() -> TestResult {
     let server = server();
     let redis = redis(&server);
     let start = Instant::now();
-    let child = std::process::Command::new(std::env::current_exe()?)
-        .args(["--ignored", "--exact", "child_hammer_bucket", "--nocapture"])
-        .env("REDKIT_CHILD_URL", server.url())
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
+    let child = spawn_child("child_hammer_bucket", &server.url(), &[])?;
     let here = hammer_bucket(&redis, 8, Duration::from_millis(1500));
-    let out = child.wait_with_output()?;
+    let there = child_admitted(child)?;
     let elapsed = start.elapsed();
-    assert!(out.status.success(), "child failed: {out:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let there: u64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("ADMITTED="))
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| format!("no count from the child: {stdout}"))?;
     let total = here + there;
     // A full bucket of 10, plus 50 per second over the whole time both ran.
     let ceiling = 10 + (50.0 * elapsed.as_secs_f64()).ceil() as u64;

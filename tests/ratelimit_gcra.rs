@@ -214,23 +214,11 @@ fn child_hammer() {
 fn contention_from_threads_and_another_process() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let exe = std::env::current_exe()?;
     let start = Instant::now();
-    let child = std::process::Command::new(exe)
-        .args(["--ignored", "--exact", "child_hammer", "--nocapture"])
-        .env("REDKIT_CHILD_URL", server.url())
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
+    let child = spawn_child("child_hammer", &server.url(), &[])?;
     let here = hammer(&redis, 8, Duration::from_millis(1500));
-    let out = child.wait_with_output()?;
+    let there = child_admitted(child)?;
     let elapsed = start.elapsed();
-    assert!(out.status.success(), "child failed: {out:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let there: u64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("ADMITTED="))
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| format!("no count from the child: {stdout}"))?;
     let total = here + there;
     // 50 per second with a burst of 10, over the whole time both ran (an upper bound).
     let ceiling = 10 + (50.0 * elapsed.as_secs_f64()).ceil() as u64;

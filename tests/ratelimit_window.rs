@@ -722,15 +722,16 @@ fn contention(kind: Kind) -> Run {
     let key = l.key_of(HAMMER_SUBJECT);
     let start = local_us() + 500_000;
     let end = start + micros(HAMMER_RUN);
-    let child = std::process::Command::new(std::env::current_exe().expect("current_exe"))
-        .args(["--ignored", "--exact", "child_hammer", "--nocapture"])
-        .env("REDKIT_CHILD_URL", server.url())
-        .env("REDKIT_CHILD_KIND", kind.name())
-        .env("REDKIT_CHILD_START", start.to_string())
-        .env("REDKIT_CHILD_END", end.to_string())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn the child");
+    let child = spawn_child(
+        "child_hammer",
+        &server.url(),
+        &[
+            ("REDKIT_CHILD_KIND", kind.name().to_string()),
+            ("REDKIT_CHILD_START", start.to_string()),
+            ("REDKIT_CHILD_END", end.to_string()),
+        ],
+    )
+    .expect("spawn the child");
     let done = AtomicBool::new(false);
     let mut log = HashMap::new();
     let here = std::thread::scope(|s| {

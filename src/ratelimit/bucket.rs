@@ -157,20 +157,12 @@ impl TokenBucket {
 
 impl RateLimiter for TokenBucket {
     fn allow_n(&self, subject: &str, n: u64) -> Result<Decision> {
-        let [capacity, refill, per] = self.limit().args();
-        let reply: Vec<i64> = script()
-            .key(self.key(subject))
-            .arg(capacity)
-            .arg(refill)
-            .arg(per)
-            .arg(n)
-            .run(&self.redis)?;
-        Decision::from_reply(&reply)
+        let args = self.limit().args();
+        super::decide(&self.redis, script(), self.key(subject), &args, n, &[])
     }
 
     fn reset(&self, subject: &str) -> Result<()> {
-        self.redis
-            .query::<()>(redis::cmd("DEL").arg(self.key(subject)))
+        super::delete(&self.redis, self.key(subject))
     }
 
     fn max_wait(&self) -> Duration {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 
-use super::{micros, period, positive, subject_key, Decision, RateLimiter, DEFAULT_PREFIX};
+use super::{
+    decide, delete, micros, period, positive, subject_key, Decision, RateLimiter, DEFAULT_PREFIX,
+};
 use crate::error::Result;
 use crate::{Redis, Script};
 
@@ -165,16 +167,9 @@ impl Gcra {
     }
 
     fn run(&self, subject: &str, n: u64, at_most: bool) -> Result<Decision> {
-        let [burst, rate, period] = self.limit().args();
-        let reply: Vec<i64> = script()
-            .key(self.key(subject))
-            .arg(burst)
-            .arg(rate)
-            .arg(period)
-            .arg(n)
-            .arg(if at_most { "1" } else { "0" })
-            .run(&self.redis)?;
-        Decision::from_reply(&reply)
+        let flag = if at_most { "1" } else { "0" };
+        let args = self.limit().args();
+        decide(&self.redis, script(), self.key(subject), &args, n, &[flag])
     }
 }
 
@@ -184,8 +179,7 @@ impl RateLimiter for Gcra {
     }
 
     fn reset(&self, subject: &str) -> Result<()> {
-        self.redis
-            .query::<()>(redis::cmd("DEL").arg(self.key(subject)))
+        delete(&self.redis, self.key(subject))
     }
 
     fn max_wait(&self) -> Duration {

@@ -171,6 +171,33 @@ pub trait RateLimiter {
     }
 }
 
+/// Runs a limiter script: `KEYS[1] = key`, `ARGV = args..., n, extra...`, and parses the
+/// decision it returns.
+pub(crate) fn decide(
+    redis: &crate::Redis,
+    script: &crate::Script,
+    key: String,
+    args: &[i64],
+    n: u64,
+    extra: &[&str],
+) -> Result<Decision> {
+    let mut call = script.key(key);
+    for a in args {
+        call = call.arg(*a);
+    }
+    call = call.arg(n);
+    for e in extra {
+        call = call.arg(*e);
+    }
+    let reply: Vec<i64> = call.run(redis)?;
+    Decision::from_reply(&reply)
+}
+
+/// Deletes a subject's key (`reset`).
+pub(crate) fn delete(redis: &crate::Redis, key: String) -> Result<()> {
+    redis.query::<()>(redis::cmd("DEL").arg(key))
+}
+
 /// The key of a subject: `{prefix}{name}:{subject}` with the subject as the hash tag, so that
 /// every key of one subject lives in one cluster slot.
 pub(crate) fn subject_key(prefix: &str, name: &str, subject: &str) -> String {

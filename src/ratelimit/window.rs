@@ -136,19 +136,12 @@ macro_rules! window_limiter {
 
         impl RateLimiter for $name {
             fn allow_n(&self, subject: &str, n: u64) -> Result<Decision> {
-                let [limit, period] = self.limit().args();
-                let reply: Vec<i64> = $name::script()
-                    .key(self.key(subject))
-                    .arg(limit)
-                    .arg(period)
-                    .arg(n)
-                    .run(&self.redis)?;
-                Decision::from_reply(&reply)
+                let args = self.limit().args();
+                super::decide(&self.redis, $name::script(), self.key(subject), &args, n, &[])
             }
 
             fn reset(&self, subject: &str) -> Result<()> {
-                self.redis
-                    .query::<()>(redis::cmd("DEL").arg(self.key(subject)))
+                super::delete(&self.redis, self.key(subject))
             }
 
             fn max_wait(&self) -> Duration {

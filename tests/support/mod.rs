@@ -42,3 +42,35 @@ pub fn redis(server: &RedisServer) -> Redis {
 pub fn admin(server: &RedisServer) -> redis::Connection {
     server.admin().expect("admin connection")
 }
+
+/// Runs the ignored test `name` of the current test binary in a child process (a second
+/// client process for contention tests), with `REDKIT_CHILD_URL=url` and the other variables
+/// given, its stdout piped.
+pub fn spawn_child(
+    name: &str,
+    url: &str,
+    vars: &[(&str, String)],
+) -> std::io::Result<std::process::Child> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["--ignored", "--exact", name, "--nocapture"])
+        .env("REDKIT_CHILD_URL", url)
+        .stdout(std::process::Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.spawn()
+}
+
+/// Waits for a child from [`spawn_child`] and returns the number it printed as `ADMITTED=n`.
+pub fn child_admitted(child: std::process::Child) -> TestResult<u64> {
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("child failed: {out:?}").into());
+    }
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ADMITTED="))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("no count from the child: {stdout}").into())
+}
