@@ -3,7 +3,9 @@
 //! For worker-thread applications, CLI batch jobs and plain `fn main()` programs that do not
 //! use async: a pooled, thread-safe, blocking client built on the [`redis`] crate that
 //! survives outages, with retries that never apply a command twice, a circuit breaker, TLS,
-//! Lua scripts that survive `SCRIPT FLUSH`, and typed errors.
+//! Lua scripts that survive `SCRIPT FLUSH`, and typed errors; a heartbeat, reconnect loop and
+//! lifecycle [`events`]; and [rate limiters](ratelimit) (GCRA, sliding log and window, fixed
+//! window, token bucket, concurrency, several limits at once) on the server's clock.
 //!
 //! ## Quick start
 //!
