@@ -575,24 +575,10 @@ fn concurrency_acquire_timeout_on_a_full_limiter() -> TestResult {
     Ok(())
 }
 
-/// Hammers one token bucket (capacity 10, 50 tokens per second) for `run`; returns how many
-/// were admitted.
+/// Hammers one token bucket (capacity 10, 50 tokens per second) for `run`.
 fn hammer_bucket(redis: &redkit::Redis, threads: usize, run: Duration) -> u64 {
     let bucket = TokenBucket::new(redis, "hammer", per_second(10, 50)).expect("bucket");
-    let admitted = std::sync::atomic::AtomicU64::new(0);
-    let until = Instant::now() + run;
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                while Instant::now() < until {
-                    if bucket.allow("shared").expect("allow").is_allowed() {
-                        admitted.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-    });
-    admitted.into_inner()
+    hammer(&bucket, "shared", threads, run)
 }
 
 /// The second process of `token_bucket_contention_from_threads_and_another_process`.

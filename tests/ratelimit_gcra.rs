@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redkit::ratelimit::{Gcra, GcraLimit, MultiLimit, RateLimiter, RetryAfter};
@@ -179,23 +178,10 @@ fn blocking_acquire_waits_for_the_retry_after() -> TestResult {
     Ok(())
 }
 
-/// Hammers one subject for `run` and returns how many were admitted.
-fn hammer(redis: &Redis, threads: usize, run: Duration) -> u64 {
+/// Hammers one subject of a GCRA limit (50 per second, burst 10) for `run`.
+fn hammer_gcra(redis: &Redis, threads: usize, run: Duration) -> u64 {
     let gcra = Gcra::new(redis, "hammer", GcraLimit::per_second(50).burst(10)).expect("gcra");
-    let admitted = AtomicU64::new(0);
-    let until = Instant::now() + run;
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                while Instant::now() < until {
-                    if gcra.allow("shared").expect("allow").is_allowed() {
-                        admitted.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-    });
-    admitted.into_inner()
+    hammer(&gcra, "shared", threads, run)
 }
 
 /// The second process of `contention_from_threads_and_another_process` (ignored on its own).
@@ -206,7 +192,7 @@ fn child_hammer() {
         return;
     };
     let redis = Redis::connect(url.as_str()).expect("child connect");
-    let n = hammer(&redis, 2, Duration::from_millis(1500));
+    let n = hammer_gcra(&redis, 2, Duration::from_millis(1500));
     println!("ADMITTED={n}");
 }
 
@@ -216,7 +202,7 @@ fn contention_from_threads_and_another_process() -> TestResult {
     let redis = redis(&server);
     let start = Instant::now();
     let child = spawn_child("child_hammer", &server.url(), &[])?;
-    let here = hammer(&redis, 8, Duration::from_millis(1500));
+    let here = hammer_gcra(&redis, 8, Duration::from_millis(1500));
     let there = child_admitted(child)?;
     let elapsed = start.elapsed();
     let total = here + there;

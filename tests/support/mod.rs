@@ -74,3 +74,27 @@ pub fn child_admitted(child: std::process::Child) -> TestResult<u64> {
         .and_then(|n| n.trim().parse().ok())
         .ok_or_else(|| format!("no count from the child: {stdout}").into())
 }
+
+/// Calls `limiter.allow(subject)` from `threads` threads for `run`; returns how many were
+/// admitted (the contention tests, in this process and in their child process).
+pub fn hammer<L: redkit::ratelimit::RateLimiter + Sync>(
+    limiter: &L,
+    subject: &str,
+    threads: usize,
+    run: Duration,
+) -> u64 {
+    let admitted = std::sync::atomic::AtomicU64::new(0);
+    let until = std::time::Instant::now() + run;
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                while std::time::Instant::now() < until {
+                    if limiter.allow(subject).expect("allow").is_allowed() {
+                        admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    admitted.into_inner()
+}
