@@ -246,6 +246,10 @@ impl Redis {
         })
     }
 
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
     /// Closes the handle, for every clone: stops the heartbeat thread (waiting for it), closes
     /// the idle pooled connections (connections in use close when they come back), sends
     /// [`Event::Closed`] and disconnects every event listener. Calls made afterwards fail with

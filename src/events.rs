@@ -156,6 +156,25 @@ pub enum Event {
         /// How long it waited.
         waited: Duration,
     },
+    /// A [`Subscriber`](crate::pubsub::Subscriber) lost its connection (a failed `PING`, a
+    /// closed or reset socket, a server that killed it). It reconnects with the heartbeat's
+    /// backoff and resubscribes by itself; messages published until then are lost.
+    SubscriberDisconnected {
+        /// Why.
+        cause: Error,
+    },
+    /// A [`Subscriber`](crate::pubsub::Subscriber) reconnected and the server confirmed every
+    /// channel, pattern and shard channel again: from now on every published message arrives.
+    Resubscribed {
+        /// Time from the loss to the last confirmation.
+        downtime: Duration,
+        /// Channels resubscribed.
+        channels: usize,
+        /// Patterns resubscribed.
+        patterns: usize,
+        /// Shard channels resubscribed.
+        shard_channels: usize,
+    },
     /// The handle was closed ([`Redis::close`](crate::Redis::close) or the last clone dropped).
     /// The last event a listener receives; the channel disconnects after it.
     Closed,
@@ -184,6 +203,18 @@ impl fmt::Display for Event {
             Event::PoolExhausted { waited } => {
                 write!(f, "pool exhausted (waited {waited:?})")
             }
+            Event::SubscriberDisconnected { cause } => {
+                write!(f, "subscriber disconnected: {cause}")
+            }
+            Event::Resubscribed {
+                downtime,
+                channels,
+                patterns,
+                shard_channels,
+            } => write!(
+                f,
+                "subscriber resubscribed after {downtime:?} ({channels} channels, {patterns} patterns, {shard_channels} shard channels)"
+            ),
             Event::Closed => f.write_str("closed"),
         }
     }

@@ -117,6 +117,7 @@ pub mod events;
 pub mod heartbeat;
 mod histogram;
 mod pool;
+pub mod pubsub;
 pub mod ratelimit;
 pub mod retry;
 mod script;

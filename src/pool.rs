@@ -303,7 +303,7 @@ pub(crate) fn redis_client(config: &Config) -> Result<redis::Client> {
 }
 
 /// `TCP_NODELAY` (commands are small and latency-bound) and keepalive.
-fn tcp_settings(config: &Config) -> redis::io::tcp::TcpSettings {
+pub(crate) fn tcp_settings(config: &Config) -> redis::io::tcp::TcpSettings {
     use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
     let settings = TcpSettings::default().set_nodelay(true);
     let Some(idle) = config.tcp_keepalive else {

@@ -1,0 +1,617 @@
+//! Pub/Sub: a subscriber thread that never goes deaf, dispatching over channels.
+//!
+//! A [`Subscriber`] owns one named thread (`redkit-subscriber`) and one dedicated connection
+//! (never a pooled one). Other threads ask it to subscribe over a channel; it serves those
+//! requests between reads (it reads with a short timeout), so subscribing never waits for a
+//! message to arrive, and each call returns once the server has confirmed.
+//!
+//! Each [`Subscription`] is a bounded queue of [`Message`]s behind a
+//! [`crossbeam_channel::Receiver`]: `recv`, `recv_timeout`, iterate, or `select!` across
+//! several subscriptions and your other channels. Several subscriptions to one channel each
+//! get every message; dropping a subscription unsubscribes on the server when it was the last
+//! one for that channel. [`Subscription::handle`] runs a callback on its own dispatcher thread
+//! instead, catching (and counting) panics.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use redkit::Redis;
+//!
+//! let redis = Redis::connect("redis://127.0.0.1/")?;
+//! let subscriber = redis.subscriber()?;
+//! let news = subscriber.subscribe(["news"])?;          // confirmed by the server
+//! let alerts = subscriber.psubscribe(["alerts.*"])?;
+//!
+//! redis.publish("news", "hello")?;
+//! let msg = news.recv_timeout(Duration::from_secs(1))?;
+//! assert_eq!(msg.payload(), b"hello");
+//!
+//! crossbeam_channel::select! {
+//!     recv(news.receiver()) -> msg => println!("news: {:?}", msg),
+//!     recv(alerts.receiver()) -> msg => println!("alert: {:?}", msg),
+//!     default(Duration::from_millis(10)) => {}
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Never deaf
+//! When no frame arrived for a heartbeat interval (the handle's
+//! [`HeartbeatConfig::interval`](crate::HeartbeatConfig::interval), 1 s by default) the thread
+//! sends a `PING`; no answer within the heartbeat timeout means a dead or black-holed
+//! connection. On any connection loss (that, a reset, the server closing it, `CLIENT KILL`)
+//! it emits [`Event::SubscriberDisconnected`](crate::Event::SubscriberDisconnected) on the
+//! handle's [events](crate::Redis::events), reconnects with the heartbeat's backoff (first
+//! attempt at once), resubscribes every channel, pattern and shard channel, and emits
+//! [`Event::Resubscribed`](crate::Event::Resubscribed) with the downtime once the server has
+//! confirmed them all. Errors never end the thread; only dropping the [`Subscriber`],
+//! [`Subscriber::close`] or closing the handle does.
+//!
+//! **Redis Pub/Sub is at-most-once**: a message published while the subscriber is
+//! disconnected is lost, and so is one the subscriber drops under backpressure. Use a
+//! [stream](https://redis.io/docs/latest/develop/data-types/streams/) when every message must
+//! arrive.
+//!
+//! ## Backpressure
+//! Each subscription's queue is bounded ([`SubscriptionOptions::capacity`]); when it is full
+//! the subscription's [`Backpressure`] policy drops the newest message, drops the oldest, or
+//! blocks the subscriber thread (read its warning). Dropped messages are counted per
+//! subscription ([`Subscription::dropped`]) and in [`Subscriber::stats`]. A reader that stops
+//! reading holds at most `capacity` messages.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{
+    bounded, unbounded, Receiver, RecvError, RecvTimeoutError, Sender, TryRecvError,
+};
+use log::warn;
+use redis::ToRedisArgs;
+
+use crate::client::Redis;
+use crate::error::{Delivery, Error, Result};
+
+mod conn;
+mod frame;
+mod handler;
+mod keyspace;
+mod message;
+#[cfg(feature = "json")]
+mod topic;
+mod worker;
+
+pub use frame::Kind;
+pub use handler::Handler;
+pub use keyspace::{KeyEvent, KeyEvents};
+pub use message::{Backpressure, Message, SubscriptionOptions};
+#[cfg(feature = "json")]
+pub use topic::{DecodeError, Topic, TopicSubscription};
+
+use message::{Sink, SubCounters};
+use worker::{Control, Counters, Settings, Worker};
+
+/// How long the subscriber thread waits in one read before it looks for requests.
+const TICK: Duration = Duration::from_millis(10);
+
+/// The subscriber: one thread and one dedicated connection serving any number of
+/// [`Subscription`]s. See the [module docs](self).
+///
+/// `Send + Sync`: share it (in an `Arc`) and subscribe from any thread. Dropping it stops the
+/// thread (joined) and closes its connection; its subscriptions then end (`recv` returns
+/// `Err(RecvError)`).
+pub struct Subscriber {
+    redis: Redis,
+    ctl: Sender<Control>,
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("addr", &self.redis.config().addr())
+            .field("connected", &self.counters.connected.load(Relaxed))
+            .field("subscriptions", &self.counters.subscriptions.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Starts a [`Subscriber`]: opens its connection (a wrong address, password or
+    /// certificate fails here) and its thread.
+    pub fn subscriber(&self) -> Result<Subscriber> {
+        Subscriber::new(self)
+    }
+
+    /// `PUBLISH`: sends `payload` to every subscriber of `channel`; returns how many
+    /// received it (on Cluster: the clients of the node that ran it). Not retried when its
+    /// fate is unknown (it would publish twice).
+    pub fn publish<C: ToRedisArgs, P: ToRedisArgs>(&self, channel: C, payload: P) -> Result<usize> {
+        self.query(redis::cmd("PUBLISH").arg(channel).arg(payload))
+    }
+
+    /// `SPUBLISH` (Redis 7): publishes to a shard channel; returns how many received it.
+    pub fn spublish<C: ToRedisArgs, P: ToRedisArgs>(
+        &self,
+        channel: C,
+        payload: P,
+    ) -> Result<usize> {
+        self.query(redis::cmd("SPUBLISH").arg(channel).arg(payload))
+    }
+}
+
+fn names<I, C>(items: I) -> Result<Vec<Vec<u8>>>
+where
+    I: IntoIterator<Item = C>,
+    C: AsRef<[u8]>,
+{
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for c in items {
+        let c = c.as_ref();
+        if !out.iter().any(|x| x.as_slice() == c) {
+            out.push(c.to_vec());
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::config(
+            "subscribe",
+            "at least one channel or pattern is needed",
+        ));
+    }
+    Ok(out)
+}
+
+fn not_confirmed(waited: Duration) -> Error {
+    Error::from_redis(
+        redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the subscription was not confirmed within {waited:?}"),
+        )),
+        Delivery::Unknown,
+    )
+}
+
+impl Subscriber {
+    /// Starts a subscriber for `redis` (the same as [`Redis::subscriber`]).
+    pub fn new(redis: &Redis) -> Result<Subscriber> {
+        if redis.is_closed() {
+            return Err(Error::Closed);
+        }
+        let config = redis.config().clone();
+        let conn = conn::Conn::open(&config, TICK)?;
+        let hb = &config.heartbeat;
+        let settings = Settings {
+            tick: conn.tick(),
+            ping_interval: hb.interval.unwrap_or(Duration::from_secs(1)),
+            ping_timeout: hb.timeout,
+        };
+        let (ctl_tx, ctl_rx) = unbounded();
+        let (stop_tx, stop_rx) = bounded(0);
+        let counters = Arc::new(Counters::default());
+        let worker = Worker::new(
+            config,
+            settings,
+            redis.shared().clone(),
+            counters.clone(),
+            ctl_rx,
+            stop_rx,
+            conn,
+        );
+        let thread = std::thread::Builder::new()
+            .name("redkit-subscriber".into())
+            .spawn(move || worker.run())
+            .map_err(|e| Error::Background {
+                thread: "redkit-subscriber",
+                reason: format!("could not start: {e}"),
+            })?;
+        Ok(Subscriber {
+            redis: redis.clone(),
+            ctl: ctl_tx,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            counters,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The handle this subscriber belongs to.
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    /// `SUBSCRIBE` to channels, with the default [`SubscriptionOptions`].
+    ///
+    /// Returns once the server confirmed every channel (or fails after the handle's response
+    /// timeout, for example while the subscriber is reconnecting).
+    pub fn subscribe<I, C>(&self, channels: I) -> Result<Subscription>
+    where
+        I: IntoIterator<Item = C>,
+        C: AsRef<[u8]>,
+    {
+        self.subscribe_with(Kind::Channel, channels, SubscriptionOptions::default())
+    }
+
+    /// `PSUBSCRIBE` to glob patterns (`news.*`), with the default [`SubscriptionOptions`].
+    pub fn psubscribe<I, C>(&self, patterns: I) -> Result<Subscription>
+    where
+        I: IntoIterator<Item = C>,
+        C: AsRef<[u8]>,
+    {
+        self.subscribe_with(Kind::Pattern, patterns, SubscriptionOptions::default())
+    }
+
+    /// `SSUBSCRIBE` to shard channels (Redis 7 sharded pub/sub), with the default
+    /// [`SubscriptionOptions`]. On Cluster all channels of one call must hash to one slot.
+    pub fn ssubscribe<I, C>(&self, channels: I) -> Result<Subscription>
+    where
+        I: IntoIterator<Item = C>,
+        C: AsRef<[u8]>,
+    {
+        self.subscribe_with(Kind::Shard, channels, SubscriptionOptions::default())
+    }
+
+    /// Subscribes with explicit options (queue length, backpressure, confirmation timeout).
+    ///
+    /// ```no_run
+    /// use redkit::pubsub::{Backpressure, Kind, SubscriptionOptions};
+    /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+    /// # let subscriber = redis.subscriber()?;
+    /// let orders = subscriber.subscribe_with(
+    ///     Kind::Channel,
+    ///     ["orders"],
+    ///     SubscriptionOptions::default().capacity(100_000).backpressure(Backpressure::DropNewest),
+    /// )?;
+    /// # Ok::<(), redkit::Error>(())
+    /// ```
+    pub fn subscribe_with<I, C>(
+        &self,
+        kind: Kind,
+        names: I,
+        options: SubscriptionOptions,
+    ) -> Result<Subscription>
+    where
+        I: IntoIterator<Item = C>,
+        C: AsRef<[u8]>,
+    {
+        let names = self::names(names)?;
+        if options.capacity == 0 {
+            return Err(Error::config("subscription.capacity", "must be at least 1"));
+        }
+        if self.redis.is_closed() {
+            return Err(Error::Closed);
+        }
+        let (tx, rx) = bounded(options.capacity);
+        let counters = Arc::new(SubCounters::default());
+        let sink = Sink {
+            tx,
+            oldest: (options.backpressure == Backpressure::DropOldest).then(|| rx.clone()),
+            policy: options.backpressure,
+            counters: counters.clone(),
+        };
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let (reply_tx, reply_rx) = bounded(1);
+        self.ctl
+            .send(Control::Subscribe {
+                id,
+                kind,
+                names: names.clone(),
+                sink,
+                reply: reply_tx,
+            })
+            .map_err(|_| Error::Closed)?;
+        let timeout = options
+            .timeout
+            .unwrap_or(self.redis.config().timeouts().response_timeout());
+        let subscription = Subscription {
+            id,
+            kind,
+            names,
+            rx,
+            counters,
+            subscriber: self.counters.clone(),
+            ctl: self.ctl.clone(),
+            active: true,
+        };
+        match reply_rx.recv_timeout(timeout) {
+            Ok(Ok(())) => Ok(subscription),
+            Ok(Err(e)) => {
+                let mut s = subscription;
+                s.active = false;
+                Err(e)
+            }
+            // Dropping `subscription` withdraws the request.
+            Err(RecvTimeoutError::Timeout) => Err(not_confirmed(timeout)),
+            Err(RecvTimeoutError::Disconnected) => {
+                let mut s = subscription;
+                s.active = false;
+                Err(Error::Closed)
+            }
+        }
+    }
+
+    /// Keyspace notifications for keys matching `key_pattern` (a glob, the full key name
+    /// including any key prefix): a `PSUBSCRIBE` to `__keyspace@<db>__:<key_pattern>`.
+    ///
+    /// The server only sends them when `notify-keyspace-events` is set: call
+    /// [`Redis::enable_keyspace_events`] once (or configure the server).
+    pub fn keyspace(&self, key_pattern: &str) -> Result<KeyEvents> {
+        self.keyspace_with(key_pattern, SubscriptionOptions::default())
+    }
+
+    /// [`Subscriber::keyspace`] with explicit options.
+    pub fn keyspace_with(
+        &self,
+        key_pattern: &str,
+        options: SubscriptionOptions,
+    ) -> Result<KeyEvents> {
+        let prefix = format!("__keyspace@{}__:", self.redis.config().db());
+        let sub =
+            self.subscribe_with(Kind::Pattern, [format!("{prefix}{key_pattern}")], options)?;
+        Ok(KeyEvents::new(sub, prefix.len()))
+    }
+
+    /// Whether the subscriber's connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.counters.connected.load(Relaxed)
+    }
+
+    /// A snapshot of the subscriber's counters.
+    pub fn stats(&self) -> SubscriberStats {
+        let c = &self.counters;
+        let last = *c.last.lock();
+        SubscriberStats {
+            connected: c.connected.load(Relaxed),
+            subscriptions: c.subscriptions.load(Relaxed),
+            channels: c.names[0].load(Relaxed),
+            patterns: c.names[1].load(Relaxed),
+            shard_channels: c.names[2].load(Relaxed),
+            received: c.received.load(Relaxed),
+            delivered: c.delivered.load(Relaxed),
+            dropped: c.dropped.load(Relaxed),
+            unrouted: c.unrouted.load(Relaxed),
+            handler_panics: c.handler_panics.load(Relaxed),
+            disconnections: c.disconnections.load(Relaxed),
+            resubscriptions: c.resubscriptions.load(Relaxed),
+            last_resubscribed: last.resubscribed_at,
+            last_downtime: last.downtime,
+            ping_latency: last.ping,
+        }
+    }
+
+    /// Stops the thread (waiting for it) and closes the connection; subscriptions end.
+    /// Dropping the subscriber does the same, logging what this returns.
+    pub fn close(mut self) -> Result<()> {
+        self.shut_down()
+    }
+
+    fn shut_down(&mut self) -> Result<()> {
+        self.stop.take();
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        if thread.thread().id() == std::thread::current().id() {
+            return Ok(());
+        }
+        thread.join().map_err(|panic| Error::Background {
+            thread: "redkit-subscriber",
+            reason: panic_message(&panic),
+        })
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if let Err(e) = self.shut_down() {
+            warn!("redis at {}: {e}", self.redis.config().addr());
+        }
+    }
+}
+
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
+    }
+}
+
+/// A snapshot of a [`Subscriber`]'s counters.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberStats {
+    /// Whether the connection is up.
+    pub connected: bool,
+    /// Live [`Subscription`]s.
+    pub subscriptions: usize,
+    /// Distinct channels subscribed.
+    pub channels: usize,
+    /// Distinct patterns subscribed.
+    pub patterns: usize,
+    /// Distinct shard channels subscribed.
+    pub shard_channels: usize,
+    /// Messages read from the server.
+    pub received: u64,
+    /// Messages queued to subscriptions (a message for two subscriptions counts twice).
+    pub delivered: u64,
+    /// Messages dropped under backpressure, over all subscriptions.
+    pub dropped: u64,
+    /// Messages for which no subscription was left (one that just unsubscribed).
+    pub unrouted: u64,
+    /// Panics caught in [`Handler`] callbacks.
+    pub handler_panics: u64,
+    /// Times the connection was lost.
+    pub disconnections: u64,
+    /// Times everything was resubscribed after a loss.
+    pub resubscriptions: u64,
+    /// When the last resubscription completed.
+    pub last_resubscribed: Option<SystemTime>,
+    /// How long the last outage lasted (loss to last confirmation).
+    pub last_downtime: Option<Duration>,
+    /// The last `PING` round trip (sent only when the connection is idle).
+    pub ping_latency: Option<Duration>,
+}
+
+/// One subscription: a bounded queue of [`Message`]s. See the [module docs](self).
+///
+/// Dropping it unsubscribes on the server (without waiting) when no other subscription
+/// wants the same names; [`Subscription::unsubscribe`] waits for the confirmation.
+#[must_use = "dropping a Subscription unsubscribes"]
+pub struct Subscription {
+    id: u64,
+    kind: Kind,
+    names: Vec<Vec<u8>>,
+    rx: Receiver<Message>,
+    counters: Arc<SubCounters>,
+    subscriber: Arc<Counters>,
+    ctl: Sender<Control>,
+    active: bool,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self
+            .names
+            .iter()
+            .map(|n| String::from_utf8_lossy(n))
+            .collect();
+        f.debug_struct("Subscription")
+            .field("kind", &self.kind)
+            .field("names", &names)
+            .field("queued", &self.rx.len())
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// Waits for the next message. `Err` once the subscriber has stopped (dropped, closed,
+    /// or its handle closed) and the queue is empty.
+    pub fn recv(&self) -> std::result::Result<Message, RecvError> {
+        self.rx.recv()
+    }
+
+    /// Waits at most `timeout` for the next message.
+    pub fn recv_timeout(
+        &self,
+        timeout: Duration,
+    ) -> std::result::Result<Message, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout)
+    }
+
+    /// The next message if one is queued; never blocks.
+    pub fn try_recv(&self) -> std::result::Result<Message, TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// A blocking iterator over messages; ends when the subscriber stops.
+    pub fn iter(&self) -> crossbeam_channel::Iter<'_, Message> {
+        self.rx.iter()
+    }
+
+    /// The receiver itself, for `crossbeam_channel::select!`.
+    pub fn receiver(&self) -> &Receiver<Message> {
+        &self.rx
+    }
+
+    /// Messages queued now.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no message is queued.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Messages dropped under backpressure so far.
+    pub fn dropped(&self) -> u64 {
+        self.counters.dropped.load(Relaxed)
+    }
+
+    /// Messages queued to this subscription so far.
+    pub fn delivered(&self) -> u64 {
+        self.counters.delivered.load(Relaxed)
+    }
+
+    /// The kind of subscription.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The channels, patterns or shard channels subscribed.
+    pub fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.names.iter().map(Vec::as_slice)
+    }
+
+    /// Unsubscribes and waits for the server's confirmation (when no other subscription
+    /// wants the same names). Messages still queued are discarded.
+    pub fn unsubscribe(mut self) -> Result<()> {
+        self.active = false;
+        let (tx, rx) = bounded(1);
+        if self
+            .ctl
+            .send(Control::Unsubscribe {
+                id: self.id,
+                reply: Some(tx),
+            })
+            .is_err()
+        {
+            return Ok(());
+        }
+        match rx.recv() {
+            Ok(result) => result,
+            // The subscriber stopped: nothing is subscribed any more.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Runs `handler` for every message on a dispatcher thread (`redkit-dispatch`). A panic
+    /// in the handler is caught, logged and counted
+    /// ([`SubscriberStats::handler_panics`]); delivery goes on with the next message.
+    /// Dropping the [`Handler`] stops the thread and unsubscribes.
+    ///
+    /// ```no_run
+    /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+    /// # let subscriber = redis.subscriber()?;
+    /// let handler = subscriber.subscribe(["jobs"])?.handle(|msg| {
+    ///     log::info!("job: {:?}", msg.payload_str());
+    /// })?;
+    /// // ... later
+    /// drop(handler);
+    /// # Ok::<(), redkit::Error>(())
+    /// ```
+    pub fn handle<F>(self, handler: F) -> Result<Handler>
+    where
+        F: FnMut(Message) + Send + 'static,
+    {
+        Handler::spawn(self, handler)
+    }
+
+    pub(crate) fn subscriber_counters(&self) -> &Arc<Counters> {
+        &self.subscriber
+    }
+}
+
+impl<'a> IntoIterator for &'a Subscription {
+    type Item = Message;
+    type IntoIter = crossbeam_channel::Iter<'a, Message>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.rx.iter()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.active {
+            let _ = self.ctl.send(Control::Unsubscribe {
+                id: self.id,
+                reply: None,
+            });
+        }
+    }
+}
