@@ -165,6 +165,10 @@ impl Conn {
         if let Some(name) = &config.client_name {
             setup.push(redis::cmd("CLIENT").arg("SETNAME").arg(name).clone());
         }
+        if setup.is_empty() {
+            // Nothing to set up: a PING proves the server answers before we call it connected.
+            setup.push(redis::cmd("PING"));
+        }
         for cmd in &setup {
             self.send(cmd)?;
         }
