@@ -63,14 +63,29 @@ fn dropping_every_handle_leaves_no_thread_and_no_connection() -> TestResult {
             }
         });
         let clones: Vec<Redis> = (0..3).map(|_| redis.clone()).collect();
+        // A subscriber with a plain subscription and a callback handler (two more threads).
+        let subscriber = redis.subscriber()?;
+        let handler = subscriber.subscribe(["life"])?.handle(|_| {})?;
+        let sub = subscriber.psubscribe(["life.*"])?;
+        redis.publish("life", "x")?;
+        redis.publish("life.1", "y")?;
+        wait_until(Duration::from_secs(5), "the handler ran", || {
+            handler.handled() == 1
+        })?;
+        assert_eq!(sub.recv_timeout(Duration::from_secs(5))?.payload(), b"y");
         assert!(threads() > baseline, "the heartbeat and pool threads run");
         wait_until(Duration::from_secs(5), "connections open", || {
             ours(&mut admin, round) >= 2
         })?;
 
         if round == "closed" {
+            // Closing the handle stops the subscriber too (its subscriptions end).
             redis.close()?;
+            assert!(sub.recv_timeout(Duration::from_secs(5)).is_err());
         }
+        drop(handler);
+        drop(sub);
+        drop(subscriber);
         drop(clones);
         drop(redis);
         // Listeners see Closed, then the end of the channel.
@@ -95,8 +110,12 @@ fn dropping_every_handle_leaves_no_thread_and_no_connection() -> TestResult {
             .timeouts(redkit::Timeouts::default().connect(Duration::from_millis(500))),
     )?;
     redis.query::<()>(&redis::cmd("PING"))?;
+    let subscriber = redis.subscriber()?;
+    let sub = subscriber.subscribe(["silenced"])?;
     proxy.set_mode(redkit::testing::ProxyMode::BlackHole);
     let t = std::time::Instant::now();
+    drop(sub);
+    drop(subscriber);
     drop(redis);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     drop(proxy);
