@@ -4,8 +4,10 @@
 //! use async: a pooled, thread-safe, blocking client built on the [`redis`] crate that
 //! survives outages, with retries that never apply a command twice, a circuit breaker, TLS,
 //! Lua scripts that survive `SCRIPT FLUSH`, and typed errors; a heartbeat, reconnect loop and
-//! lifecycle [`events`]; and [rate limiters](ratelimit) (GCRA, sliding log and window, fixed
-//! window, token bucket, concurrency, several limits at once) on the server's clock.
+//! lifecycle [`events`]; [rate limiters](ratelimit) (GCRA, sliding log and window, fixed
+//! window, token bucket, concurrency, several limits at once) on the server's clock; and
+//! [Pub/Sub](pubsub) through a subscriber thread that never goes deaf (it pings, reconnects
+//! and resubscribes by itself) and hands messages over bounded crossbeam channels.
 //!
 //! ## Quick start
 //!

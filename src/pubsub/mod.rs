@@ -387,6 +387,7 @@ impl Subscriber {
     }
 
     fn shut_down(&mut self) -> Result<()> {
+        self.counters.stopping.store(true, Relaxed);
         self.stop.take();
         let Some(thread) = self.thread.take() else {
             return Ok(());

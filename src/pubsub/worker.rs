@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{select, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{select, Receiver, Sender};
 use log::{debug, info, warn};
 use parking_lot::Mutex;
 
@@ -40,6 +40,8 @@ pub(crate) enum Control {
 /// Counters shared with [`Subscriber::stats`](super::Subscriber::stats).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Set by the subscriber when it stops (checked per frame: an atomic load, not a channel).
+    pub(crate) stopping: AtomicBool,
     pub(crate) connected: AtomicBool,
     pub(crate) subscriptions: AtomicUsize,
     pub(crate) names: [AtomicUsize; 3],
@@ -148,7 +150,7 @@ impl Worker {
     }
 
     fn stopping(&self) -> bool {
-        matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected)) || self.shared.is_closed()
+        self.counters.stopping.load(Relaxed) || self.shared.is_closed()
     }
 
     pub(crate) fn run(mut self) {
@@ -229,24 +231,20 @@ impl Worker {
                 payload,
             } => {
                 self.counters.received.fetch_add(1, Relaxed);
+                let msg = Message::new(kind, pattern, channel, payload);
                 let key = match kind {
-                    Kind::Pattern => pattern.clone().unwrap_or_default(),
-                    _ => channel.clone(),
+                    Kind::Pattern => msg.pattern().unwrap_or_default(),
+                    _ => msg.channel(),
                 };
-                let Some(ids) = self.routes[kind.index()].get(&key) else {
+                let Some(ids) = self.routes[kind.index()].get(key) else {
                     self.counters.unrouted.fetch_add(1, Relaxed);
                     return;
                 };
-                let msg = Message::new(kind, pattern, channel, payload);
                 let mut gone = Vec::new();
                 for id in ids {
                     if let Some(sub) = self.subs.get(id) {
-                        let stop = &self.stop;
-                        let shared = &self.shared;
-                        let stopping = || {
-                            matches!(stop.try_recv(), Err(TryRecvError::Disconnected))
-                                || shared.is_closed()
-                        };
+                        let (counters, shared) = (&self.counters, &self.shared);
+                        let stopping = || counters.stopping.load(Relaxed) || shared.is_closed();
                         match sub.sink.deliver(msg.clone(), &stopping) {
                             Delivered::Yes => {
                                 self.counters.delivered.fetch_add(1, Relaxed);
