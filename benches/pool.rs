@@ -2,16 +2,21 @@
 //! in the same run on the same server, reported as a ratio (redkit / raw).
 //!
 //! `cargo bench --bench pool`. `REDKIT_BENCH_OPS` sets the operations per thread and side
-//! (default 20000; a quarter of it per thread at 8 threads). All sides run on the same
-//! threads in alternating blocks of 250 operations; each ratio is the median of the per-block
-//! ratios against the raw block run next to it. Also measured, for reference: the `redis`
-//! crate's own r2d2 manager (it PINGs on every checkout). Results go to stdout and to
-//! `target/redkit-bench-pool.json`.
+//! (default 20000; a quarter of it per thread at 8 threads, a sixteenth at 32). All sides run
+//! on the same threads in alternating blocks of 250 operations; each ratio is the median of
+//! the per-block ratios against the raw block run next to it. Also measured: pipelines of 32
+//! `GET`s through `Redis::pipeline` against a raw `redis::pipe()` on one connection; for
+//! reference, the `redis` crate's own r2d2 manager (it PINGs on every checkout) and
+//! `redis-benchmark` itself (GET/SET, 1 and 8 clients: the server's ceiling) when installed.
+//! Results go to stdout and to the `pool` section of `target/redkit-bench.json`.
+
+mod common;
 
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Instant;
 
+use common::{env_usize, median, Report, Target};
 use redis::Commands;
 use redkit::testing::RedisServer;
 use redkit::{Config, Redis};
@@ -129,41 +134,25 @@ fn compare(
 /// Operations per thread and side in one block.
 const BLOCK: usize = 250;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Row {
-    scenario: String,
-    redkit: f64,
-    raw: f64,
-    r2d2_redis: f64,
-    ratio: f64,
-    r2d2_ratio: f64,
-}
-
 fn main() {
+    let mut report = Report::new(
+        "pool",
+        "GET/SET through the redkit pool vs a raw redis connection per thread",
+    );
     let server = RedisServer::start().expect("start redis-server");
     let ops = env_usize("REDKIT_BENCH_OPS", 20_000);
+    report.param("ops_per_thread_and_side", ops);
     let url = server.url();
     let config = Config::builder()
         .host(server.host())
         .port(server.port())
-        .pool_max_size(16)
+        .pool_max_size(32)
         .build()
         .expect("config");
     let redis = Redis::connect(config).expect("connect");
     let client = redis::Client::open(url.as_str()).expect("client");
     let r2d2_pool = r2d2::Pool::builder()
-        .max_size(16)
+        .max_size(32)
         .build(client.clone())
         .expect("r2d2 pool of the redis crate");
 
@@ -188,17 +177,16 @@ fn main() {
             move || Box::new(R2d2PerCommand(pool.clone())) as Side
         }),
     ];
-    let mut rows = Vec::new();
     println!(
-        "redkit pool vs raw redis connection per thread ({ops} ops/thread/side in blocks of {BLOCK}, sides interleaved; ratio = median of per-block ratios)"
+        "({ops} ops/thread/side in blocks of {BLOCK}, sides interleaved; ratio = median of per-block ratios; the redis-r2d2 rows are the redis crate's own r2d2 manager, for reference)"
     );
-    println!(
-        "{:<14} {:>12} {:>12} {:>7}   {:>15} {:>7}",
-        "scenario", "redkit op/s", "raw op/s", "ratio", "redis-r2d2 op/s", "ratio"
-    );
-    for threads in [1usize, 8] {
+    for threads in [1usize, 8, 32] {
         for op in [Op::Get, Op::Set] {
-            let per_thread = if threads == 1 { ops } else { ops / 4 };
+            let per_thread = match threads {
+                1 => ops,
+                8 => ops / 4,
+                _ => ops / 16,
+            };
             let blocks = (per_thread / BLOCK).max(3);
             compare(threads, 2, BLOCK / 5, op, &sides); // warm-up
             let times = compare(threads, blocks, BLOCK, op, &sides);
@@ -215,22 +203,27 @@ fn main() {
                         .collect(),
                 )
             };
-            let row = Row {
-                scenario: format!("{} x{threads}", op.name()),
-                redkit: ops_per_sec(0),
-                raw: ops_per_sec(1),
-                r2d2_redis: ops_per_sec(2),
-                ratio: paired(0),
-                r2d2_ratio: paired(2),
-            };
-            println!(
-                "{:<14} {:>12.0} {:>12.0} {:>7.3}   {:>15.0} {:>7.3}",
-                row.scenario, row.redkit, row.raw, row.ratio, row.r2d2_redis, row.r2d2_ratio
+            let scenario = format!("{} x{threads} threads", op.name());
+            report.throughput(
+                &scenario,
+                " op/s",
+                ops_per_sec(0),
+                ops_per_sec(1),
+                paired(0),
+                Target::RatioAtLeast(TARGET),
             );
-            rows.push(row);
+            report.throughput(
+                &format!("{scenario} (redis-r2d2, reference)"),
+                " op/s",
+                ops_per_sec(2),
+                ops_per_sec(1),
+                paired(2),
+                Target::None,
+            );
         }
     }
-    println!("target: redkit/raw >= 0.97 in every row");
+    pipelines(&mut report, &redis, &client, ops);
+    ceiling(&mut report, server.port());
     let stats = redis.stats();
     println!(
         "redkit pool after the run: {} connections, {} errors, checkout wait avg {:?}",
@@ -238,30 +231,82 @@ fn main() {
         stats.errors.total(),
         stats.pool.checkout_wait_avg
     );
-    write_json(&rows, ops);
+    report.finish();
 }
 
-fn write_json(rows: &[Row], ops: usize) {
-    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let path = std::path::Path::new(&dir).join("redkit-bench-pool.json");
-    let body: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "    {{\"scenario\": \"{}\", \"redkit_ops\": {:.0}, \"baseline_ops\": {:.0}, \"ratio\": {:.4}, \"redis_r2d2_ops\": {:.0}, \"target\": 0.97}}",
-                r.scenario,
-                r.redkit,
-                r.raw,
-                r.ratio,
-                r.r2d2_redis
-            )
-        })
-        .collect();
-    let json = format!(
-        "{{\n  \"bench\": \"pool\",\n  \"ops_per_thread\": {ops},\n  \"block\": {BLOCK},\n  \"results\": [\n{}\n  ]\n}}\n",
-        body.join(",\n")
+/// The target from the core issue: redkit / raw.
+const TARGET: f64 = 0.97;
+
+/// Pipelines of 32 GETs: `Redis::pipeline` against `redis::pipe()` on a raw connection, one
+/// thread, alternating blocks of 50 pipelines.
+fn pipelines(report: &mut Report, redis: &Redis, client: &redis::Client, ops: usize) {
+    const DEPTH: usize = 32;
+    const PIPES: usize = 50;
+    let mut raw = client.get_connection().expect("raw connection");
+    let mut ours = redkit::Pipeline::new();
+    let mut theirs = redis::pipe();
+    for k in 0..DEPTH {
+        ours.cmd("GET").arg(format!("bench:{k}"));
+        theirs.cmd("GET").arg(format!("bench:{k}"));
+    }
+    let blocks = (2 * ops / (PIPES * DEPTH)).max(9);
+    let (mut t_ours, mut t_raw, mut ratios) = (0.0, 0.0, Vec::new());
+    for b in 0..blocks + 1 {
+        let run_ours = || {
+            let start = Instant::now();
+            for _ in 0..PIPES {
+                let v: Vec<Option<Vec<u8>>> = redis.pipeline(&ours).expect("pipeline");
+                assert_eq!(v.len(), DEPTH);
+            }
+            start.elapsed().as_secs_f64()
+        };
+        let mut run_raw = || {
+            let start = Instant::now();
+            for _ in 0..PIPES {
+                let v: Vec<Option<Vec<u8>>> = theirs.query(&mut raw).expect("raw pipeline");
+                assert_eq!(v.len(), DEPTH);
+            }
+            start.elapsed().as_secs_f64()
+        };
+        let (o, r) = if b % 2 == 0 {
+            let o = run_ours();
+            (o, run_raw())
+        } else {
+            let r = run_raw();
+            (run_ours(), r)
+        };
+        if b == 0 {
+            continue; // warm-up
+        }
+        t_ours += o;
+        t_raw += r;
+        ratios.push(r / o);
+    }
+    let n = (blocks * PIPES * DEPTH) as f64;
+    report.throughput(
+        "pipeline of 32 GETs, 1 thread",
+        " cmd/s",
+        n / t_ours,
+        n / t_raw,
+        median(ratios),
+        Target::RatioAtLeast(TARGET),
     );
-    if let Err(e) = std::fs::write(&path, json) {
-        eprintln!("could not write {}: {e}", path.display());
+}
+
+/// `redis-benchmark` itself, where installed: the server's own ceiling on this machine.
+fn ceiling(report: &mut Report, port: u16) {
+    for clients in [1usize, 8] {
+        let results = common::redis_benchmark(port, clients, 50_000);
+        if results.is_empty() {
+            println!("redis-benchmark not found: no ceiling rows");
+            return;
+        }
+        for (test, rps) in results {
+            report.figure(
+                &format!("redis-benchmark {test}, {clients} client(s) (ceiling)"),
+                rps,
+                "op/s",
+            );
+        }
     }
 }

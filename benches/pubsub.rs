@@ -11,10 +11,13 @@
 //!
 //! `cargo bench --bench pubsub`. `REDKIT_BENCH_MESSAGES` sets messages per throughput block
 //! (default 20000), `REDKIT_BENCH_SAMPLES` latency samples per side (default 2000). Results
-//! go to stdout and to `target/redkit-bench-pubsub.json`.
+//! go to stdout and to the `pubsub` section of `target/redkit-bench.json`.
+
+mod common;
 
 use std::time::{Duration, Instant};
 
+use common::{env_usize, median, percentile, Report, Target};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use redkit::pubsub::{Backpressure, Kind, SubscriptionOptions};
 use redkit::testing::RedisServer;
@@ -23,23 +26,6 @@ use redkit::{Config, Redis};
 const BLOCKS: usize = 5;
 const THROUGHPUT_TARGET: f64 = 0.9;
 const ADDED_P99_TARGET: Duration = Duration::from_micros(100);
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 /// A reader on one side: told how many messages to read, it answers when it read them.
 struct Reader {
@@ -149,6 +135,13 @@ fn latency(publisher: &mut redis::Connection, channel: &str, reader: &Reader) ->
 fn main() {
     let per_block = env_usize("REDKIT_BENCH_MESSAGES", 20_000);
     let samples = env_usize("REDKIT_BENCH_SAMPLES", 2_000);
+    let mut report = Report::new(
+        "pubsub",
+        "publish -> reader through a Subscription vs a raw get_message loop",
+    );
+    report.param("messages_per_block", per_block);
+    report.param("blocks", BLOCKS);
+    report.param("latency_samples", samples);
     let server = RedisServer::start().expect("start redis-server");
     let redis = Redis::connect(
         Config::builder()
@@ -189,59 +182,23 @@ fn main() {
     our_lat.sort();
     let (raw50, raw99) = (percentile(&raw_lat, 0.5), percentile(&raw_lat, 0.99));
     let (our50, our99) = (percentile(&our_lat, 0.5), percentile(&our_lat, 0.99));
-    let added50 = our50.saturating_sub(raw50);
-    let added99 = our99.saturating_sub(raw99);
 
-    println!("pub/sub, {per_block} messages x {BLOCKS} blocks per side; {samples} latency samples per side");
-    println!(
-        "{:<34} {:>12} {:>12} {:>8} {:>8}",
-        "scenario", "redkit", "raw", "ratio", "target"
-    );
-    println!(
-        "{:<34} {:>10.0}/s {:>10.0}/s {:>8.3} {:>8}",
+    report.throughput(
         "throughput publish -> reader",
+        " msg/s",
         our_rate,
         raw_rate,
         ratio,
-        format!(">= {THROUGHPUT_TARGET}")
+        Target::RatioAtLeast(THROUGHPUT_TARGET),
     );
-    println!(
-        "{:<34} {:>12?} {:>12?} {:>8} {:>8}",
-        "latency p50",
-        our50,
-        raw50,
-        format!("+{added50:?}"),
-        ""
-    );
-    println!(
-        "{:<34} {:>12?} {:>12?} {:>8} {:>8}",
+    report.latency("latency p50", our50, Some(raw50), Target::None);
+    report.latency(
         "latency p99",
         our99,
-        raw99,
-        format!("+{added99:?}"),
-        format!("< +{ADDED_P99_TARGET:?}")
+        Some(raw99),
+        Target::AddedBelow(ADDED_P99_TARGET),
     );
-    let met = |ok: bool| if ok { "met" } else { "MISSED" };
-    println!(
-        "targets: throughput ratio {}, p99 added {}",
-        met(ratio >= THROUGHPUT_TARGET),
-        met(added99 < ADDED_P99_TARGET)
-    );
-
-    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let path = std::path::Path::new(&dir).join("redkit-bench-pubsub.json");
-    let json = format!(
-        "{{\n  \"bench\": \"pubsub\",\n  \"messages_per_block\": {per_block},\n  \"blocks\": {BLOCKS},\n  \"latency_samples\": {samples},\n  \"results\": [\n    {{\"scenario\": \"throughput\", \"redkit_msgs\": {our_rate:.0}, \"baseline_msgs\": {raw_rate:.0}, \"ratio\": {ratio:.4}, \"target\": {THROUGHPUT_TARGET}}},\n    {{\"scenario\": \"latency\", \"redkit_p50_us\": {}, \"baseline_p50_us\": {}, \"redkit_p99_us\": {}, \"baseline_p99_us\": {}, \"added_p99_us\": {}, \"target_added_p99_us\": {}}}\n  ]\n}}\n",
-        our50.as_micros(),
-        raw50.as_micros(),
-        our99.as_micros(),
-        raw99.as_micros(),
-        added99.as_micros(),
-        ADDED_P99_TARGET.as_micros()
-    );
-    if let Err(e) = std::fs::write(&path, json) {
-        eprintln!("could not write {}: {e}", path.display());
-    }
+    report.finish();
 
     drop(raw);
     drop(ours);

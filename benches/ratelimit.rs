@@ -9,11 +9,14 @@
 //!
 //! `cargo bench --bench ratelimit`. `REDKIT_BENCH_OPS` sets the decisions per side (default
 //! 10000). Sides alternate in blocks of 250 decisions on one thread; each ratio is the median
-//! of per-block ratios against the raw block next to it. Results go to stdout and to
-//! `target/redkit-bench-ratelimit.json`.
+//! of per-block ratios against the raw block next to it. Results go to stdout and to the
+//! `ratelimit` section of `target/redkit-bench.json`.
+
+mod common;
 
 use std::time::{Duration, Instant};
 
+use common::{env_usize, median, Report, Target};
 use redkit::ratelimit::{
     BucketLimit, ConcurrencyLimiter, FixedWindow, Gcra, GcraLimit, MultiLimit, RateLimiter,
     SlidingLog, SlidingWindow, TokenBucket, WindowLimit,
@@ -26,18 +29,6 @@ const BLOCK: usize = 250;
 const TARGET: f64 = 0.95;
 
 type Decide = Box<dyn FnMut(usize)>;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A limiter as the bench sees it: a name, one decision, and the keys of a subject.
 struct Scenario {
@@ -57,7 +48,12 @@ fn limiter_scenario<L: RateLimiter + 'static>(name: &'static str, limiter: L) ->
 }
 
 fn main() {
+    let mut report = Report::new(
+        "ratelimit",
+        "rate-limit decisions vs raw EVALSHA of a trivial script on a dedicated connection",
+    );
     let ops = env_usize("REDKIT_BENCH_OPS", 10_000).max(BLOCK);
+    report.param("decisions_per_side", ops);
     let blocks = ops / BLOCK;
     let server = RedisServer::start().expect("start redis-server");
     let redis = Redis::connect(
@@ -182,14 +178,8 @@ fn main() {
     }
 
     println!(
-        "rate-limit decisions vs raw EVALSHA of a trivial script on a dedicated connection \
-         ({ops} decisions per side in blocks of {BLOCK}, one thread; ratio = median of per-block ratios)"
+        "({ops} decisions per side in blocks of {BLOCK}, one thread; ratio = median of per-block ratios; the first two rows are references, without a target)"
     );
-    println!(
-        "{:<24} {:>12} {:>12} {:>8} {:>8}",
-        "limiter", "decisions/s", "raw/s", "ratio", "target"
-    );
-    let mut rows = Vec::new();
     for s in scenarios.iter_mut() {
         let mut ratios = Vec::with_capacity(blocks);
         let (mut ours, mut theirs) = (0.0, 0.0);
@@ -216,25 +206,23 @@ fn main() {
         let ratio = median(ratios);
         let ours_rate = (blocks * BLOCK) as f64 / ours;
         let raw_rate = (blocks * BLOCK) as f64 / theirs;
-        println!(
-            "{:<24} {:>12.0} {:>12.0} {:>8.3} {:>8}",
+        let reference = s.name.contains("script");
+        report.throughput(
             s.name,
+            " /s",
             ours_rate,
             raw_rate,
             ratio,
-            format!(">= {TARGET}")
+            if reference {
+                Target::None
+            } else {
+                Target::RatioAtLeast(TARGET)
+            },
         );
-        rows.push(format!(
-            r#"{{"scenario":"{}","redkit_per_s":{ours_rate:.0},"raw_per_s":{raw_rate:.0},"ratio":{ratio:.3},"target":{TARGET}}}"#,
-            s.name
-        ));
     }
 
     // Memory of one subject at a steady 1,000 requests per window.
-    println!();
-    println!("memory per limited subject after 1,000 requests in one window (MEMORY USAGE)");
     let mut admin = server.admin().expect("admin");
-    let mut mem_rows = Vec::new();
     let per_window = GcraLimit::new(1000, Duration::from_secs(60));
     let g = Gcra::new(&redis, "mem-gcra", per_window).expect("gcra");
     for _ in 0..1000 {
@@ -280,19 +268,13 @@ fn main() {
                     .unwrap_or(0)
             })
             .sum();
-        println!("{name:<24} {bytes:>8} bytes");
-        mem_rows.push(format!(r#"{{"limiter":"{name}","bytes":{bytes}}}"#));
+        report.figure(
+            &format!("memory per subject, {name} (1,000 requests)"),
+            bytes as f64,
+            "bytes",
+        );
     }
     drop(held);
 
-    let json = format!(
-        r#"{{"bench":"ratelimit","ops":{ops},"block":{BLOCK},"results":[{}],"memory":[{}]}}"#,
-        rows.join(","),
-        mem_rows.join(",")
-    );
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/redkit-bench-ratelimit.json");
-    if let Err(e) = std::fs::write(&path, json) {
-        eprintln!("cannot write {}: {e}", path.display());
-    }
+    report.finish();
 }

@@ -24,9 +24,11 @@
 //! from the port accepting, are reported next to the main ones. Medians are taken as in
 //! `benches/pool.rs` (the element at `len / 2` of the sorted samples). Target (from the
 //! issue): median below the reconnect backoff minimum plus 50 ms. Results go to stdout and to
-//! `target/redkit-bench-reconnect.json`. `REDKIT_BENCH_OUTAGE_MS` keeps the server down that
+//! the `reconnect` section of `target/redkit-bench.json`. `REDKIT_BENCH_OUTAGE_MS` keeps the server down that
 //! much longer once the outage is seen (default 0: restart at once), to see the effect of the
 //! growing backoff. `RUST_LOG=redkit=debug` shows the library's log.
+
+mod common;
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +36,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{env_usize, Report, Target};
 use crossbeam_channel::Receiver;
 use redkit::testing::RedisServer;
 use redkit::{BreakerState, Config, Event, Health, HeartbeatConfig, Redis};
@@ -84,13 +87,6 @@ fn summarise(samples: impl Iterator<Item = Duration>) -> Summary {
         p90: v[p90],
         max: v[v.len() - 1],
     }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Connects to the server's port every millisecond until it accepts, on a thread of its own;
@@ -415,7 +411,6 @@ struct Row {
     /// Median reconnect attempts per `Event::Reconnected`.
     attempts: Option<u32>,
     failed_calls_max: u64,
-    samples_ms: Vec<f64>,
 }
 
 fn row(scenario: &'static str, samples: &[Sample]) -> Row {
@@ -432,10 +427,6 @@ fn row(scenario: &'static str, samples: &[Sample]) -> Row {
         reconnected_early: samples.iter().filter(|s| s.reconnected_early).count(),
         attempts: attempts.get(attempts.len() / 2).copied(),
         failed_calls_max: samples.iter().map(|s| s.failed_calls).max().unwrap_or(0),
-        samples_ms: samples
-            .iter()
-            .map(|s| s.recovered.as_secs_f64() * 1e3)
-            .collect(),
     }
 }
 
@@ -526,52 +517,28 @@ fn main() {
         );
     }
     println!("bench took {:.1} s", started.elapsed().as_secs_f64());
-    write_json(&rows, restarts, hold, target);
-}
-
-fn write_json(rows: &[Row], restarts: usize, hold: Duration, target: Duration) {
-    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let path = std::path::Path::new(&dir).join("redkit-bench-reconnect.json");
-    let target_ms = target.as_secs_f64() * 1e3;
-    let baseline = &rows[0].recovered;
-    let body: Vec<String> = rows[1..]
-        .iter()
-        .map(|r| {
-            let reconnected = match (&r.reconnected, r.attempts) {
-                (Some(s), Some(attempts)) => format!(
-                    ", \"reconnected_median_ms\": {:.3}, \"reconnected_max_ms\": {:.3}, \"reconnected_before_t0\": {}, \"reconnect_attempts_median\": {attempts}",
-                    s.median, s.max, r.reconnected_early
-                ),
-                _ => String::new(),
-            };
-            let samples: Vec<String> = r.samples_ms.iter().map(|v| format!("{v:.3}")).collect();
-            format!(
-                "    {{\"scenario\": \"{}\", \"redkit_median_ms\": {:.3}, \"redkit_p90_ms\": {:.3}, \"redkit_max_ms\": {:.3}, \"baseline_median_ms\": {:.3}, \"ratio\": {:.4}, \"target_ms\": {target_ms:.0}, \"met\": {}{reconnected}, \"from_accept_median_ms\": {:.3}, \"restart_lag_median_ms\": {:.3}, \"outage_median_ms\": {:.3}, \"samples_ms\": [{}]}}",
-                r.scenario,
-                r.recovered.median,
-                r.recovered.p90,
-                r.recovered.max,
-                baseline.median,
-                r.recovered.median / baseline.median,
-                r.recovered.median < target_ms,
-                r.from_accept.median,
-                r.restart_lag.median,
-                r.outage.median,
-                samples.join(", ")
-            )
-        })
-        .collect();
-    let json = format!(
-        "{{\n  \"bench\": \"reconnect\",\n  \"restarts\": {restarts},\n  \"outage_hold_ms\": {},\n  \"backoff_min_ms\": {},\n  \"baseline\": {{\"scenario\": \"{}\", \"median_ms\": {:.3}, \"p90_ms\": {:.3}, \"max_ms\": {:.3}}},\n  \"results\": [\n{}\n  ]\n}}\n",
-        hold.as_millis(),
-        BACKOFF_MIN.as_millis(),
-        rows[0].scenario,
-        baseline.median,
-        baseline.p90,
-        baseline.max,
-        body.join(",\n")
+    let mut report = Report::new(
+        "reconnect",
+        "server restart to the first successful GET (medians)",
     );
-    if let Err(e) = std::fs::write(&path, json) {
-        eprintln!("could not write {}: {e}", path.display());
+    report.param("restarts", restarts);
+    report.param("outage_hold_ms", hold.as_millis() as u64);
+    let ms = |v: f64| Duration::from_secs_f64(v / 1e3);
+    for r in &rows[1..] {
+        report.latency(
+            &format!("{} (median)", r.scenario),
+            ms(r.recovered.median),
+            Some(ms(baseline_median)),
+            Target::Below(target),
+        );
+        if let Some(s) = &r.reconnected {
+            report.latency(
+                &format!("{}: t0 to Event::Reconnected (median)", r.scenario),
+                ms(s.median),
+                None,
+                Target::None,
+            );
+        }
     }
+    report.finish();
 }
