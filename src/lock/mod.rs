@@ -86,12 +86,14 @@ use crate::error::{Error, Result};
 use crate::Redis;
 
 mod mutex;
+mod redlock;
 mod rwlock;
 mod semaphore;
 mod wait;
 mod watchdog;
 
 pub use mutex::{Lock, LockBuilder, LockGuard};
+pub use redlock::{Redlock, RedlockBuilder, RedlockGuard};
 pub use rwlock::{ReadWriteLock, RwGuard, RwMode};
 pub use semaphore::{Permit, Semaphore, SemaphoreBuilder};
 pub(crate) use watchdog::HandleLocks;
