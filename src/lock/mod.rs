@@ -85,6 +85,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::Redis;
 
+mod leader;
 mod mutex;
 mod redlock;
 mod rwlock;
@@ -92,6 +93,7 @@ mod semaphore;
 mod wait;
 mod watchdog;
 
+pub use leader::{Election, Group, GroupBuilder, Member};
 pub use mutex::{Lock, LockBuilder, LockGuard};
 pub use redlock::{Redlock, RedlockBuilder, RedlockGuard};
 pub use rwlock::{ReadWriteLock, RwGuard, RwMode};
