@@ -66,6 +66,8 @@ struct Inner {
     probe: Manager,
     shared: Arc<Shared>,
     heartbeat: Mutex<Option<HeartbeatThread>>,
+    /// The lock watchdog thread and the lock waiters' bookkeeping (see `crate::lock`).
+    locks: crate::lock::HandleLocks,
 }
 
 impl Inner {
@@ -79,6 +81,7 @@ impl Inner {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return None;
         }
+        self.locks.shut_down();
         let heartbeat = self.heartbeat.lock().take();
         let panicked = heartbeat.and_then(|mut h| h.stop().err());
         // Every idle connection fails validation now, so one `try_get` closes them all;
@@ -155,6 +158,17 @@ impl std::fmt::Debug for Redis {
             .field("health", &self.inner.shared.health())
             .field("breaker", &self.inner.breaker().state())
             .finish_non_exhaustive()
+    }
+}
+
+/// A [`Redis`] handle that does not keep it open.
+#[derive(Clone, Debug)]
+pub(crate) struct WeakRedis(std::sync::Weak<Inner>);
+
+impl WeakRedis {
+    /// The handle, unless every clone was dropped.
+    pub(crate) fn upgrade(&self) -> Option<Redis> {
+        self.0.upgrade().map(|inner| Redis { inner })
     }
 }
 
@@ -242,6 +256,7 @@ impl Redis {
                 pool,
                 shared,
                 heartbeat: Mutex::new(heartbeat),
+                locks: crate::lock::HandleLocks::default(),
             }),
         })
     }
@@ -265,6 +280,21 @@ impl Redis {
                 reason: panic,
             }),
         }
+    }
+
+    /// A reference that does not keep the handle open (for background threads).
+    pub(crate) fn downgrade(&self) -> WeakRedis {
+        WeakRedis(Arc::downgrade(&self.inner))
+    }
+
+    /// Sends an event to every listener.
+    pub(crate) fn emit(&self, event: Event) {
+        self.inner.shared.events.emit(event);
+    }
+
+    /// The handle's lock bookkeeping (watchdog thread, waiters).
+    pub(crate) fn locks(&self) -> &crate::lock::HandleLocks {
+        &self.inner.locks
     }
 
     /// Whether [`Redis::close`] was called.

@@ -57,13 +57,15 @@ pub enum ErrorClass {
     Closed,
     /// A rate limiter did not grant the request within the wait allowed.
     RateLimited,
+    /// A lock, semaphore permit or leadership did not come free within the wait allowed.
+    LockTimeout,
     /// Anything else (sentinel or cluster topology errors, client-side errors).
     Other,
 }
 
 impl ErrorClass {
     /// Every class, in a stable order (used for per-class counters).
-    pub const ALL: [ErrorClass; 19] = [
+    pub const ALL: [ErrorClass; 20] = [
         ErrorClass::Connection,
         ErrorClass::Timeout,
         ErrorClass::Auth,
@@ -82,6 +84,7 @@ impl ErrorClass {
         ErrorClass::Config,
         ErrorClass::Closed,
         ErrorClass::RateLimited,
+        ErrorClass::LockTimeout,
         ErrorClass::Other,
     ];
 
@@ -113,6 +116,7 @@ impl ErrorClass {
             ErrorClass::Config => "config",
             ErrorClass::Closed => "closed",
             ErrorClass::RateLimited => "rate_limited",
+            ErrorClass::LockTimeout => "lock_timeout",
             ErrorClass::Other => "other",
         }
     }
@@ -130,6 +134,7 @@ impl ErrorClass {
                 | ErrorClass::PoolTimeout
                 | ErrorClass::CircuitOpen
                 | ErrorClass::TransactionConflict
+                | ErrorClass::LockTimeout
         )
     }
 
@@ -214,6 +219,12 @@ pub enum Error {
         /// When it may succeed; `None` when it never can (it asks for more than the limit).
         retry_after: Option<Duration>,
     },
+    /// A [lock](crate::lock) (or a semaphore permit, a read or write lock, a Redlock) was
+    /// held by others for the whole wait allowed.
+    LockTimeout {
+        /// How long the caller waited.
+        waited: Duration,
+    },
     /// A background thread of redkit failed (reported by [`Redis::close`](crate::Redis::close)).
     Background {
         /// The thread's name.
@@ -271,6 +282,7 @@ impl Error {
             Error::Config { .. } => ErrorClass::Config,
             Error::Closed => ErrorClass::Closed,
             Error::RateLimited { .. } => ErrorClass::RateLimited,
+            Error::LockTimeout { .. } => ErrorClass::LockTimeout,
             Error::Background { .. } => ErrorClass::Other,
         }
     }
@@ -432,6 +444,9 @@ impl fmt::Display for Error {
             Error::RateLimited { retry_after: None } => {
                 f.write_str("rate limited: the request is larger than the limit can ever grant")
             }
+            Error::LockTimeout { waited } => {
+                write!(f, "the lock stayed held by others for {waited:?}")
+            }
             Error::Background { thread, reason } => {
                 write!(f, "background thread `{thread}` failed: {reason}")
             }
@@ -473,6 +488,10 @@ impl fmt::Debug for Error {
             Error::RateLimited { retry_after } => f
                 .debug_struct("RateLimited")
                 .field("retry_after", retry_after)
+                .finish(),
+            Error::LockTimeout { waited } => f
+                .debug_struct("LockTimeout")
+                .field("waited", waited)
                 .finish(),
             Error::Background { thread, reason } => f
                 .debug_struct("Background")

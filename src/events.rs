@@ -175,6 +175,16 @@ pub enum Event {
         /// Shard channels resubscribed.
         shard_channels: usize,
     },
+    /// The [lock watchdog](crate::lock#the-watchdog) found that a lock it was renewing is no
+    /// longer held by its guard (it expired, or was deleted or taken over behind our back),
+    /// or could not renew it before its TTL ran out. The guard now says
+    /// [`is_held`](crate::lock::LockGuard::is_held) `false`: stop the protected work.
+    LockLost {
+        /// The lock's name.
+        name: String,
+        /// The fencing token of the lost acquisition.
+        fencing_token: u64,
+    },
     /// The handle was closed ([`Redis::close`](crate::Redis::close) or the last clone dropped).
     /// The last event a listener receives; the channel disconnects after it.
     Closed,
@@ -215,6 +225,10 @@ impl fmt::Display for Event {
                 f,
                 "subscriber resubscribed after {downtime:?} ({channels} channels, {patterns} patterns, {shard_channels} shard channels)"
             ),
+            Event::LockLost {
+                name,
+                fencing_token,
+            } => write!(f, "lock {name} lost (fencing token {fencing_token})"),
             Event::Closed => f.write_str("closed"),
         }
     }

@@ -230,7 +230,7 @@ fn bad_reply(detail: String) -> Error {
 
 /// A random 128-bit lease id, as 32 hex digits: per-thread random SipHash keys (from the
 /// operating system) over the clock, the process id and a counter.
-fn lease_id() -> String {
+pub(crate) fn lease_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

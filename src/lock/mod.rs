@@ -1,0 +1,195 @@
+//! Distributed locks and coordination: [`Lock`] (a mutex with fencing tokens and a
+//! watchdog), and the helpers built the same way.
+//!
+//! Every operation is a Lua script (one round trip, atomic on the server); every key of one
+//! lock carries the lock's name as a hash tag (`redkit:lock:{name}`, `...:fence`, `...:wake`,
+//! `...:waiting`), so they live in one cluster slot.
+//!
+//! ```no_run
+//! use redkit::Redis;
+//!
+//! let redis = Redis::connect("redis://127.0.0.1/")?;
+//! let lock = redis.lock("nightly-report")?;
+//! let guard = lock.acquire()?;            // waits up to 10 s by default
+//! let fence = guard.fencing_token();      // strictly increasing per lock name
+//! // ... the protected work, passing `fence` to the resource ...
+//! guard.release()?;
+//! # Ok::<(), redkit::Error>(())
+//! ```
+//!
+//! ## Tokens, not threads
+//!
+//! An acquisition sets the lock key, only if it is absent, to a random 128-bit token and a
+//! millisecond expiry (the TTL). Release, extend and renewal are scripts that act only while
+//! the key still holds *our* token: a holder whose lock expired and was taken by someone else
+//! can never release or extend the new holder's lock, and is told so (`false`). The guard
+//! carries the token, so it can move to another thread and be released there.
+//!
+//! ## The safety model
+//!
+//! **A single Redis instance** gives mutual exclusion *as long as every holder finishes (or
+//! renews) within its TTL and the server keeps its data*. Two things break it:
+//!
+//! - A holder that stalls past its TTL (a GC pause, a swapped-out process, a slow network)
+//!   loses the lock without noticing until it next checks; meanwhile another holder has it.
+//!   Nothing on the client can prevent this; [`LockGuard::is_held`] and the watchdog's
+//!   [`LockLost`](crate::Event::LockLost) event only shorten the window.
+//! - A failover to a replica that had not yet received the lock key (replication is
+//!   asynchronous), or a restart without persistence, forgets the lock.
+//!
+//! **Fencing tokens** close the first hole where it matters: every acquisition gets a number
+//! ([`LockGuard::fencing_token`]) strictly greater than every earlier one for that lock name
+//! (an `INCR` inside the acquire script). Send it with every write to the protected resource
+//! and have the resource reject a number lower than the highest it has seen: a stale holder's
+//! late writes are then refused instead of corrupting a newer holder's work. (The counter key
+//! never expires; a server that loses its data restarts the sequence.)
+//!
+//! **Redlock** (over several independent servers) is what protects against the loss of one
+//! server: a lock held on a majority survives any minority failing. It still assumes bounded
+//! pauses and clock drift, so it needs fencing for the same reason.
+//!
+//! ## Waiting
+//!
+//! A waiting [`Lock::acquire`] does not sleep on a fixed poll interval (redsync sleeps
+//! 50-250 ms, redis-py 100 ms). A failed attempt sets a short-lived "someone waits" flag;
+//! the holder's release script then pushes a wake-up token on the lock's wake list, and the
+//! waiter blocks on that list with `BLPOP` on a pooled connection. A release therefore hands
+//! the lock to one waiter within a couple of round trips. The `BLPOP` also ends when the
+//! current holder's TTL runs out (an expiry sends no notification) and at most every 500 ms,
+//! after which the waiter asks again.
+//!
+//! Limits of this choice, on purpose:
+//!
+//! - A blocked waiter holds a pooled connection. At most half the pool's
+//!   [`max_size`](crate::PoolConfig::max_size) waiters per handle block at once; the others
+//!   poll with jittered sleeps (2 ms doubling to 50 ms), as do waiters when no connection is
+//!   free within 10 ms or `BLPOP` fails.
+//! - One release wakes one waiter. If someone else (a [`Lock::try_acquire`]) takes the lock
+//!   first, the woken waiter goes back to waiting; the others wait for the next release.
+//! - It does not use pub/sub, so it works through any proxy that passes `BLPOP`.
+//!
+//! ## The watchdog
+//!
+//! With [`LockBuilder::watchdog`] on, one background thread per [`Redis`] handle
+//! (`redkit-lock-watchdog`, started on first use, joined when the handle is closed or its
+//! last clone dropped) renews every guard of that handle at a third of its TTL. It stops
+//! renewing the moment the guard is released (a renewal still in flight cannot revive it: it
+//! checks the token). When a renewal finds the lock gone or taken over, or the renewals fail
+//! until the TTL has run out, the guard is marked lost ([`LockGuard::is_held`] says `false`)
+//! and a [`LockLost`](crate::Event::LockLost) event goes to the handle's
+//! [listeners](crate::Redis::events). The watchdog renews while the process lives: a holder
+//! stuck forever keeps the lock forever, which is why it is off by default.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::Redis;
+
+mod leader;
+mod mutex;
+mod redlock;
+mod rwlock;
+mod semaphore;
+mod wait;
+mod watchdog;
+
+pub use leader::{Election, Group, GroupBuilder, Member};
+pub use mutex::{Lock, LockBuilder, LockGuard};
+pub use redlock::{Redlock, RedlockBuilder, RedlockGuard};
+pub use rwlock::{ReadWriteLock, RwGuard, RwMode};
+pub use semaphore::{Permit, Semaphore, SemaphoreBuilder};
+pub(crate) use watchdog::HandleLocks;
+
+/// The key prefix every lock helper uses unless told otherwise.
+pub(crate) const DEFAULT_PREFIX: &str = "redkit:lock:";
+
+impl Redis {
+    /// A [`Lock`] named `name` with the default settings (TTL 30 s, wait 10 s, no watchdog);
+    /// use [`Lock::builder`] for others. Fails when the name is empty or contains `{` or `}`.
+    ///
+    /// ```no_run
+    /// let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+    /// let guard = redis.lock("migrations")?.acquire()?;
+    /// # Ok::<(), redkit::Error>(())
+    /// ```
+    pub fn lock(&self, name: &str) -> Result<Lock> {
+        Lock::new(self, name)
+    }
+
+    /// Whether this handle's lock watchdog thread is running.
+    pub fn lock_watchdog_running(&self) -> bool {
+        self.locks().watchdog_running()
+    }
+}
+
+/// `{prefix}{{name}}`: the name is the keys' hash tag.
+pub(crate) fn tagged(prefix: &str, name: &str) -> String {
+    format!("{prefix}{{{name}}}")
+}
+
+/// A random 128-bit token as 32 hex digits.
+pub(crate) fn new_token() -> String {
+    crate::ratelimit::lease_id()
+}
+
+/// Checks a lock name.
+pub(crate) fn check_name(setting: &'static str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::config(setting, "must not be empty"));
+    }
+    if name.contains(['{', '}']) {
+        return Err(Error::config(
+            setting,
+            "must not contain `{` or `}` (the name is the keys' hash tag)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a TTL: at least 1 ms, at least 30 ms when a background renewal must fit in it.
+pub(crate) fn check_ttl(setting: &'static str, ttl: Duration, renewed: bool) -> Result<()> {
+    let min = if renewed {
+        Duration::from_millis(30)
+    } else {
+        Duration::from_millis(1)
+    };
+    if ttl < min {
+        return Err(Error::config(setting, format!("must be at least {min:?}")));
+    }
+    if ttl > Duration::from_secs(86_400 * 365) {
+        return Err(Error::config(setting, "must be at most a year"));
+    }
+    Ok(())
+}
+
+/// The clock-drift allowance for a TTL (as Redlock's: 1% plus 2 ms, at most the TTL).
+pub(crate) fn drift(ttl: Duration) -> Duration {
+    (ttl / 100 + Duration::from_millis(2)).min(ttl)
+}
+
+pub(crate) fn bad_reply(what: &str, detail: String) -> Error {
+    let e = redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected lock script reply",
+        format!("{what}: {detail}"),
+    ));
+    Error::from_redis(e, crate::error::Delivery::Answered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_ttls_are_checked() {
+        assert!(check_name("n", "jobs").is_ok());
+        assert!(check_name("n", "").is_err());
+        assert!(check_name("n", "a{b}").is_err());
+        assert!(check_ttl("t", Duration::from_millis(1), false).is_ok());
+        assert!(check_ttl("t", Duration::ZERO, false).is_err());
+        assert!(check_ttl("t", Duration::from_millis(10), true).is_err());
+        assert_eq!(tagged("p:", "x"), "p:{x}");
+        assert_eq!(drift(Duration::from_secs(1)), Duration::from_millis(12));
+        assert_eq!(drift(Duration::from_millis(1)), Duration::from_millis(1));
+    }
+}

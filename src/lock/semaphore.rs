@@ -1,0 +1,305 @@
+//! [`Semaphore`]: N permits by name, each a lease with a TTL.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use log::warn;
+
+use super::wait::{millis, Waiter, MAX_BLOCK, WAKE_WINDOW};
+use super::{bad_reply, check_name, check_ttl, tagged, DEFAULT_PREFIX};
+use crate::error::{Error, Result};
+use crate::{Redis, Script};
+
+fn acquire_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(include_str!("semaphore_acquire.lua")))
+}
+
+fn release_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(include_str!("semaphore_release.lua")))
+}
+
+fn extend_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(include_str!("semaphore_extend.lua")))
+}
+
+fn count_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(include_str!("semaphore_count.lua")))
+}
+
+#[derive(Debug)]
+struct Keys {
+    permits: String,
+    wake: String,
+    waiting: String,
+}
+
+/// Configures a [`Semaphore`]; made by [`Semaphore::builder`].
+#[must_use = "a builder does nothing until `build` is called"]
+#[derive(Debug, Clone)]
+pub struct SemaphoreBuilder {
+    redis: Redis,
+    name: String,
+    permits: u64,
+    prefix: String,
+    lease: Duration,
+    wait: Duration,
+}
+
+impl SemaphoreBuilder {
+    /// How long a permit is leased for unless extended (at least 1 ms): a holder that
+    /// crashes gives its permit back after this long. Defaults to 30 s.
+    pub fn lease(mut self, ttl: Duration) -> SemaphoreBuilder {
+        self.lease = ttl;
+        self
+    }
+
+    /// How long [`Semaphore::acquire`] waits for a permit. Defaults to 10 s.
+    pub fn wait(mut self, wait: Duration) -> SemaphoreBuilder {
+        self.wait = wait;
+        self
+    }
+
+    /// The key prefix, before the semaphore's name. Defaults to `redkit:lock:`.
+    pub fn prefix(mut self, prefix: &str) -> SemaphoreBuilder {
+        self.prefix = prefix.to_owned();
+        self
+    }
+
+    /// Checks the settings.
+    pub fn build(self) -> Result<Semaphore> {
+        check_name("semaphore.name", &self.name)?;
+        check_ttl("semaphore.lease", self.lease, false)?;
+        if self.permits == 0 {
+            return Err(Error::config("semaphore.permits", "must be at least 1"));
+        }
+        let permits = self
+            .redis
+            .key(&format!("{}:sem", tagged(&self.prefix, &self.name)));
+        Ok(Semaphore {
+            keys: Arc::new(Keys {
+                wake: format!("{permits}:wake"),
+                waiting: format!("{permits}:waiting"),
+                permits,
+            }),
+            redis: self.redis,
+            permits: self.permits,
+            lease: self.lease,
+            wait: self.wait,
+        })
+    }
+}
+
+/// At most N holders at a time for one name, across processes: each [`Permit`] is a lease
+/// (a random id in a sorted set, scored by its expiry on the server's clock), so the permit
+/// of a holder that crashed comes back after the lease TTL. Waiting is woken by releases like
+/// [`Lock`](super::Lock)'s (see [Waiting](super#waiting)).
+///
+/// Every user of one semaphore name must use the same number of permits: the number is sent
+/// with each acquire, not stored.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+/// // At most 3 exports run at once, cluster-wide.
+/// let exports = redis.semaphore("exports", 3)?;
+/// let permit = exports.acquire()?;
+/// // ... export; extend the lease if it runs long ...
+/// permit.extend(Duration::from_secs(30))?;
+/// permit.release()?;
+/// println!("{} permits free", exports.available()?);
+/// # Ok::<(), redkit::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Semaphore {
+    redis: Redis,
+    keys: Arc<Keys>,
+    permits: u64,
+    lease: Duration,
+    wait: Duration,
+}
+
+impl Semaphore {
+    /// A semaphore named `name` with `permits` permits, leases of 30 s and a 10 s wait.
+    pub fn new(redis: &Redis, name: &str, permits: u64) -> Result<Semaphore> {
+        Semaphore::builder(redis, name, permits).build()
+    }
+
+    /// A builder for a semaphore named `name` with `permits` permits (at least 1).
+    pub fn builder(redis: &Redis, name: &str, permits: u64) -> SemaphoreBuilder {
+        SemaphoreBuilder {
+            redis: redis.clone(),
+            name: name.to_owned(),
+            permits,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            lease: Duration::from_secs(30),
+            wait: Duration::from_secs(10),
+        }
+    }
+
+    /// The number of permits.
+    pub fn permits(&self) -> u64 {
+        self.permits
+    }
+
+    /// The key of the permits' sorted set.
+    pub fn key(&self) -> &str {
+        &self.keys.permits
+    }
+
+    /// How many permits are free now (expired leases count as free).
+    pub fn available(&self) -> Result<u64> {
+        Ok(self.permits.saturating_sub(self.held()?))
+    }
+
+    /// How many permits are held now (expired leases not counted).
+    pub fn held(&self) -> Result<u64> {
+        let call = count_script().key(&self.keys.permits);
+        self.redis.run_idempotent(|con| call.invoke(con))
+    }
+
+    /// Takes a permit if one is free now; never waits.
+    pub fn try_acquire(&self) -> Result<Option<Permit>> {
+        let id = super::new_token();
+        Ok(match self.attempt(&id, false)? {
+            Ok(()) => Some(self.permit(id)),
+            Err(_) => None,
+        })
+    }
+
+    /// Takes a permit, waiting at most the configured [wait](SemaphoreBuilder::wait).
+    pub fn acquire(&self) -> Result<Permit> {
+        self.acquire_timeout(self.wait)
+    }
+
+    /// Takes a permit, waiting at most `timeout`; fails with [`Error::LockTimeout`] when
+    /// none came free in time.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<Permit> {
+        // One id for every attempt: at most one of them takes a permit.
+        let id = super::new_token();
+        let mut waiter = Waiter::new(&self.redis, &self.keys.wake, timeout);
+        loop {
+            match self.attempt(&id, true)? {
+                Ok(()) => return Ok(self.permit(id)),
+                Err(hint) => {
+                    if waiter.left().is_zero() {
+                        return Err(Error::LockTimeout { waited: timeout });
+                    }
+                    waiter.wait(hint);
+                }
+            }
+        }
+    }
+
+    fn attempt(&self, id: &str, waiting: bool) -> Result<std::result::Result<(), Duration>> {
+        let window = if waiting { millis(WAKE_WINDOW) } else { 0 };
+        let call = acquire_script()
+            .key(&self.keys.permits)
+            .key(&self.keys.waiting)
+            .arg(self.permits)
+            .arg(millis(self.lease))
+            .arg(id)
+            .arg(window);
+        // Safe to resend: a second run finds our own lease and renews it.
+        let reply: Vec<i64> = self.redis.run_idempotent(|con| call.invoke(con))?;
+        match reply[..] {
+            [1, _] => Ok(Ok(())),
+            [0, wait] => Ok(Err(
+                Duration::from_millis(wait.unsigned_abs()).min(MAX_BLOCK)
+            )),
+            _ => Err(bad_reply("semaphore", format!("{reply:?}"))),
+        }
+    }
+
+    fn permit(&self, id: String) -> Permit {
+        Permit {
+            redis: self.redis.clone(),
+            keys: self.keys.clone(),
+            id,
+            done: false,
+        }
+    }
+}
+
+/// A permit of a [`Semaphore`], held until released or dropped (best-effort, logged on
+/// failure; the lease then expires after its TTL). `Send`: it can be released on another
+/// thread.
+#[must_use = "the permit is given back as soon as it is dropped"]
+pub struct Permit {
+    redis: Redis,
+    keys: Arc<Keys>,
+    id: String,
+    done: bool,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("key", &self.keys.permits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    /// Renews the lease to expire `ttl` from now (at least 1 ms). `false`, and nothing
+    /// renewed, when it had already expired.
+    pub fn extend(&self, ttl: Duration) -> Result<bool> {
+        check_ttl("semaphore.lease", ttl, false)?;
+        let call = extend_script()
+            .key(&self.keys.permits)
+            .arg(millis(ttl))
+            .arg(&self.id);
+        let renewed: i64 = self.redis.run_idempotent(|con| call.invoke(con))?;
+        Ok(renewed == 1)
+    }
+
+    /// Gives the permit back. Returns whether it was still held: `false` when the lease had
+    /// expired (one more holder than permits may have run meanwhile).
+    pub fn release(mut self) -> Result<bool> {
+        self.done = true;
+        self.give_back()
+    }
+
+    fn give_back(&self) -> Result<bool> {
+        let released: i64 = release_script()
+            .key(&self.keys.permits)
+            .key(&self.keys.wake)
+            .key(&self.keys.waiting)
+            .arg(&self.id)
+            .arg(millis(WAKE_WINDOW))
+            .run(&self.redis)?;
+        Ok(released == 1)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Err(e) = self.give_back() {
+            warn!(
+                "could not give back a permit of {} (it expires with its lease): {e}",
+                self.keys.permits
+            );
+        }
+    }
+}
+
+impl Redis {
+    /// A [`Semaphore`] named `name` with `permits` permits and the default settings (leases
+    /// of 30 s, a 10 s wait); use [`Semaphore::builder`] for others.
+    ///
+    /// ```no_run
+    /// let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+    /// let permit = redis.semaphore("gpu", 2)?.acquire()?;
+    /// # Ok::<(), redkit::Error>(())
+    /// ```
+    pub fn semaphore(&self, name: &str, permits: u64) -> Result<Semaphore> {
+        Semaphore::new(self, name, permits)
+    }
+}

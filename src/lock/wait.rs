@@ -1,0 +1,113 @@
+//! Waiting for a release: `BLPOP` on a per-lock wake list, with jittered polling as the
+//! fallback (see the module docs' "Waiting" section).
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::retry::SplitMix64;
+use crate::Redis;
+
+/// The longest single `BLPOP` (or sleep): a waiter asks again at least this often, so it also
+/// sees expiries it was not told about.
+pub(crate) const MAX_BLOCK: Duration = Duration::from_millis(500);
+/// How long the "someone waits" flag and a wake-up token live: longer than the gap between a
+/// waiter's failed attempt and its next `BLPOP`, and than one `BLPOP`.
+pub(crate) const WAKE_WINDOW: Duration = Duration::from_millis(2000);
+/// The first polling sleep when no connection can be spared for `BLPOP`.
+const FIRST_POLL: Duration = Duration::from_millis(2);
+/// The longest polling sleep.
+const MAX_POLL: Duration = Duration::from_millis(50);
+/// How long a waiter waits for a pooled connection to block on before it polls instead.
+const CHECKOUT: Duration = Duration::from_millis(10);
+
+/// A duration in whole milliseconds (at least 1) for the scripts.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// One caller waiting for a lock (or permit) until a deadline.
+pub(crate) struct Waiter<'a> {
+    redis: &'a Redis,
+    wake_key: &'a str,
+    deadline: Instant,
+    rng: SplitMix64,
+    poll: Duration,
+}
+
+impl<'a> Waiter<'a> {
+    pub(crate) fn new(redis: &'a Redis, wake_key: &'a str, timeout: Duration) -> Waiter<'a> {
+        let now = Instant::now();
+        Waiter {
+            redis,
+            wake_key,
+            deadline: now
+                .checked_add(timeout)
+                .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+            rng: SplitMix64(RandomState::new().hash_one(now)),
+            poll: FIRST_POLL,
+        }
+    }
+
+    /// Time left before the deadline.
+    pub(crate) fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Waits until a release wakes us, `hint` passes (when the current holder's lease
+    /// expires), or the deadline. Errors are not reported: the caller's next attempt sees them.
+    pub(crate) fn wait(&mut self, hint: Duration) {
+        let left = self.left();
+        if left.is_zero() {
+            return;
+        }
+        // A little jitter so that waiters woken by an expiry do not all ask at once.
+        let jitter = Duration::from_micros(self.rng.next_u64() % 2000);
+        let block = (hint + jitter)
+            .min(MAX_BLOCK)
+            .min(left)
+            .max(Duration::from_millis(1));
+        if self.blpop(block) {
+            return;
+        }
+        let sleep = self.poll / 2 + (self.poll / 2).mul_f64(self.rng.next_f64());
+        std::thread::sleep(sleep.min(block));
+        self.poll = (self.poll * 2).min(MAX_POLL);
+    }
+
+    /// Blocks on the wake list for at most `block`. `false` when it could not block (no
+    /// connection to spare, or an error), so the caller polls instead.
+    fn blpop(&mut self, block: Duration) -> bool {
+        let locks = self.redis.locks();
+        let cap = (self.redis.config().pool.max_size() / 2).max(1) as usize;
+        if locks.blocking_waiters.fetch_add(1, Ordering::AcqRel) >= cap {
+            locks.blocking_waiters.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let blocked = self.blpop_on_a_connection(block);
+        locks.blocking_waiters.fetch_sub(1, Ordering::AcqRel);
+        blocked
+    }
+
+    fn blpop_on_a_connection(&self, block: Duration) -> bool {
+        let Ok(mut con) = self.redis.conn_timeout(CHECKOUT.min(block)) else {
+            return false;
+        };
+        let read_timeout = block + self.redis.config().timeouts.response;
+        if con.set_response_timeout(Some(read_timeout)).is_err() {
+            return false;
+        }
+        let reply: redis::RedisResult<Option<(String, String)>> = redis::cmd("BLPOP")
+            .arg(self.wake_key)
+            .arg(format!("{:.3}", block.as_secs_f64()))
+            .query(&mut con);
+        match reply {
+            Ok(_) => true,
+            Err(e) => {
+                log::debug!("lock waiter: BLPOP on {} failed: {e}", self.wake_key);
+                false
+            }
+        }
+    }
+}
