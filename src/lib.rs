@@ -112,6 +112,7 @@
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
 mod breaker;
+pub mod cache;
 mod client;
 pub mod config;
 mod error;
@@ -122,12 +123,14 @@ mod pool;
 pub mod pubsub;
 pub mod ratelimit;
 pub mod retry;
+pub mod scan;
 mod script;
 mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use breaker::{BreakerConfig, BreakerState, FailureRate};
+pub use cache::{Cache, CacheStats};
 pub use client::{IntoConfig, Redis};
 pub use config::{Addr, Config, ConfigBuilder, PoolConfig, Protocol, Timeouts, TlsConfig};
 pub use error::{Delivery, Error, ErrorClass, Result};
