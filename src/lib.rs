@@ -125,6 +125,7 @@ pub mod ratelimit;
 pub mod retry;
 pub mod scan;
 mod script;
+pub mod session;
 mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -140,6 +141,7 @@ pub use histogram::Latency;
 pub use pool::PooledConnection;
 pub use retry::{Backoff, BackoffDelays, Jitter, RetryPolicy};
 pub use script::{Pipeline, Script, ScriptCall};
+pub use session::{Session, SessionStore};
 pub use stats::{ErrorCounts, PoolStats, Stats};
 
 /// The `redis` crate, re-exported so that versions always match.
