@@ -119,6 +119,8 @@ mod error;
 pub mod events;
 pub mod heartbeat;
 mod histogram;
+pub mod metrics;
+pub mod monitor;
 mod pool;
 pub mod pubsub;
 pub mod ratelimit;
