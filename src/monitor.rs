@@ -192,10 +192,16 @@ impl Info {
     /// [`Info::sections`] and left out of the typed fields.
     ///
     /// ```
-    /// let info = redkit::monitor::Info::parse(
-    ///     "# Server\r\nredis_version:7.2.4\r\nuptime_in_seconds:42\r\n\r\n\
-    ///      # Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=100\r\n",
-    /// );
+    /// let text = [
+    ///     "# Server",
+    ///     "redis_version:7.2.4",
+    ///     "uptime_in_seconds:42",
+    ///     "",
+    ///     "# Keyspace",
+    ///     "db0:keys=3,expires=1,avg_ttl=100",
+    /// ]
+    /// .join("\r\n");
+    /// let info = redkit::monitor::Info::parse(&text);
     /// assert_eq!(info.server.redis_version.as_deref(), Some("7.2.4"));
     /// assert_eq!(info.keyspace[0].keys, 3);
     /// assert_eq!(info.get("server", "uptime_in_seconds"), Some("42"));
