@@ -346,6 +346,20 @@ impl Redis {
         )
     }
 
+    /// Count, errors and round-trip latency per command name, recorded by the handle's
+    /// connections (see [`CommandStats`](crate::metrics::CommandStats)), sorted by name.
+    ///
+    /// ```no_run
+    /// let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+    /// for c in redis.command_metrics() {
+    ///     println!("{}: {} calls, {} errors, p99 {:?}", c.name, c.count, c.errors, c.latency.p99);
+    /// }
+    /// # Ok::<(), redkit::Error>(())
+    /// ```
+    pub fn command_metrics(&self) -> Vec<crate::metrics::CommandStats> {
+        self.inner.shared.command_metrics.snapshot()
+    }
+
     /// The circuit breaker's state.
     pub fn breaker_state(&self) -> BreakerState {
         self.inner.breaker().state()
@@ -679,7 +693,7 @@ impl Drop for ProbeGuard<'_> {
 }
 
 /// The name of the first command in a packed RESP request (`*N\r\n$len\r\nNAME\r\n...`).
-fn packed_command_name(packed: &[u8]) -> Option<&[u8]> {
+pub(crate) fn packed_command_name(packed: &[u8]) -> Option<&[u8]> {
     let rest = packed.strip_prefix(b"*")?;
     let rest = &rest[rest.iter().position(|b| *b == b'\n')? + 1..];
     let rest = rest.strip_prefix(b"$")?;

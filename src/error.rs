@@ -232,6 +232,14 @@ pub enum Error {
         /// What happened (a panic message).
         reason: String,
     },
+    /// A stored value could not be decoded (a cache entry or session written in another
+    /// format, or by another program). Never turned into a silent miss.
+    Decode {
+        /// The key that holds the value.
+        key: String,
+        /// Why it could not be decoded.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -284,6 +292,7 @@ impl Error {
             Error::RateLimited { .. } => ErrorClass::RateLimited,
             Error::LockTimeout { .. } => ErrorClass::LockTimeout,
             Error::Background { .. } => ErrorClass::Other,
+            Error::Decode { .. } => ErrorClass::Conversion,
         }
     }
 
@@ -450,6 +459,9 @@ impl fmt::Display for Error {
             Error::Background { thread, reason } => {
                 write!(f, "background thread `{thread}` failed: {reason}")
             }
+            Error::Decode { key, reason } => {
+                write!(f, "the value at `{key}` could not be decoded: {reason}")
+            }
         }
     }
 }
@@ -496,6 +508,11 @@ impl fmt::Debug for Error {
             Error::Background { thread, reason } => f
                 .debug_struct("Background")
                 .field("thread", thread)
+                .field("reason", reason)
+                .finish(),
+            Error::Decode { key, reason } => f
+                .debug_struct("Decode")
+                .field("key", key)
                 .field("reason", reason)
                 .finish(),
         }

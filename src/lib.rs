@@ -112,6 +112,7 @@
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
 mod breaker;
+pub mod cache;
 mod client;
 pub mod config;
 mod error;
@@ -119,16 +120,22 @@ pub mod events;
 pub mod heartbeat;
 mod histogram;
 pub mod lock;
+pub mod metrics;
+pub mod monitor;
 mod pool;
 pub mod pubsub;
 pub mod ratelimit;
+pub mod registry;
 pub mod retry;
+pub mod scan;
 mod script;
+pub mod session;
 mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use breaker::{BreakerConfig, BreakerState, FailureRate};
+pub use cache::{Cache, CacheStats};
 pub use client::{IntoConfig, Redis};
 pub use config::{Addr, Config, ConfigBuilder, PoolConfig, Protocol, Timeouts, TlsConfig};
 pub use error::{Delivery, Error, ErrorClass, Result};
@@ -137,8 +144,10 @@ pub use heartbeat::HeartbeatConfig;
 pub use histogram::Latency;
 pub use lock::{Lock, LockGuard};
 pub use pool::PooledConnection;
+pub use registry::Registry;
 pub use retry::{Backoff, BackoffDelays, Jitter, RetryPolicy};
 pub use script::{Pipeline, Script, ScriptCall};
+pub use session::{Session, SessionStore};
 pub use stats::{ErrorCounts, PoolStats, Stats};
 
 /// The `redis` crate, re-exported so that versions always match.

@@ -23,6 +23,7 @@ use crate::error::{Delivery, Error, ErrorClass, Result};
 use crate::events::{AtomicHealth, Event, Health, Listeners};
 use crate::heartbeat::Kick;
 use crate::histogram::Histogram;
+use crate::metrics::CommandMetrics;
 use crate::stats::Counters;
 
 /// State shared by the handle, the heartbeat thread, the manager and every pooled connection.
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     pub(crate) heartbeat_latency: Histogram,
     heartbeat_last_us: AtomicU64,
     pub(crate) command_latency: Histogram,
+    /// Count, errors and latency per command name.
+    pub(crate) command_metrics: CommandMetrics,
     times: Mutex<Times>,
     /// Set by `Redis::close`: no new connections, every call fails with `Error::Closed`.
     pub(crate) closed: AtomicBool,
@@ -86,6 +89,7 @@ impl Shared {
             heartbeat_latency: Histogram::new(LATENCY_WINDOW),
             heartbeat_last_us: AtomicU64::new(0),
             command_latency: Histogram::new(LATENCY_WINDOW),
+            command_metrics: CommandMetrics::default(),
             times: Mutex::new(Times {
                 started: Instant::now(),
                 connected_at: None,
@@ -215,6 +219,7 @@ impl Shared {
         let now = Instant::now();
         self.heartbeat_latency.maybe_rotate(now);
         self.command_latency.maybe_rotate(now);
+        self.command_metrics.rotate(now);
     }
 
     pub(crate) fn mark_connected(&self) {
@@ -557,6 +562,17 @@ impl PooledConnection {
             .counters
             .commands
             .fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        let result = self.exec_packed_unmetered(cmd);
+        let failed = !matches!(&result, Ok(v) if !matches!(v, Value::ServerError(_)));
+        let name = crate::client::packed_command_name(cmd).unwrap_or(b"UNKNOWN");
+        self.shared
+            .command_metrics
+            .record(name, start.elapsed(), failed);
+        result
+    }
+
+    fn exec_packed_unmetered(&mut self, cmd: &[u8]) -> Result<Value> {
         if self.conn.broken {
             return Err(stale());
         }
@@ -585,17 +601,21 @@ impl PooledConnection {
         if self.conn.broken {
             return Err(stale());
         }
-        self.conn
-            .con
-            .req_packed_commands(cmd, offset, count)
-            .map_err(|e| {
-                let delivery = if e.is_io_error() || e.kind() == redis::ErrorKind::Parse {
-                    Delivery::Unknown
-                } else {
-                    Delivery::Answered
-                };
-                self.fail(Error::from_wire(e, delivery))
-            })
+        let start = Instant::now();
+        let result = self.conn.con.req_packed_commands(cmd, offset, count);
+        let failed =
+            !matches!(&result, Ok(vs) if !vs.iter().any(|v| matches!(v, Value::ServerError(_))));
+        self.shared
+            .command_metrics
+            .record(b"PIPELINE", start.elapsed(), failed);
+        result.map_err(|e| {
+            let delivery = if e.is_io_error() || e.kind() == redis::ErrorKind::Parse {
+                Delivery::Unknown
+            } else {
+                Delivery::Answered
+            };
+            self.fail(Error::from_wire(e, delivery))
+        })
     }
 }
 

@@ -1,0 +1,948 @@
+//! A namespaced cache: typed values with a default TTL, stampede-proof loading, multi-get,
+//! tags and pattern invalidation, and hit/miss statistics.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use redkit::cache::Cache;
+//!
+//! let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+//! let cache = Cache::builder(&redis, "products")
+//!     .default_ttl(Duration::from_secs(600))
+//!     .early_refresh(1.0)
+//!     .build()?;
+//!
+//! // Many threads (and processes) asking for one cold key run the loader once.
+//! let name: String = cache.get_or_set("p:1", None, || {
+//!     Ok::<_, redkit::Error>("expensive".to_owned()) // e.g. a database query
+//! })?;
+//!
+//! // One round trip for many keys.
+//! let names: Vec<Option<String>> = cache.mget(&["p:1", "p:2"])?;
+//!
+//! // Tags, and invalidating everything under one.
+//! cache.set_tagged("p:3", &"widget".to_owned(), None, &["catalog"])?;
+//! let removed = cache.invalidate_tag("catalog")?;
+//! println!("hit ratio {:.2}", cache.stats().hit_ratio());
+//! # Ok::<(), redkit::Error>(())
+//! ```
+//!
+//! ## Keys, values and clusters
+//!
+//! A cache named `products` keeps its values at `redkit:cache:{products}:v:<key>` (after the
+//! handle's own [`key_prefix`](crate::ConfigBuilder::key_prefix)), its load locks at
+//! `...:l:<key>` and its tag sets at `...:t:<tag>`. The cache name is the hash tag: on Redis
+//! Cluster every key of one cache lives in one slot, which is what makes `invalidate_tag` one
+//! atomic script and `mget` one `MGET`. Spread load over the cluster with several caches.
+//!
+//! Values are stored in a small frame (one byte of kind, and for loaded values the time the
+//! load took, for early refresh): read them through the cache. A value that does not decode
+//! is an [`Error::Decode`] naming the key, never a silent miss. Counters
+//! ([`Cache::increment`]) are plain integers, read with [`Cache::counter`].
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use redis::Value;
+
+use crate::error::{Error, Result};
+use crate::scan::ScanIter;
+use crate::{Pipeline, Redis, Script};
+
+mod value;
+
+pub use value::CacheValue;
+#[cfg(feature = "json")]
+pub use value::Json;
+use value::{absent_frame, frame, unframe, Frame};
+
+fn script(cell: &'static OnceLock<Script>, code: &str) -> &'static Script {
+    cell.get_or_init(|| Script::new(code))
+}
+
+macro_rules! lua {
+    ($name:ident, $file:literal) => {
+        fn $name() -> &'static Script {
+            static S: OnceLock<Script> = OnceLock::new();
+            script(&S, include_str!($file))
+        }
+    };
+}
+
+lua!(get_or_lock_script, "get_or_lock.lua");
+lua!(store_script, "store.lua");
+lua!(unlock_script, "unlock.lua");
+lua!(set_tagged_script, "set_tagged.lua");
+lua!(invalidate_tag_script, "invalidate_tag.lua");
+lua!(incr_script, "incr.lua");
+
+/// The settings of a [`Cache`], made by [`CacheBuilder`].
+#[derive(Debug, Clone)]
+struct Settings {
+    default_ttl: Duration,
+    lock_ttl: Duration,
+    lock_wait: Duration,
+    early_refresh: Option<f64>,
+    negative_ttl: Option<Duration>,
+}
+
+/// Builds a [`Cache`]; every setting has a default.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct CacheBuilder {
+    redis: Redis,
+    name: String,
+    prefix: String,
+    settings: Settings,
+}
+
+impl CacheBuilder {
+    /// The prefix in front of the cache's name in every key. Defaults to `redkit:cache:`
+    /// (after the handle's own key prefix, if any).
+    pub fn prefix(mut self, prefix: &str) -> CacheBuilder {
+        self.prefix = prefix.to_owned();
+        self
+    }
+
+    /// The TTL of values stored without one. Defaults to 5 minutes.
+    pub fn default_ttl(mut self, ttl: Duration) -> CacheBuilder {
+        self.settings.default_ttl = ttl;
+        self
+    }
+
+    /// How long the cross-process load lock of [`Cache::get_or_set`] lives at most (a loader
+    /// that crashes holds it this long). Defaults to 10 s.
+    pub fn lock_ttl(mut self, ttl: Duration) -> CacheBuilder {
+        self.settings.lock_ttl = ttl;
+        self
+    }
+
+    /// How long [`Cache::get_or_set`] waits for another thread's or process's load before
+    /// loading itself. Defaults to 5 s.
+    pub fn lock_wait(mut self, wait: Duration) -> CacheBuilder {
+        self.settings.lock_wait = wait;
+        self
+    }
+
+    /// Probabilistic early refresh (XFetch) in [`Cache::get_or_set`]: a read refreshes a
+    /// value before it expires with a probability that grows as expiry nears and with the
+    /// time its load took; `beta` scales it (1.0 is the usual choice, above 1 refreshes
+    /// earlier). One caller refreshes; the others keep getting the current value. Defaults
+    /// to off.
+    pub fn early_refresh(mut self, beta: f64) -> CacheBuilder {
+        self.settings.early_refresh = Some(beta);
+        self
+    }
+
+    /// Negative caching in [`Cache::get_or_set_optional`]: a loader's "not found" is cached
+    /// for `ttl`, so that a missing row is not looked up again on every request. Defaults to
+    /// off.
+    pub fn negative_ttl(mut self, ttl: Duration) -> CacheBuilder {
+        self.settings.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// Validates the settings.
+    pub fn build(self) -> Result<Cache> {
+        let s = &self.settings;
+        ttl_ms("cache.default_ttl", s.default_ttl)?;
+        ttl_ms("cache.lock_ttl", s.lock_ttl)?;
+        if let Some(t) = s.negative_ttl {
+            ttl_ms("cache.negative_ttl", t)?;
+        }
+        if let Some(beta) = s.early_refresh {
+            if !(beta.is_finite() && beta > 0.0) {
+                return Err(Error::config(
+                    "cache.early_refresh",
+                    "beta must be a positive number",
+                ));
+            }
+        }
+        if self.name.is_empty() {
+            return Err(Error::config("cache.name", "must not be empty"));
+        }
+        let namespace = self
+            .redis
+            .key(&format!("{}{{{}}}:", self.prefix, self.name));
+        Ok(Cache {
+            redis: self.redis,
+            inner: Arc::new(Inner {
+                namespace,
+                settings: self.settings,
+                counters: Counters::default(),
+                flights: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+fn ttl_ms(setting: &'static str, d: Duration) -> Result<u64> {
+    if d < Duration::from_millis(1) {
+        return Err(Error::config(setting, "must be at least 1 ms"));
+    }
+    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    loads: AtomicU64,
+    load_errors: AtomicU64,
+    stampedes_avoided: AtomicU64,
+    early_refreshes: AtomicU64,
+}
+
+/// A snapshot of a cache's counters, from [`Cache::stats`] (shared by every clone).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    /// Reads that found a value (a cached "not found" counts as a hit).
+    pub hits: u64,
+    /// Reads that found nothing.
+    pub misses: u64,
+    /// Loader calls.
+    pub loads: u64,
+    /// Loader calls that failed.
+    pub load_errors: u64,
+    /// Callers of `get_or_set` that missed but got another caller's load instead of loading
+    /// themselves (in this process or another).
+    pub stampedes_avoided: u64,
+    /// Values refreshed early (XFetch).
+    pub early_refreshes: u64,
+}
+
+impl CacheStats {
+    /// `hits / (hits + misses)`, 0 before any read.
+    pub fn hit_ratio(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+}
+
+/// What a load published to the callers waiting for it in this process.
+enum Outcome {
+    /// The stored frame.
+    Stored(Vec<u8>),
+    /// The load failed: waiters try again themselves.
+    Failed,
+}
+
+#[derive(Default)]
+struct Flight {
+    outcome: Mutex<Option<Outcome>>,
+    done: Condvar,
+}
+
+struct Inner {
+    namespace: String,
+    settings: Settings,
+    counters: Counters,
+    flights: Mutex<HashMap<String, Arc<Flight>>>,
+}
+
+/// A namespaced cache on a [`Redis`] handle. Cheap to clone; clones share statistics and
+/// in-process single-flight. See the [module docs](self) for the key layout.
+#[derive(Clone)]
+pub struct Cache {
+    redis: Redis,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("namespace", &self.inner.namespace)
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The leader of an in-process load: publishes the outcome and leaves the flight map, also
+/// when the loader panics.
+struct Leader<'a> {
+    cache: &'a Cache,
+    key: String,
+    flight: Arc<Flight>,
+    outcome: Option<Outcome>,
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.cache.inner.flights.lock().remove(&self.key);
+        *self.flight.outcome.lock() = Some(self.outcome.take().unwrap_or(Outcome::Failed));
+        self.flight.done.notify_all();
+    }
+}
+
+/// What the in-process single-flight said.
+enum Joined<'a> {
+    Leader(Leader<'a>),
+    Follower(Arc<Flight>),
+}
+
+impl Cache {
+    /// A cache named `name` (part of its keys) with default settings.
+    pub fn new(redis: &Redis, name: &str) -> Result<Cache> {
+        Cache::builder(redis, name).build()
+    }
+
+    /// A builder for a cache named `name`.
+    pub fn builder(redis: &Redis, name: &str) -> CacheBuilder {
+        CacheBuilder {
+            redis: redis.clone(),
+            name: name.to_owned(),
+            prefix: "redkit:cache:".to_owned(),
+            settings: Settings {
+                default_ttl: Duration::from_secs(300),
+                lock_ttl: Duration::from_secs(10),
+                lock_wait: Duration::from_secs(5),
+                early_refresh: None,
+                negative_ttl: None,
+            },
+        }
+    }
+
+    /// The Redis key that holds `key`'s value.
+    pub fn key(&self, key: &str) -> String {
+        format!("{}v:{key}", self.inner.namespace)
+    }
+
+    fn lock_key(&self, key: &str) -> String {
+        format!("{}l:{key}", self.inner.namespace)
+    }
+
+    /// The Redis key of a tag's set of keys.
+    pub fn tag_key(&self, tag: &str) -> String {
+        format!("{}t:{tag}", self.inner.namespace)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.inner.counters;
+        CacheStats {
+            hits: c.hits.load(Relaxed),
+            misses: c.misses.load(Relaxed),
+            loads: c.loads.load(Relaxed),
+            load_errors: c.load_errors.load(Relaxed),
+            stampedes_avoided: c.stampedes_avoided.load(Relaxed),
+            early_refreshes: c.early_refreshes.load(Relaxed),
+        }
+    }
+
+    fn ttl_or_default(&self, ttl: Option<Duration>) -> Result<u64> {
+        ttl_ms("cache.ttl", ttl.unwrap_or(self.inner.settings.default_ttl))
+    }
+
+    fn count(&self, hit: bool) {
+        let c = &self.inner.counters;
+        if hit {
+            c.hits.fetch_add(1, Relaxed);
+        } else {
+            c.misses.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Decodes a stored frame: `None` for a cached "not found".
+    fn decode<V: CacheValue>(&self, key: &str, bytes: &[u8]) -> Result<Option<V>> {
+        let decode_err = |reason: String| Error::Decode {
+            key: self.key(key),
+            reason,
+        };
+        match unframe(bytes).map_err(decode_err)? {
+            Frame::Absent => Ok(None),
+            Frame::Value(payload, _) => V::decode(payload).map(Some).map_err(decode_err),
+        }
+    }
+
+    fn encode<V: CacheValue>(
+        &self,
+        key: &str,
+        value: &V,
+        load: Option<Duration>,
+    ) -> Result<Vec<u8>> {
+        frame(value, load).map_err(|reason| Error::Decode {
+            key: self.key(key),
+            reason: format!("could not encode: {reason}"),
+        })
+    }
+
+    /// The value of `key`, `None` when there is none (or a cached "not found").
+    pub fn get<V: CacheValue>(&self, key: &str) -> Result<Option<V>> {
+        let bytes: Option<Vec<u8>> = self.redis.query(redis::cmd("GET").arg(self.key(key)))?;
+        self.count(bytes.is_some());
+        match bytes {
+            Some(b) => self.decode(key, &b),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores `value` with the default TTL.
+    pub fn set<V: CacheValue>(&self, key: &str, value: &V) -> Result<()> {
+        self.set_ttl(key, value, None)
+    }
+
+    /// Stores `value` for `ttl` (the default TTL when `None`).
+    pub fn set_ttl<V: CacheValue>(
+        &self,
+        key: &str,
+        value: &V,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let ms = self.ttl_or_default(ttl)?;
+        let bytes = self.encode(key, value, None)?;
+        self.redis.query_idempotent(
+            redis::cmd("SET")
+                .arg(self.key(key))
+                .arg(bytes)
+                .arg("PX")
+                .arg(ms),
+        )
+    }
+
+    /// Stores `value` for `ttl` (the default TTL when `None`) and adds the key to every tag
+    /// in `tags`, in one script. A key keeps its tags until it is deleted or invalidated
+    /// (storing it again without tags does not untag it).
+    pub fn set_tagged<V: CacheValue>(
+        &self,
+        key: &str,
+        value: &V,
+        ttl: Option<Duration>,
+        tags: &[&str],
+    ) -> Result<()> {
+        let ms = self.ttl_or_default(ttl)?;
+        let bytes = self.encode(key, value, None)?;
+        let mut call = set_tagged_script().key(self.key(key));
+        for tag in tags {
+            call = call.key(self.tag_key(tag));
+        }
+        call.arg(bytes).arg(ms).run::<()>(&self.redis)
+    }
+
+    /// Removes every key tagged `tag` (and the tag), atomically. Returns how many keys
+    /// existed.
+    pub fn invalidate_tag(&self, tag: &str) -> Result<u64> {
+        invalidate_tag_script()
+            .key(self.tag_key(tag))
+            .run(&self.redis)
+    }
+
+    /// Removes every key of this cache matching the glob-style `pattern` (`user:*`), with
+    /// `SCAN` in batches of 1000 and `UNLINK`, never `KEYS`. Not atomic: a key written
+    /// meanwhile may survive. Returns how many keys were removed.
+    pub fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
+        let full = format!("{}{pattern}", glob_escape(&self.key("")));
+        let mut batch: Vec<Vec<u8>> = Vec::with_capacity(1000);
+        let mut removed = 0;
+        for key in ScanIter::<Vec<u8>>::keys(&self.redis)
+            .pattern(&full)
+            .count(1000)
+        {
+            batch.push(key?);
+            if batch.len() >= 1000 {
+                removed += self.unlink(&batch)?;
+                batch.clear();
+            }
+        }
+        if !batch.is_empty() {
+            removed += self.unlink(&batch)?;
+        }
+        Ok(removed)
+    }
+
+    fn unlink(&self, keys: &[Vec<u8>]) -> Result<u64> {
+        self.redis.query_idempotent(redis::cmd("UNLINK").arg(keys))
+    }
+
+    /// Removes `key`. Returns whether it existed.
+    pub fn delete(&self, key: &str) -> Result<bool> {
+        let n: u64 = self
+            .redis
+            .query_idempotent(redis::cmd("UNLINK").arg(self.key(key)))?;
+        Ok(n > 0)
+    }
+
+    /// Whether `key` holds a value (or a cached "not found").
+    pub fn exists(&self, key: &str) -> Result<bool> {
+        let n: u64 = self.redis.query(redis::cmd("EXISTS").arg(self.key(key)))?;
+        Ok(n > 0)
+    }
+
+    /// Sets `key`'s TTL. Returns whether the key exists.
+    pub fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
+        let ms = ttl_ms("cache.ttl", ttl)?;
+        let n: u64 = self
+            .redis
+            .query_idempotent(redis::cmd("PEXPIRE").arg(self.key(key)).arg(ms))?;
+        Ok(n > 0)
+    }
+
+    /// Adds `by` to the counter at `key` (created at 0 with the default TTL; an existing
+    /// counter keeps its TTL). Returns the new value. Never resent after an unknown fate.
+    pub fn increment(&self, key: &str, by: i64) -> Result<i64> {
+        let ms = self.ttl_or_default(None)?;
+        incr_script()
+            .key(self.key(key))
+            .arg(by)
+            .arg(ms)
+            .run(&self.redis)
+    }
+
+    /// The counter at `key`.
+    pub fn counter(&self, key: &str) -> Result<Option<i64>> {
+        let v: Option<Vec<u8>> = self.redis.query(redis::cmd("GET").arg(self.key(key)))?;
+        self.count(v.is_some());
+        v.map(|b| {
+            i64::decode(&b).map_err(|reason| Error::Decode {
+                key: self.key(key),
+                reason,
+            })
+        })
+        .transpose()
+    }
+
+    /// The values of many keys in one round trip (`MGET`), in order; counts a hit or a miss
+    /// per key.
+    pub fn mget<V: CacheValue, K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for k in keys {
+            cmd.arg(self.key(k.as_ref()));
+        }
+        let values: Vec<Option<Vec<u8>>> = self.redis.query(&cmd)?;
+        let (mut hits, mut misses) = (0, 0);
+        let mut out = Vec::with_capacity(values.len());
+        for (k, v) in keys.iter().zip(values) {
+            match v {
+                Some(b) => {
+                    hits += 1;
+                    out.push(self.decode(k.as_ref(), &b)?);
+                }
+                None => {
+                    misses += 1;
+                    out.push(None);
+                }
+            }
+        }
+        let c = &self.inner.counters;
+        c.hits.fetch_add(hits, Relaxed);
+        c.misses.fetch_add(misses, Relaxed);
+        Ok(out)
+    }
+
+    /// Stores many values in one round trip (a pipeline of `SET .. PX`), each for `ttl`
+    /// (the default TTL when `None`).
+    pub fn mset<V: CacheValue, K: AsRef<str>>(
+        &self,
+        items: &[(K, V)],
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let ms = self.ttl_or_default(ttl)?;
+        let mut pipe = Pipeline::new();
+        for (k, v) in items {
+            let bytes = self.encode(k.as_ref(), v, None)?;
+            pipe.cmd("SET")
+                .arg(self.key(k.as_ref()))
+                .arg(bytes)
+                .arg("PX")
+                .arg(ms)
+                .ignore();
+        }
+        self.redis.run_idempotent(|con| pipe.query::<()>(con))
+    }
+
+    /// The value of `key`, or the loader's, stored for `ttl` (the default TTL when `None`).
+    ///
+    /// - **Single flight in this process**: concurrent misses for one key call the loader
+    ///   once; the other callers wait for its value.
+    /// - **Across processes**: the loading caller holds a short lock in Redis
+    ///   ([`lock_ttl`](CacheBuilder::lock_ttl)); callers in other processes wait for its
+    ///   value, at most [`lock_wait`](CacheBuilder::lock_wait), then load themselves.
+    /// - **Early refresh** ([`early_refresh`](CacheBuilder::early_refresh)): a hot value is
+    ///   reloaded by one caller shortly before it expires.
+    ///
+    /// When the loader fails, its error is returned to its caller, nothing is stored, and the
+    /// callers that waited for it try again themselves.
+    pub fn get_or_set<V, E, F>(&self, key: &str, ttl: Option<Duration>, loader: F) -> Result<V, E>
+    where
+        V: CacheValue,
+        E: From<Error>,
+        F: FnOnce() -> Result<V, E>,
+    {
+        let got = self.load_through(key, ttl, || loader().map(Some), false)?;
+        got.ok_or_else(|| {
+            E::from(Error::Decode {
+                key: self.key(key),
+                reason: "a cached \"not found\" where a value was expected".to_owned(),
+            })
+        })
+    }
+
+    /// Like [`Cache::get_or_set`] for a loader that may find nothing (`Ok(None)`). With
+    /// [`negative_ttl`](CacheBuilder::negative_ttl), "not found" is cached too.
+    pub fn get_or_set_optional<V, E, F>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        loader: F,
+    ) -> Result<Option<V>, E>
+    where
+        V: CacheValue,
+        E: From<Error>,
+        F: FnOnce() -> Result<Option<V>, E>,
+    {
+        self.load_through(key, ttl, loader, true)
+    }
+
+    fn load_through<V, E, F>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        loader: F,
+        optional: bool,
+    ) -> Result<Option<V>, E>
+    where
+        V: CacheValue,
+        E: From<Error>,
+        F: FnOnce() -> Result<Option<V>, E>,
+    {
+        let ms = self.ttl_or_default(ttl)?;
+        let full = self.key(key);
+        let deadline = Instant::now() + self.inner.settings.lock_wait;
+        // 1. A read; with early refresh, also the time to live.
+        if let Some((bytes, pttl)) = self.read(&full)? {
+            self.count(true);
+            if let Some(pttl) = pttl {
+                if self.should_refresh(&bytes, pttl) {
+                    return self.refresh(key, ms, bytes, loader, optional);
+                }
+            }
+            return Ok(self.decode(key, &bytes)?);
+        }
+        self.count(false);
+        // 2. Single flight in this process.
+        loop {
+            match self.join(&full) {
+                Joined::Leader(leader) => {
+                    return self.lead(key, ms, leader, loader, optional, deadline)
+                }
+                Joined::Follower(flight) => {
+                    if let Some(bytes) = self.follow(&flight, deadline) {
+                        self.inner.counters.stampedes_avoided.fetch_add(1, Relaxed);
+                        return Ok(self.decode(key, &bytes)?);
+                    }
+                    if Instant::now() >= deadline {
+                        // Waited long enough: load without the others.
+                        return self.load_and_store(key, ms, None, None, loader, optional);
+                    }
+                    // The leader failed: read again, then maybe lead.
+                    if let Some((bytes, _)) = self.read(&full)? {
+                        self.inner.counters.stampedes_avoided.fetch_add(1, Relaxed);
+                        return Ok(self.decode(key, &bytes)?);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `GET`, or `GET` and `PTTL` in one round trip when early refresh is on.
+    fn read(&self, full: &str) -> Result<Option<(Vec<u8>, Option<i64>)>> {
+        if self.inner.settings.early_refresh.is_none() {
+            let v: Option<Vec<u8>> = self.redis.query(redis::cmd("GET").arg(full))?;
+            return Ok(v.map(|b| (b, None)));
+        }
+        let mut pipe = Pipeline::new();
+        pipe.cmd("GET").arg(full).cmd("PTTL").arg(full);
+        let (v, pttl): (Option<Vec<u8>>, i64) = self.redis.pipeline(&pipe)?;
+        Ok(v.map(|b| (b, Some(pttl))))
+    }
+
+    /// XFetch: refresh when `-delta * beta * ln(rand) >= time to live`.
+    fn should_refresh(&self, bytes: &[u8], pttl_ms: i64) -> bool {
+        let (Some(beta), Ok(Frame::Value(_, Some(delta)))) =
+            (self.inner.settings.early_refresh, unframe(bytes))
+        else {
+            return false;
+        };
+        if pttl_ms < 0 {
+            return false;
+        }
+        let gap = -(delta.as_secs_f64() * 1000.0) * beta * unit_random().ln();
+        gap >= pttl_ms as f64
+    }
+
+    /// An early refresh: one caller (in this process, and across processes through the
+    /// lock) reloads; everyone else, and this caller when someone else is at it, gets the
+    /// current value.
+    fn refresh<V, E, F>(
+        &self,
+        key: &str,
+        ms: u64,
+        current: Vec<u8>,
+        loader: F,
+        optional: bool,
+    ) -> Result<Option<V>, E>
+    where
+        V: CacheValue,
+        E: From<Error>,
+        F: FnOnce() -> Result<Option<V>, E>,
+    {
+        let full = self.key(key);
+        let Joined::Leader(mut leader) = self.join(&full) else {
+            return Ok(self.decode(key, &current)?);
+        };
+        let token = lock_token();
+        let locked: Option<String> = self.redis.query(
+            redis::cmd("SET")
+                .arg(self.lock_key(key))
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms("cache.lock_ttl", self.inner.settings.lock_ttl)?),
+        )?;
+        if locked.is_none() {
+            leader.outcome = Some(Outcome::Stored(current.clone()));
+            drop(leader);
+            return Ok(self.decode(key, &current)?);
+        }
+        self.inner.counters.early_refreshes.fetch_add(1, Relaxed);
+        self.load_and_store(key, ms, Some(&mut leader), Some(token), loader, optional)
+    }
+
+    fn join(&self, full: &str) -> Joined<'_> {
+        let mut flights = self.inner.flights.lock();
+        if let Some(f) = flights.get(full) {
+            return Joined::Follower(f.clone());
+        }
+        let flight = Arc::new(Flight::default());
+        flights.insert(full.to_owned(), flight.clone());
+        Joined::Leader(Leader {
+            cache: self,
+            key: full.to_owned(),
+            flight,
+            outcome: None,
+        })
+    }
+
+    /// Waits for the leader's outcome until `deadline`: the stored frame, or `None` when it
+    /// failed or took too long.
+    fn follow(&self, flight: &Flight, deadline: Instant) -> Option<Vec<u8>> {
+        let mut outcome = flight.outcome.lock();
+        while outcome.is_none() {
+            if flight.done.wait_until(&mut outcome, deadline).timed_out() {
+                break;
+            }
+        }
+        match &*outcome {
+            Some(Outcome::Stored(bytes)) => Some(bytes.clone()),
+            _ => None,
+        }
+    }
+
+    /// The in-process leader: takes the cross-process lock (or waits for the process that
+    /// holds it), loads and stores.
+    fn lead<V, E, F>(
+        &self,
+        key: &str,
+        ms: u64,
+        mut leader: Leader<'_>,
+        loader: F,
+        optional: bool,
+        deadline: Instant,
+    ) -> Result<Option<V>, E>
+    where
+        V: CacheValue,
+        E: From<Error>,
+        F: FnOnce() -> Result<Option<V>, E>,
+    {
+        let full = self.key(key);
+        let lock = self.lock_key(key);
+        let lock_ms = ttl_ms("cache.lock_ttl", self.inner.settings.lock_ttl)?;
+        let mut pause = Duration::from_millis(2);
+        let mut waited = false;
+        loop {
+            let token = lock_token();
+            let reply: Vec<Value> = get_or_lock_script()
+                .key(&full)
+                .key(&lock)
+                .arg(&token)
+                .arg(lock_ms)
+                .run(&self.redis)?;
+            match reply.first() {
+                Some(Value::Int(1)) => {
+                    let bytes = match reply.get(1) {
+                        Some(Value::BulkString(b)) => b.clone(),
+                        _ => Vec::new(),
+                    };
+                    if waited {
+                        self.inner.counters.stampedes_avoided.fetch_add(1, Relaxed);
+                    }
+                    leader.outcome = Some(Outcome::Stored(bytes.clone()));
+                    drop(leader);
+                    return Ok(self.decode(key, &bytes)?);
+                }
+                Some(Value::Int(2)) => {
+                    return self.load_and_store(
+                        key,
+                        ms,
+                        Some(&mut leader),
+                        Some(token),
+                        loader,
+                        optional,
+                    );
+                }
+                _ => {
+                    // Another process is loading: wait for its value.
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return self.load_and_store(
+                            key,
+                            ms,
+                            Some(&mut leader),
+                            None,
+                            loader,
+                            optional,
+                        );
+                    }
+                    waited = true;
+                    std::thread::sleep(pause.min(deadline - now));
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Calls the loader, stores its value (and releases the lock when `token` is ours), and
+    /// publishes the outcome to the in-process waiters of `leader`.
+    fn load_and_store<V, E, F>(
+        &self,
+        key: &str,
+        ms: u64,
+        leader: Option<&mut Leader<'_>>,
+        token: Option<String>,
+        loader: F,
+        optional: bool,
+    ) -> Result<Option<V>, E>
+    where
+        V: CacheValue,
+        E: From<Error>,
+        F: FnOnce() -> Result<Option<V>, E>,
+    {
+        let c = &self.inner.counters;
+        c.loads.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        let loaded = loader();
+        let took = started.elapsed();
+        let value = match loaded {
+            Ok(v) => v,
+            Err(e) => {
+                c.load_errors.fetch_add(1, Relaxed);
+                if let Some(token) = token {
+                    let unlocked = unlock_script()
+                        .key(self.lock_key(key))
+                        .arg(token)
+                        .run::<i64>(&self.redis);
+                    if let Err(u) = unlocked {
+                        log::debug!("cache: releasing the load lock of {key} failed: {u}");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let (bytes, ttl) = match &value {
+            Some(v) => (self.encode(key, v, Some(took))?, ms),
+            None => match (optional, self.inner.settings.negative_ttl) {
+                (true, Some(neg)) => (absent_frame(), ttl_ms("cache.negative_ttl", neg)?),
+                _ => {
+                    // Nothing to store: release the lock, tell the waiters to load themselves.
+                    if let Some(token) = token {
+                        unlock_script()
+                            .key(self.lock_key(key))
+                            .arg(token)
+                            .run::<i64>(&self.redis)?;
+                    }
+                    return Ok(None);
+                }
+            },
+        };
+        match token {
+            Some(token) => store_script()
+                .key(self.key(key))
+                .key(self.lock_key(key))
+                .arg(bytes.as_slice())
+                .arg(ttl)
+                .arg(token)
+                .run::<()>(&self.redis)?,
+            None => self.redis.query_idempotent::<()>(
+                redis::cmd("SET")
+                    .arg(self.key(key))
+                    .arg(bytes.as_slice())
+                    .arg("PX")
+                    .arg(ttl),
+            )?,
+        }
+        if let Some(leader) = leader {
+            leader.outcome = Some(Outcome::Stored(bytes));
+        }
+        Ok(value)
+    }
+}
+
+/// A random lock token (not secret: it only tells lock holders apart).
+fn lock_token() -> String {
+    let h = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("{:016x}{:08x}", h, std::process::id())
+}
+
+/// A random number in (0, 1].
+fn unit_random() -> f64 {
+    let h = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+}
+
+/// Escapes the glob characters of a literal key prefix for `SCAN MATCH`.
+pub(crate) fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_are_escaped() {
+        assert_eq!(glob_escape("a{b}*?[x]\\"), "a{b}\\*\\?\\[x\\]\\\\");
+    }
+
+    #[test]
+    fn randoms_are_in_range_and_vary() {
+        let xs: Vec<f64> = (0..1000).map(|_| unit_random()).collect();
+        assert!(xs.iter().all(|x| *x > 0.0 && *x <= 1.0));
+        let mean = xs.iter().sum::<f64>() / 1000.0;
+        assert!((0.4..0.6).contains(&mean), "{mean}");
+        assert_ne!(lock_token(), lock_token());
+    }
+}

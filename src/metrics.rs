@@ -1,0 +1,137 @@
+//! Client-side metrics per command name, recorded by every pooled connection of a handle.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+
+use crate::histogram::{Histogram, Latency};
+
+/// At most this many distinct names are tracked; later ones count under `OTHER`.
+const MAX_NAMES: usize = 256;
+/// Names are upper-cased into a buffer of this size (longer names are cut).
+const NAME_LEN: usize = 32;
+/// The window of the per-command latency percentiles.
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// The metrics of one command name, from [`Redis::command_metrics`](crate::Redis::command_metrics).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandStats {
+    /// The command name, upper case (`GET`, `EVALSHA`...); `PIPELINE` for pipelines and
+    /// transactions (one per round trip); `OTHER` once 256 names are tracked.
+    pub name: String,
+    /// Commands sent since the handle was created (each attempt counts).
+    pub count: u64,
+    /// Of those, how many failed: an error reply, or no reply (connection error, timeout).
+    pub errors: u64,
+    /// Round-trip latency on the connection (write to reply, without checkout or retries),
+    /// over the last one to two minutes.
+    pub latency: Latency,
+}
+
+#[derive(Debug)]
+struct Metric {
+    count: AtomicU64,
+    errors: AtomicU64,
+    latency: Histogram,
+}
+
+impl Metric {
+    fn new() -> Metric {
+        Metric {
+            count: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: Histogram::new(WINDOW),
+        }
+    }
+}
+
+/// Per-command counters and latency histograms. Recording takes a shared read lock (no I/O
+/// under it) except the first time a name is seen.
+#[derive(Debug, Default)]
+pub(crate) struct CommandMetrics {
+    names: RwLock<HashMap<Box<[u8]>, Metric>>,
+}
+
+impl CommandMetrics {
+    /// Records one command (or pipeline) named `name`.
+    pub(crate) fn record(&self, name: &[u8], took: Duration, failed: bool) {
+        let mut buf = [0u8; NAME_LEN];
+        let n = name.len().min(NAME_LEN);
+        for (b, c) in buf.iter_mut().zip(&name[..n]) {
+            *b = c.to_ascii_uppercase();
+        }
+        let name = &buf[..n];
+        let add = |m: &Metric| {
+            m.count.fetch_add(1, Relaxed);
+            if failed {
+                m.errors.fetch_add(1, Relaxed);
+            }
+            m.latency.record(took);
+        };
+        if let Some(m) = self.names.read().get(name) {
+            add(m);
+            return;
+        }
+        let mut names = self.names.write();
+        let key: &[u8] = if names.len() < MAX_NAMES || names.contains_key(name) {
+            name
+        } else {
+            b"OTHER"
+        };
+        add(names.entry(key.into()).or_insert_with(Metric::new));
+    }
+
+    /// Starts new latency windows when due.
+    pub(crate) fn rotate(&self, now: Instant) {
+        for m in self.names.read().values() {
+            m.latency.maybe_rotate(now);
+        }
+    }
+
+    /// Every name's metrics, by name.
+    pub(crate) fn snapshot(&self) -> Vec<CommandStats> {
+        self.rotate(Instant::now());
+        let mut out: Vec<CommandStats> = self
+            .names
+            .read()
+            .iter()
+            .map(|(name, m)| CommandStats {
+                name: String::from_utf8_lossy(name).into_owned(),
+                count: m.count.load(Relaxed),
+                errors: m.errors.load(Relaxed),
+                latency: m.latency.latency(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_upper_cased_and_capped() {
+        let m = CommandMetrics::default();
+        m.record(b"get", Duration::from_micros(100), false);
+        m.record(b"GET", Duration::from_micros(300), true);
+        for i in 0..300 {
+            m.record(
+                format!("CMD{i}").as_bytes(),
+                Duration::from_micros(1),
+                false,
+            );
+        }
+        let s = m.snapshot();
+        let get = s.iter().find(|c| c.name == "GET").unwrap();
+        assert_eq!((get.count, get.errors, get.latency.count), (2, 1, 2));
+        assert!(get.latency.max >= Duration::from_micros(300));
+        assert_eq!(s.len(), MAX_NAMES + 1);
+        let other = s.iter().find(|c| c.name == "OTHER").unwrap();
+        assert_eq!(other.count, 300 - (MAX_NAMES as u64 - 1));
+    }
+}
