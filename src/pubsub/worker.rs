@@ -412,20 +412,17 @@ impl Worker {
                         ids.push(id);
                     }
                 }
-                let mut new: Vec<Vec<u8>> = Vec::new();
                 for n in &names {
-                    if self.server[kind.index()].insert(n.clone()) {
-                        new.push(n.clone());
-                    }
+                    self.server[kind.index()].insert(n.clone());
                 }
+                // Every name is sent, even one another subscription already has: the server
+                // confirms it again, so this call returns only once the server has it (the
+                // other subscription's own request may still be in flight).
+                let new = names.clone();
                 self.subs.insert(id, Sub { kind, names, sink });
                 self.update_counts();
                 if self.conn.is_none() {
                     self.waiting.push(reply);
-                    return;
-                }
-                if new.is_empty() {
-                    let _ = reply.try_send(Ok(()));
                     return;
                 }
                 let mut cmd = redis::cmd(kind.subscribe_cmd());
