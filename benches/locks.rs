@@ -13,7 +13,10 @@
 //!    as redsync and redis-py do.
 //!
 //! `cargo bench --bench locks`. `REDKIT_BENCH_OPS` sets the cycles per side (default 10000),
-//! `REDKIT_BENCH_HANDOFFS` the hand-offs per side (default 100).
+//! `REDKIT_BENCH_HANDOFFS` the hand-offs per side (default 100). Results go to stdout and to
+//! the `locks` section of `target/redkit-bench.json` (see `benches/common`).
+
+mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,33 +27,17 @@ use redkit::lock::Lock;
 use redkit::testing::RedisServer;
 use redkit::{Config, Redis};
 
+use common::{env_usize, median, percentile, Report, Target};
+
 const BLOCK: usize = 250;
+/// The targets from issue 5.
 const TARGET_RATIO: f64 = 0.95;
 const TARGET_P50: Duration = Duration::from_millis(2);
+/// How long each holder keeps the lock in the hand-off scenario (the other thread is waiting
+/// by then).
 const HOLD: Duration = Duration::from_millis(5);
 
 type Cycle = Box<dyn FnMut(usize)>;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 /// Runs `ours` and `theirs` in alternating blocks; returns (ours/s, theirs/s, median ratio).
 fn compare(ours: &mut Cycle, theirs: &mut Cycle, blocks: usize) -> (f64, f64, f64) {
@@ -192,23 +179,33 @@ fn main() {
         raw_lock(i);
         raw_trivial(i);
     }
-    println!(
-        "locks ({ops} cycles per side in blocks of {BLOCK}, one thread; ratio = median of per-block ratios)"
+    let mut report = Report::new(
+        "locks",
+        &format!(
+            "Lock acquire+release cycles vs raw EVALSHA ({ops} per side in blocks of {BLOCK}, \
+             one thread, median of per-block ratios); hand-off latency vs 50 ms polling"
+        ),
     );
-    println!(
-        "{:<44} {:>12} {:>12} {:>7} {:>8}",
-        "scenario", "redkit", "baseline", "ratio", "target"
-    );
+    report.param("cycles_per_side", ops);
+    report.param("handoffs_per_side", n_handoffs);
+    report.param("hold_ms", HOLD.as_millis() as u64);
     let (o, t, r) = compare(&mut ours, &mut raw_lock, blocks);
-    println!(
-        "{:<44} {:>10.0}/s {:>10.0}/s {:>7.3} {:>8}",
-        "uncontended acquire+release vs raw EVALSHA x2", o, t, r, ">=0.95"
+    report.throughput(
+        "uncontended acquire+release vs raw EVALSHA x2",
+        "/s",
+        o,
+        t,
+        r,
+        Target::RatioAtLeast(TARGET_RATIO),
     );
-    let verdict = if r >= TARGET_RATIO { "met" } else { "MISSED" };
-    let (o2, t2, r2) = compare(&mut ours, &mut raw_trivial, blocks);
-    println!(
-        "{:<44} {:>10.0}/s {:>10.0}/s {:>7.3} {:>8}",
-        "  reference: vs 2 trivial scripts, raw", o2, t2, r2, "-"
+    let (o, t, r) = compare(&mut ours, &mut raw_trivial, blocks);
+    report.throughput(
+        "  reference: vs 2 trivial scripts, raw",
+        "/s",
+        o,
+        t,
+        r,
+        Target::None,
     );
 
     // 2. Contended hand-off.
@@ -254,28 +251,17 @@ fn main() {
             assert_eq!(n, 1);
         },
     );
-    let (p50, p99) = (percentile(&ours, 0.5), percentile(&ours, 0.99));
-    let (b50, b99) = (percentile(&poll, 0.5), percentile(&poll, 0.99));
-    println!(
-        "{:<44} {:>9.2} ms {:>9.2} ms {:>7.3} {:>8}",
-        "contended hand-off p50 vs 50 ms polling",
-        ms(p50),
-        ms(b50),
-        ms(b50) / ms(p50),
-        "<2 ms"
+    report.latency(
+        "hand-off p50 (release to next acquire) vs 50 ms poll",
+        percentile(&ours, 0.5),
+        Some(percentile(&poll, 0.5)),
+        Target::Below(TARGET_P50),
     );
-    println!(
-        "{:<44} {:>9.2} ms {:>9.2} ms {:>7.3} {:>8}",
-        "contended hand-off p99 vs 50 ms polling",
-        ms(p99),
-        ms(b99),
-        ms(b99) / ms(p99),
-        "-"
+    report.latency(
+        "hand-off p99 vs 50 ms poll",
+        percentile(&ours, 0.99),
+        Some(percentile(&poll, 0.99)),
+        Target::None,
     );
-    println!(
-        "verdict: uncontended ratio {r:.3} {verdict}; hand-off p50 {:.2} ms {} ({} hand-offs per side)",
-        ms(p50),
-        if p50 < TARGET_P50 { "met" } else { "MISSED" },
-        ours.len()
-    );
+    report.finish();
 }
