@@ -9,6 +9,9 @@
 //! [Pub/Sub](pubsub) through a subscriber thread that never goes deaf (it pings, reconnects
 //! and resubscribes by itself) and hands messages over bounded crossbeam channels.
 //!
+//! [Distributed locks](lock): a mutex with fencing tokens, fast hand-off and a watchdog, a
+//! semaphore, a read-write lock, Redlock over several servers, and leader election.
+//!
 //! ## Quick start
 //!
 //! ```no_run

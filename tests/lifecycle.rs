@@ -73,6 +73,14 @@ fn dropping_every_handle_leaves_no_thread_and_no_connection() -> TestResult {
             handler.handled() == 1
         })?;
         assert_eq!(sub.recv_timeout(Duration::from_secs(5))?.payload(), b"y");
+        // A watchdog-renewed lock and a group member (one more thread: the lock watchdog).
+        let guard = redkit::lock::Lock::builder(&redis, "life")
+            .ttl(Duration::from_secs(1))
+            .watchdog(true)
+            .build()?
+            .acquire()?;
+        let member = redkit::lock::Group::new(&redis, "life")?.join(round)?;
+        assert!(redis.lock_watchdog_running() && member.is_leader());
         assert!(threads() > baseline, "the heartbeat and pool threads run");
         wait_until(Duration::from_secs(5), "connections open", || {
             ours(&mut admin, round) >= 2
@@ -83,6 +91,8 @@ fn dropping_every_handle_leaves_no_thread_and_no_connection() -> TestResult {
             redis.close()?;
             assert!(sub.recv_timeout(Duration::from_secs(5)).is_err());
         }
+        drop(guard);
+        drop(member);
         drop(handler);
         drop(sub);
         drop(subscriber);

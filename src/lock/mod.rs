@@ -1,5 +1,12 @@
-//! Distributed locks and coordination: [`Lock`] (a mutex with fencing tokens and a
-//! watchdog), and the helpers built the same way.
+//! Distributed locks and coordination, across threads and processes.
+//!
+//! | need | pick |
+//! |---|---|
+//! | one holder at a time, with fencing tokens, fast hand-off, optional watchdog | [`Lock`] |
+//! | at most N holders at a time, leases that come back when a holder dies | [`Semaphore`] |
+//! | many readers or one writer, writers not starved | [`ReadWriteLock`] |
+//! | a lock that survives the loss of a minority of independent servers | [`Redlock`] |
+//! | who is alive, and exactly one leader among them | [`Group`] / [`Member`] |
 //!
 //! Every operation is a Lua script (one round trip, atomic on the server); every key of one
 //! lock carries the lock's name as a hash tag (`redkit:lock:{name}`, `...:fence`, `...:wake`,

@@ -1,0 +1,267 @@
+//! Lock benchmarks, each next to a baseline measured in the same run.
+//!
+//! 1. Uncontended acquire + release cycles per second through redkit (`Lock::try_acquire` +
+//!    `LockGuard::release`) against two raw `EVALSHA` round trips of the same two scripts on
+//!    a dedicated `redis` connection (the floor for a script-based lock), alternating blocks
+//!    of 250 cycles on one thread; the ratio is the median of per-block ratios (target: at
+//!    least 0.95). A reference row runs two trivial scripts on the raw connection (what the lock
+//!    scripts cost the server).
+//! 2. Contended hand-off: two threads pass one lock back and forth, each waiting in
+//!    `acquire` while the other holds it for 5 ms; the latency is from just before the
+//!    holder's release to the waiter's `acquire` returning. p50 and p99 (target p50 < 2 ms),
+//!    next to the same hand-off with a fixed 50 ms polling loop (`SET NX PX`, sleep 50 ms)
+//!    as redsync and redis-py do.
+//!
+//! `cargo bench --bench locks`. `REDKIT_BENCH_OPS` sets the cycles per side (default 10000),
+//! `REDKIT_BENCH_HANDOFFS` the hand-offs per side (default 100). Results go to stdout and to
+//! the `locks` section of `target/redkit-bench.json` (see `benches/common`).
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redkit::lock::Lock;
+use redkit::testing::RedisServer;
+use redkit::{Config, Redis};
+
+use common::{env_usize, median, percentile, Report, Target};
+
+const BLOCK: usize = 250;
+/// The targets from issue 5.
+const TARGET_RATIO: f64 = 0.95;
+const TARGET_P50: Duration = Duration::from_millis(2);
+/// How long each holder keeps the lock in the hand-off scenario (the other thread is waiting
+/// by then).
+const HOLD: Duration = Duration::from_millis(5);
+
+type Cycle = Box<dyn FnMut(usize)>;
+
+/// Runs `ours` and `theirs` in alternating blocks; returns (ours/s, theirs/s, median ratio).
+fn compare(ours: &mut Cycle, theirs: &mut Cycle, blocks: usize) -> (f64, f64, f64) {
+    let mut ratios = Vec::with_capacity(blocks);
+    let (mut total_ours, mut total_theirs) = (0.0, 0.0);
+    for b in 0..blocks {
+        let time = |f: &mut Cycle| {
+            let start = Instant::now();
+            for i in 0..BLOCK {
+                f(b * BLOCK + i);
+            }
+            start.elapsed().as_secs_f64()
+        };
+        let (o, t) = if b % 2 == 0 {
+            let o = time(ours);
+            (o, time(theirs))
+        } else {
+            let t = time(theirs);
+            (time(ours), t)
+        };
+        total_ours += o;
+        total_theirs += t;
+        ratios.push(t / o);
+    }
+    let n = (blocks * BLOCK) as f64;
+    (n / total_ours, n / total_theirs, median(ratios))
+}
+
+/// Two threads hand one lock back and forth `n` times through `acquire`/`release` closures;
+/// returns the sorted hand-off latencies.
+fn handoffs<G: Send>(
+    n: usize,
+    acquire: impl Fn() -> G + Sync,
+    release: impl Fn(G) + Sync,
+) -> Vec<Duration> {
+    let released_at: Mutex<Option<Instant>> = Mutex::new(None);
+    let done = AtomicU64::new(0);
+    let latencies = Mutex::new(Vec::with_capacity(n));
+    let first = acquire();
+    std::thread::scope(|s| {
+        let (released_at, done, latencies, acquire, release) =
+            (&released_at, &done, &latencies, &acquire, &release);
+        let run = move |mut held: Option<G>| {
+            loop {
+                if let Some(g) = held.take() {
+                    std::thread::sleep(HOLD);
+                    let before = done.load(Ordering::Acquire);
+                    *released_at.lock() = Some(Instant::now());
+                    release(g);
+                    // Wait for the other thread to take it (or for the end).
+                    while done.load(Ordering::Acquire) == before && (before as usize) < n {
+                        std::thread::yield_now();
+                    }
+                }
+                if done.load(Ordering::Acquire) as usize >= n {
+                    return;
+                }
+                let g = acquire();
+                let now = Instant::now();
+                if let Some(t) = released_at.lock().take() {
+                    latencies.lock().push(now - t);
+                }
+                if done.fetch_add(1, Ordering::AcqRel) as usize + 1 >= n {
+                    release(g);
+                    return;
+                }
+                held = Some(g);
+            }
+        };
+        s.spawn(move || run(Some(first)));
+        // Let the first holder start, so the second thread waits from the start.
+        std::thread::sleep(Duration::from_millis(1));
+        s.spawn(move || run(None));
+    });
+    let mut v = latencies.into_inner();
+    v.sort();
+    v
+}
+
+fn main() {
+    let ops = env_usize("REDKIT_BENCH_OPS", 10_000).max(BLOCK);
+    let blocks = ops / BLOCK;
+    let n_handoffs = env_usize("REDKIT_BENCH_HANDOFFS", 100).max(10);
+    let server = RedisServer::start().expect("start redis-server");
+    let redis = Redis::connect(
+        Config::builder()
+            .host(server.host())
+            .port(server.port())
+            .build()
+            .expect("config"),
+    )
+    .expect("connect");
+    let client = redis::Client::open(server.url()).expect("client");
+
+    // 1. Uncontended cycles.
+    let lock = Lock::new(&redis, "bench").expect("lock");
+    let mut ours: Cycle = Box::new(move |_| {
+        let g = lock.try_acquire().expect("acquire").expect("free");
+        assert!(g.release().expect("release"));
+    });
+    let mut raw = client.get_connection().expect("raw connection");
+    let acquire = redis::Script::new(include_str!("../src/lock/lock_acquire.lua"));
+    let release = redis::Script::new(include_str!("../src/lock/lock_release.lua"));
+    let mut raw_lock: Cycle = Box::new(move |i| {
+        let token = format!("{:032x}", i);
+        let r: Vec<i64> = acquire
+            .key("raw:{bench}")
+            .key("raw:{bench}:fence")
+            .key("raw:{bench}:waiting")
+            .arg(&token)
+            .arg(30_000)
+            .arg(0)
+            .invoke(&mut raw)
+            .expect("acquire");
+        let value = format!("{token}:{}", r[1]);
+        let n: i64 = release
+            .key("raw:{bench}")
+            .key("raw:{bench}:wake")
+            .key("raw:{bench}:waiting")
+            .arg(value)
+            .arg(2000)
+            .invoke(&mut raw)
+            .expect("release");
+        assert_eq!(n, 1);
+    });
+    let mut raw_t = client.get_connection().expect("raw connection");
+    let trivial = redis::Script::new("return 1");
+    let mut raw_trivial: Cycle = Box::new(move |_| {
+        for _ in 0..2 {
+            let n: i64 = trivial
+                .key("t:{bench}")
+                .invoke(&mut raw_t)
+                .expect("trivial");
+            std::hint::black_box(n);
+        }
+    });
+    for i in 0..BLOCK {
+        ours(i);
+        raw_lock(i);
+        raw_trivial(i);
+    }
+    let mut report = Report::new(
+        "locks",
+        &format!(
+            "Lock acquire+release cycles vs raw EVALSHA ({ops} per side in blocks of {BLOCK}, \
+             one thread, median of per-block ratios); hand-off latency vs 50 ms polling"
+        ),
+    );
+    report.param("cycles_per_side", ops);
+    report.param("handoffs_per_side", n_handoffs);
+    report.param("hold_ms", HOLD.as_millis() as u64);
+    let (o, t, r) = compare(&mut ours, &mut raw_lock, blocks);
+    report.throughput(
+        "uncontended acquire+release vs raw EVALSHA x2",
+        "/s",
+        o,
+        t,
+        r,
+        Target::RatioAtLeast(TARGET_RATIO),
+    );
+    let (o, t, r) = compare(&mut ours, &mut raw_trivial, blocks);
+    report.throughput(
+        "  reference: vs 2 trivial scripts, raw",
+        "/s",
+        o,
+        t,
+        r,
+        Target::None,
+    );
+
+    // 2. Contended hand-off.
+    let handoff_lock = Lock::builder(&redis, "handoff")
+        .wait(Duration::from_secs(30))
+        .build()
+        .expect("lock");
+    let ours = handoffs(
+        n_handoffs,
+        || handoff_lock.acquire().expect("acquire"),
+        |g| assert!(g.release().expect("release")),
+    );
+    let poll_con = Arc::new(client.clone());
+    let tokens = AtomicU64::new(0);
+    let poll = handoffs(
+        n_handoffs,
+        || {
+            let mut con = poll_con.get_connection().expect("connection");
+            let token = format!("t{}", tokens.fetch_add(1, Ordering::Relaxed));
+            loop {
+                let ok: Option<String> = redis::cmd("SET")
+                    .arg("poll:{bench}")
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(30_000)
+                    .query(&mut con)
+                    .expect("SET");
+                if ok.is_some() {
+                    return (con, token);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        },
+        |(mut con, token): (redis::Connection, String)| {
+            let n: i64 = redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            )
+            .key("poll:{bench}")
+            .arg(token)
+            .invoke(&mut con)
+            .expect("release");
+            assert_eq!(n, 1);
+        },
+    );
+    report.latency(
+        "hand-off p50 (release to next acquire) vs 50 ms poll",
+        percentile(&ours, 0.5),
+        Some(percentile(&poll, 0.5)),
+        Target::Below(TARGET_P50),
+    );
+    report.latency(
+        "hand-off p99 vs 50 ms poll",
+        percentile(&ours, 0.99),
+        Some(percentile(&poll, 0.99)),
+        Target::None,
+    );
+    report.finish();
+}
