@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// A type the [`Cache`](super::Cache) (and the session store) can store: bytes, strings and
-/// integers always, any `Serialize + DeserializeOwned` type through [`Json`] with the `json`
+/// integers always, any `Serialize + DeserializeOwned` type through `Json` with the `json`
 /// feature.
 ///
 /// ```
