@@ -90,11 +90,25 @@ impl Inner {
         // connect timeout) and close whatever reached the pool meanwhile.
         self.shared.retire_connections();
         drop(self.pool.try_get());
+        // A connection the pool made counts as created when `connect` returns, but reaches
+        // the pool's idle list a moment later: wait until no connect is running and every
+        // connection made is either in the pool (where `try_get` closes it) or closed.
         let deadline = Instant::now() + self.config.timeouts.connect;
-        while self.shared.connecting.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        loop {
+            drop(self.pool.try_get());
+            let c = &self.shared.counters;
+            let alive = c
+                .conns_created
+                .load(Ordering::Acquire)
+                .saturating_sub(c.conns_closed.load(Ordering::Acquire));
+            let in_pool = u64::from(self.pool.state().connections);
+            let settled = self.shared.connecting.load(Ordering::Acquire) == 0 && alive <= in_pool;
+            let idle = self.pool.state().idle_connections;
+            if (settled && idle == 0) || Instant::now() >= deadline {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(1));
         }
-        drop(self.pool.try_get());
         self.shared.events.close();
         info!("redis at {}: closed", self.config.addr);
         panicked
