@@ -12,41 +12,24 @@
 //!    turns at going first.
 //!
 //! Sides alternate in blocks; each ratio is the median of per-block ratios. `REDKIT_BENCH_KEYS`
-//! sets the bulk size (default 1,000,000). Results go to stdout and to
-//! `target/redkit-bench-cache.json`.
+//! sets the bulk size (default 1,000,000), `REDKIT_BENCH_BLOCKS` the multi-get blocks (30).
+//! Results go to stdout and to the `cache` section of `target/redkit-bench.json`.
+
+mod common;
 
 use std::time::{Duration, Instant};
+
+use common::{env_usize, median, Report, Target};
 
 use redkit::cache::Cache;
 use redkit::scan::Bulk;
 use redkit::testing::RedisServer;
 use redkit::{Config, Redis};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn timed(f: impl FnOnce()) -> f64 {
     let start = Instant::now();
     f();
     start.elapsed().as_secs_f64()
-}
-
-struct Row {
-    name: &'static str,
-    redkit: f64,
-    raw: f64,
-    ratio: f64,
-    target: f64,
-    unit: &'static str,
 }
 
 fn main() {
@@ -59,7 +42,10 @@ fn main() {
     let redis = Redis::connect(config).expect("connect");
     let client = redis::Client::open(server.url().as_str()).expect("client");
     let mut raw = client.get_connection().expect("raw connection");
-    let mut rows = Vec::new();
+    let mut report = Report::new(
+        "cache",
+        "Cache::mget vs single GETs, Bulk::write vs a raw pipeline (same run, interleaved blocks, median ratios)",
+    );
 
     // 1. Multi-get of 100 keys.
     let cache = Cache::new(&redis, "bench").expect("cache");
@@ -73,7 +59,8 @@ fn main() {
     let full: Vec<String> = names.iter().map(|k| cache.key(k)).collect();
     let iters = 20;
     let blocks = env_usize("REDKIT_BENCH_BLOCKS", 30);
-    let (mut t_kit, mut t_raw, mut t_mget, mut ratios) = (0.0, 0.0, 0.0, Vec::new());
+    let (mut t_kit, mut t_raw, mut t_mget) = (0.0, 0.0, 0.0);
+    let (mut ratios, mut mget_ratios) = (Vec::new(), Vec::new());
     for b in 0..blocks + 2 {
         let kit = timed(|| {
             for _ in 0..iters {
@@ -103,30 +90,27 @@ fn main() {
         t_raw += singles;
         t_mget += mget;
         ratios.push(singles / kit);
+        mget_ratios.push(mget / kit);
     }
-    let n = (blocks * iters) as f64;
-    let per = |t: f64| t / n * 1e6;
-    println!(
-        "multi-get of 100 keys ({} rounds per side, interleaved)",
-        blocks * iters
+    let rounds = (blocks * iters) as f64;
+    let per_sec = |t: f64| rounds / t;
+    report.param("mget_rounds_per_side", blocks * iters);
+    report.throughput(
+        "Cache::mget of 100 keys vs 100 raw GETs",
+        " rounds/s",
+        per_sec(t_kit),
+        per_sec(t_raw),
+        median(ratios),
+        Target::RatioAtLeast(20.0),
     );
-    println!("  redkit Cache::mget       {:>8.1} us/round", per(t_kit));
-    println!("  raw 100 single GETs      {:>8.1} us/round", per(t_raw));
-    println!(
-        "  raw MGET (reference)     {:>8.1} us/round   (redkit/raw MGET time: {:.2})",
-        per(t_mget),
-        t_kit / t_mget
+    report.throughput(
+        "Cache::mget of 100 keys vs raw MGET (reference)",
+        " rounds/s",
+        per_sec(t_kit),
+        per_sec(t_mget),
+        median(mget_ratios),
+        Target::None,
     );
-    let ratio = median(ratios);
-    println!("  speed-up vs single GETs: {ratio:.1}x (target >= 20x)");
-    rows.push(Row {
-        name: "mget100_vs_100_gets",
-        redkit: per(t_kit),
-        raw: per(t_raw),
-        ratio,
-        target: 20.0,
-        unit: "us_per_round",
-    });
 
     // 2. Bulk write.
     let total = env_usize("REDKIT_BENCH_KEYS", 1_000_000);
@@ -174,36 +158,15 @@ fn main() {
         ratios.push(r / k);
     }
     let rate = |t: f64| total as f64 / t;
-    let ratio = median(ratios);
-    println!("bulk write of {total} keys in chunks of {chunk} ({nblocks} blocks of {block}, sides alternating)");
-    println!("  redkit Bulk::write       {:>10.0} keys/s", rate(t_kit));
-    println!("  raw redis pipeline       {:>10.0} keys/s", rate(t_raw));
-    println!("  ratio redkit/raw: {ratio:.3} (target >= 0.95)");
-    rows.push(Row {
-        name: "bulk_write_vs_raw_pipeline",
-        redkit: rate(t_kit),
-        raw: rate(t_raw),
-        ratio,
-        target: 0.95,
-        unit: "keys_per_s",
-    });
-    write_json(&rows);
-}
-
-fn write_json(rows: &[Row]) {
-    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let path = std::path::Path::new(&dir).join("redkit-bench-cache.json");
-    let body: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "  {{\"scenario\": \"{}\", \"redkit\": {:.1}, \"baseline\": {:.1}, \"unit\": \"{}\", \"ratio\": {:.4}, \"target\": {}}}",
-                r.name, r.redkit, r.raw, r.unit, r.ratio, r.target
-            )
-        })
-        .collect();
-    let json = format!("[\n{}\n]\n", body.join(",\n"));
-    if let Err(e) = std::fs::write(&path, json) {
-        eprintln!("could not write {}: {e}", path.display());
-    }
+    report.param("bulk_keys", total);
+    report.param("bulk_chunk", chunk);
+    report.throughput(
+        &format!("Bulk::write of {total} keys vs raw pipeline (chunks of {chunk})"),
+        " keys/s",
+        rate(t_kit),
+        rate(t_raw),
+        median(ratios),
+        Target::RatioAtLeast(0.95),
+    );
+    report.finish();
 }

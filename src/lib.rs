@@ -7,7 +7,10 @@
 //! lifecycle [`events`]; [rate limiters](ratelimit) (GCRA, sliding log and window, fixed
 //! window, token bucket, concurrency, several limits at once) on the server's clock; and
 //! [Pub/Sub](pubsub) through a subscriber thread that never goes deaf (it pings, reconnects
-//! and resubscribes by itself) and hands messages over bounded crossbeam channels.
+//! and resubscribes by itself) and hands messages over bounded crossbeam channels. Also the
+//! helpers services otherwise write by hand: a [`cache`] with stampede-proof loading,
+//! tags and pattern invalidation, [sessions](session), [monitoring](monitor) with per-command
+//! metrics, named connections ([`Registry`]) and [batch helpers](scan) for CLI jobs.
 //!
 //! [Distributed locks](lock): a mutex with fencing tokens, fast hand-off and a watchdog, a
 //! semaphore, a read-write lock, Redlock over several servers, and leader election.

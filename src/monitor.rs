@@ -521,7 +521,8 @@ impl Monitor {
     /// Starts a thread (`redkit-monitor`) that takes a [`Snapshot`] at once and then every
     /// `interval`, and sends it (or the error of a failed sample) on a bounded channel: a
     /// listener that falls behind loses samples (counted by [`Sampler::dropped`]), it never
-    /// blocks the thread. Dropping the [`Sampler`] stops the thread and joins it.
+    /// blocks the thread. Dropping the [`Sampler`] stops the thread and joins it. The thread
+    /// holds a clone of the handle: the handle stays open while a sampler runs.
     pub fn sample_every(&self, interval: Duration) -> Result<Sampler> {
         if interval.is_zero() {
             return Err(Error::config("monitor.interval", "must not be zero"));

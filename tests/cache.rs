@@ -216,6 +216,16 @@ fn early_refresh_reloads_before_expiry() -> TestResult {
     admin.set::<_, _, ()>("redkit:cache:{xf}:l:k", "someone")?;
     assert_eq!(eager.get_or_set("k", None, slow("v4"))?, "v2");
     assert_eq!(eager.stats().early_refreshes, 1);
+    // A failing early refresh serves the current value (and counts the error).
+    admin.del::<_, ()>("redkit:cache:{xf}:l:k")?;
+    let v: String = eager.get_or_set("k", None, || Err(Error::Closed))?;
+    assert_eq!(v, "v2");
+    let stats = eager.stats();
+    assert_eq!((stats.early_refreshes, stats.load_errors), (2, 1));
+    assert!(
+        !admin.exists::<_, bool>("redkit:cache:{xf}:l:k")?,
+        "lock released"
+    );
     Ok(())
 }
 

@@ -574,7 +574,8 @@ impl Cache {
     ///   reloaded by one caller shortly before it expires.
     ///
     /// When the loader fails, its error is returned to its caller, nothing is stored, and the
-    /// callers that waited for it try again themselves.
+    /// callers that waited for it try again themselves. A failed early refresh is the
+    /// exception: the value it meant to replace is still valid, so that is returned.
     pub fn get_or_set<V, E, F>(&self, key: &str, ttl: Option<Duration>, loader: F) -> Result<V, E>
     where
         V: CacheValue,
@@ -718,7 +719,16 @@ impl Cache {
             return Ok(self.decode(key, &current)?);
         }
         self.inner.counters.early_refreshes.fetch_add(1, Relaxed);
-        self.load_and_store(key, ms, Some(&mut leader), Some(token), loader, optional)
+        match self.load_and_store(key, ms, Some(&mut leader), Some(token), loader, optional) {
+            Ok(v) => Ok(v),
+            // The current value is still valid: a failed early refresh is not the reader's
+            // problem (the failure is counted in `load_errors`).
+            Err(_) => {
+                log::debug!("cache: early refresh of {key} failed; serving the current value");
+                leader.outcome = Some(Outcome::Stored(current.clone()));
+                Ok(self.decode(key, &current)?)
+            }
+        }
     }
 
     fn join(&self, full: &str) -> Joined<'_> {
