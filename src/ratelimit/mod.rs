@@ -38,8 +38,8 @@ mod multi;
 mod window;
 
 pub use bucket::{BucketLimit, TokenBucket};
-pub use concurrency::{ConcurrencyLimiter, Slot};
 pub(crate) use concurrency::lease_id;
+pub use concurrency::{ConcurrencyLimiter, Slot};
 pub use gcra::{Gcra, GcraLimit};
 pub use multi::{MultiDecision, MultiLimit};
 pub use window::{FixedWindow, SlidingLog, SlidingWindow, WindowLimit};
