@@ -1,0 +1,412 @@
+//! The list queue: `BLMOVE` into a per-consumer processing list, `LREM` to acknowledge, a
+//! reaper for dead consumers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use super::delayed::{Delayed, Target};
+use super::{check_name, consumer_name, millis, Dedicated};
+use crate::client::Redis;
+use crate::error::{Error, Result};
+use crate::script::{Pipeline, Script};
+
+static REAP: &str = include_str!("reap.lua");
+
+/// The longest single `BLMOVE`: a consumer waiting longer reads again.
+const SLICE: Duration = Duration::from_secs(1);
+
+struct Inner {
+    redis: Redis,
+    name: String,
+    ready: String,
+    consumers: String,
+    base: String,
+    alive_ttl: Duration,
+    wait: Duration,
+    reap: Script,
+}
+
+/// A reliable queue on plain Redis lists. See the [module docs](super).
+///
+/// Producers `LPUSH` to `{name}:ready`; a consumer `BLMOVE`s an item into its own
+/// `{name}:processing:<consumer>` list and refreshes its liveness key
+/// `{name}:alive:<consumer>` (a TTL of [`alive_ttl`](ListQueueBuilder::alive_ttl)) on every
+/// take and acknowledgement; [`ListConsumer::ack`] removes the item. [`ListQueue::reap`]
+/// (call it periodically, from any process) moves the items of consumers whose liveness key
+/// expired back to the ready list. At-least-once: a reaped item runs again.
+///
+/// ```no_run
+/// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+/// let queue = redis.list_queue("mail").build()?;
+/// queue.push(b"to: ann")?;
+/// let mut consumer = queue.consumer()?;
+/// if let Some(job) = consumer.pop()? {
+///     // ... send it
+///     consumer.ack(&job)?;
+/// }
+/// queue.reap()?; // from time to time: give back the items of dead consumers
+/// # Ok::<(), redkit::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ListQueue {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ListQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListQueue")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`ListQueue`]; made by [`Redis::list_queue`].
+#[must_use = "a builder does nothing until `build` is called"]
+#[derive(Debug, Clone)]
+pub struct ListQueueBuilder {
+    redis: Redis,
+    name: String,
+    alive_ttl: Duration,
+    wait: Duration,
+}
+
+impl Redis {
+    /// Starts building a [`ListQueue`] named `name`.
+    pub fn list_queue(&self, name: &str) -> ListQueueBuilder {
+        ListQueueBuilder {
+            redis: self.clone(),
+            name: name.to_owned(),
+            alive_ttl: Duration::from_secs(30),
+            wait: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ListQueueBuilder {
+    /// How long a consumer counts as alive after its last take, acknowledgement or
+    /// [`keep_alive`](ListConsumer::keep_alive); after that the reaper gives its items to
+    /// others. Must exceed the longest job (or call `keep_alive` during long ones). Defaults
+    /// to 30 s.
+    pub fn alive_ttl(mut self, d: Duration) -> Self {
+        self.alive_ttl = d;
+        self
+    }
+
+    /// How long [`ListConsumer::pop`] waits for an item. Defaults to 5 s.
+    pub fn wait(mut self, d: Duration) -> Self {
+        self.wait = d;
+        self
+    }
+
+    /// Validates the settings.
+    pub fn build(self) -> Result<ListQueue> {
+        check_name("list_queue.name", &self.name)?;
+        if self.alive_ttl < Duration::from_millis(1) {
+            return Err(Error::config(
+                "list_queue.alive_ttl",
+                "must be at least 1 ms",
+            ));
+        }
+        let base = self.redis.key(&format!("{{{}}}", self.name));
+        Ok(ListQueue {
+            inner: Arc::new(Inner {
+                ready: format!("{base}:ready"),
+                consumers: format!("{base}:consumers"),
+                base,
+                redis: self.redis,
+                name: self.name,
+                alive_ttl: self.alive_ttl,
+                wait: self.wait,
+                reap: Script::new(REAP),
+            }),
+        })
+    }
+}
+
+/// An item taken from a [`ListQueue`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct ListJob {
+    payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for ListJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListJob")
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+impl ListJob {
+    /// The payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The payload as UTF-8, if it is.
+    pub fn payload_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.payload).ok()
+    }
+
+    /// Takes the payload.
+    pub fn into_payload(self) -> Vec<u8> {
+        self.payload
+    }
+}
+
+impl ListQueue {
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The ready list's key.
+    pub fn ready_key(&self) -> &str {
+        &self.inner.ready
+    }
+
+    /// The processing list of consumer `name`.
+    pub fn processing_key(&self, consumer: &str) -> String {
+        format!("{}:processing:{consumer}", self.inner.base)
+    }
+
+    fn alive_key(&self, consumer: &str) -> String {
+        format!("{}:alive:{consumer}", self.inner.base)
+    }
+
+    /// Adds an item (`LPUSH`); returns the ready list's length. Not resent when its fate is
+    /// unknown.
+    pub fn push(&self, payload: impl AsRef<[u8]>) -> Result<u64> {
+        self.inner.redis.query(
+            redis::cmd("LPUSH")
+                .arg(&self.inner.ready)
+                .arg(payload.as_ref()),
+        )
+    }
+
+    /// Adds many items in one `LPUSH`.
+    pub fn push_batch<I, P>(&self, payloads: I) -> Result<u64>
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<[u8]>,
+    {
+        let mut cmd = redis::cmd("LPUSH");
+        cmd.arg(&self.inner.ready);
+        let mut n = 0;
+        for p in payloads {
+            cmd.arg(p.as_ref());
+            n += 1;
+        }
+        if n == 0 {
+            return self.len();
+        }
+        self.inner.redis.query(&cmd)
+    }
+
+    /// Items waiting in the ready list.
+    pub fn len(&self) -> Result<u64> {
+        self.inner
+            .redis
+            .query(redis::cmd("LLEN").arg(&self.inner.ready))
+    }
+
+    /// Whether the ready list is empty.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The queue's delayed set: jobs pushed to the ready list when due.
+    pub fn delayed(&self) -> Delayed {
+        Delayed::new(
+            self.inner.redis.clone(),
+            format!("{}:delayed", self.inner.base),
+            Target::List {
+                key: self.inner.ready.clone(),
+            },
+        )
+    }
+
+    /// A consumer named `<host>-<pid>-<n>` with a dedicated connection.
+    pub fn consumer(&self) -> Result<ListConsumer> {
+        self.consumer_named(&consumer_name())
+    }
+
+    /// A consumer with a chosen name (two live consumers must never share one).
+    pub fn consumer_named(&self, name: &str) -> Result<ListConsumer> {
+        if name.is_empty() || name.contains(['{', '}']) {
+            return Err(Error::config(
+                "consumer name",
+                "must not be empty or hold braces",
+            ));
+        }
+        Ok(ListConsumer {
+            queue: self.clone(),
+            processing: self.processing_key(name),
+            alive: self.alive_key(name),
+            name: name.to_owned(),
+            conn: Dedicated::new(&self.inner.redis, SLICE)?,
+        })
+    }
+
+    fn reap_call(&self, consumer: &str, force: bool) -> crate::ScriptCall {
+        self.inner
+            .reap
+            .key(self.alive_key(consumer))
+            .key(self.processing_key(consumer))
+            .key(&self.inner.ready)
+            .key(&self.inner.consumers)
+            .arg(consumer)
+            .arg(if force { "1" } else { "0" })
+    }
+
+    /// Returns the items of every consumer whose liveness key expired to the ready list, and
+    /// forgets those consumers; returns how many items went back. Safe to run from several
+    /// processes at once (each consumer is reaped atomically, once).
+    pub fn reap(&self) -> Result<usize> {
+        let consumers: Vec<String> = self
+            .inner
+            .redis
+            .query(redis::cmd("SMEMBERS").arg(&self.inner.consumers))?;
+        let mut total = 0;
+        for c in consumers {
+            let call = self.reap_call(&c, false);
+            let n: i64 = self.inner.redis.run(|con| call.invoke(con))?;
+            if n > 0 {
+                log::info!(
+                    "list queue {}: gave back {n} item(s) of dead consumer {c}",
+                    self.inner.name
+                );
+                total += usize::try_from(n).unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// A consumer of a [`ListQueue`], on a dedicated connection.
+pub struct ListConsumer {
+    queue: ListQueue,
+    name: String,
+    processing: String,
+    alive: String,
+    conn: Dedicated,
+}
+
+impl std::fmt::Debug for ListConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListConsumer")
+            .field("queue", &self.queue.inner.name)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ListConsumer {
+    /// This consumer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The next item, waiting at most the queue's [`wait`](ListQueueBuilder::wait).
+    pub fn pop(&mut self) -> Result<Option<ListJob>> {
+        self.pop_timeout(self.queue.inner.wait)
+    }
+
+    /// The next item, waiting at most `timeout`.
+    pub fn pop_timeout(&mut self, timeout: Duration) -> Result<Option<ListJob>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Some(job) = self.take(left.min(SLICE))? {
+                return Ok(Some(job));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// An item if one is ready now; never blocks.
+    pub fn try_pop(&mut self) -> Result<Option<ListJob>> {
+        self.take(Duration::ZERO)
+    }
+
+    fn take(&mut self, block: Duration) -> Result<Option<ListJob>> {
+        let q = &self.queue.inner;
+        let mut pipe = Pipeline::new();
+        pipe.cmd("SET")
+            .arg(&self.alive)
+            .arg(1)
+            .arg("PX")
+            .arg(millis(q.alive_ttl))
+            .ignore();
+        pipe.cmd("SADD").arg(&q.consumers).arg(&self.name).ignore();
+        if block.is_zero() {
+            pipe.cmd("LMOVE");
+        } else {
+            pipe.cmd("BLMOVE");
+        }
+        pipe.arg(&q.ready)
+            .arg(&self.processing)
+            .arg("RIGHT")
+            .arg("LEFT");
+        if !block.is_zero() {
+            pipe.arg(format!("{:.3}", millis(block) as f64 / 1000.0));
+        }
+        let (v,): (Value,) = self.conn.pipeline(&pipe)?;
+        Ok(match v {
+            Value::BulkString(payload) => Some(ListJob { payload }),
+            _ => None,
+        })
+    }
+
+    /// Acknowledges an item: removes it from this consumer's processing list. `false` when
+    /// it was not there (reaped meanwhile).
+    pub fn ack(&self, job: &ListJob) -> Result<bool> {
+        let q = &self.queue.inner;
+        let mut pipe = Pipeline::new();
+        pipe.cmd("LREM")
+            .arg(&self.processing)
+            .arg(1)
+            .arg(&job.payload);
+        pipe.cmd("SET")
+            .arg(&self.alive)
+            .arg(1)
+            .arg("PX")
+            .arg(millis(q.alive_ttl))
+            .ignore();
+        // LREM of one copy and SET are safe to resend.
+        let (n,): (u64,) = q.redis.run_idempotent(|con| pipe.query(con))?;
+        Ok(n > 0)
+    }
+
+    /// Refreshes this consumer's liveness key (during a long job).
+    pub fn keep_alive(&self) -> Result<()> {
+        let q = &self.queue.inner;
+        q.redis.query_idempotent(
+            redis::cmd("SET")
+                .arg(&self.alive)
+                .arg(1)
+                .arg("PX")
+                .arg(millis(q.alive_ttl)),
+        )
+    }
+
+    /// Items taken and not acknowledged.
+    pub fn in_flight(&self) -> Result<u64> {
+        self.queue
+            .inner
+            .redis
+            .query(redis::cmd("LLEN").arg(&self.processing))
+    }
+
+    /// Gives every unacknowledged item back to the ready list and unregisters; returns how
+    /// many went back.
+    pub fn close(self) -> Result<usize> {
+        let call = self.queue.reap_call(&self.name, true);
+        let n: i64 = self.queue.inner.redis.run(|con| call.invoke(con))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+}

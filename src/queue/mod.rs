@@ -1,0 +1,435 @@
+//! Work queues for worker threads: reliable stream queues, list queues, delayed jobs and a
+//! worker-pool runner.
+//!
+//! **Every queue here is at-least-once.** A job is acknowledged only after its handler
+//! returned `Ok`; a job whose worker died (process killed, machine lost) is handed to another
+//! worker. So a job can run more than once: make handlers idempotent (or deduplicate on
+//! [`Job::origin`]). Nothing is ever acknowledged that did not succeed.
+//!
+//! | need | pick |
+//! |---|---|
+//! | consumer groups, retries with backoff, dead letters, stats | [`StreamQueue`] |
+//! | plain Redis lists (`BLMOVE` into a processing list) | [`ListQueue`] |
+//! | run a job at a time or after a delay | [`StreamQueue::produce_in`], [`Delayed`] |
+//! | N worker threads with rate and concurrency limits | [`StreamQueue::workers`] |
+//!
+//! ## Stream queue
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use redkit::Redis;
+//!
+//! let redis = Redis::connect("redis://127.0.0.1/")?;
+//! let queue = redis.stream_queue("emails").max_retries(3).build()?;
+//! queue.produce(b"hello@example.com")?;
+//!
+//! // 8 worker threads; a job is acknowledged only when the handler returns Ok.
+//! let workers = queue.workers().threads(8).run(|job| {
+//!     let to = job.payload_str().ok_or("not UTF-8")?;
+//!     println!("sending to {to}");
+//!     Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+//! })?;
+//! // ... later: stop taking jobs, finish (or hand back) the ones in flight.
+//! let report = workers.shutdown()?;
+//! println!("{report:?}; {:?}", queue.stats()?);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! How it works: jobs are entries of a stream (`XADD`, optionally capped with `MAXLEN ~`) read
+//! by a consumer group. Each consumer reads with `XREADGROUP ... BLOCK` on a dedicated
+//! connection of its own (never a pooled one), with a short block so that it notices stop
+//! requests. A handler that fails has its job retried after a backoff (the job moves, with
+//! its `XACK`, atomically into the queue's delayed set and comes back when due) up to
+//! [`max_retries`](StreamQueueBuilder::max_retries) times, then goes to a dead-letter stream
+//! with the error. Jobs left pending by a consumer that died are claimed (`XAUTOCLAIM`) once
+//! idle for [`claim_idle`](StreamQueueBuilder::claim_idle). All keys of one queue share the
+//! hash tag `{name}`, so the scripts are Cluster-safe.
+//!
+//! ## List queue
+//!
+//! [`ListQueue`]: `LPUSH` to produce, `BLMOVE` into a per-consumer processing list to take,
+//! `LREM` to acknowledge; [`ListQueue::reap`] returns the items of consumers whose liveness key
+//! expired.
+//!
+//! ## Delayed jobs
+//!
+//! A sorted set by due time (ms on the server's clock); a Lua script moves due jobs to the
+//! ready queue atomically, so any number of [`Scheduler`]s in any number of processes move
+//! each job exactly once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::{Cmd, ConnectionLike, FromRedisValue, Value};
+
+use crate::client::Redis;
+use crate::error::{Delivery, Error, Result};
+use crate::pool::Manager;
+
+mod delayed;
+mod list;
+mod runner;
+mod stream;
+
+pub use delayed::{Delayed, Scheduler};
+pub use list::{ListConsumer, ListJob, ListQueue, ListQueueBuilder};
+pub use runner::{ShutdownReport, Workers, WorkersBuilder};
+pub use stream::{
+    DeadLetter, QueueStats, Settled, StreamConsumer, StreamQueue, StreamQueueBuilder,
+};
+
+/// One job taken from a [`StreamQueue`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Job {
+    pub(crate) id: String,
+    pub(crate) origin: Option<String>,
+    pub(crate) attempt: u32,
+    pub(crate) payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("id", &self.id)
+            .field("origin", &self.origin())
+            .field("attempt", &self.attempt)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+impl Job {
+    /// The stream entry id this job was read from.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The job's identity across retries and hand-backs: the stream id it was first produced
+    /// with (a retried job is a new stream entry with a new [`id`](Job::id)).
+    pub fn origin(&self) -> &str {
+        self.origin.as_deref().unwrap_or(&self.id)
+    }
+
+    /// How many times this job failed before (0 on its first run).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The payload as UTF-8, if it is.
+    pub fn payload_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.payload).ok()
+    }
+
+    /// Takes the payload.
+    pub fn into_payload(self) -> Vec<u8> {
+        self.payload
+    }
+}
+
+/// A connection owned by one queue consumer (for blocking reads), outside the pool. Opened on
+/// first use, closed after any error that leaves its state unknown, reopened on next use.
+pub(crate) struct Dedicated {
+    manager: Manager,
+    con: Option<redis::Connection>,
+    read_timeout: Duration,
+}
+
+impl std::fmt::Debug for Dedicated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dedicated")
+            .field("addr", self.manager.addr())
+            .field("open", &self.con.is_some())
+            .finish()
+    }
+}
+
+impl Dedicated {
+    /// A dedicated connection to `redis`'s server whose reads wait up to `block` plus the
+    /// response timeout.
+    pub(crate) fn new(redis: &Redis, block: Duration) -> Result<Dedicated> {
+        if redis.is_closed() {
+            return Err(Error::Closed);
+        }
+        let config = redis.config().clone();
+        let read_timeout = config.timeouts().response_timeout() + block;
+        Ok(Dedicated {
+            manager: Manager::new(config, redis.shared().clone())?,
+            con: None,
+            read_timeout,
+        })
+    }
+
+    fn con(&mut self) -> Result<&mut redis::Connection> {
+        if self.con.is_none() {
+            let raw = self.manager.open()?;
+            raw.con
+                .set_read_timeout(Some(self.read_timeout))
+                .map_err(|e| Error::from_redis(e, Delivery::NotSent))?;
+            self.con = Some(raw.con);
+        }
+        self.con.as_mut().ok_or(Error::Closed)
+    }
+
+    /// Sends one command and returns its raw reply (an error reply as an error).
+    pub(crate) fn value(&mut self, cmd: &Cmd) -> Result<Value> {
+        let result = self
+            .con()?
+            .req_packed_command(&cmd.get_packed_command())
+            .map_err(|e| Error::from_wire(e, Delivery::Unknown));
+        match result {
+            Ok(v) => v
+                .extract_error()
+                .map_err(|e| Error::from_redis(e, Delivery::Answered)),
+            Err(e) => {
+                if e.poisons_connection() {
+                    self.con = None;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs a script call on this connection (`EVALSHA`, `NOSCRIPT` fallback).
+    pub(crate) fn invoke<T: FromRedisValue>(&mut self, call: &crate::ScriptCall) -> Result<T> {
+        let result = call.invoke(self.con()?);
+        if let Err(e) = &result {
+            if e.poisons_connection() {
+                self.con = None;
+            }
+        }
+        result
+    }
+
+    /// Runs a pipeline on this connection.
+    pub(crate) fn pipeline<T: FromRedisValue>(&mut self, pipe: &crate::Pipeline) -> Result<T> {
+        let result = pipe.query(self.con()?);
+        if let Err(e) = &result {
+            if e.poisons_connection() {
+                self.con = None;
+            }
+        }
+        result
+    }
+
+    /// Closes the connection now (it reopens on next use).
+    pub(crate) fn close(&mut self) {
+        self.con = None;
+    }
+}
+
+/// A consumer name unique to this process: `<host>-<pid>-<n>`.
+pub(crate) fn consumer_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "redkit".to_owned());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Checks a queue name: not empty, no braces (it becomes a hash tag) and no newline.
+pub(crate) fn check_name(setting: &'static str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::config(setting, "must not be empty"));
+    }
+    if name.contains(['{', '}', '\n']) {
+        return Err(Error::config(
+            setting,
+            "must not contain '{', '}' or a newline (the name is the keys' hash tag)",
+        ));
+    }
+    Ok(())
+}
+
+/// Milliseconds for the scripts and for `BLOCK`, at least 1.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A unique token for a delayed job scheduled by the user (its identity in the delayed set).
+pub(crate) fn token() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "d{nanos:x}.{:x}.{:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The member of a delayed set: `<origin>\n<attempt>\n<payload>`.
+pub(crate) fn member(origin: &str, attempt: u32, payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(origin.len() + payload.len() + 12);
+    m.extend_from_slice(origin.as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(attempt.to_string().as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(payload);
+    m
+}
+
+fn bad_reply(what: &str, v: &Value) -> Error {
+    let e = redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected queue reply",
+        format!("{what}: {v:?}"),
+    ));
+    Error::from_redis(e, Delivery::Answered)
+}
+
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+fn string(v: &Value) -> Option<String> {
+    bytes(v).and_then(|b| String::from_utf8(b.to_vec()).ok())
+}
+
+/// Parses stream entries (`[[id, [field, value, ...]], ...]`, fields as an array or a RESP3
+/// map) into jobs. Entries deleted meanwhile (nil fields) are skipped.
+pub(crate) fn parse_entries(v: &Value) -> Result<Vec<Job>> {
+    let Value::Array(entries) = v else {
+        return match v {
+            Value::Nil => Ok(Vec::new()),
+            other => Err(bad_reply("stream entries", other)),
+        };
+    };
+    let mut jobs = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(pair) = entry else {
+            return Err(bad_reply("stream entry", entry));
+        };
+        let [id, fields] = pair.as_slice() else {
+            return Err(bad_reply("stream entry", entry));
+        };
+        let id = string(id).ok_or_else(|| bad_reply("stream id", id))?;
+        let fields: Vec<(&Value, &Value)> = match fields {
+            Value::Array(f) => f
+                .chunks(2)
+                .filter_map(|c| Some((c.first()?, c.get(1)?)))
+                .collect(),
+            Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+            Value::Nil => continue,
+            other => return Err(bad_reply("stream fields", other)),
+        };
+        let mut job = Job {
+            id,
+            origin: None,
+            attempt: 0,
+            payload: Vec::new(),
+        };
+        for (k, v) in fields {
+            match bytes(k) {
+                Some(b"p") => job.payload = bytes(v).map(<[u8]>::to_vec).unwrap_or_default(),
+                Some(b"o") => job.origin = string(v).filter(|s| !s.is_empty()),
+                Some(b"a") => {
+                    job.attempt = string(v).and_then(|s| s.parse().ok()).unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+        jobs.push(job);
+    }
+    Ok(jobs)
+}
+
+/// Parses an `XREADGROUP` reply for one stream (RESP2 array or RESP3 map).
+pub(crate) fn parse_read(v: &Value) -> Result<Vec<Job>> {
+    match v {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(streams) => match streams.first() {
+            Some(Value::Array(pair)) => pair.get(1).map_or_else(|| Ok(Vec::new()), parse_entries),
+            None => Ok(Vec::new()),
+            Some(other) => Err(bad_reply("XREADGROUP", other)),
+        },
+        Value::Map(streams) => streams
+            .first()
+            .map_or_else(|| Ok(Vec::new()), |(_, entries)| parse_entries(entries)),
+        other => Err(bad_reply("XREADGROUP", other)),
+    }
+}
+
+/// Parses an `XAUTOCLAIM` reply: `[next cursor, entries, deleted ids]`.
+pub(crate) fn parse_autoclaim(v: &Value) -> Result<(String, Vec<Job>)> {
+    let Value::Array(parts) = v else {
+        return Err(bad_reply("XAUTOCLAIM", v));
+    };
+    let cursor = parts
+        .first()
+        .and_then(string)
+        .ok_or_else(|| bad_reply("XAUTOCLAIM cursor", v))?;
+    let jobs = match parts.get(1) {
+        Some(entries) => parse_entries(entries)?,
+        None => Vec::new(),
+    };
+    Ok((cursor, jobs))
+}
+
+/// Catches a panic in a handler and turns it into a message.
+pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    format!("handler panicked: {}", crate::pubsub::panic_message(panic))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_entries_from_resp2_and_resp3() {
+        let entry = Value::Array(vec![
+            bulk("1-0"),
+            Value::Array(vec![
+                bulk("p"),
+                bulk("hi"),
+                bulk("a"),
+                bulk("2"),
+                bulk("o"),
+                bulk("0-1"),
+            ]),
+        ]);
+        let read2 = Value::Array(vec![Value::Array(vec![
+            bulk("q"),
+            Value::Array(vec![entry.clone()]),
+        ])]);
+        let jobs = parse_read(&read2).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].payload(), b"hi");
+        assert_eq!(jobs[0].attempt(), 2);
+        assert_eq!(jobs[0].origin(), "0-1");
+        let read3 = Value::Map(vec![(bulk("q"), Value::Array(vec![entry]))]);
+        assert_eq!(parse_read(&read3).unwrap(), jobs);
+        assert!(parse_read(&Value::Nil).unwrap().is_empty());
+        let deleted = Value::Array(vec![Value::Array(vec![bulk("2-0"), Value::Nil])]);
+        assert!(parse_entries(&deleted).unwrap().is_empty());
+    }
+
+    #[test]
+    fn names_become_hash_tags() {
+        assert!(check_name("name", "jobs").is_ok());
+        assert!(check_name("name", "").is_err());
+        assert!(check_name("name", "a{b}").is_err());
+        assert_eq!(member("1-0", 3, b"x"), b"1-0\n3\nx".to_vec());
+    }
+}

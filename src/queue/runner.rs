@@ -1,0 +1,523 @@
+//! The worker-pool runner: one reader thread, N worker threads, limiters, graceful shutdown.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+
+use super::stream::{QueueStats, StreamConsumer, StreamQueue};
+use super::{panic_text, Job};
+use crate::error::{Error, Result};
+use crate::ratelimit::{ConcurrencyLimiter, RateLimiter};
+use crate::retry::Backoff;
+
+/// How often idle threads look at the stop flag.
+const TICK: Duration = Duration::from_millis(50);
+
+type HandlerFn = dyn Fn(&Job) -> std::result::Result<(), String> + Send + Sync;
+type SharedLimiter = Arc<dyn RateLimiter + Send + Sync>;
+
+/// Configures a pool of worker threads over a [`StreamQueue`]; made by
+/// [`StreamQueue::workers`].
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use redkit::ratelimit::{ConcurrencyLimiter, Gcra, GcraLimit};
+/// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+/// let queue = redis.stream_queue("crawl").build()?;
+/// let per_second = Gcra::new(&redis, "crawl", GcraLimit::per_second(50))?;
+/// let workers = queue
+///     .workers()
+///     .threads(8)
+///     .rate_limit(Arc::new(per_second), "example.com")
+///     .shutdown_timeout(Duration::from_secs(30))
+///     .run(|job| {
+///         // fetch job.payload() ...
+///         Ok::<(), String>(())
+///     })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "a builder does nothing until `run` is called"]
+pub struct WorkersBuilder {
+    queue: StreamQueue,
+    threads: usize,
+    prefetch: Option<usize>,
+    shutdown_timeout: Duration,
+    rate: Option<(SharedLimiter, String)>,
+    concurrency: Option<(Arc<ConcurrencyLimiter>, String)>,
+    consumer: Option<String>,
+}
+
+impl std::fmt::Debug for WorkersBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkersBuilder")
+            .field("queue", &self.queue.name())
+            .field("threads", &self.threads)
+            .field("prefetch", &self.prefetch)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("rate_limited", &self.rate.is_some())
+            .field("concurrency_limited", &self.concurrency.is_some())
+            .finish()
+    }
+}
+
+impl WorkersBuilder {
+    pub(crate) fn new(queue: StreamQueue) -> WorkersBuilder {
+        WorkersBuilder {
+            queue,
+            threads: 4,
+            prefetch: None,
+            shutdown_timeout: Duration::from_secs(10),
+            rate: None,
+            concurrency: None,
+            consumer: None,
+        }
+    }
+
+    /// Worker threads running the handler. Defaults to 4.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n;
+        self
+    }
+
+    /// Jobs read ahead of the workers (taken from the stream, waiting for a free thread).
+    /// Defaults to twice the threads.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n);
+        self
+    }
+
+    /// How long [`Workers::shutdown`] waits for running handlers. Defaults to 10 s.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    /// Takes one unit of `limiter` for `subject` before each job (waiting for it). Defaults
+    /// to none.
+    pub fn rate_limit(
+        mut self,
+        limiter: Arc<dyn RateLimiter + Send + Sync>,
+        subject: &str,
+    ) -> Self {
+        self.rate = Some((limiter, subject.to_owned()));
+        self
+    }
+
+    /// Holds a slot of `limiter` for `subject` while each job runs (shared by every process
+    /// using the same limiter). Defaults to none.
+    pub fn concurrency_limit(mut self, limiter: Arc<ConcurrencyLimiter>, subject: &str) -> Self {
+        self.concurrency = Some((limiter, subject.to_owned()));
+        self
+    }
+
+    /// The consumer name in the group. Defaults to `<host>-<pid>-<n>`.
+    pub fn consumer_name(mut self, name: &str) -> Self {
+        self.consumer = Some(name.to_owned());
+        self
+    }
+
+    /// Starts the reader thread (`redkit-queue-reader`) and the worker threads
+    /// (`redkit-queue-worker`). A job is acknowledged when `handler` returns `Ok`; an `Err`
+    /// (or a panic, caught) is retried or dead-lettered per the queue's settings.
+    pub fn run<F, E>(self, handler: F) -> Result<Workers>
+    where
+        F: Fn(&Job) -> std::result::Result<(), E> + Send + Sync + 'static,
+        E: std::fmt::Display,
+    {
+        if self.threads == 0 {
+            return Err(Error::config("workers.threads", "must be at least 1"));
+        }
+        let prefetch = self.prefetch.unwrap_or(self.threads * 2);
+        if prefetch == 0 {
+            return Err(Error::config("workers.prefetch", "must be at least 1"));
+        }
+        let handler: Arc<HandlerFn> =
+            Arc::new(move |job: &Job| handler(job).map_err(|e| e.to_string()));
+        let consumer = match &self.consumer {
+            Some(name) => self.queue.consumer_named(name)?,
+            None => self.queue.consumer()?,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = bounded::<Job>(prefetch);
+        let mut workers = Workers {
+            queue: self.queue.clone(),
+            consumer: consumer.name().to_owned(),
+            stop: stop.clone(),
+            reader: None,
+            threads: Vec::new(),
+            rx: rx.clone(),
+            shutdown_timeout: self.shutdown_timeout,
+            done: false,
+        };
+        let reader = Reader {
+            consumer,
+            tx,
+            stop: stop.clone(),
+            prefetch,
+        };
+        workers.reader = Some(spawn("redkit-queue-reader", move || reader.run())?);
+        let shared = Arc::new(WorkerShared {
+            queue: self.queue,
+            handler,
+            rx,
+            stop,
+            rate: self.rate,
+            concurrency: self.concurrency,
+        });
+        for i in 0..self.threads {
+            let shared = shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("redkit-queue-worker-{i}"))
+                .spawn(move || shared.run())
+                .map_err(|e| Error::Background {
+                    thread: "redkit-queue-worker",
+                    reason: format!("could not start: {e}"),
+                })?;
+            workers.threads.push(t);
+        }
+        Ok(workers)
+    }
+}
+
+fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| Error::Background {
+            thread: name,
+            reason: format!("could not start: {e}"),
+        })
+}
+
+/// Sleeps up to `d` in ticks; `true` when a stop was requested meanwhile.
+fn nap(stop: &AtomicBool, d: Duration) -> bool {
+    let until = Instant::now() + d;
+    loop {
+        if stop.load(Relaxed) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return false;
+        }
+        std::thread::sleep((until - now).min(TICK));
+    }
+}
+
+struct Reader {
+    consumer: StreamConsumer,
+    tx: Sender<Job>,
+    stop: Arc<AtomicBool>,
+    prefetch: usize,
+}
+
+impl Reader {
+    fn run(mut self) {
+        let queue = self.consumer.queue().clone();
+        let batch = queue.inner.s.batch;
+        let block = queue.inner.s.block;
+        let mut backoff = None;
+        let mut failing = false;
+        'outer: while !self.stop.load(Relaxed) {
+            let free = self.prefetch.saturating_sub(self.tx.len());
+            if free == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            let jobs = match self.consumer.fetch(free.min(batch), Some(block)) {
+                Ok(jobs) => {
+                    if failing {
+                        log::info!("queue {}: reading works again", queue.name());
+                        failing = false;
+                    }
+                    backoff = None;
+                    jobs
+                }
+                Err(Error::Closed) => break,
+                Err(e) => {
+                    if !failing {
+                        log::warn!("queue {}: read failed: {e}", queue.name());
+                        failing = true;
+                    } else {
+                        log::debug!("queue {}: read failed again: {e}", queue.name());
+                    }
+                    let delay = backoff
+                        .get_or_insert_with(|| {
+                            Backoff::exponential(Duration::from_millis(20), Duration::from_secs(1))
+                                .delays()
+                        })
+                        .next_delay();
+                    nap(&self.stop, delay);
+                    continue;
+                }
+            };
+            let mut jobs = jobs.into_iter();
+            while let Some(mut job) = jobs.next() {
+                loop {
+                    match self.tx.send_timeout(job, TICK) {
+                        Ok(()) => break,
+                        Err(SendTimeoutError::Timeout(j)) if !self.stop.load(Relaxed) => job = j,
+                        Err(SendTimeoutError::Timeout(j))
+                        | Err(SendTimeoutError::Disconnected(j)) => {
+                            // Stopping: hand back what no worker took.
+                            for j in std::iter::once(j).chain(jobs) {
+                                hand_back(&queue, &j);
+                            }
+                            break 'outer;
+                        }
+                    }
+                }
+            }
+        }
+        self.consumer.disconnect();
+    }
+}
+
+fn hand_back(queue: &StreamQueue, job: &Job) {
+    if let Err(e) = queue.hand_back(job) {
+        log::warn!(
+            "queue {}: could not hand back job {} ({e}); it is claimed after the idle time",
+            queue.name(),
+            job.origin()
+        );
+    }
+}
+
+struct WorkerShared {
+    queue: StreamQueue,
+    handler: Arc<HandlerFn>,
+    rx: Receiver<Job>,
+    stop: Arc<AtomicBool>,
+    rate: Option<(SharedLimiter, String)>,
+    concurrency: Option<(Arc<ConcurrencyLimiter>, String)>,
+}
+
+impl WorkerShared {
+    fn run(&self) {
+        while !self.stop.load(Relaxed) {
+            match self.rx.recv_timeout(TICK) {
+                Ok(job) => self.handle(job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Waits for the rate limiter; `false` when a stop came first.
+    fn admitted(&self) -> bool {
+        let Some((limiter, subject)) = &self.rate else {
+            return true;
+        };
+        loop {
+            match limiter.acquire_timeout(subject, 1, TICK) {
+                Ok(_) => return true,
+                Err(Error::RateLimited { .. }) => {}
+                Err(e) => {
+                    log::warn!("queue {}: rate limiter failed: {e}", self.queue.name());
+                    if nap(&self.stop, Duration::from_millis(200)) {
+                        return false;
+                    }
+                }
+            }
+            if self.stop.load(Relaxed) {
+                return false;
+            }
+        }
+    }
+
+    /// Waits for a concurrency slot; `Err(())` when a stop came first.
+    fn slot(&self) -> std::result::Result<Option<crate::ratelimit::Slot>, ()> {
+        let Some((limiter, subject)) = &self.concurrency else {
+            return Ok(None);
+        };
+        loop {
+            match limiter.acquire_timeout(subject, TICK) {
+                Ok(slot) => return Ok(Some(slot)),
+                Err(Error::RateLimited { .. }) => {}
+                Err(e) => {
+                    log::warn!(
+                        "queue {}: concurrency limiter failed: {e}",
+                        self.queue.name()
+                    );
+                    if nap(&self.stop, Duration::from_millis(200)) {
+                        return Err(());
+                    }
+                }
+            }
+            if self.stop.load(Relaxed) {
+                return Err(());
+            }
+        }
+    }
+
+    fn handle(&self, job: Job) {
+        let counters = &self.queue.inner.counters;
+        if !self.admitted() {
+            hand_back(&self.queue, &job);
+            return;
+        }
+        let Ok(slot) = self.slot() else {
+            hand_back(&self.queue, &job);
+            return;
+        };
+        counters.in_flight.fetch_add(1, Relaxed);
+        let outcome = match catch_unwind(AssertUnwindSafe(|| (self.handler)(&job))) {
+            Ok(r) => r,
+            Err(panic) => Err(panic_text(&panic)),
+        };
+        drop(slot);
+        let settled = match &outcome {
+            Ok(()) => self.queue.ack(&job).map(drop),
+            Err(error) => self.queue.fail(&job, error).map(drop),
+        };
+        counters.in_flight.fetch_sub(1, Relaxed);
+        if let Err(e) = settled {
+            log::warn!(
+                "queue {}: could not settle job {} ({e}); it stays pending and is claimed after the idle time",
+                self.queue.name(),
+                job.origin()
+            );
+        }
+    }
+}
+
+/// What [`Workers::shutdown`] did.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Jobs read but not started, handed back to the stream for other consumers.
+    pub handed_back: usize,
+    /// Worker threads still running a handler when the shutdown timeout passed (waited for
+    /// anyway: threads are never left behind).
+    pub overran: usize,
+    /// How long the shutdown took.
+    pub took: Duration,
+}
+
+/// A running pool of worker threads; made by [`WorkersBuilder::run`]. Dropping it shuts
+/// it down like [`Workers::shutdown`] (logging errors).
+#[must_use = "dropping Workers stops them"]
+pub struct Workers {
+    queue: StreamQueue,
+    consumer: String,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
+    rx: Receiver<Job>,
+    shutdown_timeout: Duration,
+    done: bool,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("queue", &self.queue.name())
+            .field("consumer", &self.consumer)
+            .field("threads", &self.threads.len())
+            .field("queued", &self.rx.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Workers {
+    /// The consumer name the pool reads as.
+    pub fn consumer_name(&self) -> &str {
+        &self.consumer
+    }
+
+    /// The queue's stats (progress: processed, failed, retried, in flight...).
+    pub fn stats(&self) -> Result<QueueStats> {
+        self.queue.stats()
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.load(Relaxed)
+    }
+
+    /// Asks the threads to stop without waiting (for a signal handler); then call
+    /// [`Workers::shutdown`] or drop.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Relaxed);
+    }
+
+    /// A flag that stops the pool when set (to share with a signal handler).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Stops taking new jobs, hands back the ones read but not started, waits for running
+    /// handlers (they finish and are acknowledged) up to the shutdown timeout, then joins
+    /// every thread.
+    pub fn shutdown(mut self) -> Result<ShutdownReport> {
+        self.shut_down()
+    }
+
+    fn shut_down(&mut self) -> Result<ShutdownReport> {
+        let start = Instant::now();
+        let deadline = start + self.shutdown_timeout;
+        self.done = true;
+        self.stop.store(true, Relaxed);
+        let mut panicked = None;
+        let me = std::thread::current().id();
+        if let Some(reader) = self.reader.take() {
+            if reader.thread().id() != me {
+                if let Err(p) = reader.join() {
+                    panicked = Some(("redkit-queue-reader", crate::pubsub::panic_message(&p)));
+                }
+            }
+        }
+        let mut handed_back = 0;
+        while let Ok(job) = self.rx.try_recv() {
+            hand_back(&self.queue, &job);
+            handed_back += 1;
+        }
+        while Instant::now() < deadline && self.threads.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let overran = self.threads.iter().filter(|t| !t.is_finished()).count();
+        if overran > 0 {
+            log::warn!(
+                "queue {}: {overran} handler(s) still running after {:?}; waiting for them",
+                self.queue.name(),
+                self.shutdown_timeout
+            );
+        }
+        for t in self.threads.drain(..) {
+            if t.thread().id() == me {
+                continue;
+            }
+            if let Err(p) = t.join() {
+                panicked = Some(("redkit-queue-worker", crate::pubsub::panic_message(&p)));
+            }
+        }
+        // A worker may have handed back a job while stopping; anything still queued too.
+        while let Ok(job) = self.rx.try_recv() {
+            hand_back(&self.queue, &job);
+            handed_back += 1;
+        }
+        if let Some((thread, reason)) = panicked {
+            return Err(Error::Background { thread, reason });
+        }
+        Ok(ShutdownReport {
+            handed_back,
+            overran,
+            took: start.elapsed(),
+        })
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Err(e) = self.shut_down() {
+                log::warn!("queue {}: {e}", self.queue.name());
+            }
+        }
+    }
+}
