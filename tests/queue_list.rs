@@ -1,0 +1,113 @@
+//! List queue against a real server: BLMOVE into processing lists, ack, reaper, close.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redkit::testing::wait_until;
+use support::*;
+
+#[test]
+fn items_are_taken_in_order_and_acknowledged() -> TestResult {
+    let server = server();
+    let redis = redis(&server);
+    let queue = redis.list_queue("mail").build()?;
+    queue.push("a")?;
+    queue.push_batch(["b", "c"])?;
+    let mut consumer = queue.consumer()?;
+    let mut got = Vec::new();
+    while let Some(job) = consumer.try_pop()? {
+        got.push(job);
+    }
+    let texts: Vec<_> = got.iter().map(|j| j.payload_str().unwrap_or("")).collect();
+    assert_eq!(texts, ["a", "b", "c"]);
+    assert_eq!(consumer.in_flight()?, 3);
+    for job in &got {
+        assert!(consumer.ack(job)?);
+    }
+    assert!(!consumer.ack(&got[0])?);
+    assert_eq!(consumer.in_flight()?, 0);
+    assert!(consumer.pop_timeout(Duration::from_millis(50))?.is_none());
+    assert!(redis.list_queue("").build().is_err());
+    assert!(queue.consumer_named("").is_err());
+    Ok(())
+}
+
+#[test]
+fn the_reaper_returns_the_items_of_a_dead_consumer() -> TestResult {
+    let server = server();
+    let redis = redis(&server);
+    let queue = redis
+        .list_queue("reaped")
+        .alive_ttl(Duration::from_millis(300))
+        .build()?;
+    queue.push_batch(["x", "y", "z"])?;
+    let mut doomed = queue.consumer_named("doomed")?;
+    doomed.try_pop()?.expect("x");
+    doomed.try_pop()?.expect("y");
+    // Dies without acknowledging (dropping does not give anything back).
+    drop(doomed);
+    assert_eq!(queue.reap()?, 0, "still counts as alive");
+    let mut returned = 0;
+    wait_until(Duration::from_secs(5), "the dead consumer reaped", || {
+        returned += queue.reap().unwrap_or(0);
+        returned == 2
+    })?;
+    let mut other = queue.consumer()?;
+    let mut got = HashSet::new();
+    while let Some(job) = other.try_pop()? {
+        other.ack(&job)?;
+        got.insert(job.into_payload());
+    }
+    assert_eq!(got.len(), 3);
+    assert_eq!(queue.reap()?, 0);
+    Ok(())
+}
+
+#[test]
+fn close_gives_back_unacknowledged_items() -> TestResult {
+    let server = server();
+    let redis = redis(&server);
+    let queue = redis.list_queue("closing").build()?;
+    queue.push_batch(["1", "2"])?;
+    let mut c = queue.consumer()?;
+    let one = c.try_pop()?.expect("one");
+    c.try_pop()?.expect("two");
+    c.ack(&one)?;
+    assert_eq!(c.close()?, 1);
+    assert_eq!(queue.len()?, 1);
+    Ok(())
+}
+
+#[test]
+fn four_consumers_take_every_item_exactly_once() -> TestResult {
+    const N: usize = 2000;
+    let server = server();
+    let redis = redis(&server);
+    let queue = redis
+        .list_queue("shared")
+        .wait(Duration::from_millis(200))
+        .build()?;
+    queue.push_batch((0..N).map(|i| i.to_string()))?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let queue = queue.clone();
+            let seen = seen.clone();
+            s.spawn(move || {
+                let mut c = queue.consumer().expect("consumer");
+                while let Some(job) = c.pop().expect("pop") {
+                    c.ack(&job).expect("ack");
+                    seen.lock().push(job.into_payload());
+                }
+            });
+        }
+    });
+    let seen = seen.lock();
+    assert_eq!(seen.len(), N);
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), N);
+    Ok(())
+}
