@@ -1,0 +1,186 @@
+//! Work queue: jobs per second end to end (produce -> handler -> XACK) through a redkit
+//! `StreamQueue` with 8 worker threads, against a raw `XREADGROUP` / `XACK` loop on 8
+//! dedicated `redis` crate connections, measured in the same run and reported as a ratio.
+//!
+//! Both sides get the same producer: one thread sending pipelines of 100 `XADD` on a raw
+//! connection, onto a fresh stream per block. The clock runs from the first `XADD` to the
+//! last acknowledged job. Both sides acknowledge every job on its own (one `XACK` each), as a
+//! worker that finishes jobs one at a time must. Sides alternate in blocks; the ratio is the
+//! median of per-block ratios. Target (issue 9): >= 0.9.
+//!
+//! `cargo bench --bench queue`. `REDKIT_BENCH_JOBS` sets jobs per block (default 20000).
+//! Results go to stdout and to the `queue` section of `target/redkit-bench.json`.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{env_usize, median, Report, Target};
+use redkit::testing::RedisServer;
+use redkit::{Config, Redis};
+
+const BLOCKS: usize = 3;
+const WORKERS: usize = 8;
+const TARGET: f64 = 0.9;
+
+/// Sends `n` jobs in pipelines of 100 `XADD` on `con`.
+fn produce(con: &mut redis::Connection, stream: &str, n: usize) {
+    let payload = vec![b'x'; 64];
+    let mut sent = 0;
+    while sent < n {
+        let batch = (n - sent).min(100);
+        let mut pipe = redis::pipe();
+        for _ in 0..batch {
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("p")
+                .arg(&payload)
+                .ignore();
+        }
+        pipe.query::<()>(con).expect("XADD");
+        sent += batch;
+    }
+}
+
+fn wait_for(done: &AtomicU64, n: usize) -> Instant {
+    while done.load(Relaxed) < n as u64 {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Instant::now()
+}
+
+/// One block through redkit: jobs per second.
+fn redkit_block(redis: &Redis, producer: &mut redis::Connection, block: usize, n: usize) -> f64 {
+    let queue = redis
+        .stream_queue(&format!("bench-redkit-{block}"))
+        .build()
+        .expect("queue");
+    let done = Arc::new(AtomicU64::new(0));
+    let d = done.clone();
+    let workers = queue
+        .workers()
+        .threads(WORKERS)
+        .run(move |job| {
+            std::hint::black_box(job.payload());
+            d.fetch_add(1, Relaxed);
+            Ok::<(), String>(())
+        })
+        .expect("workers");
+    let start = Instant::now();
+    produce(producer, queue.stream_key(), n);
+    let end = wait_for(&done, n);
+    workers.shutdown().expect("shutdown");
+    n as f64 / end.duration_since(start).as_secs_f64()
+}
+
+/// One block through 8 raw XREADGROUP / XACK loops: jobs per second.
+fn raw_block(
+    server: &RedisServer,
+    producer: &mut redis::Connection,
+    block: usize,
+    n: usize,
+) -> f64 {
+    let stream = format!("bench-raw-{block}");
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query::<()>(producer)
+        .expect("XGROUP CREATE");
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = redis::Client::open(server.url()).expect("client");
+    let threads: Vec<_> = (0..WORKERS)
+        .map(|i| {
+            let mut con = client.get_connection().expect("raw connection");
+            let (done, stop, stream) = (done.clone(), stop.clone(), stream.clone());
+            std::thread::spawn(move || {
+                let consumer = format!("c{i}");
+                while !stop.load(Relaxed) {
+                    let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                        .arg("GROUP")
+                        .arg("g")
+                        .arg(&consumer)
+                        .arg("COUNT")
+                        .arg(100)
+                        .arg("BLOCK")
+                        .arg(100)
+                        .arg("STREAMS")
+                        .arg(&stream)
+                        .arg(">")
+                        .query(&mut con)
+                        .expect("XREADGROUP");
+                    for key in reply.keys {
+                        for entry in key.ids {
+                            std::hint::black_box(entry.map.get("p"));
+                            redis::cmd("XACK")
+                                .arg(&stream)
+                                .arg("g")
+                                .arg(&entry.id)
+                                .query::<u64>(&mut con)
+                                .expect("XACK");
+                            done.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    produce(producer, &stream, n);
+    let end = wait_for(&done, n);
+    stop.store(true, Relaxed);
+    for t in threads {
+        t.join().expect("raw worker");
+    }
+    n as f64 / end.duration_since(start).as_secs_f64()
+}
+
+fn main() {
+    let n = env_usize("REDKIT_BENCH_JOBS", 20_000);
+    let mut report = Report::new(
+        "queue",
+        "jobs/s produce -> 8 workers -> XACK through StreamQueue vs raw XREADGROUP/XACK loops",
+    );
+    report.param("jobs_per_block", n);
+    report.param("blocks", BLOCKS);
+    report.param("workers", WORKERS);
+    let server = RedisServer::start().expect("start redis-server");
+    let redis = Redis::connect(
+        Config::builder()
+            .host(server.host())
+            .port(server.port())
+            .build()
+            .expect("config"),
+    )
+    .expect("connect");
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut producer = client.get_connection().expect("producer connection");
+
+    // Warm-up.
+    raw_block(&server, &mut producer, 100, n / 4);
+    redkit_block(&redis, &mut producer, 100, n / 4);
+
+    let (mut ours, mut raws, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for block in 0..BLOCKS {
+        let r = raw_block(&server, &mut producer, block, n);
+        let o = redkit_block(&redis, &mut producer, block, n);
+        ratios.push(o / r);
+        raws.push(r);
+        ours.push(o);
+    }
+    report.throughput(
+        "stream queue, 8 workers, end to end",
+        " jobs/s",
+        median(ours),
+        median(raws),
+        median(ratios),
+        Target::RatioAtLeast(TARGET),
+    );
+    report.finish();
+}
