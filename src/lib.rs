@@ -15,6 +15,9 @@
 //! [Distributed locks](lock): a mutex with fencing tokens, fast hand-off and a watchdog, a
 //! semaphore, a read-write lock, Redlock over several servers, and leader election.
 //!
+//! At-least-once [work queues](queue) for worker threads: streams with retries, dead letters
+//! and claims of dead workers' jobs, plain lists, delayed jobs, and a worker pool.
+//!
 //! ## Quick start
 //!
 //! ```no_run

@@ -68,6 +68,28 @@ fn the_reaper_returns_the_items_of_a_dead_consumer() -> TestResult {
 }
 
 #[test]
+fn a_reaper_thread_gives_back_items_by_itself() -> TestResult {
+    let server = server();
+    let redis = redis(&server);
+    let queue = redis
+        .list_queue("reaper")
+        .alive_ttl(Duration::from_millis(200))
+        .build()?;
+    let reaper = queue.reaper(Duration::from_millis(50))?;
+    queue.push("lost")?;
+    let mut doomed = queue.consumer()?;
+    doomed.try_pop()?.expect("lost");
+    drop(doomed);
+    wait_until(Duration::from_secs(5), "the item back", || {
+        queue.len().is_ok_and(|n| n == 1)
+    })?;
+    assert_eq!(reaper.reaped(), 1);
+    reaper.stop()?;
+    assert!(queue.reaper(Duration::ZERO).is_err());
+    Ok(())
+}
+
+#[test]
 fn close_gives_back_unacknowledged_items() -> TestResult {
     let server = server();
     let redis = redis(&server);

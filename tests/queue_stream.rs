@@ -412,3 +412,36 @@ fn a_concurrency_limiter_caps_running_jobs() -> TestResult {
     assert!(peak.load(Relaxed) <= 2, "peak {}", peak.load(Relaxed));
     Ok(())
 }
+
+#[test]
+fn a_job_claimed_too_often_is_dead_lettered() -> TestResult {
+    let server = server();
+    let redis = redis(&server);
+    let queue = redis
+        .stream_queue("poison")
+        .max_claims(1)
+        .claim_idle(Duration::from_millis(100))
+        .claim_interval(Duration::from_millis(20))
+        .block(Duration::from_millis(20))
+        .build()?;
+    let id = queue.produce("crashes its worker")?;
+    let mut first = queue.consumer_named("first")?;
+    let job = first
+        .recv_timeout(Duration::from_secs(2))?
+        .expect("the job");
+    assert_eq!(job.id(), id);
+    // `first` "dies" holding it; `second` claims it once, "dies" too, then it is dead.
+    let mut second = queue.consumer_named("second")?;
+    let mut claimed = 0;
+    wait_until(Duration::from_secs(10), "a dead letter", || {
+        if let Ok(Some(_)) = second.recv_timeout(Duration::from_millis(20)) {
+            claimed += 1;
+        }
+        queue.stats().is_ok_and(|s| s.dead_letters == 1)
+    })?;
+    assert_eq!(claimed, 1);
+    let dead = queue.dead_letters(1)?;
+    assert!(dead[0].error.contains("claimed 2 times"), "{:?}", dead[0]);
+    assert_eq!(queue.stats()?.pending, 0);
+    Ok(())
+}

@@ -142,52 +142,22 @@ impl Delayed {
         if poll < Duration::from_millis(1) {
             return Err(Error::config("scheduler.poll", "must be at least 1 ms"));
         }
-        let (stop, stopped) = bounded::<()>(0);
-        let moved = Arc::new(AtomicU64::new(0));
-        let counter = moved.clone();
         let delayed = self.clone();
-        let thread = std::thread::Builder::new()
-            .name("redkit-queue-scheduler".into())
-            .spawn(move || {
-                let mut failing = false;
-                loop {
-                    let wait = match delayed.move_due() {
-                        Ok((n, next)) => {
-                            if failing {
-                                log::info!("scheduler for {}: works again", delayed.key);
-                                failing = false;
-                            }
-                            counter.fetch_add(n as u64, Relaxed);
-                            if n >= 1000 {
-                                Duration::ZERO
-                            } else {
-                                next.map_or(poll, |d| d.min(poll))
-                            }
-                        }
-                        Err(Error::Closed) => return,
-                        Err(e) => {
-                            if !failing {
-                                log::warn!("scheduler for {}: {e}", delayed.key);
-                                failing = true;
-                            }
-                            poll.max(Duration::from_millis(100))
-                        }
-                    };
-                    match stopped.recv_timeout(wait) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
-                }
-            })
-            .map_err(|e| Error::Background {
-                thread: "redkit-queue-scheduler",
-                reason: format!("could not start: {e}"),
-            })?;
-        Ok(Scheduler {
-            stop: Some(stop),
-            thread: Some(thread),
-            moved,
-        })
+        let periodic = Periodic::spawn(
+            "redkit-queue-scheduler",
+            format!("scheduler for {}", self.key),
+            poll,
+            move || {
+                let (n, next) = delayed.move_due()?;
+                let wait = if n >= 1000 {
+                    Duration::ZERO
+                } else {
+                    next.map_or(poll, |d| d.min(poll))
+                };
+                Ok((n as u64, wait))
+            },
+        )?;
+        Ok(Scheduler { periodic })
     }
 }
 
@@ -195,9 +165,7 @@ impl Delayed {
 /// [`Delayed::scheduler`]. Dropping it stops the thread and waits for it.
 #[must_use = "dropping a Scheduler stops it"]
 pub struct Scheduler {
-    stop: Option<Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-    moved: Arc<AtomicU64>,
+    periodic: Periodic,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -211,20 +179,85 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     /// Jobs this scheduler moved so far.
     pub fn moved(&self) -> u64 {
-        self.moved.load(Relaxed)
+        self.periodic.count()
     }
 
     /// Stops the thread and waits for it.
     pub fn stop(mut self) -> Result<()> {
-        self.shut_down()
+        self.periodic.shut_down()
+    }
+}
+
+/// A named thread that runs `step` again and again (it returns a count and how long to wait
+/// before the next run) until stopped; joined on drop.
+pub(crate) struct Periodic {
+    name: &'static str,
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    count: Arc<AtomicU64>,
+}
+
+impl Periodic {
+    pub(crate) fn spawn(
+        name: &'static str,
+        what: String,
+        error_wait: Duration,
+        mut step: impl FnMut() -> Result<(u64, Duration)> + Send + 'static,
+    ) -> Result<Periodic> {
+        let (stop, stopped) = bounded::<()>(0);
+        let count = Arc::new(AtomicU64::new(0));
+        let counter = count.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let mut failing = false;
+                loop {
+                    let wait = match step() {
+                        Ok((n, wait)) => {
+                            if failing {
+                                log::info!("{what}: works again");
+                                failing = false;
+                            }
+                            counter.fetch_add(n, Relaxed);
+                            wait
+                        }
+                        Err(Error::Closed) => return,
+                        Err(e) => {
+                            if !failing {
+                                log::warn!("{what}: {e}");
+                                failing = true;
+                            }
+                            error_wait.max(Duration::from_millis(100))
+                        }
+                    };
+                    match stopped.recv_timeout(wait) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                }
+            })
+            .map_err(|e| Error::Background {
+                thread: name,
+                reason: format!("could not start: {e}"),
+            })?;
+        Ok(Periodic {
+            name,
+            stop: Some(stop),
+            thread: Some(thread),
+            count,
+        })
     }
 
-    fn shut_down(&mut self) -> Result<()> {
+    pub(crate) fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    pub(crate) fn shut_down(&mut self) -> Result<()> {
         self.stop.take();
         match self.thread.take() {
             Some(t) if t.thread().id() != std::thread::current().id() => {
                 t.join().map_err(|p| Error::Background {
-                    thread: "redkit-queue-scheduler",
+                    thread: self.name,
                     reason: crate::pubsub::panic_message(&p),
                 })
             }
@@ -233,7 +266,7 @@ impl Scheduler {
     }
 }
 
-impl Drop for Scheduler {
+impl Drop for Periodic {
     fn drop(&mut self) {
         if let Err(e) = self.shut_down() {
             log::warn!("{e}");

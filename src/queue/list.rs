@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::delayed::{Delayed, Target};
+use super::delayed::{Delayed, Periodic, Target};
 use super::{check_name, consumer_name, millis, Dedicated};
 use crate::client::Redis;
 use crate::error::{Error, Result};
@@ -282,6 +282,51 @@ impl ListQueue {
             }
         }
         Ok(total)
+    }
+}
+
+impl ListQueue {
+    /// Starts a [`Reaper`] thread (`redkit-queue-reaper`) that runs [`ListQueue::reap`]
+    /// every `every`. Several reapers (in several processes) are safe.
+    pub fn reaper(&self, every: Duration) -> Result<Reaper> {
+        if every < Duration::from_millis(1) {
+            return Err(Error::config("reaper.every", "must be at least 1 ms"));
+        }
+        let queue = self.clone();
+        let periodic = Periodic::spawn(
+            "redkit-queue-reaper",
+            format!("reaper of list queue {}", self.inner.name),
+            every,
+            move || Ok((queue.reap()? as u64, every)),
+        )?;
+        Ok(Reaper { periodic })
+    }
+}
+
+/// A thread returning the items of dead consumers to the ready list; made by
+/// [`ListQueue::reaper`]. Dropping it stops the thread and waits for it.
+#[must_use = "dropping a Reaper stops it"]
+pub struct Reaper {
+    periodic: Periodic,
+}
+
+impl std::fmt::Debug for Reaper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reaper")
+            .field("reaped", &self.reaped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reaper {
+    /// Items this reaper returned so far.
+    pub fn reaped(&self) -> u64 {
+        self.periodic.count()
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) -> Result<()> {
+        self.periodic.shut_down()
     }
 }
 

@@ -72,7 +72,7 @@ mod runner;
 mod stream;
 
 pub use delayed::{Delayed, Scheduler};
-pub use list::{ListConsumer, ListJob, ListQueue, ListQueueBuilder};
+pub use list::{ListConsumer, ListJob, ListQueue, ListQueueBuilder, Reaper};
 pub use runner::{ShutdownReport, Workers, WorkersBuilder};
 pub use stream::{
     DeadLetter, QueueStats, Settled, StreamConsumer, StreamQueue, StreamQueueBuilder,

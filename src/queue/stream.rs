@@ -32,6 +32,7 @@ pub(crate) struct Settings {
     pub(crate) claim_idle: Duration,
     pub(crate) claim_interval: Duration,
     pub(crate) max_retries: u32,
+    pub(crate) max_claims: u32,
     pub(crate) retry_backoff: Backoff,
 }
 
@@ -85,6 +86,7 @@ pub struct StreamQueueBuilder {
     claim_idle: Duration,
     claim_interval: Duration,
     max_retries: u32,
+    max_claims: u32,
     retry_backoff: Backoff,
 }
 
@@ -110,6 +112,7 @@ impl Redis {
             claim_idle: Duration::from_secs(60),
             claim_interval: Duration::from_secs(1),
             max_retries: 5,
+            max_claims: 3,
             retry_backoff: Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300)),
         }
     }
@@ -170,6 +173,14 @@ impl StreamQueueBuilder {
         self
     }
 
+    /// How many times a job may be claimed from consumers that went idle (died, or never
+    /// acknowledged it) before it goes to the dead-letter stream: a job that crashes every
+    /// worker that takes it must not kill them one after the other forever. Defaults to 3.
+    pub fn max_claims(mut self, n: u32) -> Self {
+        self.max_claims = n;
+        self
+    }
+
     /// The delay before each retry (by attempt). Defaults to exponential from 1 s to 5 min
     /// with full jitter.
     pub fn retry_backoff(mut self, backoff: Backoff) -> Self {
@@ -215,6 +226,7 @@ impl StreamQueueBuilder {
             claim_idle: self.claim_idle,
             claim_interval: self.claim_interval,
             max_retries: self.max_retries,
+            max_claims: self.max_claims,
             retry_backoff: self.retry_backoff,
         };
         let queue = StreamQueue {
@@ -494,6 +506,23 @@ impl StreamQueue {
             );
             Ok(Settled::DeadLettered)
         }
+    }
+
+    /// Moves a job to the dead-letter stream now, atomically with its `XACK`.
+    pub(crate) fn dead_letter(&self, job: &Job, error: &str) -> Result<bool> {
+        let s = &self.inner.s;
+        let c = &self.inner.counters;
+        c.failed.fetch_add(1, Relaxed);
+        if !self.settle(job, "dead", &s.dead, job.attempt + 1, error)? {
+            return Ok(false);
+        }
+        c.dead_lettered.fetch_add(1, Relaxed);
+        log::warn!(
+            "queue {}: job {} dead-lettered: {error}",
+            s.name,
+            job.origin()
+        );
+        Ok(true)
     }
 
     /// Hands a job back to the stream at once (a new entry, same attempt), atomically with
@@ -807,7 +836,8 @@ impl StreamConsumer {
     }
 
     fn claim(&mut self, max: usize) -> Result<Vec<Job>> {
-        let s = &self.queue.inner.s;
+        let queue = self.queue.clone();
+        let s = &queue.inner.s;
         let v = self.conn.value(
             redis::cmd("XAUTOCLAIM")
                 .arg(&s.stream)
@@ -828,8 +858,9 @@ impl StreamConsumer {
             self.next_claim = Instant::now();
         }
         self.claim_cursor = cursor;
+        let jobs = self.drop_poison(jobs)?;
         if !jobs.is_empty() {
-            self.queue
+            queue
                 .inner
                 .counters
                 .claimed
@@ -842,6 +873,49 @@ impl StreamConsumer {
             );
         }
         Ok(jobs)
+    }
+
+    /// Dead-letters the claimed jobs that were claimed more than `max_claims` times (their
+    /// delivery count: one read plus one per claim).
+    fn drop_poison(&mut self, jobs: Vec<Job>) -> Result<Vec<Job>> {
+        let (Some(first), Some(last)) = (jobs.first(), jobs.last()) else {
+            return Ok(jobs);
+        };
+        let queue = self.queue.clone();
+        let s = &queue.inner.s;
+        let v = self.conn.value(
+            redis::cmd("XPENDING")
+                .arg(&s.stream)
+                .arg(&s.group)
+                .arg(&first.id)
+                .arg(&last.id)
+                .arg(jobs.len().max(1000))
+                .arg(&self.name),
+        )?;
+        let Value::Array(rows) = v else {
+            return Ok(jobs);
+        };
+        let mut deliveries = std::collections::HashMap::new();
+        for row in &rows {
+            if let Value::Array(cols) = row {
+                if let (Some(id), Some(n)) = (cols.first().and_then(super::string), cols.get(3)) {
+                    deliveries.insert(id, as_u64(n).unwrap_or(0));
+                }
+            }
+        }
+        let mut keep = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let claims = deliveries.get(&job.id).map_or(0, |d| d.saturating_sub(1));
+            if claims > u64::from(s.max_claims) {
+                let error = format!(
+                    "claimed {claims} times from consumers that died or never acknowledged it"
+                );
+                queue.dead_letter(&job, &error)?;
+            } else {
+                keep.push(job);
+            }
+        }
+        Ok(keep)
     }
 
     /// Closes the dedicated connection now (it reopens on the next read).
