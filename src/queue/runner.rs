@@ -16,6 +16,12 @@ use crate::retry::Backoff;
 
 /// How often idle threads look at the stop flag.
 const TICK: Duration = Duration::from_millis(50);
+/// Handlers faster than this on average get their acknowledgements batched.
+const FAST: Duration = Duration::from_millis(1);
+/// The most acknowledgements one `XACK` carries.
+const ACK_BATCH: usize = 32;
+/// The longest an acknowledgement waits for others to share its `XACK`.
+const ACK_DELAY: Duration = Duration::from_millis(5);
 
 type HandlerFn = dyn Fn(&Job) -> std::result::Result<(), String> + Send + Sync;
 type SharedLimiter = Arc<dyn RateLimiter + Send + Sync>;
@@ -85,7 +91,9 @@ impl WorkersBuilder {
     }
 
     /// Jobs read ahead of the workers (taken from the stream, waiting for a free thread).
-    /// Defaults to twice the threads.
+    /// Defaults to 8 per thread. A job read ahead waits (pending, its idle time growing)
+    /// until a thread is free: keep `prefetch × job time / threads` well under the queue's
+    /// [`claim_idle`](super::StreamQueueBuilder::claim_idle), or lower it for slow jobs.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = Some(n);
         self
@@ -122,8 +130,14 @@ impl WorkersBuilder {
     }
 
     /// Starts the reader thread (`redkit-queue-reader`) and the worker threads
-    /// (`redkit-queue-worker`). A job is acknowledged when `handler` returns `Ok`; an `Err`
+    /// (`redkit-queue-worker-N`). A job is acknowledged when `handler` returns `Ok`; an `Err`
     /// (or a panic, caught) is retried or dead-lettered per the queue's settings.
+    ///
+    /// While handlers are fast (under 1 ms on average) and jobs are queued, a worker sends
+    /// the acknowledgements of up to 32 jobs (at most 5 ms old) in one `XACK`; when the queue
+    /// runs empty, a handler is slow, or on stop they go at once. One exception: the
+    /// acknowledgements gathered before a job that turns out slow wait for it. Nothing is
+    /// acknowledged before its handler succeeded.
     pub fn run<F, E>(self, handler: F) -> Result<Workers>
     where
         F: Fn(&Job) -> std::result::Result<(), E> + Send + Sync + 'static,
@@ -132,7 +146,7 @@ impl WorkersBuilder {
         if self.threads == 0 {
             return Err(Error::config("workers.threads", "must be at least 1"));
         }
-        let prefetch = self.prefetch.unwrap_or(self.threads * 2);
+        let prefetch = self.prefetch.unwrap_or(self.threads * 8);
         if prefetch == 0 {
             return Err(Error::config("workers.prefetch", "must be at least 1"));
         }
@@ -298,14 +312,57 @@ struct WorkerShared {
 }
 
 impl WorkerShared {
+    /// Takes jobs until stopped. While handlers are fast (a moving average under
+    /// [`FAST`]) and more jobs are queued, acknowledgements are gathered and sent in one
+    /// `XACK` (at most [`ACK_BATCH`] jobs, at most [`ACK_DELAY`] old); a slow handler, an
+    /// empty queue or a stop sends them at once.
     fn run(&self) {
+        let mut acks: Vec<Job> = Vec::new();
+        let mut oldest = Instant::now();
+        let mut average = Duration::ZERO;
         while !self.stop.load(Relaxed) {
-            match self.rx.recv_timeout(TICK) {
-                Ok(job) => self.handle(job),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            let next = if acks.is_empty() {
+                match self.rx.recv_timeout(TICK) {
+                    Ok(job) => Some(job),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                self.rx.try_recv().ok()
+            };
+            let Some(job) = next else {
+                self.flush(&mut acks);
+                continue;
+            };
+            let started = Instant::now();
+            if let Some(done) = self.handle(job) {
+                if acks.is_empty() {
+                    oldest = Instant::now();
+                }
+                acks.push(done);
+            }
+            average = (average * 7 + started.elapsed()) / 8;
+            if average >= FAST || acks.len() >= ACK_BATCH || oldest.elapsed() >= ACK_DELAY {
+                self.flush(&mut acks);
             }
         }
+        self.flush(&mut acks);
+    }
+
+    fn flush(&self, acks: &mut Vec<Job>) {
+        if acks.is_empty() {
+            return;
+        }
+        let counters = &self.queue.inner.counters;
+        if let Err(e) = self.queue.ack_all(acks) {
+            log::warn!(
+                "queue {}: could not acknowledge {} job(s) ({e}); they stay pending and are claimed after the idle time",
+                self.queue.name(),
+                acks.len()
+            );
+        }
+        counters.in_flight.fetch_sub(acks.len() as u64, Relaxed);
+        acks.clear();
     }
 
     /// Waits for the rate limiter; `false` when a stop came first.
@@ -355,15 +412,16 @@ impl WorkerShared {
         }
     }
 
-    fn handle(&self, job: Job) {
+    /// Runs one job; returns it when it succeeded (to acknowledge, still counted in flight).
+    fn handle(&self, job: Job) -> Option<Job> {
         let counters = &self.queue.inner.counters;
         if !self.admitted() {
             hand_back(&self.queue, &job);
-            return;
+            return None;
         }
         let Ok(slot) = self.slot() else {
             hand_back(&self.queue, &job);
-            return;
+            return None;
         };
         counters.in_flight.fetch_add(1, Relaxed);
         let outcome = match catch_unwind(AssertUnwindSafe(|| (self.handler)(&job))) {
@@ -371,10 +429,11 @@ impl WorkerShared {
             Err(panic) => Err(panic_text(&panic)),
         };
         drop(slot);
-        let settled = match &outcome {
-            Ok(()) => self.queue.ack(&job).map(drop),
-            Err(error) => self.queue.fail(&job, error).map(drop),
+        let error = match outcome {
+            Ok(()) => return Some(job),
+            Err(error) => error,
         };
+        let settled = self.queue.fail(&job, &error);
         counters.in_flight.fetch_sub(1, Relaxed);
         if let Err(e) = settled {
             log::warn!(
@@ -383,6 +442,7 @@ impl WorkerShared {
                 job.origin()
             );
         }
+        None
     }
 }
 

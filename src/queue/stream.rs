@@ -462,6 +462,22 @@ impl StreamQueue {
         Ok(n > 0)
     }
 
+    /// Acknowledges several jobs in one `XACK`; returns how many were still pending.
+    pub fn ack_all(&self, jobs: &[Job]) -> Result<u64> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let s = &self.inner.s;
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(&s.stream).arg(&s.group);
+        for job in jobs {
+            cmd.arg(&job.id);
+        }
+        let n: u64 = self.inner.redis.query_idempotent(&cmd)?;
+        self.inner.counters.processed.fetch_add(n, Relaxed);
+        Ok(n)
+    }
+
     /// Records a failed run of `job`: schedules a retry after the backoff, or (after
     /// `max_retries` retries) moves it to the dead-letter stream with `error`. Atomic with
     /// its `XACK`.
