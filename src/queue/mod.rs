@@ -134,6 +134,7 @@ impl Job {
 /// A connection owned by one queue consumer (for blocking reads), outside the pool. Opened on
 /// first use, closed after any error that leaves its state unknown, reopened on next use.
 pub(crate) struct Dedicated {
+    shared: std::sync::Arc<crate::pool::Shared>,
     manager: Manager,
     con: Option<redis::Connection>,
     read_timeout: Duration,
@@ -158,13 +159,20 @@ impl Dedicated {
         let config = redis.config().clone();
         let read_timeout = config.timeouts().response_timeout() + block;
         Ok(Dedicated {
+            shared: redis.shared().clone(),
             manager: Manager::new(config, redis.shared().clone())?,
             con: None,
             read_timeout,
         })
     }
 
+    /// The connection, opened if needed; `Error::Closed` (and the connection closed) once
+    /// the handle was closed.
     fn con(&mut self) -> Result<&mut redis::Connection> {
+        if self.shared.is_closed() {
+            self.con = None;
+            return Err(Error::Closed);
+        }
         if self.con.is_none() {
             let raw = self.manager.open()?;
             raw.con
