@@ -445,3 +445,30 @@ fn a_job_claimed_too_often_is_dead_lettered() -> TestResult {
     assert_eq!(queue.stats()?.pending, 0);
     Ok(())
 }
+
+#[test]
+fn a_rate_limiter_paces_the_workers() -> TestResult {
+    let server = server();
+    let redis = redis(&server);
+    let queue = redis
+        .stream_queue("paced")
+        .block(Duration::from_millis(20))
+        .build()?;
+    produce_indices(&queue, 30);
+    let limit = redkit::ratelimit::GcraLimit::per_second(50).burst(1);
+    let gcra = redkit::ratelimit::Gcra::new(&redis, "paced", limit)?;
+    let start = Instant::now();
+    let workers = queue
+        .workers()
+        .threads(4)
+        .rate_limit(Arc::new(gcra), "all")
+        .run(|_job| Ok::<(), String>(()))?;
+    wait_until(Duration::from_secs(20), "30 jobs", || {
+        queue.stats().is_ok_and(|s| s.processed == 30)
+    })?;
+    let took = start.elapsed();
+    workers.shutdown()?;
+    // 30 jobs at 50/s with a burst of 1: at least 29 intervals of 20 ms.
+    assert!(took >= Duration::from_millis(560), "{took:?}");
+    Ok(())
+}
