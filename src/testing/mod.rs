@@ -20,6 +20,19 @@
 //! server, the server's state survives, and the fault ends the moment you switch back to
 //! [`ProxyMode::Pass`].
 //!
+//! # Topologies
+//!
+//! [`SentinelSetup`] runs a Redis Sentinel deployment (a master, a replica and 3 sentinels
+//! by default, `redis-server --sentinel`, so no separate `redis-sentinel` binary is needed),
+//! with helpers for a planned failover ([`SentinelSetup::failover`]), killing the master and
+//! waiting for the sentinels to agree on the new one. [`RedisCluster`] runs a Redis Cluster
+//! (3 masters and 3 replicas by default) created with `redis-cli --cluster create`, with
+//! helpers to kill a node, fail over, and move a slot through its `MIGRATING`/`IMPORTING`
+//! states ([`RedisCluster::start_slot_migration`]). `redis-cli` comes from the
+//! [`REDIS_CLI_ENV`] variable, or next to `redis-server`, or `PATH` (on Debian it is in the
+//! `redis-tools` package, which `redis-server` depends on). Dropping either kills all its
+//! processes.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -58,11 +71,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod cluster;
 mod proxy;
+mod sentinel;
 mod server;
 mod tls;
 
+pub use cluster::{ClusterBuilder, RedisCluster, SlotMigration, REDIS_CLI_ENV};
 pub use proxy::{FaultProxy, ProxyMode};
+pub use sentinel::{SentinelBuilder, SentinelSetup};
 pub use server::{wait_until, RedisServer, ServerBuilder};
 pub use tls::TlsMaterial;
 

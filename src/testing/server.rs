@@ -57,6 +57,7 @@ pub struct ServerBuilder {
     tls: Option<TlsMaterial>,
     tls_auth_clients: Option<bool>,
     extra: Vec<(String, String)>,
+    sentinel: bool,
 }
 
 impl ServerBuilder {
@@ -100,6 +101,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs the process as a Redis Sentinel (`redis-server <config> --sentinel`) instead of a
+    /// data server; add its `sentinel monitor ...` lines with [`config`](Self::config). The
+    /// config file stays writable: Sentinel rewrites it. Defaults to a data server.
+    /// [`SentinelSetup`](super::SentinelSetup) builds a whole Sentinel deployment.
+    pub fn sentinel(mut self) -> Self {
+        self.sentinel = true;
+        self
+    }
+
     /// Launches the server and waits until it answers `PING`.
     pub fn start(self) -> Result<RedisServer, TestingError> {
         let binary = find_redis_server()?;
@@ -112,6 +122,7 @@ impl ServerBuilder {
             log_path: dir.path().join("redis.log"),
             password: self.password.clone(),
             tls: self.tls.clone(),
+            sentinel: self.sentinel,
             dir,
         };
         let mut attempt = 1;
@@ -192,6 +203,7 @@ pub struct RedisServer {
     log_path: PathBuf,
     password: Option<String>,
     tls: Option<TlsMaterial>,
+    sentinel: bool,
     // Declared last: removed after everything else, and `Drop` has killed the child by then.
     dir: TempDir,
 }
@@ -406,8 +418,12 @@ impl RedisServer {
             .try_clone()
             .map_err(io_err("duplicating the log file handle"))
             .map_err(fail)?;
-        let child = Command::new(&self.binary)
-            .arg(&self.config_path)
+        let mut command = Command::new(&self.binary);
+        command.arg(&self.config_path);
+        if self.sentinel {
+            command.arg("--sentinel");
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -497,7 +513,7 @@ impl Drop for RedisServer {
 }
 
 /// `REDKIT_REDIS_SERVER`, else `redis-server` in `PATH`, `/usr/bin` or `/usr/local/bin`.
-fn find_redis_server() -> Result<PathBuf, TestingError> {
+pub(crate) fn find_redis_server() -> Result<PathBuf, TestingError> {
     if let Some(path) = std::env::var_os(REDIS_SERVER_ENV).filter(|v| !v.is_empty()) {
         let path = PathBuf::from(path);
         return if is_executable(&path) {
@@ -520,7 +536,7 @@ fn find_redis_server() -> Result<PathBuf, TestingError> {
         })
 }
 
-fn is_executable(path: &Path) -> bool {
+pub(crate) fn is_executable(path: &Path) -> bool {
     let Ok(meta) = std::fs::metadata(path) else {
         return false;
     };
@@ -536,7 +552,7 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// A loopback port that was free a moment ago.
-fn free_port() -> Result<u16, TestingError> {
+pub(crate) fn free_port() -> Result<u16, TestingError> {
     let listener = TcpListener::bind((HOST, 0)).map_err(io_err("binding 127.0.0.1:0"))?;
     let port = listener
         .local_addr()
@@ -546,7 +562,7 @@ fn free_port() -> Result<u16, TestingError> {
 }
 
 /// A double-quoted redis.conf string.
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for ch in s.chars() {
@@ -584,7 +600,7 @@ fn read_from(path: &Path, offset: u64) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
-fn tail(text: &str, n_lines: usize) -> String {
+pub(crate) fn tail(text: &str, n_lines: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n_lines)..].join("\n")
 }

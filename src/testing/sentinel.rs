@@ -1,0 +1,510 @@
+//! A Redis Sentinel deployment (one master, replicas, sentinels) on loopback ports.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::server::wait_until;
+use super::{RedisServer, TestingError};
+
+/// How long [`SentinelBuilder::start`] waits for the sentinels to agree.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`SentinelSetup::failover`] waits for the new master.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one query to a sentinel or node may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Configures a [`SentinelSetup`]; made by [`SentinelSetup::builder`].
+#[must_use = "a builder does nothing until `start` is called"]
+#[derive(Debug, Clone)]
+pub struct SentinelBuilder {
+    master_name: String,
+    replicas: usize,
+    sentinels: usize,
+    down_after: Duration,
+    failover_timeout: Duration,
+    password: Option<String>,
+    sentinel_password: Option<String>,
+}
+
+impl Default for SentinelBuilder {
+    fn default() -> Self {
+        SentinelBuilder {
+            master_name: "mymaster".into(),
+            replicas: 1,
+            sentinels: 3,
+            down_after: Duration::from_millis(1000),
+            failover_timeout: Duration::from_millis(5000),
+            password: None,
+            sentinel_password: None,
+        }
+    }
+}
+
+impl SentinelBuilder {
+    /// The name the sentinels monitor the master under. Defaults to `mymaster`.
+    pub fn master_name(mut self, name: impl Into<String>) -> Self {
+        self.master_name = name.into();
+        self
+    }
+
+    /// How many replicas follow the master. Defaults to 1 (at least 1).
+    pub fn replicas(mut self, n: usize) -> Self {
+        self.replicas = n;
+        self
+    }
+
+    /// How many sentinels run (the quorum is a majority of them). Defaults to 3.
+    pub fn sentinels(mut self, n: usize) -> Self {
+        self.sentinels = n;
+        self
+    }
+
+    /// `sentinel down-after-milliseconds`: how long the master may be silent before a
+    /// sentinel considers it down. Defaults to 1 s (Redis' own default is 30 s).
+    pub fn down_after(mut self, d: Duration) -> Self {
+        self.down_after = d;
+        self
+    }
+
+    /// `sentinel failover-timeout`. Defaults to 5 s (Redis' own default is 3 minutes).
+    pub fn failover_timeout(mut self, d: Duration) -> Self {
+        self.failover_timeout = d;
+        self
+    }
+
+    /// Protects the master and the replicas with this password (`requirepass` and
+    /// `masterauth`; the sentinels get it as `auth-pass`). Defaults to none.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Protects the sentinels themselves with this password (`requirepass` on each
+    /// sentinel, and `sentinel sentinel-pass` so they can talk to each other). Defaults to
+    /// none.
+    pub fn sentinel_password(mut self, password: impl Into<String>) -> Self {
+        self.sentinel_password = Some(password.into());
+        self
+    }
+
+    /// Starts the master, waits for every replica to finish its initial sync, starts the
+    /// sentinels, and waits until every sentinel names the same master, sees every replica
+    /// and knows every other sentinel.
+    pub fn start(self) -> Result<SentinelSetup, TestingError> {
+        let name = &self.master_name;
+        if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == b'"') {
+            return Err(start_failed(format!(
+                "master name `{name}` must be non-empty, without spaces or quotes"
+            )));
+        }
+        if self.replicas == 0 || self.sentinels == 0 {
+            return Err(start_failed(
+                "a sentinel setup needs at least one replica and one sentinel".into(),
+            ));
+        }
+        let master = self.data_node(None).start()?;
+        let master_port = master.port();
+        let mut nodes = vec![master];
+        for _ in 0..self.replicas {
+            nodes.push(self.data_node(Some(master_port)).start()?);
+        }
+        for replica in &nodes[1..] {
+            wait_until(READY_TIMEOUT, "replicas to sync with the master", || {
+                info_field(replica, "replication", "master_link_status").as_deref() == Some("up")
+            })?;
+        }
+        let quorum = self.sentinels / 2 + 1;
+        let mut sentinels = Vec::with_capacity(self.sentinels);
+        for _ in 0..self.sentinels {
+            sentinels.push(self.sentinel_node(master_port, quorum).start()?);
+        }
+        let setup = SentinelSetup {
+            sentinels,
+            nodes,
+            master_name: self.master_name,
+            replicas: self.replicas,
+            password: self.password,
+            sentinel_password: self.sentinel_password,
+        };
+        setup.wait_ready(READY_TIMEOUT)?;
+        Ok(setup)
+    }
+
+    fn data_node(&self, replica_of: Option<u16>) -> super::ServerBuilder {
+        let mut b = RedisServer::builder().config("repl-diskless-sync-delay", "0");
+        if let Some(port) = replica_of {
+            b = b.config("replicaof", format!("127.0.0.1 {port}"));
+        }
+        if let Some(password) = &self.password {
+            b = b
+                .password(password.clone())
+                .config("masterauth", super::server::quote(password));
+        }
+        b
+    }
+
+    fn sentinel_node(&self, master_port: u16, quorum: usize) -> super::ServerBuilder {
+        let name = &self.master_name;
+        let mut b = RedisServer::builder()
+            .sentinel()
+            .config(
+                "sentinel",
+                format!("monitor {name} 127.0.0.1 {master_port} {quorum}"),
+            )
+            .config(
+                "sentinel",
+                format!(
+                    "down-after-milliseconds {name} {}",
+                    self.down_after.as_millis().max(1)
+                ),
+            )
+            .config(
+                "sentinel",
+                format!(
+                    "failover-timeout {name} {}",
+                    self.failover_timeout.as_millis().max(1)
+                ),
+            )
+            .config("sentinel", format!("parallel-syncs {name} 1"));
+        if let Some(password) = &self.password {
+            b = b.config(
+                "sentinel",
+                format!("auth-pass {name} {}", super::server::quote(password)),
+            );
+        }
+        if let Some(password) = &self.sentinel_password {
+            b = b.password(password.clone()).config(
+                "sentinel",
+                format!("sentinel-pass {}", super::server::quote(password)),
+            );
+        }
+        b
+    }
+}
+
+/// A Redis Sentinel deployment on `127.0.0.1`: a master, its replicas (1 by default) and
+/// sentinels (3 by default, quorum 2), each a [`RedisServer`] process of its own.
+///
+/// Data nodes are numbered from 0 (the first master) in [`node`](Self::node); which one is
+/// the master changes with failovers, so ask [`master_index`](Self::master_index). Dropping
+/// the setup kills every process (sentinels first) and removes their directories, also when
+/// a test panics.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use redkit::testing::{SentinelSetup, TestingError};
+///
+/// # fn main() -> Result<(), TestingError> {
+/// let mut setup = SentinelSetup::start()?;
+/// let old = setup.master_index()?;
+/// // A planned failover, through a sentinel:
+/// let new = setup.failover()?;
+/// assert_ne!(old, new);
+/// // An unplanned one: kill the master's process.
+/// let killed = setup.kill_master()?;
+/// let newer = setup.wait_for_new_master(killed, Duration::from_secs(20))?;
+/// // Bring the killed node back: the sentinels turn it into a replica.
+/// setup.restart_node(killed)?;
+/// setup.wait_ready(Duration::from_secs(20))?;
+/// # let _ = newer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct SentinelSetup {
+    // Declared first: dropped (killed) before the data nodes, so no failover starts while
+    // the data nodes go away.
+    sentinels: Vec<RedisServer>,
+    nodes: Vec<RedisServer>,
+    master_name: String,
+    replicas: usize,
+    password: Option<String>,
+    sentinel_password: Option<String>,
+}
+
+impl SentinelSetup {
+    /// Starts the default setup: master `mymaster`, 1 replica, 3 sentinels, no passwords,
+    /// `down-after-milliseconds 1000`, `failover-timeout 5000`.
+    pub fn start() -> Result<SentinelSetup, TestingError> {
+        Self::builder().start()
+    }
+
+    /// A builder for other sizes, timings or passwords.
+    pub fn builder() -> SentinelBuilder {
+        SentinelBuilder::default()
+    }
+
+    /// The name the sentinels know the master by.
+    pub fn master_name(&self) -> &str {
+        &self.master_name
+    }
+
+    /// The sentinels' addresses, as `(host, port)`.
+    pub fn sentinel_addrs(&self) -> Vec<(String, u16)> {
+        self.sentinels
+            .iter()
+            .map(|s| (s.host().to_owned(), s.port()))
+            .collect()
+    }
+
+    /// The data nodes' password, if any.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The sentinels' password, if any.
+    pub fn sentinel_password(&self) -> Option<&str> {
+        self.sentinel_password.as_deref()
+    }
+
+    /// How many data nodes there are (the master and its replicas).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Data node `i` (0 is the first master). Panics if `i` is out of range.
+    pub fn node(&self, i: usize) -> &RedisServer {
+        &self.nodes[i]
+    }
+
+    /// Data node `i`, to stop, kill or restart it. Panics if `i` is out of range.
+    pub fn node_mut(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
+    }
+
+    /// How many sentinels there are.
+    pub fn sentinel_count(&self) -> usize {
+        self.sentinels.len()
+    }
+
+    /// Sentinel `i`. Panics if `i` is out of range.
+    pub fn sentinel(&self, i: usize) -> &RedisServer {
+        &self.sentinels[i]
+    }
+
+    /// Sentinel `i`, to stop, kill or restart it. Panics if `i` is out of range.
+    pub fn sentinel_mut(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.sentinels[i]
+    }
+
+    /// The master's address according to the first sentinel that answers.
+    pub fn master_addr(&self) -> Result<(String, u16), TestingError> {
+        let mut last = None;
+        for sentinel in self.running_sentinels() {
+            match self.ask_master(sentinel) {
+                Ok(Some(addr)) => return Ok(addr),
+                Ok(None) => {}
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| start_failed("no sentinel knows the master".into())))
+    }
+
+    /// The index (see [`node`](Self::node)) of the data node the sentinels name as master.
+    pub fn master_index(&self) -> Result<usize, TestingError> {
+        let (_, port) = self.master_addr()?;
+        self.index_of_port(port)
+            .ok_or_else(|| start_failed(format!("the sentinels name an unknown master :{port}")))
+    }
+
+    /// Asks a sentinel for a planned failover (`SENTINEL FAILOVER`) and waits until every
+    /// running sentinel names the promoted replica, which answers as a master. Returns its
+    /// index.
+    pub fn failover(&self) -> Result<usize, TestingError> {
+        let old = self.master_index()?;
+        let mut last = None;
+        let mut asked = false;
+        for sentinel in self.running_sentinels() {
+            let result = sentinel.admin().and_then(|mut con| {
+                redis::cmd("SENTINEL")
+                    .arg("FAILOVER")
+                    .arg(&self.master_name)
+                    .exec(&mut con)
+                    .map_err(TestingError::from)
+            });
+            match result {
+                Ok(()) => {
+                    asked = true;
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        if !asked {
+            return Err(last.unwrap_or_else(|| start_failed("no sentinel is running".into())));
+        }
+        self.wait_for_new_master(old, FAILOVER_TIMEOUT)
+    }
+
+    /// Kills the master's process (SIGKILL) and returns its index. The sentinels notice after
+    /// `down-after-milliseconds` and promote a replica: see
+    /// [`wait_for_new_master`](Self::wait_for_new_master).
+    pub fn kill_master(&mut self) -> Result<usize, TestingError> {
+        let i = self.master_index()?;
+        self.nodes[i].kill()?;
+        Ok(i)
+    }
+
+    /// Restarts data node `i` (killed or stopped) on its port, empty. A restarted former
+    /// master comes back as a master until the sentinels turn it into a replica of the
+    /// current one, which [`wait_ready`](Self::wait_ready) waits for.
+    pub fn restart_node(&mut self, i: usize) -> Result<(), TestingError> {
+        self.nodes[i].restart()
+    }
+
+    /// Waits until every running sentinel names the same master, other than data node `old`,
+    /// and that node answers `role:master`. Returns its index.
+    pub fn wait_for_new_master(
+        &self,
+        old: usize,
+        timeout: Duration,
+    ) -> Result<usize, TestingError> {
+        let old_port = self.nodes[old].port();
+        let mut found = None;
+        wait_until(timeout, "the sentinels to agree on a new master", || {
+            found = self
+                .agreed_master()
+                .filter(|&port| port != old_port)
+                .and_then(|port| self.index_of_port(port))
+                .filter(|&i| {
+                    info_field(&self.nodes[i], "replication", "role").as_deref() == Some("master")
+                });
+            found.is_some()
+        })?;
+        found.ok_or_else(|| start_failed("no new master".into()))
+    }
+
+    /// Waits until every running sentinel names the same master (which answers
+    /// `role:master`), sees as many healthy replicas as were configured and knows every other
+    /// running sentinel. After a failover that killed a node, [`restart_node`] it first.
+    ///
+    /// [`restart_node`]: Self::restart_node
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), TestingError> {
+        let started = Instant::now();
+        wait_until(timeout, "the sentinels to agree on the master", || {
+            self.agreed_master()
+                .and_then(|port| self.index_of_port(port))
+                .is_some_and(|i| {
+                    info_field(&self.nodes[i], "replication", "role").as_deref() == Some("master")
+                })
+        })?;
+        let others = self.running_sentinels().count().saturating_sub(1);
+        let left = timeout.saturating_sub(started.elapsed());
+        wait_until(
+            left,
+            "every sentinel to see the replicas and the other sentinels",
+            || {
+                self.running_sentinels().all(|s| {
+                    let replicas = self.sentinel_list(s, "REPLICAS");
+                    let peers = self.sentinel_list(s, "SENTINELS");
+                    let healthy = |entries: &[HashMap<String, String>]| {
+                        entries
+                            .iter()
+                            .filter(|e| {
+                                let flags = e.get("flags").map_or("", String::as_str);
+                                !flags.contains("down") && !flags.contains("disconnected")
+                            })
+                            .count()
+                    };
+                    let seen = replicas.is_ok_and(|r| healthy(&r) >= self.replicas);
+                    seen && peers.is_ok_and(|p| healthy(&p) >= others)
+                }) && self.replicas_synced()
+            },
+        )
+    }
+
+    /// Whether at least as many data nodes as configured replicas say they are replicas of
+    /// the master the sentinels name, with their link up. (Asked of the nodes themselves:
+    /// the sentinels refresh what they know of replicas only every 10 s.)
+    fn replicas_synced(&self) -> bool {
+        let Some(master_port) = self.agreed_master() else {
+            return false;
+        };
+        let master_port = master_port.to_string();
+        let synced = self
+            .nodes
+            .iter()
+            .filter(|n| n.pid().is_some() && n.port().to_string() != master_port)
+            .filter(|n| {
+                info_field(n, "replication", "master_port").as_deref() == Some(master_port.as_str())
+                    && info_field(n, "replication", "master_link_status").as_deref() == Some("up")
+            })
+            .count();
+        synced >= self.replicas
+    }
+
+    /// The master port every running sentinel agrees on, if they do.
+    fn agreed_master(&self) -> Option<u16> {
+        let mut agreed = None;
+        for sentinel in self.running_sentinels() {
+            let (_, port) = self.ask_master(sentinel).ok()??;
+            match agreed {
+                None => agreed = Some(port),
+                Some(p) if p == port => {}
+                Some(_) => return None,
+            }
+        }
+        agreed
+    }
+
+    fn ask_master(&self, sentinel: &RedisServer) -> Result<Option<(String, u16)>, TestingError> {
+        let mut con = quick_con(sentinel)?;
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(&self.master_name)
+            .query(&mut con)?;
+        Ok(addr)
+    }
+
+    fn sentinel_list(
+        &self,
+        sentinel: &RedisServer,
+        what: &str,
+    ) -> Result<Vec<HashMap<String, String>>, TestingError> {
+        let mut con = quick_con(sentinel)?;
+        Ok(redis::cmd("SENTINEL")
+            .arg(what)
+            .arg(&self.master_name)
+            .query(&mut con)?)
+    }
+
+    fn running_sentinels(&self) -> impl Iterator<Item = &RedisServer> {
+        self.sentinels.iter().filter(|s| s.pid().is_some())
+    }
+
+    fn index_of_port(&self, port: u16) -> Option<usize> {
+        self.nodes.iter().position(|n| n.port() == port)
+    }
+}
+
+fn start_failed(reason: String) -> TestingError {
+    TestingError::StartFailed {
+        reason,
+        log_tail: String::new(),
+    }
+}
+
+/// An admin connection with short timeouts, for polling.
+pub(crate) fn quick_con(server: &RedisServer) -> Result<redis::Connection, TestingError> {
+    if server.pid().is_none() {
+        return Err(start_failed(format!(
+            "port {} is not running",
+            server.port()
+        )));
+    }
+    let con = server
+        .client()?
+        .get_connection_with_timeout(QUERY_TIMEOUT)?;
+    con.set_read_timeout(Some(QUERY_TIMEOUT))?;
+    con.set_write_timeout(Some(QUERY_TIMEOUT))?;
+    Ok(con)
+}
+
+/// One `field:value` line of `INFO section`, or `None` when unreachable or absent.
+pub(crate) fn info_field(server: &RedisServer, section: &str, field: &str) -> Option<String> {
+    let mut con = quick_con(server).ok()?;
+    let info: String = redis::cmd("INFO").arg(section).query(&mut con).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_owned())
+}
