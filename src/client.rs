@@ -66,6 +66,8 @@ struct Inner {
     probe: Manager,
     shared: Arc<Shared>,
     heartbeat: Mutex<Option<HeartbeatThread>>,
+    /// The `+switch-master` listener, with a Sentinel topology.
+    sentinel: Mutex<Option<crate::sentinel::SentinelListener>>,
     /// The lock watchdog thread and the lock waiters' bookkeeping (see `crate::lock`).
     locks: crate::lock::HandleLocks,
 }
@@ -84,6 +86,10 @@ impl Inner {
         self.locks.shut_down();
         let heartbeat = self.heartbeat.lock().take();
         let panicked = heartbeat.and_then(|mut h| h.stop().err());
+        let listener = self.sentinel.lock().take();
+        if let Some(mut listener) = listener {
+            listener.stop();
+        }
         // Every idle connection fails validation now, so one `try_get` closes them all;
         // connections in use are closed when they come back. A connection the pool is
         // opening right now is refused when it completes; wait for those (at most the
@@ -263,8 +269,17 @@ impl Redis {
             )?),
             None => None,
         };
+        let sentinel = match &shared.sentinel {
+            Some(state) => Some(crate::sentinel::SentinelListener::spawn(
+                &shared,
+                state.clone(),
+                config.clone(),
+            )?),
+            None => None,
+        };
         Ok(Redis {
             inner: Arc::new(Inner {
+                sentinel: Mutex::new(sentinel),
                 probe: Manager::new(config.clone(), shared.clone())?,
                 config,
                 pool,
@@ -273,6 +288,16 @@ impl Redis {
                 locks: crate::lock::HandleLocks::default(),
             }),
         })
+    }
+
+    /// With a Sentinel topology, the address of the master that new connections go to
+    /// (`None` before the first discovery, and without Sentinel).
+    pub fn sentinel_master(&self) -> Option<crate::config::Addr> {
+        self.inner
+            .shared
+            .sentinel
+            .as_ref()
+            .and_then(|s| s.current_addr())
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {

@@ -262,6 +262,45 @@ impl TlsConfig {
     }
 }
 
+/// Where to find a master through Redis Sentinel: the sentinels' addresses, the master's
+/// name, and the credentials for the sentinels themselves (the data nodes use the config's
+/// own user, password, TLS and database). Set with [`ConfigBuilder::sentinel`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    pub(crate) addrs: Vec<(String, u16)>,
+    pub(crate) master_name: String,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<Secret>,
+}
+
+impl fmt::Debug for SentinelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentinelConfig")
+            .field("addrs", &self.addrs)
+            .field("master_name", &self.master_name)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl SentinelConfig {
+    /// The sentinels, tried in this order.
+    pub fn addrs(&self) -> &[(String, u16)] {
+        &self.addrs
+    }
+
+    /// The name the sentinels monitor the master under.
+    pub fn master_name(&self) -> &str {
+        &self.master_name
+    }
+
+    /// Whether the sentinels are reached with a password.
+    pub fn has_password(&self) -> bool {
+        self.password.is_some()
+    }
+}
+
 /// The immutable, validated configuration of a [`Redis`](crate::Redis) handle.
 ///
 /// Build one with [`Config::builder`], parse one from a URL (`"redis://...".parse()`), or read
@@ -284,6 +323,7 @@ pub struct Config {
     pub(crate) transaction_attempts: u32,
     pub(crate) heartbeat: HeartbeatConfig,
     pub(crate) tcp_keepalive: Option<Duration>,
+    pub(crate) sentinel: Option<SentinelConfig>,
 }
 
 impl Config {
@@ -385,6 +425,11 @@ impl Config {
     pub fn tcp_keepalive(&self) -> Option<Duration> {
         self.tcp_keepalive
     }
+
+    /// The Sentinel settings, when the master is found through Sentinel.
+    pub fn sentinel(&self) -> Option<&SentinelConfig> {
+        self.sentinel.as_ref()
+    }
 }
 
 impl fmt::Debug for Config {
@@ -405,6 +450,7 @@ impl fmt::Debug for Config {
             .field("transaction_attempts", &self.transaction_attempts)
             .field("heartbeat", &self.heartbeat)
             .field("tcp_keepalive", &self.tcp_keepalive)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -423,6 +469,21 @@ impl fmt::Display for Config {
             (Some(u), None) => write!(f, "{u}@")?,
             (None, Some(_)) => f.write_str(":***@")?,
             (None, None) => {}
+        }
+        if let Some(s) = &self.sentinel {
+            write!(f, "sentinel[")?;
+            for (i, (host, port)) in s.addrs.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                write!(
+                    f,
+                    "{sep}{}",
+                    Addr::Tcp {
+                        host: host.clone(),
+                        port: *port
+                    }
+                )?;
+            }
+            return write!(f, "]/{}/{}", s.master_name, self.db);
         }
         match &self.addr {
             Addr::Unix(p) => write!(f, "{}?db={}", p.display(), self.db),
@@ -482,6 +543,7 @@ impl Default for ConfigBuilder {
                 transaction_attempts: 5,
                 heartbeat: HeartbeatConfig::default(),
                 tcp_keepalive: Some(Duration::from_secs(30)),
+                sentinel: None,
             },
             tls_files: TlsFiles::default(),
         }
@@ -700,6 +762,45 @@ impl ConfigBuilder {
         self
     }
 
+    /// Finds the master through Redis Sentinel instead of connecting to a fixed address:
+    /// `sentinels` are tried in turn (each with the connect and response timeouts) for the
+    /// address of the master named `master_name`; the pool connects there, and a background
+    /// thread follows failovers (see the crate's README, "Sentinel"). The data nodes use this
+    /// config's user, password, database and TLS settings; the host and port set with
+    /// [`host`](Self::host)/[`port`](Self::port) are ignored. Defaults to no Sentinel.
+    pub fn sentinel<H: Into<String>>(
+        mut self,
+        master_name: impl Into<String>,
+        sentinels: impl IntoIterator<Item = (H, u16)>,
+    ) -> ConfigBuilder {
+        let previous = self.config.sentinel.take();
+        self.config.sentinel = Some(SentinelConfig {
+            addrs: sentinels.into_iter().map(|(h, p)| (h.into(), p)).collect(),
+            master_name: master_name.into(),
+            username: previous.as_ref().and_then(|p| p.username.clone()),
+            password: previous.and_then(|p| p.password),
+        });
+        self
+    }
+
+    /// The password (and optionally ACL user) the sentinels themselves require, when they
+    /// run with `requirepass`. Call after [`sentinel`](Self::sentinel). Defaults to none.
+    pub fn sentinel_auth(
+        mut self,
+        username: Option<String>,
+        password: impl Into<String>,
+    ) -> ConfigBuilder {
+        let s = self.config.sentinel.get_or_insert_with(|| SentinelConfig {
+            addrs: Vec::new(),
+            master_name: String::new(),
+            username: None,
+            password: None,
+        });
+        s.username = username;
+        s.password = Some(Secret(password.into()));
+        self
+    }
+
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<Config> {
         let ConfigBuilder {
@@ -726,6 +827,26 @@ fn read_file(setting: &'static str, path: &Path) -> Result<Vec<u8>> {
 }
 
 fn validate(c: &Config) -> Result<()> {
+    if let Some(s) = &c.sentinel {
+        if s.addrs.is_empty() {
+            return Err(Error::config(
+                "sentinel.addrs",
+                "needs at least one sentinel",
+            ));
+        }
+        if s.addrs.iter().any(|(h, p)| h.is_empty() || *p == 0) {
+            return Err(Error::config(
+                "sentinel.addrs",
+                "every sentinel needs a host and a non-zero port",
+            ));
+        }
+        if s.master_name.is_empty() || s.master_name.bytes().any(|b| b <= b' ') {
+            return Err(Error::config(
+                "sentinel.master_name",
+                "must be non-empty, without spaces or control characters",
+            ));
+        }
+    }
     match &c.addr {
         Addr::Tcp { host, .. } if host.is_empty() => {
             return Err(Error::config("host", "must not be empty"))

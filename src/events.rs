@@ -185,6 +185,17 @@ pub enum Event {
         /// The fencing token of the lost acquisition.
         fencing_token: u64,
     },
+    /// With a Sentinel topology: the master moved (a `+switch-master` message from a
+    /// sentinel, or a rediscovery after a `READONLY` reply or a failed connection). Every
+    /// pooled connection to the old master has been retired; new ones go to `new`.
+    FailoverDetected {
+        /// The master's name in the sentinels.
+        master_name: String,
+        /// Where it was.
+        old: crate::config::Addr,
+        /// Where it is now.
+        new: crate::config::Addr,
+    },
     /// The handle was closed ([`Redis::close`](crate::Redis::close) or the last clone dropped).
     /// The last event a listener receives; the channel disconnects after it.
     Closed,
@@ -225,6 +236,11 @@ impl fmt::Display for Event {
                 f,
                 "subscriber resubscribed after {downtime:?} ({channels} channels, {patterns} patterns, {shard_channels} shard channels)"
             ),
+            Event::FailoverDetected {
+                master_name,
+                old,
+                new,
+            } => write!(f, "master `{master_name}` failed over from {old} to {new}"),
             Event::LockLost {
                 name,
                 fencing_token,

@@ -139,6 +139,7 @@ pub mod registry;
 pub mod retry;
 pub mod scan;
 mod script;
+mod sentinel;
 pub mod session;
 mod stats;
 #[cfg(feature = "testing")]
@@ -147,7 +148,9 @@ pub mod testing;
 pub use breaker::{BreakerConfig, BreakerState, FailureRate};
 pub use cache::{Cache, CacheStats};
 pub use client::{IntoConfig, Redis};
-pub use config::{Addr, Config, ConfigBuilder, PoolConfig, Protocol, Timeouts, TlsConfig};
+pub use config::{
+    Addr, Config, ConfigBuilder, PoolConfig, Protocol, SentinelConfig, Timeouts, TlsConfig,
+};
 pub use error::{Delivery, Error, ErrorClass, Result};
 pub use events::{Event, Health};
 pub use heartbeat::HeartbeatConfig;

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) connecting: AtomicUsize,
     kick: Sender<Kick>,
     addr: Addr,
+    /// Where the master is, with a Sentinel topology.
+    pub(crate) sentinel: Option<Arc<crate::sentinel::SentinelState>>,
 }
 
 /// When things happened.
@@ -100,6 +102,10 @@ impl Shared {
             connecting: AtomicUsize::new(0),
             kick,
             addr: config.addr.clone(),
+            sentinel: config
+                .sentinel
+                .clone()
+                .map(|s| Arc::new(crate::sentinel::SentinelState::new(s))),
         };
         (shared, kicks)
     }
@@ -259,8 +265,13 @@ pub(crate) struct RawConn {
 
 /// Builds the `redis` crate client (connection info, TLS material) from our config.
 pub(crate) fn redis_client(config: &Config) -> Result<redis::Client> {
+    redis_client_at(config, &config.addr)
+}
+
+/// [`redis_client`] for another address (a master found through Sentinel).
+pub(crate) fn redis_client_at(config: &Config, addr: &Addr) -> Result<redis::Client> {
     use redis::IntoConnectionInfo;
-    let addr = match (&config.addr, &config.tls) {
+    let addr = match (addr, &config.tls) {
         (Addr::Tcp { host, port }, None) => redis::ConnectionAddr::Tcp(host.clone(), *port),
         (Addr::Tcp { host, port }, Some(tls)) => redis::ConnectionAddr::TcpTls {
             host: host.clone(),
@@ -367,10 +378,39 @@ impl Manager {
 
     /// Opens one connection with every setting applied.
     pub(crate) fn open(&self) -> Result<RawConn> {
+        let not_sent = |e| Error::from_redis(e, Delivery::NotSent);
+        let Some(sentinel) = &self.shared.sentinel else {
+            return self.open_with(&self.client);
+        };
+        let client = sentinel.client(&self.shared, &self.config)?;
+        let opened = self.open_with(&client).and_then(|mut raw| {
+            // The sentinels may name a master that was just demoted: check.
+            let role: Vec<Value> = redis::cmd("ROLE").query(&mut raw.con).map_err(not_sent)?;
+            match role.first() {
+                Some(Value::BulkString(r)) if r.as_slice() == b"master" => Ok(raw),
+                _ => Err(Error::from_redis(
+                    RedisError::from(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        "the address the sentinels gave is not a master (yet)",
+                    )),
+                    Delivery::NotSent,
+                )),
+            }
+        });
+        if opened.is_err() {
+            // The master may have moved: ask again (switching retires the pool if it did).
+            if let Err(e) = sentinel.refresh(&self.shared, &self.config) {
+                debug!("sentinel rediscovery failed: {e}");
+            }
+        }
+        opened
+    }
+
+    /// Opens one connection through `client` with every setting applied.
+    fn open_with(&self, client: &redis::Client) -> Result<RawConn> {
         let t = &self.config.timeouts;
         let not_sent = |e| Error::from_redis(e, Delivery::NotSent);
-        let mut con = self
-            .client
+        let mut con = client
             .get_connection_with_timeout(t.connect)
             .map_err(not_sent)?;
         // The `redis` crate clears the timeouts after connecting: set ours.
@@ -555,6 +595,20 @@ impl PooledConnection {
         e
     }
 
+    /// A `READONLY` reply means this connection reaches a replica (a demoted master): close
+    /// it, and with Sentinel have the master rediscovered.
+    fn check_read_only(&mut self, values: &[Value]) {
+        let read_only = values.iter().any(|v| {
+            matches!(v, Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::ReadOnly))
+        });
+        if read_only {
+            self.conn.broken = true;
+            if let Some(sentinel) = &self.shared.sentinel {
+                sentinel.request_rediscovery();
+            }
+        }
+    }
+
     /// Sends one packed command and reads its reply, telling apart a command that was never
     /// completely written from one whose reply did not come.
     pub(crate) fn exec_packed(&mut self, cmd: &[u8]) -> Result<Value> {
@@ -564,6 +618,9 @@ impl PooledConnection {
             .fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
         let result = self.exec_packed_unmetered(cmd);
+        if let Ok(v) = &result {
+            self.check_read_only(std::slice::from_ref(v));
+        }
         let failed = !matches!(&result, Ok(v) if !matches!(v, Value::ServerError(_)));
         let name = crate::client::packed_command_name(cmd).unwrap_or(b"UNKNOWN");
         self.shared
@@ -603,6 +660,9 @@ impl PooledConnection {
         }
         let start = Instant::now();
         let result = self.conn.con.req_packed_commands(cmd, offset, count);
+        if let Ok(vs) = &result {
+            self.check_read_only(vs);
+        }
         let failed =
             !matches!(&result, Ok(vs) if !vs.iter().any(|v| matches!(v, Value::ServerError(_))));
         self.shared
