@@ -16,6 +16,7 @@ fn cell(v: &Value, unit: &str) -> String {
             }
         }
         Some(x) if x >= 10_000.0 => format!("{:.0}k", x / 1000.0),
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
         Some(x) => format!("{x:.3}"),
         None => "-".into(),
     }
