@@ -216,19 +216,7 @@ impl HeartbeatThread {
     /// Stops the thread and waits for it. `Err` when it panicked.
     pub(crate) fn stop(&mut self) -> std::result::Result<(), String> {
         drop(self.stop.take());
-        let Some(thread) = self.thread.take() else {
-            return Ok(());
-        };
-        if thread.thread().id() == std::thread::current().id() {
-            return Ok(());
-        }
-        thread.join().map_err(|panic| {
-            panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into())
-        })
+        self.thread.take().map_or(Ok(()), crate::threads::join)
     }
 }
 

@@ -144,6 +144,7 @@ pub mod session;
 mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod threads;
 
 pub use breaker::{BreakerConfig, BreakerState, FailureRate};
 pub use cache::{Cache, CacheStats};

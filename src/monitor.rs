@@ -613,15 +613,11 @@ impl Sampler {
 
     fn shutdown(&mut self) -> Result<()> {
         drop(self.stop.take());
-        match self.thread.take() {
-            Some(t) if t.thread().id() != std::thread::current().id() => {
-                t.join().map_err(|_| Error::Background {
-                    thread: "redkit-monitor",
-                    reason: "the sampling thread panicked".to_owned(),
-                })
-            }
-            _ => Ok(()),
-        }
+        let joined = self.thread.take().map_or(Ok(()), crate::threads::join);
+        joined.map_err(|reason| Error::Background {
+            thread: "redkit-monitor",
+            reason,
+        })
     }
 }
 

@@ -219,13 +219,8 @@ impl SentinelListener {
     /// Stops the thread and waits for it (unless called on that very thread).
     pub(crate) fn stop(&mut self) {
         drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.thread().id() == std::thread::current().id() {
-                return;
-            }
-            if thread.join().is_err() {
-                warn!("the redkit-sentinel thread had panicked");
-            }
+        if let Some(Err(panic)) = self.thread.take().map(crate::threads::join) {
+            warn!("the redkit-sentinel thread had panicked: {panic}");
         }
     }
 }

@@ -126,21 +126,9 @@ impl Watchdog {
 
     fn stop(&mut self) -> std::result::Result<(), String> {
         drop(self.stop.take());
-        let Some(thread) = self.thread.take() else {
-            return Ok(());
-        };
-        if thread.thread().id() == std::thread::current().id() {
-            // The watchdog dropped the last clone of the handle itself: it sees the stop
-            // signal as soon as this returns.
-            return Ok(());
-        }
-        thread.join().map_err(|panic| {
-            panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into())
-        })
+        // When the watchdog dropped the last clone of the handle itself, this returns at
+        // once and the thread sees the stop signal afterwards.
+        self.thread.take().map_or(Ok(()), crate::threads::join)
     }
 }
 

@@ -8,8 +8,9 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, select, Sender};
 use log::warn;
 
-use super::{panic_message, Message, Subscription};
+use super::{Message, Subscription};
 use crate::error::{Error, Result};
+use crate::threads::panic_message;
 
 /// A running callback ([`Subscription::handle`]). Dropping it (or [`Handler::stop`]) stops
 /// the dispatcher thread, waiting for the message being handled, and unsubscribes.
@@ -42,7 +43,7 @@ impl Handler {
                         if let Err(panic) = result {
                             p.fetch_add(1, Relaxed);
                             sub.subscriber_counters().handler_panics.fetch_add(1, Relaxed);
-                            warn!("a pub/sub handler panicked (delivery goes on): {}", panic_message(&panic));
+                            warn!("a pub/sub handler panicked (delivery goes on): {}", panic_message(&*panic));
                         }
                     }
                     recv(stop_rx) -> _ => break,
@@ -77,11 +78,10 @@ impl Handler {
 
     fn shut_down(&mut self) {
         self.stop.take();
+        // A handler that drops its own `Handler` does not wait for itself; a panic in a
+        // handler is caught inside the thread, so joining cannot report one.
         if let Some(thread) = self.thread.take() {
-            // A handler that drops its own `Handler` cannot wait for itself.
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
+            let _ = crate::threads::join(thread);
         }
     }
 }

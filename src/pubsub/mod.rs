@@ -389,15 +389,10 @@ impl Subscriber {
     fn shut_down(&mut self) -> Result<()> {
         self.counters.stopping.store(true, Relaxed);
         self.stop.take();
-        let Some(thread) = self.thread.take() else {
-            return Ok(());
-        };
-        if thread.thread().id() == std::thread::current().id() {
-            return Ok(());
-        }
-        thread.join().map_err(|panic| Error::Background {
+        let joined = self.thread.take().map_or(Ok(()), crate::threads::join);
+        joined.map_err(|reason| Error::Background {
             thread: "redkit-subscriber",
-            reason: panic_message(&panic),
+            reason,
         })
     }
 }
@@ -407,16 +402,6 @@ impl Drop for Subscriber {
         if let Err(e) = self.shut_down() {
             warn!("redis at {}: {e}", self.redis.config().addr());
         }
-    }
-}
-
-pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic".to_string()
     }
 }
 

@@ -254,15 +254,11 @@ impl Periodic {
 
     pub(crate) fn shut_down(&mut self) -> Result<()> {
         self.stop.take();
-        match self.thread.take() {
-            Some(t) if t.thread().id() != std::thread::current().id() => {
-                t.join().map_err(|p| Error::Background {
-                    thread: self.name,
-                    reason: crate::pubsub::panic_message(&p),
-                })
-            }
-            _ => Ok(()),
-        }
+        let joined = self.thread.take().map_or(Ok(()), crate::threads::join);
+        joined.map_err(|reason| Error::Background {
+            thread: self.name,
+            reason,
+        })
     }
 }
 

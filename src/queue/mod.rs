@@ -393,7 +393,10 @@ pub(crate) fn parse_autoclaim(v: &Value) -> Result<(String, Vec<Job>)> {
 
 /// Catches a panic in a handler and turns it into a message.
 pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    format!("handler panicked: {}", crate::pubsub::panic_message(panic))
+    format!(
+        "handler panicked: {}",
+        crate::threads::panic_message(&**panic)
+    )
 }
 
 #[cfg(test)]

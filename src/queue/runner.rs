@@ -524,13 +524,8 @@ impl Workers {
         self.done = true;
         self.stop.store(true, Relaxed);
         let mut panicked = None;
-        let me = std::thread::current().id();
-        if let Some(reader) = self.reader.take() {
-            if reader.thread().id() != me {
-                if let Err(p) = reader.join() {
-                    panicked = Some(("redkit-queue-reader", crate::pubsub::panic_message(&p)));
-                }
-            }
+        if let Some(Err(p)) = self.reader.take().map(crate::threads::join) {
+            panicked = Some(("redkit-queue-reader", p));
         }
         let mut handed_back = 0;
         while let Ok(job) = self.rx.try_recv() {
@@ -549,11 +544,8 @@ impl Workers {
             );
         }
         for t in self.threads.drain(..) {
-            if t.thread().id() == me {
-                continue;
-            }
-            if let Err(p) = t.join() {
-                panicked = Some(("redkit-queue-worker", crate::pubsub::panic_message(&p)));
+            if let Err(p) = crate::threads::join(t) {
+                panicked = Some(("redkit-queue-worker", p));
             }
         }
         // A worker may have handed back a job while stopping; anything still queued too.
