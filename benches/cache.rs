@@ -24,7 +24,6 @@ use common::{env_usize, median, Report, Target};
 use redkit::cache::Cache;
 use redkit::scan::Bulk;
 use redkit::testing::RedisServer;
-use redkit::{Config, Redis};
 
 fn timed(f: impl FnOnce()) -> f64 {
     let start = Instant::now();
@@ -34,12 +33,7 @@ fn timed(f: impl FnOnce()) -> f64 {
 
 fn main() {
     let server = RedisServer::start().expect("start redis-server");
-    let config = Config::builder()
-        .host(server.host())
-        .port(server.port())
-        .build()
-        .expect("config");
-    let redis = Redis::connect(config).expect("connect");
+    let redis = common::connect(&server);
     let client = redis::Client::open(server.url().as_str()).expect("client");
     let mut raw = client.get_connection().expect("raw connection");
     let mut report = Report::new(

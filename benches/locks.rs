@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use redkit::lock::Lock;
 use redkit::testing::RedisServer;
-use redkit::{Config, Redis};
 
 use common::{env_usize, median, percentile, Report, Target};
 
@@ -122,14 +121,7 @@ fn main() {
     let blocks = ops / BLOCK;
     let n_handoffs = env_usize("REDKIT_BENCH_HANDOFFS", 100).max(10);
     let server = RedisServer::start().expect("start redis-server");
-    let redis = Redis::connect(
-        Config::builder()
-            .host(server.host())
-            .port(server.port())
-            .build()
-            .expect("config"),
-    )
-    .expect("connect");
+    let redis = common::connect(&server);
     let client = redis::Client::open(server.url()).expect("client");
 
     // 1. Uncontended cycles.

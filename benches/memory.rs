@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::Report;
 use redkit::lock::Lock;
 use redkit::testing::{wait_until, RedisServer};
-use redkit::{Config, Redis};
+use redkit::Redis;
 
 /// A field of /proc/self/status in KiB.
 fn status_kib(field: &str) -> Option<f64> {
@@ -40,15 +40,7 @@ fn main() {
         "resident memory of the process (the redis-server is another process)",
     );
     let server = RedisServer::start().expect("start redis-server");
-    let redis = Redis::connect(
-        Config::builder()
-            .host(server.host())
-            .port(server.port())
-            .pool_max_size(32)
-            .build()
-            .expect("config"),
-    )
-    .expect("connect");
+    let redis = Redis::connect(common::config(&server).pool_max_size(32)).expect("connect");
     // Fill the pool: 32 connections checked out at once, then returned.
     let held: Vec<_> = (0..32).map(|_| redis.conn().expect("checkout")).collect();
     drop(held);

@@ -19,7 +19,7 @@ use std::time::Instant;
 use common::{env_usize, median, Report, Target};
 use redis::Commands;
 use redkit::testing::RedisServer;
-use redkit::{Config, Redis};
+use redkit::Redis;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -143,13 +143,7 @@ fn main() {
     let ops = env_usize("REDKIT_BENCH_OPS", 20_000);
     report.param("ops_per_thread_and_side", ops);
     let url = server.url();
-    let config = Config::builder()
-        .host(server.host())
-        .port(server.port())
-        .pool_max_size(32)
-        .build()
-        .expect("config");
-    let redis = Redis::connect(config).expect("connect");
+    let redis = Redis::connect(common::config(&server).pool_max_size(32)).expect("connect");
     let client = redis::Client::open(url.as_str()).expect("client");
     let r2d2_pool = r2d2::Pool::builder()
         .max_size(32)

@@ -21,7 +21,6 @@ use common::{env_usize, median, percentile, Report, Target};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use redkit::pubsub::{Backpressure, Kind, SubscriptionOptions};
 use redkit::testing::RedisServer;
-use redkit::{Config, Redis};
 
 const BLOCKS: usize = 5;
 const THROUGHPUT_TARGET: f64 = 0.9;
@@ -143,14 +142,7 @@ fn main() {
     report.param("blocks", BLOCKS);
     report.param("latency_samples", samples);
     let server = RedisServer::start().expect("start redis-server");
-    let redis = Redis::connect(
-        Config::builder()
-            .host(server.host())
-            .port(server.port())
-            .build()
-            .expect("config"),
-    )
-    .expect("connect");
+    let redis = common::connect(&server);
     let subscriber = redis.subscriber().expect("subscriber");
     let client = redis::Client::open(server.url()).expect("client");
     let mut publisher = client.get_connection().expect("publisher connection");

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::{env_usize, median, Report, Target};
 use redkit::testing::RedisServer;
-use redkit::{Config, Redis};
+use redkit::Redis;
 
 const BLOCKS: usize = 3;
 const WORKERS: usize = 8;
@@ -165,14 +165,7 @@ fn main() {
     report.param("blocks", BLOCKS);
     report.param("workers", WORKERS);
     let server = RedisServer::start().expect("start redis-server");
-    let redis = Redis::connect(
-        Config::builder()
-            .host(server.host())
-            .port(server.port())
-            .build()
-            .expect("config"),
-    )
-    .expect("connect");
+    let redis = common::connect(&server);
     let client = redis::Client::open(server.url()).expect("client");
     let mut producer = client.get_connection().expect("producer connection");
 

@@ -22,7 +22,6 @@ use redkit::ratelimit::{
     SlidingLog, SlidingWindow, TokenBucket, WindowLimit,
 };
 use redkit::testing::RedisServer;
-use redkit::{Config, Redis};
 
 const BLOCK: usize = 250;
 /// The target from issue 6: redkit decisions / raw EVALSHA round trips.
@@ -56,14 +55,7 @@ fn main() {
     report.param("decisions_per_side", ops);
     let blocks = ops / BLOCK;
     let server = RedisServer::start().expect("start redis-server");
-    let redis = Redis::connect(
-        Config::builder()
-            .host(server.host())
-            .port(server.port())
-            .build()
-            .expect("config"),
-    )
-    .expect("connect");
+    let redis = common::connect(&server);
 
     // The baseline: EVALSHA of a script that returns a decision-shaped reply, on a raw
     // connection.

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use common::{env_usize, Report, Target};
 use crossbeam_channel::Receiver;
 use redkit::testing::RedisServer;
-use redkit::{BreakerState, Config, Event, Health, HeartbeatConfig, Redis};
+use redkit::{BreakerState, Event, Health, HeartbeatConfig, Redis};
 
 /// The reconnect backoff minimum of `HeartbeatConfig::default()` (100 ms doubling to 5 s, full
 /// jitter, as its docs say). The config does not expose it, so the bench checks that the
@@ -315,11 +315,7 @@ fn redkit(
     hold: Duration,
     traffic: bool,
 ) -> (Vec<Sample>, String) {
-    let config = Config::builder()
-        .host(server.host())
-        .port(server.port())
-        .build()
-        .expect("config");
+    let config = common::config(server).build().expect("config");
     assert_eq!(
         config.heartbeat(),
         &HeartbeatConfig::default(),

@@ -7,6 +7,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use redkit::testing::RedisServer;
+use redkit::{ConfigBuilder, Redis};
 use serde_json::{json, Map, Value};
 
 /// A number from the environment, or `default`.
@@ -27,6 +29,18 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// A config aimed at the bench's own server, otherwise the defaults.
+pub fn config(server: &RedisServer) -> ConfigBuilder {
+    ConfigBuilder::default()
+        .host(server.host())
+        .port(server.port())
+}
+
+/// A handle to the bench's own server with the default settings.
+pub fn connect(server: &RedisServer) -> Redis {
+    Redis::connect(config(server)).expect("connect")
 }
 
 /// The JSON file every bench writes its section into.
