@@ -237,6 +237,9 @@ impl Redis {
                 config.addr
             );
         }
+        if let Some(topology) = &shared.cluster {
+            topology.set_owner(Arc::downgrade(&shared));
+        }
         let manager = Manager::new(config.clone(), shared.clone())?;
         let threads = Arc::new(
             scheduled_thread_pool::ScheduledThreadPool::builder()
@@ -298,6 +301,28 @@ impl Redis {
             .sentinel
             .as_ref()
             .and_then(|s| s.current_addr())
+    }
+
+    /// With a Cluster topology, every master of the current slot map (each listed once, in
+    /// no particular order); empty without Cluster.
+    pub fn cluster_masters(&self) -> Vec<crate::config::Addr> {
+        match &self.inner.shared.cluster {
+            Some(topology) => {
+                topology.refresh_if_stale();
+                topology.masters()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Runs one read-only command on the cluster node `addr` (retried like any read).
+    pub(crate) fn query_node<T: FromRedisValue>(
+        &self,
+        addr: &crate::config::Addr,
+        cmd: &Cmd,
+    ) -> Result<T> {
+        let packed = cmd.get_packed_command();
+        self.execute(|| true, |con| script::convert(con.exec_on(addr, &packed)?))
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {

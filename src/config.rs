@@ -60,7 +60,7 @@ impl fmt::Debug for Secret {
 
 /// Where the server is.
 #[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Addr {
     /// A TCP address.
     Tcp {
@@ -301,6 +301,20 @@ impl SentinelConfig {
     }
 }
 
+/// A Redis Cluster topology: the seed nodes the slot map is first asked of. Every node uses
+/// the config's user, password and TLS settings. Set with [`ConfigBuilder::cluster`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub(crate) seeds: Vec<(String, u16)>,
+}
+
+impl ClusterConfig {
+    /// The seed nodes, tried in this order (after the masters already known).
+    pub fn seeds(&self) -> &[(String, u16)] {
+        &self.seeds
+    }
+}
+
 /// The immutable, validated configuration of a [`Redis`](crate::Redis) handle.
 ///
 /// Build one with [`Config::builder`], parse one from a URL (`"redis://...".parse()`), or read
@@ -324,6 +338,7 @@ pub struct Config {
     pub(crate) heartbeat: HeartbeatConfig,
     pub(crate) tcp_keepalive: Option<Duration>,
     pub(crate) sentinel: Option<SentinelConfig>,
+    pub(crate) cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -430,6 +445,11 @@ impl Config {
     pub fn sentinel(&self) -> Option<&SentinelConfig> {
         self.sentinel.as_ref()
     }
+
+    /// The Cluster settings, when the handle talks to a Redis Cluster.
+    pub fn cluster(&self) -> Option<&ClusterConfig> {
+        self.cluster.as_ref()
+    }
 }
 
 impl fmt::Debug for Config {
@@ -451,6 +471,7 @@ impl fmt::Debug for Config {
             .field("heartbeat", &self.heartbeat)
             .field("tcp_keepalive", &self.tcp_keepalive)
             .field("sentinel", &self.sentinel)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -484,6 +505,18 @@ impl fmt::Display for Config {
                 )?;
             }
             return write!(f, "]/{}/{}", s.master_name, self.db);
+        }
+        if let Some(c) = &self.cluster {
+            write!(f, "cluster[")?;
+            for (i, (host, port)) in c.seeds.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                let addr = Addr::Tcp {
+                    host: host.clone(),
+                    port: *port,
+                };
+                write!(f, "{sep}{addr}")?;
+            }
+            return f.write_str("]");
         }
         match &self.addr {
             Addr::Unix(p) => write!(f, "{}?db={}", p.display(), self.db),
@@ -544,6 +577,7 @@ impl Default for ConfigBuilder {
                 heartbeat: HeartbeatConfig::default(),
                 tcp_keepalive: Some(Duration::from_secs(30)),
                 sentinel: None,
+                cluster: None,
             },
             tls_files: TlsFiles::default(),
         }
@@ -801,6 +835,36 @@ impl ConfigBuilder {
         self
     }
 
+    /// Talks to a Redis Cluster instead of one server: the slot map is asked of `seeds` (in
+    /// turn, each with the connect and response timeouts), and every command goes to the
+    /// master that owns its key's slot, following `MOVED` and `ASK` (see the crate's README,
+    /// "Cluster"). Every node uses this config's user, password, TLS settings and timeouts;
+    /// the host and port set with [`host`](Self::host)/[`port`](Self::port) are ignored, and
+    /// the database must be 0. Defaults to no Cluster.
+    ///
+    /// ```
+    /// let config = redkit::Config::builder()
+    ///     .cluster([("10.0.0.1", 7000), ("10.0.0.2", 7000)])
+    ///     .build()?;
+    /// assert_eq!(config.cluster().map(|c| c.seeds().len()), Some(2));
+    /// # Ok::<(), redkit::Error>(())
+    /// ```
+    pub fn cluster<H: Into<String>>(
+        mut self,
+        seeds: impl IntoIterator<Item = (H, u16)>,
+    ) -> ConfigBuilder {
+        let seeds: Vec<(String, u16)> = seeds.into_iter().map(|(h, p)| (h.into(), p)).collect();
+        if let Some((host, port)) = seeds.first() {
+            // Logs, the pub/sub subscriber's first try and the heartbeat's fallback.
+            self.config.addr = Addr::Tcp {
+                host: host.clone(),
+                port: *port,
+            };
+        }
+        self.config.cluster = Some(ClusterConfig { seeds });
+        self
+    }
+
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<Config> {
         let ConfigBuilder {
@@ -827,6 +891,26 @@ fn read_file(setting: &'static str, path: &Path) -> Result<Vec<u8>> {
 }
 
 fn validate(c: &Config) -> Result<()> {
+    if let Some(cl) = &c.cluster {
+        if cl.seeds.is_empty() {
+            return Err(Error::config("cluster.seeds", "needs at least one node"));
+        }
+        if cl.seeds.iter().any(|(h, p)| h.is_empty() || *p == 0) {
+            return Err(Error::config(
+                "cluster.seeds",
+                "every node needs a host and a non-zero port",
+            ));
+        }
+        if c.sentinel.is_some() {
+            return Err(Error::config(
+                "cluster",
+                "a handle uses either Sentinel or Cluster, not both",
+            ));
+        }
+        if c.db != 0 {
+            return Err(Error::config("db", "Redis Cluster has database 0 only"));
+        }
+    }
     if let Some(s) = &c.sentinel {
         if s.addrs.is_empty() {
             return Err(Error::config(
@@ -987,8 +1071,54 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// `redis+cluster://[user:pass@]host1:port1,host2:port2[/][?params]` (and `rediss+cluster`):
+/// the first node parses as a plain URL, every node becomes a cluster seed.
+fn parse_cluster_url(scheme: &str, rest: &str) -> Result<ConfigBuilder> {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let mut seeds = Vec::new();
+    for node in hosts.split(',') {
+        let (host, port) = match node.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') => {
+                let port = p.parse::<u16>().map_err(|_| {
+                    Error::config(
+                        "url",
+                        "a cluster node's port is not a number from 1 to 65535",
+                    )
+                })?;
+                (h, port)
+            }
+            _ => (node, 6379),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(Error::config(
+                "url",
+                "every cluster node needs a host (and a non-zero port)",
+            ));
+        }
+        seeds.push((host.to_owned(), port));
+    }
+    let first = hosts.split(',').next().unwrap_or_default();
+    let b = parse_url(&format!("{scheme}://{userinfo}{first}{tail}"))?;
+    Ok(b.cluster(seeds))
+}
+
 fn parse_url(url: &str) -> Result<ConfigBuilder> {
     use redis::IntoConnectionInfo;
+
+    for scheme in ["redis", "rediss"] {
+        if let Some(rest) = url
+            .strip_prefix(scheme)
+            .and_then(|r| r.strip_prefix("+cluster://"))
+        {
+            return parse_cluster_url(scheme, rest);
+        }
+    }
 
     // Never echo the URL: it may hold a password.
     let info = url.into_connection_info().map_err(|e| {
@@ -1091,6 +1221,42 @@ fn redact_redis_message(e: &redis::RedisError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_urls_name_every_seed() {
+        let c: Config =
+            "redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002,h4/?client_name=x"
+                .parse()
+                .unwrap();
+        let seeds = c.cluster().unwrap().seeds();
+        assert_eq!(
+            seeds,
+            &[
+                ("10.0.0.1".to_owned(), 7000),
+                ("10.0.0.2".to_owned(), 7001),
+                ("::1".to_owned(), 7002),
+                ("h4".to_owned(), 6379)
+            ]
+        );
+        assert!(c.has_password());
+        assert_eq!(c.client_name(), Some("x"));
+        let shown = format!("{c} {c:?}");
+        assert!(!shown.contains("pw"), "{shown}");
+        assert!(shown.contains("cluster[10.0.0.1:7000,"), "{shown}");
+        let tls: Config = "rediss+cluster://h1:1,h2:2".parse().unwrap();
+        assert!(tls.tls().is_some());
+        assert_eq!(tls.cluster().unwrap().seeds().len(), 2);
+        let bad = "redis+cluster://h1:x,h2:2".parse::<Config>().unwrap_err();
+        assert!(!bad.to_string().contains("h1"), "{bad}");
+        assert!(
+            "redis+cluster://h1:1/3".parse::<Config>().is_err(),
+            "db 3 on a cluster"
+        );
+        assert!(Config::builder()
+            .cluster(Vec::<(String, u16)>::new())
+            .build()
+            .is_err());
+    }
 
     #[test]
     fn heartbeat_settings_from_url_and_builder() {

@@ -296,6 +296,14 @@ impl Error {
         }
     }
 
+    /// The same error with another delivery (a redis error only; others are unchanged).
+    pub(crate) fn with_delivery(mut self, to: Delivery) -> Error {
+        if let Error::Redis { delivery, .. } = &mut self {
+            *delivery = to;
+        }
+        self
+    }
+
     /// How far the failed command got.
     pub fn delivery(&self) -> Delivery {
         match self {

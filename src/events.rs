@@ -196,6 +196,14 @@ pub enum Event {
         /// Where it is now.
         new: crate::config::Addr,
     },
+    /// With a Cluster topology: a refresh of the slot map found slots owned by other masters
+    /// than before (a replica promoted after its master failed, slots resharded).
+    ClusterTopologyChanged {
+        /// How many of the 16384 slots changed owner.
+        slots_moved: usize,
+        /// How many masters the new map has.
+        masters: usize,
+    },
     /// The handle was closed ([`Redis::close`](crate::Redis::close) or the last clone dropped).
     /// The last event a listener receives; the channel disconnects after it.
     Closed,
@@ -241,6 +249,10 @@ impl fmt::Display for Event {
                 old,
                 new,
             } => write!(f, "master `{master_name}` failed over from {old} to {new}"),
+            Event::ClusterTopologyChanged {
+                slots_moved,
+                masters,
+            } => write!(f, "cluster slot map changed: {slots_moved} slots moved, {masters} masters"),
             Event::LockLost {
                 name,
                 fencing_token,

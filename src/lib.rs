@@ -123,6 +123,7 @@
 mod breaker;
 pub mod cache;
 mod client;
+mod cluster;
 pub mod config;
 mod error;
 pub mod events;
@@ -150,7 +151,8 @@ pub use breaker::{BreakerConfig, BreakerState, FailureRate};
 pub use cache::{Cache, CacheStats};
 pub use client::{IntoConfig, Redis};
 pub use config::{
-    Addr, Config, ConfigBuilder, PoolConfig, Protocol, SentinelConfig, Timeouts, TlsConfig,
+    Addr, ClusterConfig, Config, ConfigBuilder, PoolConfig, Protocol, SentinelConfig, Timeouts,
+    TlsConfig,
 };
 pub use error::{Delivery, Error, ErrorClass, Result};
 pub use events::{Event, Health};

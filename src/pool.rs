@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     addr: Addr,
     /// Where the master is, with a Sentinel topology.
     pub(crate) sentinel: Option<Arc<crate::sentinel::SentinelState>>,
+    /// The slot map, with a Cluster topology.
+    pub(crate) cluster: Option<Arc<crate::cluster::Topology>>,
 }
 
 /// When things happened.
@@ -106,6 +108,7 @@ impl Shared {
                 .sentinel
                 .clone()
                 .map(|s| Arc::new(crate::sentinel::SentinelState::new(s))),
+            cluster: crate::cluster::Topology::new(config).map(Arc::new),
         };
         (shared, kicks)
     }
@@ -255,9 +258,127 @@ impl Shared {
     }
 }
 
+/// A connection to one server, or a cluster connection (a connection per node it uses).
+pub(crate) enum Link {
+    Node(redis::Connection),
+    Cluster(Box<crate::cluster::ClusterLink>),
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Link::Node(_) => f.write_str("Node"),
+            Link::Cluster(c) => c.fmt(f),
+        }
+    }
+}
+
+impl Link {
+    pub(crate) fn set_read_timeout(&mut self, d: Option<Duration>) -> redis::RedisResult<()> {
+        match self {
+            Link::Node(c) => c.set_read_timeout(d),
+            Link::Cluster(c) => c.set_read_timeout(d),
+        }
+    }
+
+    pub(crate) fn set_write_timeout(&mut self, d: Option<Duration>) -> redis::RedisResult<()> {
+        match self {
+            Link::Node(c) => c.set_write_timeout(d),
+            Link::Cluster(c) => c.set_write_timeout(d),
+        }
+    }
+
+    /// A cluster connection stays open: a failed node connection is closed inside it.
+    pub(crate) fn is_open(&self) -> bool {
+        match self {
+            Link::Node(c) => c.is_open(),
+            Link::Cluster(_) => true,
+        }
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Link::Cluster(_))
+    }
+
+    /// Sends one packed command and reads its reply, telling apart a command that was never
+    /// completely written from one whose reply did not come.
+    pub(crate) fn exec(&mut self, cmd: &[u8]) -> Result<Value> {
+        let con = match self {
+            Link::Node(con) => con,
+            Link::Cluster(c) => return c.exec(cmd),
+        };
+        con.send_packed_command(cmd)
+            .map_err(|e| Error::from_redis(e, Delivery::NotSent))?;
+        loop {
+            match con.recv_response() {
+                Ok(Value::Push { .. }) => continue,
+                Ok(v) => return Ok(v),
+                Err(e) => return Err(Error::from_wire(e, Delivery::Unknown)),
+            }
+        }
+    }
+
+    /// Sends a packed pipeline and reads `offset + count` replies, keeping the last `count`.
+    pub(crate) fn pipeline(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<Value>> {
+        let con = match self {
+            Link::Node(con) => con,
+            Link::Cluster(c) => return c.pipeline(cmd, offset, count),
+        };
+        con.req_packed_commands(cmd, offset, count).map_err(|e| {
+            let delivery = if e.is_io_error() || e.kind() == redis::ErrorKind::Parse {
+                Delivery::Unknown
+            } else {
+                Delivery::Answered
+            };
+            Error::from_wire(e, delivery)
+        })
+    }
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<Value> {
+        match self {
+            Link::Node(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.exec(cmd).map_err(to_redis_error),
+        }
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<Value>> {
+        match self {
+            Link::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Link::Cluster(c) => c.pipeline(cmd, offset, count).map_err(to_redis_error),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Node(c) => c.get_db(),
+            Link::Cluster(_) => 0,
+        }
+    }
+
+    fn check_connection(&mut self) -> bool {
+        redis::cmd("PING").query::<()>(self).is_ok()
+    }
+
+    fn is_open(&self) -> bool {
+        Link::is_open(self)
+    }
+}
+
 /// A connection as the pool holds it.
 pub(crate) struct RawConn {
-    pub(crate) con: redis::Connection,
+    pub(crate) con: Link,
     generation: u64,
     validated_epoch: u64,
     pub(crate) broken: bool,
@@ -379,6 +500,10 @@ impl Manager {
     /// Opens one connection with every setting applied.
     pub(crate) fn open(&self) -> Result<RawConn> {
         let not_sent = |e| Error::from_redis(e, Delivery::NotSent);
+        if let Some(topo) = &self.shared.cluster {
+            let link = crate::cluster::ClusterLink::open(topo.clone())?;
+            return Ok(self.raw(Link::Cluster(Box::new(link))));
+        }
         let Some(sentinel) = &self.shared.sentinel else {
             return self.open_with(&self.client);
         };
@@ -408,28 +533,41 @@ impl Manager {
 
     /// Opens one connection through `client` with every setting applied.
     fn open_with(&self, client: &redis::Client) -> Result<RawConn> {
-        let t = &self.config.timeouts;
-        let not_sent = |e| Error::from_redis(e, Delivery::NotSent);
-        let mut con = client
-            .get_connection_with_timeout(t.connect)
-            .map_err(not_sent)?;
-        // The `redis` crate clears the timeouts after connecting: set ours.
-        con.set_read_timeout(Some(t.response)).map_err(not_sent)?;
-        con.set_write_timeout(Some(t.write)).map_err(not_sent)?;
-        if let Some(name) = &self.config.client_name {
-            redis::cmd("CLIENT")
-                .arg("SETNAME")
-                .arg(name)
-                .query::<()>(&mut con)
-                .map_err(not_sent)?;
-        }
-        Ok(RawConn {
+        let con = open_connection(&self.config, client)?;
+        Ok(self.raw(Link::Node(con)))
+    }
+
+    fn raw(&self, con: Link) -> RawConn {
+        RawConn {
             con,
             generation: self.shared.generation.load(Ordering::Acquire),
             validated_epoch: self.shared.suspect_epoch.load(Ordering::Acquire),
             broken: false,
-        })
+        }
     }
+}
+
+/// Opens one connection through `client` with the config's timeouts and client name.
+pub(crate) fn open_connection(
+    config: &Config,
+    client: &redis::Client,
+) -> Result<redis::Connection> {
+    let t = &config.timeouts;
+    let not_sent = |e| Error::from_redis(e, Delivery::NotSent);
+    let mut con = client
+        .get_connection_with_timeout(t.connect)
+        .map_err(not_sent)?;
+    // The `redis` crate clears the timeouts after connecting: set ours.
+    con.set_read_timeout(Some(t.response)).map_err(not_sent)?;
+    con.set_write_timeout(Some(t.write)).map_err(not_sent)?;
+    if let Some(name) = &config.client_name {
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(name)
+            .query::<()>(&mut con)
+            .map_err(not_sent)?;
+    }
+    Ok(con)
 }
 
 fn stale() -> Error {
@@ -587,7 +725,10 @@ impl PooledConnection {
 
     fn fail(&mut self, e: Error) -> Error {
         if e.poisons_connection() {
-            self.conn.broken = true;
+            // A cluster connection closes the failed node's connection itself.
+            if !self.conn.con.is_cluster() {
+                self.conn.broken = true;
+            }
             if e.class() == ErrorClass::Connection {
                 self.shared.connection_dropped();
             }
@@ -602,6 +743,11 @@ impl PooledConnection {
             matches!(v, Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::ReadOnly))
         });
         if read_only {
+            if let crate::pool::Link::Cluster(c) = &self.conn.con {
+                // A node that was a master is a replica now: the map is out of date.
+                c.topology().mark_stale();
+                return;
+            }
             self.conn.broken = true;
             if let Some(sentinel) = &self.shared.sentinel {
                 sentinel.request_rediscovery();
@@ -633,16 +779,20 @@ impl PooledConnection {
         if self.conn.broken {
             return Err(stale());
         }
-        if let Err(e) = self.conn.con.send_packed_command(cmd) {
-            return Err(self.fail(Error::from_redis(e, Delivery::NotSent)));
+        self.conn.con.exec(cmd).map_err(|e| self.fail(e))
+    }
+
+    /// Sends one packed command to the cluster node `addr` (a plain connection sends it to
+    /// its server).
+    pub(crate) fn exec_on(&mut self, addr: &Addr, cmd: &[u8]) -> Result<Value> {
+        if self.conn.broken {
+            return Err(stale());
         }
-        loop {
-            match self.conn.con.recv_response() {
-                Ok(Value::Push { .. }) => continue,
-                Ok(v) => return Ok(v),
-                Err(e) => return Err(self.fail(Error::from_wire(e, Delivery::Unknown))),
-            }
-        }
+        let result = match &mut self.conn.con {
+            Link::Cluster(c) => c.exec_on(addr, cmd),
+            node => node.exec(cmd),
+        };
+        result.map_err(|e| self.fail(e))
     }
 
     /// Sends a packed pipeline and reads `offset + count` replies, keeping the last `count`.
@@ -659,7 +809,7 @@ impl PooledConnection {
             return Err(stale());
         }
         let start = Instant::now();
-        let result = self.conn.con.req_packed_commands(cmd, offset, count);
+        let result = self.conn.con.pipeline(cmd, offset, count);
         if let Ok(vs) = &result {
             self.check_read_only(vs);
         }
@@ -668,14 +818,7 @@ impl PooledConnection {
         self.shared
             .command_metrics
             .record(b"PIPELINE", start.elapsed(), failed);
-        result.map_err(|e| {
-            let delivery = if e.is_io_error() || e.kind() == redis::ErrorKind::Parse {
-                Delivery::Unknown
-            } else {
-                Delivery::Answered
-            };
-            self.fail(Error::from_wire(e, delivery))
-        })
+        result.map_err(|e| self.fail(e))
     }
 }
 

@@ -23,8 +23,9 @@
 //! The iterators yield what `SCAN` yields: every element present for the whole iteration
 //! comes at least once; an element added or removed meanwhile may or may not come, and the
 //! server may return an element twice when the keyspace is resized during the scan (dedupe
-//! with a set when that matters). On a cluster, `SCAN` lists the keys of the node the handle
-//! talks to.
+//! with a set when that matters). On a cluster, [`ScanIter::keys`] walks every master in
+//! turn; when a master fails over during the walk, its successor is scanned from the start
+//! (its keys may come twice).
 
 use std::collections::VecDeque;
 use std::io;
@@ -77,6 +78,9 @@ pub struct ScanIter<T> {
     max_resumes: u32,
     resume_delay: Duration,
     resumes: u64,
+    /// On a cluster (`SCAN` only): the masters still to walk, the current one first, each
+    /// with a slot it owns.
+    nodes: Option<VecDeque<(crate::config::Addr, u16)>>,
     _item: PhantomData<fn() -> T>,
 }
 
@@ -108,6 +112,7 @@ impl<T: FromRedisValue> ScanIter<T> {
             max_resumes: 10,
             resume_delay: Duration::from_millis(50),
             resumes: 0,
+            nodes: None,
             _item: PhantomData,
         }
     }
@@ -210,15 +215,41 @@ impl<T: FromRedisValue> ScanIter<T> {
 
     /// Fetches the next batch, resuming from the same cursor after transient errors.
     fn fetch(&mut self) -> Result<()> {
-        let cmd = self.command();
+        let cluster = matches!(self.target, Target::Keys) && self.redis.shared().cluster.is_some();
+        if cluster && self.nodes.is_none() {
+            let masters = self
+                .redis
+                .shared()
+                .cluster
+                .as_ref()
+                .map(|t| t.masters_with_a_slot())
+                .unwrap_or_default();
+            self.nodes = Some(masters.into());
+        }
         let mut delay = self.resume_delay;
         let mut tries = 0;
         loop {
-            match self.redis.query::<(u64, Vec<T>)>(&cmd) {
+            let cmd = self.command();
+            let node = self.nodes.as_ref().and_then(|n| n.front().cloned());
+            let reply = match &node {
+                Some((addr, _)) => self.redis.query_node::<(u64, Vec<T>)>(addr, &cmd),
+                None if cluster => {
+                    self.finished = true;
+                    return Ok(());
+                }
+                None => self.redis.query::<(u64, Vec<T>)>(&cmd),
+            };
+            match reply {
                 Ok((next, items)) => {
                     self.buffer.extend(items);
                     self.cursor = next;
                     self.finished = next == 0;
+                    if next == 0 {
+                        if let Some(nodes) = self.nodes.as_mut() {
+                            nodes.pop_front();
+                            self.finished = nodes.is_empty();
+                        }
+                    }
                     return Ok(());
                 }
                 Err(e) if e.is_retryable() && tries < self.max_resumes => {
@@ -230,9 +261,33 @@ impl<T: FromRedisValue> ScanIter<T> {
                     );
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(1));
+                    if let Some((addr, slot)) = node {
+                        self.follow_failover(&addr, slot);
+                    }
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+impl<T> ScanIter<T> {
+    /// On a cluster, when the master being scanned no longer owns its slot (it failed over),
+    /// scans its successor from the start.
+    fn follow_failover(&mut self, addr: &crate::config::Addr, slot: u16) {
+        let Some(topology) = self.redis.shared().cluster.as_ref() else {
+            return;
+        };
+        topology.mark_stale();
+        let Ok(owner) = topology.owner(slot) else {
+            return;
+        };
+        if owner != *addr {
+            log::info!("scan: {addr} no longer owns its slots; scanning {owner} from the start");
+            if let Some(front) = self.nodes.as_mut().and_then(|n| n.front_mut()) {
+                front.0 = owner;
+            }
+            self.cursor = 0;
         }
     }
 }

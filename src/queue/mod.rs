@@ -136,7 +136,7 @@ impl Job {
 pub(crate) struct Dedicated {
     shared: std::sync::Arc<crate::pool::Shared>,
     manager: Manager,
-    con: Option<redis::Connection>,
+    con: Option<crate::pool::Link>,
     read_timeout: Duration,
 }
 
@@ -168,13 +168,13 @@ impl Dedicated {
 
     /// The connection, opened if needed; `Error::Closed` (and the connection closed) once
     /// the handle was closed.
-    fn con(&mut self) -> Result<&mut redis::Connection> {
+    fn con(&mut self) -> Result<&mut crate::pool::Link> {
         if self.shared.is_closed() {
             self.con = None;
             return Err(Error::Closed);
         }
         if self.con.is_none() {
-            let raw = self.manager.open()?;
+            let mut raw = self.manager.open()?;
             raw.con
                 .set_read_timeout(Some(self.read_timeout))
                 .map_err(|e| Error::from_redis(e, Delivery::NotSent))?;

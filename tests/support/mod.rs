@@ -98,3 +98,24 @@ pub fn hammer<L: redkit::ratelimit::RateLimiter + Sync>(
     });
     admitted.into_inner()
 }
+
+/// A builder aimed at `cluster` (every node a seed), with short timeouts suited to tests.
+pub fn cluster_builder(cluster: &redkit::testing::RedisCluster) -> ConfigBuilder {
+    init_logs();
+    let b = Config::builder().cluster(cluster.addrs()).timeouts(
+        redkit::Timeouts::default()
+            .connect(Duration::from_secs(2))
+            .response(Duration::from_secs(2))
+            .checkout(Duration::from_secs(2)),
+    );
+    match cluster.password() {
+        Some(p) => b.password(p),
+        None => b,
+    }
+}
+
+/// A fresh cluster: 3 masters, 3 replicas.
+pub fn cluster() -> redkit::testing::RedisCluster {
+    init_logs();
+    redkit::testing::RedisCluster::start().expect("start a cluster")
+}

@@ -1,0 +1,726 @@
+//! Redis Cluster: the slot map shared by a handle's connections, and the pooled cluster
+//! connection that routes every command to the master owning its key's slot.
+//!
+//! Each pooled [`ClusterLink`] holds one connection per node it has talked to, each opened
+//! with the handle's connect, response and write timeouts, TLS settings (including a custom
+//! CA and client certificate) and credentials. A command goes to the owner of its first
+//! key's slot; `MOVED` updates the shared map (and has it refreshed) and resends, `ASK`
+//! resends once after `ASKING`. Pipelines are split by node, sent to every node before any
+//! reply is read, and the entries that were redirected are resent. `MGET`, `DEL`, `UNLINK`,
+//! `EXISTS`, `TOUCH` and `MSET` with keys in several slots are split per slot.
+
+pub(crate) mod route;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use parking_lot::{Mutex, RwLock};
+use redis::{ConnectionLike, RedisError, Value};
+
+use crate::config::{Addr, Config};
+use crate::error::{Delivery, Error, Result};
+use crate::events::Event;
+use crate::pool::Shared;
+use route::{Redirect, Route, SLOTS};
+
+/// How many redirections one command follows before its last reply is returned as is.
+const MAX_REDIRECTS: usize = 5;
+/// The least time between two refreshes of the slot map.
+const REFRESH_GAP: Duration = Duration::from_millis(100);
+const NO_OWNER: u16 = u16::MAX;
+
+/// Which master owns which slot.
+#[derive(Debug)]
+pub(crate) struct SlotMap {
+    owner: Vec<u16>,
+    masters: Vec<Addr>,
+    replicas: Vec<Vec<Addr>>,
+}
+
+impl SlotMap {
+    fn empty() -> SlotMap {
+        SlotMap {
+            owner: vec![NO_OWNER; SLOTS],
+            masters: Vec::new(),
+            replicas: Vec::new(),
+        }
+    }
+
+    fn from_ranges(ranges: Vec<route::SlotRange>) -> SlotMap {
+        let mut map = SlotMap::empty();
+        for (start, end, master, replicas) in ranges {
+            let i = match map.masters.iter().position(|m| *m == master) {
+                Some(i) => i,
+                None => {
+                    map.masters.push(master);
+                    map.replicas.push(replicas);
+                    map.masters.len() - 1
+                }
+            };
+            for s in start..=end.min(SLOTS as u16 - 1) {
+                map.owner[usize::from(s)] = i as u16;
+            }
+        }
+        map
+    }
+
+    fn owner(&self, slot: u16) -> Option<&Addr> {
+        let i = *self.owner.get(usize::from(slot))?;
+        self.masters.get(usize::from(i))
+    }
+
+    /// How many slots have a different owner in `other`.
+    fn slots_changed(&self, other: &SlotMap) -> usize {
+        (0..SLOTS as u16)
+            .filter(|&s| self.owner(s) != other.owner(s))
+            .count()
+    }
+}
+
+/// The slot map and the node clients, shared by every connection of a handle.
+pub(crate) struct Topology {
+    config: Config,
+    seeds: Vec<Addr>,
+    map: RwLock<Arc<SlotMap>>,
+    clients: Mutex<HashMap<Addr, redis::Client>>,
+    /// When the map was last refreshed; held while refreshing.
+    refreshed: Mutex<Option<Instant>>,
+    /// A redirection or a failed node says the map is out of date.
+    stale: AtomicBool,
+    /// Bumped whenever a node connection fails: node connections last used before are
+    /// `PING`ed before their next command (a restarted node leaves every socket dead).
+    drop_epoch: AtomicU64,
+    shared: OnceLock<Weak<Shared>>,
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topology")
+            .field("seeds", &self.seeds)
+            .field("masters", &self.map.read().masters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Topology {
+    pub(crate) fn new(config: &Config) -> Option<Topology> {
+        let cluster = config.cluster.as_ref()?;
+        Some(Topology {
+            config: config.clone(),
+            seeds: cluster
+                .seeds
+                .iter()
+                .map(|(host, port)| Addr::Tcp {
+                    host: host.clone(),
+                    port: *port,
+                })
+                .collect(),
+            map: RwLock::new(Arc::new(SlotMap::empty())),
+            clients: Mutex::new(HashMap::new()),
+            refreshed: Mutex::new(None),
+            stale: AtomicBool::new(true),
+            drop_epoch: AtomicU64::new(0),
+            shared: OnceLock::new(),
+        })
+    }
+
+    /// Lets the topology emit events on its handle.
+    pub(crate) fn set_owner(&self, shared: Weak<Shared>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// The current map.
+    pub(crate) fn map(&self) -> Arc<SlotMap> {
+        self.map.read().clone()
+    }
+
+    /// Every master, as the map has them.
+    pub(crate) fn masters(&self) -> Vec<Addr> {
+        self.map.read().masters.clone()
+    }
+
+    /// Every master with one slot it owns (to find its successor after a failover).
+    pub(crate) fn masters_with_a_slot(&self) -> Vec<(Addr, u16)> {
+        self.refresh_if_stale();
+        let map = self.map();
+        map.masters
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let slot = map.owner.iter().position(|&o| usize::from(o) == i)?;
+                Some((m.clone(), slot as u16))
+            })
+            .collect()
+    }
+
+    /// The master owning `slot`, refreshing the map first when it is stale or has no owner.
+    pub(crate) fn owner(&self, slot: u16) -> Result<Addr> {
+        self.refresh_if_stale();
+        if let Some(a) = self.map.read().owner(slot) {
+            return Ok(a.clone());
+        }
+        self.mark_stale();
+        self.refresh_if_stale();
+        self.map.read().owner(slot).cloned().ok_or_else(|| {
+            cluster_error(format!(
+                "no master owns slot {slot} (the cluster is down or resharding)"
+            ))
+        })
+    }
+
+    pub(crate) fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
+    /// A node connection failed: refresh the map, and check other connections to any node.
+    pub(crate) fn node_failed(&self) {
+        self.mark_stale();
+        self.drop_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `MOVED`: the slot's owner is known now; the rest of the map is refreshed soon.
+    fn moved(&self, slot: u16, to: &Addr) {
+        self.mark_stale();
+        let mut guard = self.map.write();
+        if guard.owner(slot) == Some(to) {
+            return;
+        }
+        let mut map = SlotMap {
+            owner: guard.owner.clone(),
+            masters: guard.masters.clone(),
+            replicas: guard.replicas.clone(),
+        };
+        let i = match map.masters.iter().position(|m| m == to) {
+            Some(i) => i,
+            None => {
+                map.masters.push(to.clone());
+                map.replicas.push(Vec::new());
+                map.masters.len() - 1
+            }
+        };
+        map.owner[usize::from(slot)] = i as u16;
+        *guard = Arc::new(map);
+    }
+
+    /// Refreshes the map when a redirection or a failure said it is stale, at most once per
+    /// [`REFRESH_GAP`]. Failures are logged: the old map stays.
+    pub(crate) fn refresh_if_stale(&self) {
+        if !self.stale.load(Ordering::Acquire) {
+            return;
+        }
+        let mut refreshed = self.refreshed.lock();
+        if !self.stale.load(Ordering::Acquire)
+            || refreshed.is_some_and(|t| t.elapsed() < REFRESH_GAP)
+        {
+            return;
+        }
+        if let Err(e) = self.refresh_locked() {
+            debug!("cluster slot map refresh failed: {e}");
+        }
+        *refreshed = Some(Instant::now());
+    }
+
+    /// Refreshes the map now; fails when no node answers with a map.
+    pub(crate) fn refresh(&self) -> Result<()> {
+        let mut refreshed = self.refreshed.lock();
+        let result = self.refresh_locked();
+        *refreshed = Some(Instant::now());
+        result
+    }
+
+    fn refresh_locked(&self) -> Result<()> {
+        let old = self.map();
+        let mut candidates: Vec<Addr> = old.masters.clone();
+        candidates.extend(old.replicas.iter().flatten().cloned());
+        candidates.extend(self.seeds.iter().cloned());
+        let mut seen = Vec::with_capacity(candidates.len());
+        let mut last_error = None;
+        for addr in candidates {
+            if seen.contains(&addr) {
+                continue;
+            }
+            seen.push(addr.clone());
+            match self.ask_slots(&addr) {
+                Ok(ranges) if !ranges.is_empty() => {
+                    self.stale.store(false, Ordering::Release);
+                    let map = SlotMap::from_ranges(ranges);
+                    let changed = old.slots_changed(&map);
+                    let masters = map.masters.len();
+                    *self.map.write() = Arc::new(map);
+                    if changed > 0 && !old.masters.is_empty() {
+                        info!("cluster slot map changed: {changed} slots moved, {masters} masters");
+                        if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
+                            shared.events.emit(Event::ClusterTopologyChanged {
+                                slots_moved: changed,
+                                masters,
+                            });
+                        }
+                    }
+                    return Ok(());
+                }
+                Ok(_) => last_error = Some(cluster_error(format!("{addr} serves no slots"))),
+                Err(e) => {
+                    debug!("cluster node {addr}: cannot read the slot map: {e}");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| cluster_error("no cluster node to ask".to_owned())))
+    }
+
+    fn ask_slots(&self, addr: &Addr) -> Result<Vec<route::SlotRange>> {
+        let mut con = self.open(addr)?;
+        let reply: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query(&mut con)
+            .map_err(|e| Error::from_wire(e, Delivery::Unknown))?;
+        route::parse_slots(&reply, addr).ok_or_else(|| {
+            cluster_error(format!(
+                "{addr} sent a CLUSTER SLOTS reply redkit cannot read"
+            ))
+        })
+    }
+
+    /// Opens a connection to one node with every setting of the handle.
+    pub(crate) fn open(&self, addr: &Addr) -> Result<redis::Connection> {
+        let client = {
+            let mut clients = self.clients.lock();
+            match clients.get(addr) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = crate::pool::redis_client_at(&self.config, addr)?;
+                    clients.insert(addr.clone(), c.clone());
+                    c
+                }
+            }
+        };
+        crate::pool::open_connection(&self.config, &client)
+    }
+}
+
+fn cluster_error(message: String) -> Error {
+    Error::from_redis(
+        RedisError::from(io::Error::new(io::ErrorKind::NotConnected, message)),
+        Delivery::NotSent,
+    )
+}
+
+/// A transaction met `ASK` (its slot is being migrated): it did not run. Reported as
+/// `TRYAGAIN`, which the retry policy resends.
+fn try_again() -> Error {
+    let reply = b"-TRYAGAIN the transaction's slot is being migrated; it did not run\r\n";
+    match redis::parse_redis_value(reply) {
+        Ok(Value::ServerError(e)) => Error::from_redis(e.into(), Delivery::Answered),
+        _ => cluster_error("the transaction's slot is being migrated; it did not run".to_owned()),
+    }
+}
+
+struct NodeConn {
+    con: redis::Connection,
+    epoch: u64,
+}
+
+/// One pooled cluster connection: a connection per node it talked to.
+pub(crate) struct ClusterLink {
+    topo: Arc<Topology>,
+    nodes: HashMap<Addr, NodeConn>,
+    read_timeout: Option<Duration>,
+    /// Where the last command went: keyless commands follow it.
+    last: Option<Addr>,
+}
+
+impl std::fmt::Debug for ClusterLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterLink")
+            .field("nodes", &self.nodes.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterLink {
+    /// A cluster connection: reads the slot map if there is none yet, and connects to one
+    /// master (so that a wrong password or certificate fails here).
+    pub(crate) fn open(topo: Arc<Topology>) -> Result<ClusterLink> {
+        topo.refresh_if_stale();
+        if topo.map().masters.is_empty() {
+            topo.refresh()?;
+        }
+        let mut link = ClusterLink {
+            read_timeout: Some(topo.config.timeouts.response),
+            topo,
+            nodes: HashMap::new(),
+            last: None,
+        };
+        let mut last_error = None;
+        for addr in link.topo.masters() {
+            match link.conn(&addr) {
+                Ok(_) => {
+                    link.last = Some(addr);
+                    return Ok(link);
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| cluster_error("the cluster has no master".to_owned())))
+    }
+
+    /// The topology this link routes with.
+    pub(crate) fn topology(&self) -> &Arc<Topology> {
+        &self.topo
+    }
+
+    pub(crate) fn set_read_timeout(&mut self, timeout: Option<Duration>) -> redis::RedisResult<()> {
+        self.read_timeout = timeout;
+        for node in self.nodes.values() {
+            node.con.set_read_timeout(timeout)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_write_timeout(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> redis::RedisResult<()> {
+        for node in self.nodes.values() {
+            node.con.set_write_timeout(timeout)?;
+        }
+        Ok(())
+    }
+
+    /// The connection to `addr`, opened if needed, `PING`ed first when some node connection
+    /// failed since it was last used.
+    fn conn(&mut self, addr: &Addr) -> Result<&mut redis::Connection> {
+        let epoch = self.topo.drop_epoch.load(Ordering::Acquire);
+        let fresh = match self.nodes.get_mut(addr) {
+            Some(node) if node.epoch >= epoch && node.con.is_open() => false,
+            Some(node) => {
+                let alive =
+                    node.con.is_open() && redis::cmd("PING").query::<()>(&mut node.con).is_ok();
+                if alive {
+                    node.epoch = epoch;
+                }
+                !alive
+            }
+            None => true,
+        };
+        if fresh {
+            self.nodes.remove(addr);
+            let con = self
+                .topo
+                .open(addr)
+                .inspect_err(|_| self.topo.node_failed())?;
+            con.set_read_timeout(self.read_timeout)
+                .map_err(|e| Error::from_redis(e, Delivery::NotSent))?;
+            self.nodes.insert(addr.clone(), NodeConn { con, epoch });
+        }
+        self.nodes
+            .get_mut(addr)
+            .map(|n| &mut n.con)
+            .ok_or_else(|| cluster_error(format!("no connection to {addr}")))
+    }
+
+    /// A node connection failed: close it, and have the map refreshed.
+    fn drop_node(&mut self, addr: &Addr) {
+        if self.nodes.remove(addr).is_some() {
+            debug!("cluster node {addr}: connection dropped");
+        }
+        if self.last.as_ref() == Some(addr) {
+            self.last = None;
+        }
+        self.topo.node_failed();
+    }
+
+    fn target(&mut self, route: &Route) -> Result<Addr> {
+        match route {
+            Route::Slot(s) => self.topo.owner(*s),
+            Route::Any | Route::AllMasters => {
+                if let Some(a) = &self.last {
+                    return Ok(a.clone());
+                }
+                self.topo.refresh_if_stale();
+                let masters = self.topo.masters();
+                // Prefer a master this link already has a connection to.
+                masters
+                    .iter()
+                    .find(|m| self.nodes.contains_key(m))
+                    .or(masters.first())
+                    .cloned()
+                    .ok_or_else(|| cluster_error("the cluster has no master".to_owned()))
+            }
+        }
+    }
+
+    /// Sends `packed` (a run of `count` commands) to `addr` without reading.
+    fn send(&mut self, addr: &Addr, packed: &[u8]) -> Result<()> {
+        let con = self.conn(addr)?;
+        if let Err(e) = con.send_packed_command(packed) {
+            self.drop_node(addr);
+            return Err(Error::from_redis(e, Delivery::NotSent));
+        }
+        Ok(())
+    }
+
+    /// Reads `count` replies from `addr` (push messages skipped).
+    fn recv(&mut self, addr: &Addr, count: usize) -> Result<Vec<Value>> {
+        let mut out = Vec::with_capacity(count);
+        let Some(node) = self.nodes.get_mut(addr) else {
+            return Err(cluster_error(format!("no connection to {addr}")));
+        };
+        while out.len() < count {
+            match node.con.recv_response() {
+                Ok(Value::Push { .. }) => {}
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    self.drop_node(addr);
+                    return Err(Error::from_wire(e, Delivery::Unknown));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One command, to one node, after `ASKING` when `asking`.
+    fn exchange(&mut self, addr: &Addr, packed: &[u8], asking: bool) -> Result<Value> {
+        if asking {
+            let mut both = redis::cmd("ASKING").get_packed_command();
+            both.extend_from_slice(packed);
+            self.send(addr, &both)?;
+            let mut replies = self.recv(addr, 2)?;
+            return replies
+                .pop()
+                .ok_or_else(|| cluster_error("no reply".to_owned()));
+        }
+        self.send(addr, packed)?;
+        let mut replies = self.recv(addr, 1)?;
+        replies
+            .pop()
+            .ok_or_else(|| cluster_error("no reply".to_owned()))
+    }
+
+    /// One command to where `route` says, following redirections.
+    fn exec_routed(&mut self, packed: &[u8], route: &Route) -> Result<Value> {
+        let mut target = self.target(route)?;
+        let mut asking = false;
+        let mut reply = Value::Nil;
+        for _ in 0..=MAX_REDIRECTS {
+            reply = self.exchange(&target, packed, asking)?;
+            match route::redirect(&reply, &target) {
+                Some(Redirect::Moved(slot, to)) => {
+                    debug!("MOVED slot {slot} from {target} to {to}");
+                    self.topo.moved(slot, &to);
+                    target = to;
+                    asking = false;
+                }
+                Some(Redirect::Ask(to)) => {
+                    target = to;
+                    asking = true;
+                }
+                None => {
+                    self.last = Some(target);
+                    return Ok(reply);
+                }
+            }
+        }
+        Ok(reply)
+    }
+
+    /// One packed command: routed by its first key, split when its keys span slots.
+    pub(crate) fn exec(&mut self, packed: &[u8]) -> Result<Value> {
+        let Some((args, _)) = route::split_command(packed) else {
+            return self.exec_routed(packed, &Route::Any);
+        };
+        if let Some((how, parts)) = route::split_multi_key(&args) {
+            let total = (args.len() - 1) / if how == route::Combine::Ok { 2 } else { 1 };
+            // One pipeline: every node's parts in one round trip.
+            let parsed: Vec<route::Packed<'_>> = parts
+                .iter()
+                .map(|(p, _)| {
+                    let args = route::split_command(p).map(|(a, _)| a).unwrap_or_default();
+                    (p.as_slice(), args)
+                })
+                .collect();
+            let values = self.spread(&parsed)?;
+            let replies = values
+                .into_iter()
+                .zip(parts.iter().map(|(_, positions)| positions.clone()))
+                .collect();
+            return Ok(route::combine(how, total, replies));
+        }
+        match route::route(&args) {
+            Route::AllMasters => {
+                self.topo.refresh_if_stale();
+                let mut first = None;
+                for (i, master) in self.topo.masters().into_iter().enumerate() {
+                    let reply = match self.exchange(&master, packed, false) {
+                        Ok(v) => v,
+                        Err(e) if i > 0 => return Err(e.with_delivery(Delivery::Unknown)),
+                        Err(e) => return Err(e),
+                    };
+                    if first.is_none() || matches!(reply, Value::ServerError(_)) {
+                        first = Some(reply);
+                    }
+                }
+                first.ok_or_else(|| cluster_error("the cluster has no master".to_owned()))
+            }
+            route => self.exec_routed(packed, &route),
+        }
+    }
+
+    /// A pipeline of packed commands: `offset + count` replies are read, the last `count`
+    /// returned (see `redis::ConnectionLike::req_packed_commands`).
+    pub(crate) fn pipeline(
+        &mut self,
+        packed: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<Value>> {
+        let Some(cmds) = route::split_pipeline(packed) else {
+            return Err(cluster_error("a pipeline redkit cannot parse".to_owned()));
+        };
+        let is_multi = |a: &Vec<&[u8]>| a.first().is_some_and(|n| n.eq_ignore_ascii_case(b"MULTI"));
+        let mut replies = if cmds.iter().any(|(_, a)| is_multi(a)) {
+            self.transaction(packed, &cmds)?
+        } else {
+            self.spread(&cmds)?
+        };
+        if replies.len() < offset + count {
+            return Err(cluster_error(
+                "a pipeline got fewer replies than commands".to_owned(),
+            ));
+        }
+        Ok(replies.split_off(offset).into_iter().take(count).collect())
+    }
+
+    /// `MULTI ... EXEC` runs on one node: the owner of its first key.
+    fn transaction(&mut self, packed: &[u8], cmds: &[route::Packed<'_>]) -> Result<Vec<Value>> {
+        let route = cmds
+            .iter()
+            .find_map(|(_, a)| route::first_key(a).map(|i| Route::Slot(route::slot(a[i]))))
+            .unwrap_or(Route::Any);
+        let mut target = self.target(&route)?;
+        for _ in 0..=MAX_REDIRECTS {
+            self.send(&target, packed)?;
+            let replies = self.recv(&target, cmds.len())?;
+            let redirect = replies.iter().find_map(|r| route::redirect(r, &target));
+            match redirect {
+                None => {
+                    self.last = Some(target);
+                    return Ok(replies);
+                }
+                // The transaction was aborted (EXECABORT): nothing ran.
+                Some(Redirect::Moved(slot, to)) => {
+                    self.topo.moved(slot, &to);
+                    target = to;
+                }
+                Some(Redirect::Ask(_)) => return Err(try_again()),
+            }
+        }
+        Err(try_again())
+    }
+
+    /// A plain pipeline: each command to its slot's owner (a keyless one with the next keyed
+    /// command, or the previous one at the end), every node's share sent before any reply
+    /// is read; redirected entries are resent.
+    fn spread(&mut self, cmds: &[route::Packed<'_>]) -> Result<Vec<Value>> {
+        let routes: Vec<Option<u16>> = cmds
+            .iter()
+            .map(|(_, a)| route::first_key(a).map(|i| route::slot(a[i])))
+            .collect();
+        let mut slots: Vec<Option<u16>> = routes.clone();
+        let mut next = None;
+        for s in slots.iter_mut().rev() {
+            match s {
+                Some(v) => next = Some(*v),
+                None => *s = next,
+            }
+        }
+        let mut prev = None;
+        for s in slots.iter_mut() {
+            match s {
+                Some(v) => prev = Some(*v),
+                None => *s = prev,
+            }
+        }
+        // (index, target, asking)
+        let mut pending: Vec<(usize, Addr, bool)> = Vec::with_capacity(cmds.len());
+        for (i, s) in slots.iter().enumerate() {
+            let addr = match s {
+                Some(s) => self.topo.owner(*s)?,
+                None => self.target(&Route::Any)?,
+            };
+            pending.push((i, addr, false));
+        }
+        let mut results: Vec<Option<Value>> = vec![None; cmds.len()];
+        let mut sent_any = false;
+        for _ in 0..=MAX_REDIRECTS {
+            if pending.is_empty() {
+                break;
+            }
+            // Group by node, keeping each node's commands in order.
+            let mut groups: Vec<(Addr, Vec<(usize, bool)>)> = Vec::new();
+            for (i, addr, asking) in pending.drain(..) {
+                match groups.iter_mut().find(|(a, _)| *a == addr) {
+                    Some((_, v)) => v.push((i, asking)),
+                    None => groups.push((addr, vec![(i, asking)])),
+                }
+            }
+            let asking_cmd = redis::cmd("ASKING").get_packed_command();
+            for (addr, entries) in &groups {
+                let mut buf = Vec::new();
+                for (i, asking) in entries {
+                    if *asking {
+                        buf.extend_from_slice(&asking_cmd);
+                    }
+                    buf.extend_from_slice(cmds[*i].0);
+                }
+                if let Err(e) = self.send(addr, &buf) {
+                    return Err(if sent_any {
+                        e.with_delivery(Delivery::Unknown)
+                    } else {
+                        e
+                    });
+                }
+                sent_any = true;
+            }
+            for (addr, entries) in groups {
+                let expected = entries.len() + entries.iter().filter(|(_, a)| *a).count();
+                let mut replies = self.recv(&addr, expected)?.into_iter();
+                for (i, asking) in entries {
+                    if asking {
+                        replies.next();
+                    }
+                    let reply = replies.next().unwrap_or(Value::Nil);
+                    match route::redirect(&reply, &addr) {
+                        Some(Redirect::Moved(slot, to)) => {
+                            self.topo.moved(slot, &to);
+                            pending.push((i, to, false));
+                            results[i] = Some(reply);
+                        }
+                        Some(Redirect::Ask(to)) => {
+                            pending.push((i, to, true));
+                            results[i] = Some(reply);
+                        }
+                        None => results[i] = Some(reply),
+                    }
+                }
+                self.last = Some(addr);
+            }
+        }
+        if !pending.is_empty() {
+            warn!("a cluster pipeline kept being redirected; returning the redirections");
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(Value::Nil))
+            .collect())
+    }
+
+    /// Runs one packed command on one given node (`SCAN` over every master).
+    pub(crate) fn exec_on(&mut self, addr: &Addr, packed: &[u8]) -> Result<Value> {
+        self.exchange(addr, packed, false)
+    }
+}
