@@ -624,6 +624,20 @@ impl Redis {
         deadline: Instant,
     ) -> Result<T> {
         self.check_open()?;
+        let checkout = self
+            .inner
+            .config
+            .timeouts
+            .checkout
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1));
+        if self.inner.shared.cluster.is_some() {
+            // Each cluster node has a breaker of its own (a dead master must not fail the
+            // others): see `crate::cluster`.
+            return self
+                .checkout_quiet(checkout)
+                .and_then(|mut con| op(&mut con));
+        }
         let breaker = self.inner.breaker();
         let (admission, transition) = match breaker.admit() {
             Ok(a) => a,
@@ -638,13 +652,6 @@ impl Redis {
             }
         };
         self.inner.shared.breaker_changed(transition);
-        let checkout = self
-            .inner
-            .config
-            .timeouts
-            .checkout
-            .min(deadline.saturating_duration_since(Instant::now()))
-            .max(Duration::from_millis(1));
         // A half-open probe whose closure panics must still be accounted for, or the breaker
         // would wait for it forever.
         let mut guard = ProbeGuard {

@@ -368,10 +368,16 @@ impl Error {
 
 /// A redkit error that travelled through the `redis` crate's `ConnectionLike` surface.
 fn carried(e: &RedisError) -> Option<Error> {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .and_then(|io| io.get_ref())
-        .and_then(|inner| inner.downcast_ref::<crate::pool::Carried>())
+    let source = std::error::Error::source(e)?;
+    // The `redis` crate keeps the I/O error behind an `Arc<dyn Error>`, which is what
+    // `source` returns.
+    let io = source.downcast_ref::<std::io::Error>().or_else(|| {
+        source
+            .downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+            .and_then(|inner| (**inner).downcast_ref::<std::io::Error>())
+    })?;
+    io.get_ref()?
+        .downcast_ref::<crate::pool::Carried>()
         .map(|c| c.0.clone())
 }
 
@@ -554,6 +560,17 @@ impl From<RedisError> for Error {
 mod tests {
     use super::*;
     use std::io;
+
+    #[test]
+    fn redkit_errors_survive_the_connection_like_surface() {
+        let waited = std::time::Duration::from_millis(5);
+        let through = crate::pool::to_redis_error(Error::PoolTimeout { waited });
+        assert!(matches!(Error::from(through), Error::PoolTimeout { .. }));
+        let open = crate::pool::to_redis_error(Error::CircuitOpen {
+            retry_after: waited,
+        });
+        assert_eq!(Error::from(open).class(), ErrorClass::CircuitOpen);
+    }
 
     fn server_err(reply: &[u8]) -> RedisError {
         match redis::parse_redis_value(reply) {

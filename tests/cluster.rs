@@ -5,6 +5,9 @@
 mod support;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redis::Commands;
 use redkit::scan::ScanIter;
@@ -69,5 +72,176 @@ fn commands_pipelines_and_multi_key_commands_reach_every_master() -> TestResult 
         Ok(())
     })?;
     assert_eq!(n, 5);
+    Ok(())
+}
+
+/// Writer threads: each `INCR`s its own counter in `tag`'s slot and runs a pipeline of
+/// `INCR`s over keys in every slot, counting what was acknowledged.
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<Tally>>,
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    /// Acknowledged `INCR`s of the thread's counter.
+    acked: i64,
+    /// Errors, with when they happened.
+    errors: Vec<(Instant, redkit::Error)>,
+}
+
+impl Load {
+    fn start(redis: &Redis, tag: &str, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let threads = (0..threads)
+            .map(|t| {
+                let (redis, stop, done) = (redis.clone(), stop.clone(), done.clone());
+                let counter = format!("{{{tag}}}:counter:{t}");
+                std::thread::spawn(move || {
+                    let mut tally = Tally::default();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        match redis.query::<i64>(redis::cmd("INCR").arg(&counter)) {
+                            Ok(_) => tally.acked += 1,
+                            Err(e) => tally.errors.push((Instant::now(), e)),
+                        }
+                        let mut pipe = Pipeline::new();
+                        for i in 0..8 {
+                            pipe.cmd("INCR")
+                                .arg(format!("spread:{t}:{}", (n * 8 + i) % 64));
+                        }
+                        if let Err(e) = redis.pipeline::<Vec<i64>>(&pipe) {
+                            tally.errors.push((Instant::now(), e));
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tally
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            done,
+            threads,
+        }
+    }
+
+    /// Waits until the writers completed `more` further rounds.
+    fn wait_rounds(&self, more: u64, timeout: Duration) -> TestResult {
+        let target = self.done.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + timeout;
+        while self.done.load(Ordering::Relaxed) < target {
+            if Instant::now() > deadline {
+                return Err(format!("the load made no progress for {timeout:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    fn stop(self) -> Vec<Tally> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("writer thread"))
+            .collect()
+    }
+}
+
+#[test]
+fn a_slot_moved_under_load_loses_and_fails_nothing() -> TestResult {
+    let cluster = cluster();
+    let redis = Redis::connect(cluster_builder(&cluster))?;
+    let events = redis.events();
+    let slot = cluster.key_slot("{hot}")?;
+    let from = cluster.slot_owner(slot)?;
+    let to = cluster
+        .masters()?
+        .into_iter()
+        .find(|&m| m != from)
+        .ok_or("another master")?;
+
+    let load = Load::start(&redis, "hot", 6);
+    load.wait_rounds(200, Duration::from_secs(20))?;
+    // SETSLOT MIGRATING/IMPORTING, MIGRATE in batches, SETSLOT NODE: ASK, then MOVED.
+    let moved = cluster.move_slot(slot, to)?;
+    assert!(moved >= 6, "{moved} keys moved");
+    load.wait_rounds(200, Duration::from_secs(20))?;
+    let tallies = load.stop();
+
+    assert_eq!(cluster.slot_owner(slot)?, to);
+    for (t, tally) in tallies.iter().enumerate() {
+        assert!(tally.errors.is_empty(), "thread {t}: {:?}", tally.errors);
+        // Every acknowledged INCR is in the counter, on its new owner, and nothing more.
+        let value: i64 = redis.query(redis::cmd("GET").arg(format!("{{hot}}:counter:{t}")))?;
+        assert_eq!(value, tally.acked, "thread {t}");
+    }
+    let owner_has: i64 = redis::cmd("EXISTS")
+        .arg("{hot}:counter:0")
+        .query(&mut cluster.node(to).admin()?)?;
+    assert_eq!(owner_has, 1);
+    // The handle noticed the new owner.
+    let changed = events
+        .try_iter()
+        .any(|e| matches!(e, redkit::Event::ClusterTopologyChanged { .. }));
+    assert!(changed, "no ClusterTopologyChanged event");
+    Ok(())
+}
+
+#[test]
+fn a_killed_master_is_replaced_and_commands_and_pipelines_recover() -> TestResult {
+    let mut cluster = cluster();
+    let redis = Redis::connect(cluster_builder(&cluster))?;
+    let slot = cluster.key_slot("{victim}")?;
+    let victim = cluster.slot_owner(slot)?;
+
+    let load = Load::start(&redis, "victim", 6);
+    load.wait_rounds(200, Duration::from_secs(20))?;
+    let killed_at = Instant::now();
+    let promoted = cluster.kill_master_and_wait(victim, Duration::from_secs(30))?;
+    let promoted_at = Instant::now();
+    // Within the bound the README states, the load runs again without errors.
+    load.wait_rounds(50, Duration::from_secs(10))?;
+    let recovered_at = Instant::now();
+    load.wait_rounds(200, Duration::from_secs(20))?;
+    let tallies = load.stop();
+
+    assert_eq!(cluster.slot_owner(slot)?, promoted);
+    // The bound the README states: calls fail only between the kill and 3 s after the
+    // promotion, and each failure is typed.
+    let bound = promoted_at + Duration::from_secs(3);
+    let mut failed = 0;
+    for (t, tally) in tallies.iter().enumerate() {
+        for (at, e) in &tally.errors {
+            failed += 1;
+            assert!(
+                *at >= killed_at && *at <= bound,
+                "thread {t}: {e} at {:?} after the kill (promotion after {:?})",
+                at.duration_since(killed_at),
+                promoted_at.duration_since(killed_at)
+            );
+            let class = e.class();
+            assert!(
+                e.is_retryable() || class == redkit::ErrorClass::CircuitOpen,
+                "thread {t}: {e}"
+            );
+        }
+    }
+    log::info!(
+        "promotion {:?} after the kill, load running {:?} after it; {failed} failed calls",
+        promoted_at.duration_since(killed_at),
+        recovered_at.duration_since(promoted_at)
+    );
+    // Commands and pipelines on the promoted master's slot work.
+    let n: i64 = redis.query(redis::cmd("INCR").arg("{victim}:after"))?;
+    assert_eq!(n, 1);
+    let mut pipe = Pipeline::new();
+    pipe.cmd("SET").arg("{victim}:p").arg(1).ignore();
+    pipe.cmd("GET").arg("{victim}:p");
+    let (v,): (i64,) = redis.pipeline(&pipe)?;
+    assert_eq!(v, 1);
     Ok(())
 }

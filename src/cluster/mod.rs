@@ -21,6 +21,7 @@ use log::{debug, info, warn};
 use parking_lot::{Mutex, RwLock};
 use redis::{ConnectionLike, RedisError, Value};
 
+use crate::breaker::{Admission, Breaker, BreakerState, Transition};
 use crate::config::{Addr, Config};
 use crate::error::{Delivery, Error, Result};
 use crate::events::Event;
@@ -94,6 +95,10 @@ pub(crate) struct Topology {
     /// Bumped whenever a node connection fails: node connections last used before are
     /// `PING`ed before their next command (a restarted node leaves every socket dead).
     drop_epoch: AtomicU64,
+    /// One circuit breaker per node: a dead master fails fast without failing the others.
+    breakers: Mutex<HashMap<Addr, Arc<Breaker>>>,
+    /// The map as the last refresh found it (what change events compare with).
+    confirmed: Mutex<Arc<SlotMap>>,
     shared: OnceLock<Weak<Shared>>,
 }
 
@@ -124,6 +129,8 @@ impl Topology {
             refreshed: Mutex::new(None),
             stale: AtomicBool::new(true),
             drop_epoch: AtomicU64::new(0),
+            breakers: Mutex::new(HashMap::new()),
+            confirmed: Mutex::new(Arc::new(SlotMap::empty())),
             shared: OnceLock::new(),
         })
     }
@@ -247,11 +254,12 @@ impl Topology {
             match self.ask_slots(&addr) {
                 Ok(ranges) if !ranges.is_empty() => {
                     self.stale.store(false, Ordering::Release);
-                    let map = SlotMap::from_ranges(ranges);
-                    let changed = old.slots_changed(&map);
+                    let map = Arc::new(SlotMap::from_ranges(ranges));
+                    let confirmed = std::mem::replace(&mut *self.confirmed.lock(), map.clone());
+                    let changed = confirmed.slots_changed(&map);
                     let masters = map.masters.len();
-                    *self.map.write() = Arc::new(map);
-                    if changed > 0 && !old.masters.is_empty() {
+                    *self.map.write() = map;
+                    if changed > 0 && !confirmed.masters.is_empty() {
                         info!("cluster slot map changed: {changed} slots moved, {masters} masters");
                         if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
                             shared.events.emit(Event::ClusterTopologyChanged {
@@ -283,6 +291,46 @@ impl Topology {
                 "{addr} sent a CLUSTER SLOTS reply redkit cannot read"
             ))
         })
+    }
+
+    /// Asks `addr`'s circuit breaker to let a call through.
+    fn admit(&self, addr: &Addr) -> Result<Admitted> {
+        let breaker = {
+            let mut breakers = self.breakers.lock();
+            breakers
+                .entry(addr.clone())
+                .or_insert_with(|| Arc::new(Breaker::new(self.config.breaker)))
+                .clone()
+        };
+        let (admission, transition) = breaker.admit().inspect_err(|_| {
+            // While the node fails fast, keep looking for its replacement.
+            self.mark_stale();
+        })?;
+        self.breaker_changed(addr, transition);
+        Ok(Admitted {
+            breaker,
+            admission: Some(admission),
+        })
+    }
+
+    fn breaker_changed(&self, addr: &Addr, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        match t.to {
+            BreakerState::Open => {
+                warn!(
+                    "cluster node {addr}: circuit breaker opened (was {:?})",
+                    t.from
+                );
+                if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
+                    shared
+                        .counters
+                        .breaker_opened
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            BreakerState::HalfOpen => info!("cluster node {addr}: circuit breaker half-open"),
+            BreakerState::Closed => info!("cluster node {addr}: circuit breaker closed"),
+        }
     }
 
     /// Opens a connection to one node with every setting of the handle.
@@ -317,6 +365,40 @@ fn try_again() -> Error {
         Ok(Value::ServerError(e)) => Error::from_redis(e.into(), Delivery::Answered),
         _ => cluster_error("the transaction's slot is being migrated; it did not run".to_owned()),
     }
+}
+
+/// A call a node's breaker let through; a call dropped without an outcome counts as failed.
+struct Admitted {
+    breaker: Arc<Breaker>,
+    admission: Option<Admission>,
+}
+
+impl Admitted {
+    /// Gives the admission back without an outcome: a normal call needs none; a half-open
+    /// probe frees its place by counting as failed.
+    fn forget(mut self) {
+        if self.admission == Some(Admission::Call) {
+            self.admission = None;
+        }
+    }
+
+    fn done(mut self, topo: &Topology, addr: &Addr, failed: bool) {
+        if let Some(a) = self.admission.take() {
+            topo.breaker_changed(addr, self.breaker.record(a, failed));
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(a) = self.admission.take() {
+            self.breaker.record(a, true);
+        }
+    }
+}
+
+fn infrastructure<T>(r: &Result<T>) -> bool {
+    matches!(r, Err(e) if e.class().is_infrastructure())
 }
 
 struct NodeConn {
@@ -423,6 +505,15 @@ impl ClusterLink {
             .ok_or_else(|| cluster_error(format!("no connection to {addr}")))
     }
 
+    /// Closes the connection to `addr` (its replies are no longer in step), without
+    /// suspecting the node.
+    fn close_node(&mut self, addr: &Addr) {
+        self.nodes.remove(addr);
+        if self.last.as_ref() == Some(addr) {
+            self.last = None;
+        }
+    }
+
     /// A node connection failed: close it, and have the map refreshed.
     fn drop_node(&mut self, addr: &Addr) {
         if self.nodes.remove(addr).is_some() {
@@ -483,8 +574,15 @@ impl ClusterLink {
         Ok(out)
     }
 
-    /// One command, to one node, after `ASKING` when `asking`.
+    /// One command, to one node, after `ASKING` when `asking`, through the node's breaker.
     fn exchange(&mut self, addr: &Addr, packed: &[u8], asking: bool) -> Result<Value> {
+        let admitted = self.topo.admit(addr)?;
+        let result = self.exchange_unguarded(addr, packed, asking);
+        admitted.done(&self.topo, addr, infrastructure(&result));
+        result
+    }
+
+    fn exchange_unguarded(&mut self, addr: &Addr, packed: &[u8], asking: bool) -> Result<Value> {
         if asking {
             let mut both = redis::cmd("ASKING").get_packed_command();
             both.extend_from_slice(packed);
@@ -603,8 +701,12 @@ impl ClusterLink {
             .unwrap_or(Route::Any);
         let mut target = self.target(&route)?;
         for _ in 0..=MAX_REDIRECTS {
-            self.send(&target, packed)?;
-            let replies = self.recv(&target, cmds.len())?;
+            let admitted = self.topo.admit(&target)?;
+            let result = self
+                .send(&target, packed)
+                .and_then(|()| self.recv(&target, cmds.len()));
+            admitted.done(&self.topo, &target, infrastructure(&result));
+            let replies = result?;
             let redirect = replies.iter().find_map(|r| route::redirect(r, &target));
             match redirect {
                 None => {
@@ -669,26 +771,50 @@ impl ClusterLink {
                 }
             }
             let asking_cmd = redis::cmd("ASKING").get_packed_command();
-            for (addr, entries) in &groups {
+            // Every node this round wrote to, with its breaker admission, until its
+            // replies are read: on any error the unread ones are closed (their replies
+            // would answer the next command).
+            let mut unread: Vec<(Addr, Vec<(usize, bool)>, Admitted)> = Vec::new();
+            let mut failure = None;
+            for (addr, entries) in groups {
+                let admitted = match self.topo.admit(&addr) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                };
                 let mut buf = Vec::new();
-                for (i, asking) in entries {
+                for (i, asking) in &entries {
                     if *asking {
                         buf.extend_from_slice(&asking_cmd);
                     }
                     buf.extend_from_slice(cmds[*i].0);
                 }
-                if let Err(e) = self.send(addr, &buf) {
-                    return Err(if sent_any {
-                        e.with_delivery(Delivery::Unknown)
-                    } else {
-                        e
-                    });
+                if let Err(e) = self.send(&addr, &buf) {
+                    admitted.done(&self.topo, &addr, true);
+                    failure = Some(e);
+                    break;
                 }
-                sent_any = true;
+                unread.push((addr, entries, admitted));
             }
-            for (addr, entries) in groups {
+            let mut unread = unread.into_iter();
+            while failure.is_none() {
+                let Some((addr, entries, admitted)) = unread.next() else {
+                    break;
+                };
                 let expected = entries.len() + entries.iter().filter(|(_, a)| *a).count();
-                let mut replies = self.recv(&addr, expected)?.into_iter();
+                let received = self.recv(&addr, expected);
+                admitted.done(&self.topo, &addr, infrastructure(&received));
+                let replies = match received {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                };
+                sent_any = true;
+                let mut replies = replies.into_iter();
                 for (i, asking) in entries {
                     if asking {
                         replies.next();
@@ -708,6 +834,20 @@ impl ClusterLink {
                     }
                 }
                 self.last = Some(addr);
+            }
+            if let Some(e) = failure {
+                let wrote_elsewhere = unread.len() > 0;
+                for (addr, _, admitted) in unread {
+                    // Nothing is known about these nodes' health: no outcome recorded.
+                    admitted.forget();
+                    self.close_node(&addr);
+                }
+                // Commands that reached a node may have run.
+                return Err(if sent_any || wrote_elsewhere {
+                    e.with_delivery(Delivery::Unknown)
+                } else {
+                    e
+                });
             }
         }
         if !pending.is_empty() {
