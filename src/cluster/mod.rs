@@ -401,6 +401,9 @@ fn infrastructure<T>(r: &Result<T>) -> bool {
     matches!(r, Err(e) if e.class().is_infrastructure())
 }
 
+/// A node's share of a pipeline round: (command index, sent after `ASKING`).
+type Entries = Vec<(usize, bool)>;
+
 struct NodeConn {
     con: redis::Connection,
     epoch: u64,
@@ -774,7 +777,7 @@ impl ClusterLink {
             // Every node this round wrote to, with its breaker admission, until its
             // replies are read: on any error the unread ones are closed (their replies
             // would answer the next command).
-            let mut unread: Vec<(Addr, Vec<(usize, bool)>, Admitted)> = Vec::new();
+            let mut unread: Vec<(Addr, Entries, Admitted)> = Vec::new();
             let mut failure = None;
             for (addr, entries) in groups {
                 let admitted = match self.topo.admit(&addr) {
