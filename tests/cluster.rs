@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 use redkit::scan::ScanIter;
-use redkit::{Pipeline, Redis};
+use redkit::{Config, Pipeline, Redis};
 use support::{cluster, cluster_builder, TestResult};
 
 #[test]
@@ -243,5 +243,34 @@ fn a_killed_master_is_replaced_and_commands_and_pipelines_recover() -> TestResul
     pipe.cmd("GET").arg("{victim}:p");
     let (v,): (i64,) = redis.pipeline(&pipe)?;
     assert_eq!(v, 1);
+    Ok(())
+}
+
+#[test]
+fn a_password_protected_cluster_needs_the_password_and_never_shows_it() -> TestResult {
+    support::init_logs();
+    let cluster = redkit::testing::RedisCluster::builder()
+        .password("s3cret-cluster")
+        .start()?;
+    let wrong = support::cluster_builder(&cluster).password("not-it");
+    let err = Redis::connect(wrong).expect_err("wrong password");
+    assert_eq!(err.class(), redkit::ErrorClass::Auth, "{err}");
+    assert!(!format!("{err} {err:?}").contains("not-it"));
+    let none = Config::builder()
+        .cluster(cluster.addrs())
+        .build()?;
+    let err = Redis::connect(none).expect_err("no password");
+    assert_eq!(err.class(), redkit::ErrorClass::Auth, "{err}");
+
+    let redis = Redis::connect(support::cluster_builder(&cluster))?;
+    let shown = format!("{redis:?} {}", redis.config());
+    assert!(!shown.contains("s3cret"), "{shown}");
+    let mut r = redis.clone();
+    for i in 0..50 {
+        r.set::<_, _, ()>(format!("p:{i}"), i)?;
+    }
+    let keys: Vec<String> = (0..50).map(|i| format!("p:{i}")).collect();
+    let values: Vec<i64> = redis.query(redis::cmd("MGET").arg(&keys))?;
+    assert_eq!(values, (0..50).collect::<Vec<i64>>());
     Ok(())
 }
