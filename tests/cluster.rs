@@ -230,9 +230,15 @@ fn a_killed_master_is_replaced_and_commands_and_pipelines_recover() -> TestResul
             );
         }
     }
-    log::info!(
-        "promotion {:?} after the kill, load running {:?} after it; {failed} failed calls",
+    let last_error = tallies
+        .iter()
+        .flat_map(|t| t.errors.iter().map(|(at, _)| *at))
+        .max();
+    eprintln!(
+        "promotion {:?} after the kill; {failed} failed calls, the last {:?} after the kill; \
+         load running again {:?} after the promotion",
         promoted_at.duration_since(killed_at),
+        last_error.map(|at| at.duration_since(killed_at)),
         recovered_at.duration_since(promoted_at)
     );
     // Commands and pipelines on the promoted master's slot work.
@@ -256,9 +262,7 @@ fn a_password_protected_cluster_needs_the_password_and_never_shows_it() -> TestR
     let err = Redis::connect(wrong).expect_err("wrong password");
     assert_eq!(err.class(), redkit::ErrorClass::Auth, "{err}");
     assert!(!format!("{err} {err:?}").contains("not-it"));
-    let none = Config::builder()
-        .cluster(cluster.addrs())
-        .build()?;
+    let none = Config::builder().cluster(cluster.addrs()).build()?;
     let err = Redis::connect(none).expect_err("no password");
     assert_eq!(err.class(), redkit::ErrorClass::Auth, "{err}");
 
