@@ -96,7 +96,7 @@ pub(crate) struct Topology {
     /// `PING`ed before their next command (a restarted node leaves every socket dead).
     drop_epoch: AtomicU64,
     /// One circuit breaker per node: a dead master fails fast without failing the others.
-    breakers: Mutex<HashMap<Addr, Arc<Breaker>>>,
+    breakers: RwLock<HashMap<Addr, Arc<Breaker>>>,
     /// The map as the last refresh found it (what change events compare with).
     confirmed: Mutex<Arc<SlotMap>>,
     shared: OnceLock<Weak<Shared>>,
@@ -129,7 +129,7 @@ impl Topology {
             refreshed: Mutex::new(None),
             stale: AtomicBool::new(true),
             drop_epoch: AtomicU64::new(0),
-            breakers: Mutex::new(HashMap::new()),
+            breakers: RwLock::new(HashMap::new()),
             confirmed: Mutex::new(Arc::new(SlotMap::empty())),
             shared: OnceLock::new(),
         })
@@ -295,12 +295,15 @@ impl Topology {
 
     /// Asks `addr`'s circuit breaker to let a call through.
     fn admit(&self, addr: &Addr) -> Result<Admitted> {
-        let breaker = {
-            let mut breakers = self.breakers.lock();
-            breakers
+        let known = self.breakers.read().get(addr).cloned();
+        let breaker = match known {
+            Some(b) => b,
+            None => self
+                .breakers
+                .write()
                 .entry(addr.clone())
                 .or_insert_with(|| Arc::new(Breaker::new(self.config.breaker)))
-                .clone()
+                .clone(),
         };
         let (admission, transition) = breaker.admit().inspect_err(|_| {
             // While the node fails fast, keep looking for its replacement.
@@ -731,11 +734,10 @@ impl ClusterLink {
     /// command, or the previous one at the end), every node's share sent before any reply
     /// is read; redirected entries are resent.
     fn spread(&mut self, cmds: &[route::Packed<'_>]) -> Result<Vec<Value>> {
-        let routes: Vec<Option<u16>> = cmds
+        let mut slots: Vec<Option<u16>> = cmds
             .iter()
             .map(|(_, a)| route::first_key(a).map(|i| route::slot(a[i])))
             .collect();
-        let mut slots: Vec<Option<u16>> = routes.clone();
         let mut next = None;
         for s in slots.iter_mut().rev() {
             match s {
@@ -750,15 +752,47 @@ impl ClusterLink {
                 None => *s = prev,
             }
         }
-        // (index, target, asking)
-        let mut pending: Vec<(usize, Addr, bool)> = Vec::with_capacity(cmds.len());
-        for (i, s) in slots.iter().enumerate() {
-            let addr = match s {
-                Some(s) => self.topo.owner(*s)?,
-                None => self.target(&Route::Any)?,
-            };
-            pending.push((i, addr, false));
+        // The nodes this pipeline uses; commands refer to them by index.
+        let mut table: Vec<Addr> = Vec::new();
+        fn intern(table: &mut Vec<Addr>, addr: &Addr) -> usize {
+            match table.iter().position(|a| a == addr) {
+                Some(i) => i,
+                None => {
+                    table.push(addr.clone());
+                    table.len() - 1
+                }
+            }
         }
+        self.topo.refresh_if_stale();
+        let map = self.topo.map();
+        // The map's master index -> table index.
+        let mut local: Vec<Option<usize>> = vec![None; map.masters.len()];
+        // (command index, table index, asking)
+        let mut pending: Vec<(usize, usize, bool)> = Vec::with_capacity(cmds.len());
+        for (i, s) in slots.iter().enumerate() {
+            let owner = s.and_then(|s| map.owner.get(usize::from(s)).copied());
+            let node = match owner {
+                Some(m) if m != NO_OWNER => match local.get(usize::from(m)).copied().flatten() {
+                    Some(n) => n,
+                    None => {
+                        let n = intern(&mut table, &map.masters[usize::from(m)]);
+                        if let Some(l) = local.get_mut(usize::from(m)) {
+                            *l = Some(n);
+                        }
+                        n
+                    }
+                },
+                _ => {
+                    let addr = match s {
+                        Some(s) => self.topo.owner(*s)?,
+                        None => self.target(&Route::Any)?,
+                    };
+                    intern(&mut table, &addr)
+                }
+            };
+            pending.push((i, node, false));
+        }
+        drop(map);
         let mut results: Vec<Option<Value>> = vec![None; cmds.len()];
         let mut sent_any = false;
         for _ in 0..=MAX_REDIRECTS {
@@ -766,13 +800,16 @@ impl ClusterLink {
                 break;
             }
             // Group by node, keeping each node's commands in order.
-            let mut groups: Vec<(Addr, Vec<(usize, bool)>)> = Vec::new();
-            for (i, addr, asking) in pending.drain(..) {
-                match groups.iter_mut().find(|(a, _)| *a == addr) {
-                    Some((_, v)) => v.push((i, asking)),
-                    None => groups.push((addr, vec![(i, asking)])),
-                }
+            let mut by_node: Vec<Entries> = vec![Vec::new(); table.len()];
+            for (i, node, asking) in pending.drain(..) {
+                by_node[node].push((i, asking));
             }
+            let groups: Vec<(Addr, Entries)> = by_node
+                .into_iter()
+                .enumerate()
+                .filter(|(_, e)| !e.is_empty())
+                .map(|(n, e)| (table[n].clone(), e))
+                .collect();
             let asking_cmd = redis::cmd("ASKING").get_packed_command();
             // Every node this round wrote to, with its breaker admission, until its
             // replies are read: on any error the unread ones are closed (their replies
@@ -826,11 +863,11 @@ impl ClusterLink {
                     match route::redirect(&reply, &addr) {
                         Some(Redirect::Moved(slot, to)) => {
                             self.topo.moved(slot, &to);
-                            pending.push((i, to, false));
+                            pending.push((i, intern(&mut table, &to), false));
                             results[i] = Some(reply);
                         }
                         Some(Redirect::Ask(to)) => {
-                            pending.push((i, to, true));
+                            pending.push((i, intern(&mut table, &to), true));
                             results[i] = Some(reply);
                         }
                         None => results[i] = Some(reply),
