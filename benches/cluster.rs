@@ -131,7 +131,7 @@ fn main() {
                 .arg(j)
                 .ignore();
         }
-        pipe.query::<()>(&mut *con.borrow_mut()).expect("pipeline");
+        pipe.query::<()>(&mut con.borrow_mut()).expect("pipeline");
     });
     let block = BLOCK / 10;
     let blocks = (ops / 10 / block).max(2);
