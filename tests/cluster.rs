@@ -278,3 +278,75 @@ fn a_password_protected_cluster_needs_the_password_and_never_shows_it() -> TestR
     assert_eq!(values, (0..50).collect::<Vec<i64>>());
     Ok(())
 }
+
+#[test]
+fn pipelines_follow_ask_and_moved_around_a_migration() -> TestResult {
+    let cluster = cluster();
+    let redis = Redis::connect(cluster_builder(&cluster))?;
+    let slot = cluster.key_slot("{mig}")?;
+    let from = cluster.slot_owner(slot)?;
+    let to = cluster
+        .masters()?
+        .into_iter()
+        .find(|&m| m != from)
+        .ok_or("another master")?;
+    let keys: Vec<String> = (0..50).map(|i| format!("{{mig}}:{i}")).collect();
+    let mut pipe = Pipeline::new();
+    for (i, k) in keys.iter().enumerate() {
+        pipe.cmd("SET").arg(k).arg(i).ignore();
+    }
+    redis.pipeline::<()>(&pipe)?;
+    // Keys on other masters in the same pipeline.
+    let mut reads = Pipeline::new();
+    for (i, k) in keys.iter().enumerate() {
+        reads.cmd("GET").arg(k);
+        reads.cmd("GET").arg(format!("other:{i}"));
+    }
+    let expect: Vec<Option<i64>> = (0..50).flat_map(|i| [Some(i), None]).collect();
+
+    // Half-way: 20 keys live on the target, the rest on the source; the source answers ASK
+    // for the moved ones and the handle resends them after ASKING.
+    let migration = cluster.start_slot_migration(slot, to)?;
+    assert_eq!(migration.migrate_keys(20)?, 20);
+    let got: Vec<Option<i64>> = redis.pipeline(&reads)?;
+    assert_eq!(got, expect);
+    // Single commands too, and a write to a migrated key lands on the target.
+    let moved_key = (0..50)
+        .map(|i| format!("{{mig}}:{i}"))
+        .find(|k| {
+            // The importing node answers for the slot only after ASKING.
+            redis::pipe()
+                .cmd("ASKING")
+                .ignore()
+                .cmd("EXISTS")
+                .arg(k)
+                .query::<(i64,)>(&mut cluster.node(to).admin().expect("admin"))
+                .map(|(n,)| n == 1)
+                .unwrap_or(false)
+        })
+        .ok_or("a migrated key")?;
+    let n: i64 = redis.query(redis::cmd("INCR").arg(&moved_key))?;
+    assert!(n >= 1);
+    // A transaction on a half-migrated slot does not run: a typed, retryable TRYAGAIN.
+    let err = redis
+        .transaction(&[&moved_key], |_, pipe| {
+            pipe.cmd("INCR").arg(&moved_key).ignore();
+            Ok(())
+        })
+        .map(|()| ())
+        .expect_err("ASK inside MULTI");
+    assert!(err.is_retryable(), "{err}");
+    let after: i64 = redis.query(redis::cmd("GET").arg(&moved_key))?;
+    assert_eq!(after, n, "the aborted transaction did not run");
+
+    // Finished: the handle's map is stale; MOVED sends every entry to the new owner.
+    while migration.migrate_keys(100)? > 0 {}
+    migration.finish()?;
+    let mut got: Vec<Option<i64>> = redis.pipeline(&reads)?;
+    let i: usize = moved_key.trim_start_matches("{mig}:").parse()?;
+    got[2 * i] = got[2 * i].map(|v| v - 1);
+    assert_eq!(got, expect);
+    let on_target: i64 = redis::cmd("DBSIZE").query(&mut cluster.node(to).admin()?)?;
+    assert!(on_target >= 50);
+    Ok(())
+}

@@ -724,9 +724,13 @@ impl ClusterLink {
                     self.topo.moved(slot, &to);
                     target = to;
                 }
-                Some(Redirect::Ask(_)) => return Err(try_again()),
+                Some(Redirect::Ask(_)) => {
+                    self.unwatch_everywhere();
+                    return Err(try_again());
+                }
             }
         }
+        self.unwatch_everywhere();
         Err(try_again())
     }
 
@@ -897,6 +901,18 @@ impl ClusterLink {
             .into_iter()
             .map(|r| r.unwrap_or(Value::Nil))
             .collect())
+    }
+
+    /// A transaction that did not run may leave a `WATCH` on another node (the `WATCH`
+    /// followed an `ASK`): clear it everywhere this link has a connection.
+    fn unwatch_everywhere(&mut self) {
+        let unwatch = redis::cmd("UNWATCH").get_packed_command();
+        let nodes: Vec<Addr> = self.nodes.keys().cloned().collect();
+        for addr in nodes {
+            if let Err(e) = self.exchange_unguarded(&addr, &unwatch, false) {
+                debug!("cluster node {addr}: UNWATCH failed: {e}");
+            }
+        }
     }
 
     /// Runs one packed command on one given node (`SCAN` over every master).
