@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::sentinel::{info_field, quick_con};
 use super::server::{find_redis_server, free_port, is_executable, quote, tail, wait_until};
-use super::{io_err, RedisServer, TestingError};
+use super::{io_err, RedisServer, TestingError, TlsMaterial};
 
 /// Name of the environment variable that points at the `redis-cli` binary to use.
 pub const REDIS_CLI_ENV: &str = "REDKIT_REDIS_CLI";
@@ -27,6 +27,8 @@ pub struct ClusterBuilder {
     replicas_per_master: usize,
     node_timeout: Duration,
     password: Option<String>,
+    tls: Option<TlsMaterial>,
+    tls_auth_clients: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -36,6 +38,8 @@ impl Default for ClusterBuilder {
             replicas_per_master: 1,
             node_timeout: Duration::from_millis(1000),
             password: None,
+            tls: None,
+            tls_auth_clients: true,
         }
     }
 }
@@ -64,6 +68,27 @@ impl ClusterBuilder {
     /// none.
     pub fn password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
+        self
+    }
+
+    /// Runs every node TLS-only (see [`ServerBuilder::tls`](super::ServerBuilder::tls)) with
+    /// the certificates of `material`, and TLS inside the cluster too: `tls-cluster yes`
+    /// (the cluster bus, `MIGRATE`, and the TLS ports in `CLUSTER SLOTS`/`NODES`) and
+    /// `tls-replication yes`. Nodes present the material's client certificate when they
+    /// connect to each other (`tls-client-cert-file`), and `redis-cli --cluster create` runs
+    /// with `--tls`, the CA and the client certificate. Every helper of [`RedisCluster`]
+    /// (and [`RedisServer::admin`] on its nodes) connects with the CA and the client
+    /// certificate. Defaults to plain TCP.
+    pub fn tls(mut self, material: TlsMaterial) -> Self {
+        self.tls = Some(material);
+        self
+    }
+
+    /// Whether TLS nodes require client certificates (`tls-auth-clients yes|no`), from
+    /// clients and from each other alike. Defaults to `yes` (Redis' own default). Ignored
+    /// without [`tls`](Self::tls).
+    pub fn tls_auth_clients(mut self, required: bool) -> Self {
+        self.tls_auth_clients = required;
         self
     }
 
@@ -98,6 +123,23 @@ impl ClusterBuilder {
                     .password(password.clone())
                     .config("masterauth", quote(password));
             }
+            if let Some(tls) = &self.tls {
+                // Without a client certificate of its own a node would present its server
+                // certificate (serverAuth only) to its peers, which reject it as a client.
+                b = b
+                    .tls(tls.clone())
+                    .tls_auth_clients(self.tls_auth_clients)
+                    .config("tls-cluster", "yes")
+                    .config("tls-replication", "yes")
+                    .config(
+                        "tls-client-cert-file",
+                        quote(&tls.client_cert_path().to_string_lossy()),
+                    )
+                    .config(
+                        "tls-client-key-file",
+                        quote(&tls.client_key_path().to_string_lossy()),
+                    );
+            }
             nodes.push(b.start()?);
         }
         let mut create = Command::new(&cli);
@@ -113,6 +155,16 @@ impl ClusterBuilder {
             create
                 .arg("--no-auth-warning")
                 .env("REDISCLI_AUTH", password);
+        }
+        if let Some(tls) = &self.tls {
+            create
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(tls.ca_cert_path())
+                .arg("--cert")
+                .arg(tls.client_cert_path())
+                .arg("--key")
+                .arg(tls.client_key_path());
         }
         let out = create
             .stdin(Stdio::null())
@@ -132,6 +184,7 @@ impl ClusterBuilder {
         let cluster = RedisCluster {
             nodes,
             password: self.password,
+            tls: self.tls,
         };
         cluster.wait_stable(READY_TIMEOUT)?;
         Ok(cluster)
@@ -167,6 +220,7 @@ impl ClusterBuilder {
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
     password: Option<String>,
+    tls: Option<TlsMaterial>,
 }
 
 /// Which master port owns which slot ranges, sorted by port.
@@ -191,7 +245,7 @@ impl RedisCluster {
         Self::builder().start()
     }
 
-    /// A builder for other sizes, timings or a password.
+    /// A builder for other sizes, timings, a password or TLS.
     pub fn builder() -> ClusterBuilder {
         ClusterBuilder::default()
     }
@@ -216,7 +270,14 @@ impl RedisCluster {
         self.password.as_deref()
     }
 
-    /// Every node's address as `(host, port)`: seeds for a cluster client.
+    /// The TLS material every node was started with ([`ClusterBuilder::tls`]), if any: its
+    /// CA (and client certificate) is what a client needs to connect.
+    pub fn tls_material(&self) -> Option<&TlsMaterial> {
+        self.tls.as_ref()
+    }
+
+    /// Every node's address as `(host, port)` (the TLS port with TLS): seeds for a cluster
+    /// client.
     pub fn addrs(&self) -> Vec<(String, u16)> {
         self.nodes
             .iter()
@@ -224,7 +285,8 @@ impl RedisCluster {
             .collect()
     }
 
-    /// Every node's `redis://127.0.0.1:PORT` URL (without the password).
+    /// Every node's `redis://127.0.0.1:PORT` URL (`rediss://` with TLS; without the
+    /// password).
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
