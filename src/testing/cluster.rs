@@ -1,19 +1,22 @@
 //! A Redis Cluster (masters and replicas) on loopback ports, created with
 //! `redis-cli --cluster create`.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::sentinel::{info_field, quick_con};
 use super::server::{find_redis_server, free_port, is_executable, quote, tail, wait_until};
-use super::{io_err, RedisServer, TestingError, TlsMaterial};
+use super::{io_err, RedisServer, TempDir, TestingError, TlsMaterial};
 
 /// Name of the environment variable that points at the `redis-cli` binary to use.
 pub const REDIS_CLI_ENV: &str = "REDKIT_REDIS_CLI";
 
 /// How long [`ClusterBuilder::start`] waits for the cluster to settle.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `redis-cli --cluster create` may run (it waits forever for nodes that cannot
+/// meet).
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long failovers and slot moves wait for every node to agree.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The number of hash slots.
@@ -124,8 +127,9 @@ impl ClusterBuilder {
                     .config("masterauth", quote(password));
             }
             if let Some(tls) = &self.tls {
-                // Without a client certificate of its own a node would present its server
-                // certificate (serverAuth only) to its peers, which reject it as a client.
+                // Without a client certificate of its own a node presents its server
+                // certificate (extendedKeyUsage serverAuth only) to its peers, and with
+                // `tls-auth-clients yes` the nodes never meet (`--cluster create` hangs).
                 b = b
                     .tls(tls.clone())
                     .tls_auth_clients(self.tls_auth_clients)
@@ -166,19 +170,11 @@ impl ClusterBuilder {
                 .arg("--key")
                 .arg(tls.client_key_path());
         }
-        let out = create
-            .stdin(Stdio::null())
-            .output()
-            .map_err(io_err(format!("running {}", cli.display())))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
+        let status = run_bounded(&mut create, &cli, CREATE_TIMEOUT)?;
+        if !status.0.success() {
             return Err(failed(
-                format!("redis-cli --cluster create exited with {}", out.status),
-                tail(&text, 30),
+                format!("redis-cli --cluster create exited with {}", status.0),
+                tail(&status.1, 30),
             ));
         }
         let cluster = RedisCluster {
@@ -748,6 +744,49 @@ fn parse_node_line(line: &str) -> Option<NodeLine> {
     })
 }
 
+/// Runs `command` (its output into a temporary file, so that it never blocks on a full
+/// pipe), killing it if it has not exited within `timeout`: `redis-cli --cluster create`
+/// waits forever for nodes that cannot reach each other (a TLS misconfiguration, say).
+/// Returns its exit status and output.
+fn run_bounded(
+    command: &mut Command,
+    binary: &Path,
+    timeout: Duration,
+) -> Result<(ExitStatus, String), TestingError> {
+    let dir = TempDir::new("cli")?;
+    let out_path = dir.path().join("output");
+    let out = std::fs::File::create(&out_path)
+        .map_err(io_err(format!("creating {}", out_path.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(io_err("duplicating the output file handle"))?;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(io_err(format!("running {}", binary.display())))?;
+    let output =
+        || String::from_utf8_lossy(&std::fs::read(&out_path).unwrap_or_default()).into_owned();
+    let mut status = None;
+    let what = format!("{} to exit", binary.display());
+    let waited = wait_until(timeout, &what, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    match (waited, status) {
+        (Ok(()), Some(status)) => Ok((status, output())),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(failed(
+                format!("{} did not exit within {timeout:?}", binary.display()),
+                tail(&output(), 30),
+            ))
+        }
+    }
+}
+
 fn failed(reason: String, log_tail: String) -> TestingError {
     TestingError::StartFailed { reason, log_tail }
 }
@@ -790,6 +829,24 @@ fn find_redis_cli() -> Result<PathBuf, TestingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn bounded_runs_return_output_or_kill_on_timeout() {
+        let sh = Path::new("/bin/sh");
+        let mut quick = Command::new(sh);
+        quick.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let (status, text) = run_bounded(&mut quick, sh, Duration::from_secs(10)).expect("run");
+        assert_eq!(status.code(), Some(3));
+        assert!(text.contains("out") && text.contains("err"), "{text}");
+
+        let mut slow = Command::new(sh);
+        slow.args(["-c", "echo waiting; exec sleep 30"]);
+        let started = Instant::now();
+        let e = run_bounded(&mut slow, sh, Duration::from_millis(300)).expect_err("timeout");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(e.to_string().contains("did not exit"), "{e}");
+    }
 
     #[test]
     fn parses_cluster_nodes_lines() {
