@@ -167,11 +167,18 @@ fn tls_cluster_fails_over_over_tls_replication() -> TestResult {
     // Server authentication only: the CA is enough.
     let redis = Redis::connect(cluster_builder(&cluster).tls_ca_pem(material.ca_cert_pem()))?;
     let mut r = redis.clone();
+    // Without verification (tests only) it connects as well; with another CA it does not.
+    let insecure = Redis::connect(cluster_builder(&cluster).tls_insecure())?;
+    insecure.query::<()>(redis::cmd("SET").arg("{failover}:insecure").arg(1))?;
+    let err = Redis::connect(cluster_builder(&cluster).tls_ca_pem(material.other_ca_cert_pem()))
+        .expect_err("a cluster signed by another CA must be rejected");
+    assert_eq!(err.class(), ErrorClass::Tls, "{err:?}");
     let slot = cluster.key_slot("{failover}")?;
     let owner = cluster.slot_owner(slot)?;
     for i in 0..50 {
         r.set::<_, _, ()>(format!("{{failover}}:{i}"), i)?;
     }
+    drop(insecure);
     // Replication runs over TLS: the replica has every key before its master dies.
     let synced: i64 = redis::cmd("WAIT")
         .arg(1)
