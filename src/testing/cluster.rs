@@ -1,19 +1,22 @@
 //! A Redis Cluster (masters and replicas) on loopback ports, created with
 //! `redis-cli --cluster create`.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::sentinel::{info_field, quick_con};
 use super::server::{find_redis_server, free_port, is_executable, quote, tail, wait_until};
-use super::{io_err, RedisServer, TestingError};
+use super::{io_err, RedisServer, TempDir, TestingError, TlsMaterial};
 
 /// Name of the environment variable that points at the `redis-cli` binary to use.
 pub const REDIS_CLI_ENV: &str = "REDKIT_REDIS_CLI";
 
 /// How long [`ClusterBuilder::start`] waits for the cluster to settle.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `redis-cli --cluster create` may run (it waits forever for nodes that cannot
+/// meet).
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long failovers and slot moves wait for every node to agree.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The number of hash slots.
@@ -27,6 +30,8 @@ pub struct ClusterBuilder {
     replicas_per_master: usize,
     node_timeout: Duration,
     password: Option<String>,
+    tls: Option<TlsMaterial>,
+    tls_auth_clients: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -36,6 +41,8 @@ impl Default for ClusterBuilder {
             replicas_per_master: 1,
             node_timeout: Duration::from_millis(1000),
             password: None,
+            tls: None,
+            tls_auth_clients: true,
         }
     }
 }
@@ -64,6 +71,27 @@ impl ClusterBuilder {
     /// none.
     pub fn password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
+        self
+    }
+
+    /// Runs every node TLS-only (see [`ServerBuilder::tls`](super::ServerBuilder::tls)) with
+    /// the certificates of `material`, and TLS inside the cluster too: `tls-cluster yes`
+    /// (the cluster bus, `MIGRATE`, and the TLS ports in `CLUSTER SLOTS`/`NODES`) and
+    /// `tls-replication yes`. Nodes present the material's client certificate when they
+    /// connect to each other (`tls-client-cert-file`), and `redis-cli --cluster create` runs
+    /// with `--tls`, the CA and the client certificate. Every helper of [`RedisCluster`]
+    /// (and [`RedisServer::admin`] on its nodes) connects with the CA and the client
+    /// certificate. Defaults to plain TCP.
+    pub fn tls(mut self, material: TlsMaterial) -> Self {
+        self.tls = Some(material);
+        self
+    }
+
+    /// Whether TLS nodes require client certificates (`tls-auth-clients yes|no`), from
+    /// clients and from each other alike. Defaults to `yes` (Redis' own default). Ignored
+    /// without [`tls`](Self::tls).
+    pub fn tls_auth_clients(mut self, required: bool) -> Self {
+        self.tls_auth_clients = required;
         self
     }
 
@@ -98,6 +126,24 @@ impl ClusterBuilder {
                     .password(password.clone())
                     .config("masterauth", quote(password));
             }
+            if let Some(tls) = &self.tls {
+                // Without a client certificate of its own a node presents its server
+                // certificate (extendedKeyUsage serverAuth only) to its peers, and with
+                // `tls-auth-clients yes` the nodes never meet (`--cluster create` hangs).
+                b = b
+                    .tls(tls.clone())
+                    .tls_auth_clients(self.tls_auth_clients)
+                    .config("tls-cluster", "yes")
+                    .config("tls-replication", "yes")
+                    .config(
+                        "tls-client-cert-file",
+                        quote(&tls.client_cert_path().to_string_lossy()),
+                    )
+                    .config(
+                        "tls-client-key-file",
+                        quote(&tls.client_key_path().to_string_lossy()),
+                    );
+            }
             nodes.push(b.start()?);
         }
         let mut create = Command::new(&cli);
@@ -114,24 +160,27 @@ impl ClusterBuilder {
                 .arg("--no-auth-warning")
                 .env("REDISCLI_AUTH", password);
         }
-        let out = create
-            .stdin(Stdio::null())
-            .output()
-            .map_err(io_err(format!("running {}", cli.display())))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() {
+        if let Some(tls) = &self.tls {
+            create
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(tls.ca_cert_path())
+                .arg("--cert")
+                .arg(tls.client_cert_path())
+                .arg("--key")
+                .arg(tls.client_key_path());
+        }
+        let status = run_bounded(&mut create, &cli, CREATE_TIMEOUT)?;
+        if !status.0.success() {
             return Err(failed(
-                format!("redis-cli --cluster create exited with {}", out.status),
-                tail(&text, 30),
+                format!("redis-cli --cluster create exited with {}", status.0),
+                tail(&status.1, 30),
             ));
         }
         let cluster = RedisCluster {
             nodes,
             password: self.password,
+            tls: self.tls,
         };
         cluster.wait_stable(READY_TIMEOUT)?;
         Ok(cluster)
@@ -167,6 +216,7 @@ impl ClusterBuilder {
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
     password: Option<String>,
+    tls: Option<TlsMaterial>,
 }
 
 /// Which master port owns which slot ranges, sorted by port.
@@ -191,7 +241,7 @@ impl RedisCluster {
         Self::builder().start()
     }
 
-    /// A builder for other sizes, timings or a password.
+    /// A builder for other sizes, timings, a password or TLS.
     pub fn builder() -> ClusterBuilder {
         ClusterBuilder::default()
     }
@@ -216,7 +266,14 @@ impl RedisCluster {
         self.password.as_deref()
     }
 
-    /// Every node's address as `(host, port)`: seeds for a cluster client.
+    /// The TLS material every node was started with ([`ClusterBuilder::tls`]), if any: its
+    /// CA (and client certificate) is what a client needs to connect.
+    pub fn tls_material(&self) -> Option<&TlsMaterial> {
+        self.tls.as_ref()
+    }
+
+    /// Every node's address as `(host, port)` (the TLS port with TLS): seeds for a cluster
+    /// client.
     pub fn addrs(&self) -> Vec<(String, u16)> {
         self.nodes
             .iter()
@@ -224,7 +281,8 @@ impl RedisCluster {
             .collect()
     }
 
-    /// Every node's `redis://127.0.0.1:PORT` URL (without the password).
+    /// Every node's `redis://127.0.0.1:PORT` URL (`rediss://` with TLS; without the
+    /// password).
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
@@ -686,6 +744,49 @@ fn parse_node_line(line: &str) -> Option<NodeLine> {
     })
 }
 
+/// Runs `command` (its output into a temporary file, so that it never blocks on a full
+/// pipe), killing it if it has not exited within `timeout`: `redis-cli --cluster create`
+/// waits forever for nodes that cannot reach each other (a TLS misconfiguration, say).
+/// Returns its exit status and output.
+fn run_bounded(
+    command: &mut Command,
+    binary: &Path,
+    timeout: Duration,
+) -> Result<(ExitStatus, String), TestingError> {
+    let dir = TempDir::new("cli")?;
+    let out_path = dir.path().join("output");
+    let out = std::fs::File::create(&out_path)
+        .map_err(io_err(format!("creating {}", out_path.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(io_err("duplicating the output file handle"))?;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(io_err(format!("running {}", binary.display())))?;
+    let output =
+        || String::from_utf8_lossy(&std::fs::read(&out_path).unwrap_or_default()).into_owned();
+    let mut status = None;
+    let what = format!("{} to exit", binary.display());
+    let waited = wait_until(timeout, &what, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    match (waited, status) {
+        (Ok(()), Some(status)) => Ok((status, output())),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(failed(
+                format!("{} did not exit within {timeout:?}", binary.display()),
+                tail(&output(), 30),
+            ))
+        }
+    }
+}
+
 fn failed(reason: String, log_tail: String) -> TestingError {
     TestingError::StartFailed { reason, log_tail }
 }
@@ -728,6 +829,24 @@ fn find_redis_cli() -> Result<PathBuf, TestingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn bounded_runs_return_output_or_kill_on_timeout() {
+        let sh = Path::new("/bin/sh");
+        let mut quick = Command::new(sh);
+        quick.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let (status, text) = run_bounded(&mut quick, sh, Duration::from_secs(10)).expect("run");
+        assert_eq!(status.code(), Some(3));
+        assert!(text.contains("out") && text.contains("err"), "{text}");
+
+        let mut slow = Command::new(sh);
+        slow.args(["-c", "echo waiting; exec sleep 30"]);
+        let started = Instant::now();
+        let e = run_bounded(&mut slow, sh, Duration::from_millis(300)).expect_err("timeout");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(e.to_string().contains("did not exit"), "{e}");
+    }
 
     #[test]
     fn parses_cluster_nodes_lines() {

@@ -28,7 +28,8 @@
 //! waiting for the sentinels to agree on the new one. [`RedisCluster`] runs a Redis Cluster
 //! (3 masters and 3 replicas by default) created with `redis-cli --cluster create`, with
 //! helpers to kill a node, fail over, and move a slot through its `MIGRATING`/`IMPORTING`
-//! states ([`RedisCluster::start_slot_migration`]). `redis-cli` comes from the
+//! states ([`RedisCluster::start_slot_migration`]); [`ClusterBuilder::tls`] runs every node
+//! TLS-only, with TLS on the cluster bus and replication too. `redis-cli` comes from the
 //! [`REDIS_CLI_ENV`] variable, or next to `redis-server`, or `PATH` (on Debian it is in the
 //! `redis-tools` package, which `redis-server` depends on). Dropping either kills all its
 //! processes.
