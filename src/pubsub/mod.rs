@@ -180,10 +180,10 @@ impl Subscriber {
             return Err(Error::Closed);
         }
         let config = redis.config().clone();
-        let conn = conn::Conn::open(&config, TICK)?;
+        let main = worker::open_main(&config, redis.shared().cluster.as_deref(), TICK)?;
         let hb = &config.heartbeat;
         let settings = Settings {
-            tick: conn.tick(),
+            tick: main.1.tick(),
             ping_interval: hb.interval.unwrap_or(Duration::from_secs(1)),
             ping_timeout: hb.timeout,
         };
@@ -197,7 +197,7 @@ impl Subscriber {
             counters.clone(),
             ctl_rx,
             stop_rx,
-            conn,
+            main,
         );
         let thread = std::thread::Builder::new()
             .name("redkit-subscriber".into())
@@ -276,6 +276,17 @@ impl Subscriber {
         C: AsRef<[u8]>,
     {
         let names = self::names(names)?;
+        if kind == Kind::Shard && self.redis.shared().cluster.is_some() {
+            let slot = |n: &Vec<u8>| crate::cluster::route::slot(n);
+            if names.windows(2).any(|w| slot(&w[0]) != slot(&w[1])) {
+                return Err(Error::config(
+                    "ssubscribe",
+                    "on a Cluster the shard channels of one call must hash to one slot \
+                     (give them a common hash tag, such as {user:1}.a and {user:1}.b, or \
+                     subscribe in several calls)",
+                ));
+            }
+        }
         if options.capacity == 0 {
             return Err(Error::config("subscription.capacity", "must be at least 1"));
         }
