@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use redkit::pubsub::{Subscriber, Subscription};
 use redkit::testing::RedisCluster;
-use redkit::{Backoff, ErrorClass, Event, HeartbeatConfig, Jitter, Redis};
+use redkit::{Backoff, ErrorClass, Event, HeartbeatConfig, Jitter, Protocol, Redis};
 use support::{cluster, cluster_builder, TestResult};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -83,12 +83,21 @@ fn publish_until_received(
     }
 }
 
-/// Numbered messages on each shard channel arrive complete and in order (a leftover
-/// non-numbered message from [`publish_until_received`] is skipped).
+/// Numbered messages on each shard channel arrive complete and in order at every
+/// subscription to it (a leftover non-numbered message from [`publish_until_received`] is
+/// skipped).
 fn every_message_arrives(redis: &Redis, subs: &[(&Subscription, &str)], n: usize) -> TestResult {
+    let mut channels: Vec<&str> = subs.iter().map(|(_, c)| *c).collect();
+    channels.sort_unstable();
+    channels.dedup();
     for i in 0..n {
-        for (_, channel) in subs {
-            assert_eq!(redis.spublish(*channel, i)?, 1, "one subscriber on {channel}");
+        for channel in &channels {
+            let want = subs.iter().filter(|(_, c)| c == channel).count();
+            assert_eq!(
+                redis.spublish(*channel, i)?,
+                want,
+                "subscribers of {channel}"
+            );
         }
     }
     for (sub, channel) in subs {
@@ -165,7 +174,8 @@ fn classic_and_shard_channels_on_every_master_survive_a_slot_move() -> TestResul
         assert_eq!(m.channel_str(), format!("alerts.{i}"));
     }
 
-    // One shard channel on each master: each subscribed on its owner.
+    // One shard channel on each master: each subscribed on its owner, by a RESP2 and a
+    // RESP3 subscriber.
     let masters = cluster.masters()?;
     assert_eq!(masters.len(), 3);
     let channels = channel_per_master(&cluster, &masters, "orders")?;
@@ -173,17 +183,27 @@ fn classic_and_shard_channels_on_every_master_survive_a_slot_move() -> TestResul
         .iter()
         .map(|(name, _)| subscriber.ssubscribe([name]))
         .collect::<redkit::Result<_>>()?;
+    let resp3 = Redis::connect(cluster_builder(&cluster).protocol(Protocol::Resp3))?;
+    let subscriber3 = resp3.subscriber()?;
+    let subs3: Vec<Subscription> = channels
+        .iter()
+        .map(|(name, _)| subscriber3.ssubscribe([name]))
+        .collect::<redkit::Result<_>>()?;
     for ((name, _), &m) in channels.iter().zip(&masters) {
-        assert_eq!(shard_numsub(&cluster, m, name)?, 1, "{name} on its owner");
+        assert_eq!(shard_numsub(&cluster, m, name)?, 2, "{name} on its owner");
     }
     let pairs: Vec<(&Subscription, &str)> = subs
         .iter()
-        .zip(&channels)
+        .chain(&subs3)
+        .zip(channels.iter().chain(&channels))
         .map(|(s, (n, _))| (s, n.as_str()))
         .collect();
     every_message_arrives(&redis, &pairs, 50)?;
     let stats = subscriber.stats();
-    assert_eq!((stats.channels, stats.patterns, stats.shard_channels), (1, 1, 3));
+    assert_eq!(
+        (stats.channels, stats.patterns, stats.shard_channels),
+        (1, 1, 3)
+    );
 
     // Shard channels of one call must share a slot (as Redis itself requires).
     let e = subscriber
@@ -197,25 +217,57 @@ fn classic_and_shard_channels_on_every_master_survive_a_slot_move() -> TestResul
     let (from, to) = (masters[0], masters[1]);
     cluster.move_slot(*slot, to)?;
     assert_eq!(cluster.slot_owner(*slot)?, to);
-    publish_until_received(&subs[0], "after the move", RECOVERY, || {
-        redis.spublish(moved, "after the move")
-    })?;
-    assert_eq!(shard_numsub(&cluster, to, moved)?, 1, "{moved} on its new owner");
-    assert_eq!(shard_numsub(&cluster, from, moved)?, 0, "{moved} left its old owner");
+    for sub in [&subs[0], &subs3[0]] {
+        publish_until_received(sub, "after the move", RECOVERY, || {
+            redis.spublish(moved, "after the move")
+        })?;
+    }
+    assert_eq!(
+        shard_numsub(&cluster, to, moved)?,
+        2,
+        "{moved} on its new owner"
+    );
+    assert_eq!(
+        shard_numsub(&cluster, from, moved)?,
+        0,
+        "{moved} left its old owner"
+    );
     // Every subscription kept working, in order, the moved one included.
     every_message_arrives(&redis, &pairs, 20)?;
     redis.publish("news", "still here")?;
     assert_eq!(news.recv_timeout(WAIT)?.payload(), b"still here");
     assert!(subscriber.is_connected());
 
+    assert!(subscriber3.is_connected());
+
+    // A slot moved before anything refreshed the handle's slot map: the subscription goes
+    // to the old owner first, which answers MOVED; it lands on the new owner all the same.
+    let fresh = channel_per_master(&cluster, &masters[2..], "fresh")?;
+    let (fresh, fresh_slot) = &fresh[0];
+    cluster.move_slot(*fresh_slot, masters[0])?;
+    let fresh_sub = subscriber.ssubscribe([fresh])?;
+    let fresh_sub3 = subscriber3.ssubscribe([fresh])?;
+    assert_eq!(shard_numsub(&cluster, masters[0], fresh)?, 2);
+    every_message_arrives(&redis, &[(&fresh_sub, fresh), (&fresh_sub3, fresh)], 5)?;
+
     // Unsubscribing a shard channel removes it from its owner.
-    let mut subs = subs;
-    let last = subs.pop().ok_or("no subscription")?;
-    last.unsubscribe()?;
+    drop(pairs);
+    let (mut subs, mut subs3) = (subs, subs3);
+    for subs in [&mut subs, &mut subs3] {
+        let last = subs.pop().ok_or("no subscription")?;
+        last.unsubscribe()?;
+    }
     assert_eq!(shard_numsub(&cluster, masters[2], &channels[2].0)?, 0);
-    let stats = subscriber.stats();
-    assert_eq!(stats.shard_channels, 2);
-    assert_eq!(stats.disconnections, 0, "a slot move loses no connection");
+    for s in [&subscriber, &subscriber3] {
+        let stats = s.stats();
+        assert_eq!(stats.shard_channels, 3);
+        assert_eq!(stats.disconnections, 0, "a slot move loses no connection");
+    }
+    every_message_arrives(
+        &redis,
+        &[(&subs[1], &channels[1].0), (&subs3[1], &channels[1].0)],
+        5,
+    )?;
     Ok(())
 }
 
@@ -249,7 +301,9 @@ fn a_killed_master_s_subscriptions_come_back_on_its_promoted_replica() -> TestRe
     wait_event(&events, RECOVERY, |e| {
         matches!(e, Event::SubscriberDisconnected { .. })
     });
-    let e = wait_event(&events, RECOVERY, |e| matches!(e, Event::Resubscribed { .. }));
+    let e = wait_event(&events, RECOVERY, |e| {
+        matches!(e, Event::Resubscribed { .. })
+    });
     let Event::Resubscribed {
         channels: c,
         patterns: p,

@@ -37,6 +37,9 @@ const BURST: usize = 256;
 const MIN_TICK: Duration = Duration::from_millis(2);
 const SHARD: usize = 2;
 
+/// Where the answer to a request goes.
+type Reply = Sender<Result<()>>;
+
 /// A request from another thread.
 pub(crate) enum Control {
     Subscribe {
@@ -44,11 +47,11 @@ pub(crate) enum Control {
         kind: Kind,
         names: Vec<Vec<u8>>,
         sink: Sink,
-        reply: Sender<Result<()>>,
+        reply: Reply,
     },
     Unsubscribe {
         id: u64,
-        reply: Option<Sender<Result<()>>>,
+        reply: Option<Reply>,
     },
 }
 
@@ -85,7 +88,7 @@ enum Pending {
         /// The names sent (a confirmation for another name is not this one's).
         names: Vec<Vec<u8>>,
         remaining: usize,
-        reply: Option<Sender<Result<()>>>,
+        reply: Option<Reply>,
         /// The subscription a subscribe request was for (rolled back if the server refuses).
         id: Option<u64>,
         /// A resubscription, or a shard channel's placement: the subscriber is whole again
@@ -130,10 +133,10 @@ impl Link {
         kind: Kind,
         sub: bool,
         names: Vec<Vec<u8>>,
-        reply: Option<Sender<Result<()>>>,
+        reply: Option<Reply>,
         id: Option<u64>,
         resync: bool,
-    ) -> std::result::Result<(), (Error, Option<Sender<Result<()>>>)> {
+    ) -> std::result::Result<(), (Error, Option<Reply>)> {
         let mut cmd = redis::cmd(if sub {
             kind.subscribe_cmd()
         } else {
@@ -275,7 +278,7 @@ pub(crate) struct Worker {
     routes: [HashMap<Vec<u8>, Vec<u64>>; 3],
     /// Subscribe requests that could not be sent (a link down, a shard channel unplaced):
     /// answered once the subscriber is whole again.
-    waiting: Vec<Sender<Result<()>>>,
+    waiting: Vec<Reply>,
     /// When the current outage began (a link was lost).
     lost_at: Option<Instant>,
     next_attempt: Instant,
@@ -594,8 +597,11 @@ impl Worker {
                 ..
             }) if on_cluster && is_cluster_transient(&e) => {
                 // The slot is elsewhere, or its master is failing over: place it again.
+                // (A caller's own request follows the placement it caused: only the first
+                // of the two refusals counts as a failed attempt.)
+                let mut removed = false;
                 for n in &names {
-                    link.server[SHARD].remove(n);
+                    removed |= link.server[SHARD].remove(n);
                 }
                 if let Some(Redirect::Moved(slot, to)) =
                     route::redirect(&Value::ServerError(e.clone()), &addr)
@@ -611,8 +617,10 @@ impl Worker {
                 if let Some(topo) = &self.cluster {
                     topo.mark_stale();
                 }
-                let error = Error::from_redis(e.into(), Delivery::Answered);
-                self.placement_failed(&format!("{addr} answered {error}"), Level::Info);
+                if removed {
+                    let error = Error::from_redis(e.into(), Delivery::Answered);
+                    self.placement_failed(&format!("{addr} answered {error}"), Level::Info);
+                }
             }
             Some(Pending::Confirm {
                 sub: false, reply, ..
@@ -751,7 +759,9 @@ impl Worker {
     }
 
     /// After the slot map changed: shard channels on a link to another master than their
-    /// slot's owner now are unsubscribed there and placed again.
+    /// slot's owner now are placed again. Nothing is sent to the old owner: it dropped them
+    /// itself when it lost the slot (and an unsubscribe there would only be refused with
+    /// `MOVED`, a reply that could not be told from the answer to another command).
     fn check_map(&mut self) {
         let Some(topo) = self.cluster.clone() else {
             return;
@@ -761,8 +771,8 @@ impl Worker {
             return;
         }
         self.map_seen = Some(map);
-        let mut moves: Vec<(Addr, Vec<Vec<u8>>)> = Vec::new();
-        for link in &self.shards {
+        let mut moved = Vec::new();
+        for link in &mut self.shards {
             let gone: Vec<Vec<u8>> = link.server[SHARD]
                 .iter()
                 .filter(|n| {
@@ -771,41 +781,24 @@ impl Worker {
                 })
                 .cloned()
                 .collect();
-            if !gone.is_empty() {
-                moves.push((link.addr.clone(), gone));
+            if gone.is_empty() {
+                continue;
             }
-        }
-        for (addr, names) in moves {
             info!(
-                "cluster: shard channel(s) {} moved away from {addr}: resubscribing on the new owner",
-                show(&names)
+                "cluster: shard channel(s) {} moved away from {}: resubscribing on the new owner",
+                show(&gone),
+                link.addr
             );
-            let at = At::Shard(addr);
-            let mut by_slot: BTreeMap<u16, Vec<Vec<u8>>> = BTreeMap::new();
-            for n in &names {
-                by_slot.entry(route::slot(n)).or_default().push(n.clone());
+            for n in &gone {
+                link.server[SHARD].remove(n);
             }
-            let mut failed = None;
-            if let Some(link) = self.link_mut(&at) {
-                for n in &names {
-                    link.server[SHARD].remove(n);
-                }
-                for (_, group) in by_slot {
-                    if let Err((e, _)) =
-                        link.send_names(Kind::Shard, false, group, None, None, false)
-                    {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
+            moved.extend(gone);
+        }
+        if !moved.is_empty() {
             let wanted = &self.routes[SHARD];
             self.unplaced
-                .extend(names.into_iter().filter(|n| wanted.contains_key(n)));
+                .extend(moved.into_iter().filter(|n| wanted.contains_key(n)));
             self.place_at = Instant::now();
-            if let Some(e) = failed {
-                self.lost(&at, e);
-            }
         }
     }
 
@@ -835,8 +828,7 @@ impl Worker {
     fn settle(&mut self) {
         let whole = self.main.is_some() && self.unplaced.is_empty();
         self.counters.connected.store(whole, Relaxed);
-        if !whole
-            || (self.place_failures == 0 && self.waiting.is_empty() && self.lost_at.is_none())
+        if !whole || (self.place_failures == 0 && self.waiting.is_empty() && self.lost_at.is_none())
         {
             return;
         }
@@ -918,13 +910,7 @@ impl Worker {
         }
     }
 
-    fn subscribe_main(
-        &mut self,
-        id: u64,
-        kind: Kind,
-        names: Vec<Vec<u8>>,
-        reply: Sender<Result<()>>,
-    ) {
+    fn subscribe_main(&mut self, id: u64, kind: Kind, names: Vec<Vec<u8>>, reply: Reply) {
         let Some(link) = self.main.as_mut() else {
             self.waiting.push(reply);
             return;
@@ -942,7 +928,7 @@ impl Worker {
 
     /// A shard subscription on a Cluster: placed on its slot's owner, then sent again there
     /// with the caller's reply (so that it returns once that node confirmed).
-    fn subscribe_shard(&mut self, id: u64, names: Vec<Vec<u8>>, reply: Sender<Result<()>>) {
+    fn subscribe_shard(&mut self, id: u64, names: Vec<Vec<u8>>, reply: Reply) {
         let new: Vec<Vec<u8>> = names
             .iter()
             .filter(|n| !self.shards.iter().any(|l| l.server[SHARD].contains(*n)))
@@ -1009,8 +995,8 @@ impl Worker {
         }
     }
 
-    fn unsubscribe(&mut self, id: u64, reply: Option<Sender<Result<()>>>) {
-        let done = |reply: Option<Sender<Result<()>>>| {
+    fn unsubscribe(&mut self, id: u64, reply: Option<Reply>) {
+        let done = |reply: Option<Reply>| {
             if let Some(r) = reply {
                 let _ = r.try_send(Ok(()));
             }
@@ -1100,7 +1086,12 @@ impl Worker {
             ..
         } = link;
         conn.close();
-        warn!("redis at {addr}: subscriber connection lost: {cause}");
+        match at {
+            At::Main => warn!("redis at {addr}: subscriber connection lost: {cause}"),
+            At::Shard(_) => {
+                warn!("cluster node {addr}: subscriber connection for shard channels lost: {cause}")
+            }
+        }
         self.counters.connected.store(false, Relaxed);
         self.counters.disconnections.fetch_add(1, Relaxed);
         let now = Instant::now();
