@@ -16,10 +16,12 @@ const WAIT: Duration = Duration::from_secs(5);
 /// How long a test waits for the subscriber to follow a slot move or a failover.
 const RECOVERY: Duration = Duration::from_secs(20);
 
+/// Quick retries; a lenient `PING` timeout (two clusters share two cores while the tests
+/// run, and no test here wants a connection lost to a slow answer).
 fn quick_heartbeat() -> HeartbeatConfig {
     HeartbeatConfig::default()
-        .interval(Duration::from_millis(200))
-        .timeout(Duration::from_millis(500))
+        .interval(Duration::from_millis(500))
+        .timeout(Duration::from_secs(3))
         .reconnect_backoff(
             Backoff::exponential(Duration::from_millis(20), Duration::from_millis(200))
                 .jitter(Jitter::Full),

@@ -287,7 +287,6 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: Config,
         settings: Settings,
