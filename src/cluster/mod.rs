@@ -351,6 +351,12 @@ impl Topology {
         };
         crate::pool::open_connection(&self.config, &client)
     }
+
+    /// The master owning `slot` in the current map, without refreshing it (the subscriber
+    /// checks its shard channels against each new map).
+    pub(crate) fn owner_in_map(&self, slot: u16) -> Option<Addr> {
+        self.map.read().owner(slot).cloned()
+    }
 }
 
 fn cluster_error(message: String) -> Error {

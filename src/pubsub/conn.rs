@@ -117,12 +117,13 @@ fn timed_out(what: &str) -> Error {
 }
 
 impl Conn {
-    /// Connects, authenticates and names the connection, all within the connect timeout.
-    /// Afterwards reads wait at most `tick` (see [`Conn::read`]).
-    pub(crate) fn open(config: &Config, tick: Duration) -> Result<Conn> {
+    /// Connects to `addr` (`config.addr`, or a cluster node) with every setting of `config`,
+    /// authenticates and names the connection, all within the connect timeout. Afterwards
+    /// reads wait at most `tick` (see [`Conn::read`]).
+    pub(crate) fn open_at(config: &Config, addr: &Addr, tick: Duration) -> Result<Conn> {
         let t = &config.timeouts;
         let deadline = Instant::now() + t.connect;
-        let stream = connect(config, deadline)?;
+        let stream = connect(config, addr, deadline)?;
         stream.set_write_timeout(Some(t.write)).map_err(io_err)?;
         let mut conn = Conn {
             reader: BufReader::with_capacity(READ_BUFFER, stream),
@@ -229,14 +230,27 @@ impl Conn {
         self.tick
     }
 
+    /// Changes the read timeout (the subscriber thread shares its tick among its
+    /// connections).
+    pub(crate) fn set_tick(&mut self, tick: Duration) -> Result<()> {
+        if tick != self.tick {
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(tick))
+                .map_err(io_err)?;
+            self.tick = tick;
+        }
+        Ok(())
+    }
+
     /// Closes the socket now.
     pub(crate) fn close(mut self) {
         self.reader.get_mut().shutdown();
     }
 }
 
-fn connect(config: &Config, deadline: Instant) -> Result<Stream> {
-    match &config.addr {
+fn connect(config: &Config, addr: &Addr, deadline: Instant) -> Result<Stream> {
+    match addr {
         Addr::Tcp { host, port } => {
             let tcp = connect_tcp(host, *port, config, deadline)?;
             match &config.tls {

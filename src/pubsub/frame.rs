@@ -1,6 +1,6 @@
 //! What a frame read on a subscriber connection means, in RESP2 and RESP3 alike.
 
-use redis::{PushKind, RedisError, Value};
+use redis::{PushKind, ServerError, Value};
 
 /// The three kinds of subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,12 +51,17 @@ pub(crate) enum Frame {
         channel: Vec<u8>,
         payload: Vec<u8>,
     },
-    /// A subscribe (`sub == true`) or unsubscribe confirmation for one name.
-    Confirm { kind: Kind, sub: bool },
+    /// A subscribe (`sub == true`) or unsubscribe confirmation for one name (the name, when
+    /// the frame carries one).
+    Confirm {
+        kind: Kind,
+        sub: bool,
+        name: Option<Vec<u8>>,
+    },
     /// The answer to `PING`.
     Pong,
     /// An error reply.
-    Error(RedisError),
+    Error(ServerError),
     /// Anything else (logged and ignored).
     Other(Value),
 }
@@ -110,13 +115,18 @@ pub(crate) fn classify(value: Value) -> Frame {
             }
         }
         Value::SimpleString(s) if s.eq_ignore_ascii_case("pong") => Frame::Pong,
-        Value::ServerError(e) => Frame::Error(e.into()),
+        Value::ServerError(e) => Frame::Error(e),
         other => Frame::Other(other),
     }
 }
 
 fn push(kind: PushKind, data: Vec<Value>) -> Frame {
-    let confirm = |kind, sub| Frame::Confirm { kind, sub };
+    let name = || data.first().cloned().and_then(bytes);
+    let confirm = |kind, sub| Frame::Confirm {
+        kind,
+        sub,
+        name: name(),
+    };
     match kind {
         PushKind::Message | PushKind::SMessage => {
             let mut it = data.into_iter();
@@ -202,7 +212,8 @@ mod tests {
             f,
             Frame::Confirm {
                 kind: Kind::Channel,
-                sub: true
+                sub: true,
+                ..
             }
         ));
         let f = classify(Value::Array(vec![
@@ -214,8 +225,9 @@ mod tests {
             f,
             Frame::Confirm {
                 kind: Kind::Pattern,
-                sub: false
-            }
+                sub: false,
+                name: Some(ref n),
+            } if n == b"c*"
         ));
         assert!(matches!(
             classify(Value::Array(vec![bulk("pong"), bulk("")])),
@@ -244,7 +256,8 @@ mod tests {
             f,
             Frame::Confirm {
                 kind: Kind::Shard,
-                sub: true
+                sub: true,
+                ..
             }
         ));
         let f = classify(Value::Push {

@@ -1,7 +1,8 @@
 //! Pub/Sub: a subscriber thread that never goes deaf, dispatching over channels.
 //!
 //! A [`Subscriber`] owns one named thread (`redkit-subscriber`) and one dedicated connection
-//! (never a pooled one). Other threads ask it to subscribe over a channel; it serves those
+//! (never a pooled one; on a Cluster, one more per master carrying shard channels: see
+//! [On a Cluster](#on-a-cluster)). Other threads ask it to subscribe over a channel; it serves those
 //! requests between reads (it reads with a short timeout), so subscribing never waits for a
 //! message to arrive, and each call returns once the server has confirmed.
 //!
@@ -50,6 +51,42 @@
 //! [stream](https://redis.io/docs/latest/develop/data-types/streams/) when every message must
 //! arrive.
 //!
+//! ## On a Cluster
+//! A subscriber started from a Cluster handle ([`ConfigBuilder::cluster`](crate::ConfigBuilder::cluster)
+//! or a `redis+cluster://` URL) works the same way, with these differences:
+//!
+//! - **Channels and patterns** ([`subscribe`](Subscriber::subscribe),
+//!   [`psubscribe`](Subscriber::psubscribe)) go through one connection to any one node (the
+//!   first master of the slot map that answers, then the seeds): Redis Cluster forwards every
+//!   `PUBLISH` to every node. When that node is lost the subscriber reconnects to another
+//!   reachable node and resubscribes, with the same events as against one server.
+//! - **Shard channels** ([`ssubscribe`](Subscriber::ssubscribe), Redis 7) are subscribed on the
+//!   master that owns the channel's hash slot: the subscriber holds one more connection per
+//!   master that carries shard channels (all served by the same thread, and closed when it
+//!   carries none). The shard channels of one call must hash to one slot (as Redis requires;
+//!   give them a common hash tag such as `{user:1}`); separate calls may land on different
+//!   masters. [`Redis::spublish`] on a Cluster handle goes to the owner too.
+//! - **A slot moves** (resharding): the old owner drops the channel (Redis 7 sends an
+//!   unsolicited `sunsubscribe`), or answers `MOVED`, or the handle's slot map shows another
+//!   owner; the subscriber resubscribes the channel on its new owner. Nothing else is touched,
+//!   no connection is lost, and no event is emitted (it is logged at `info`).
+//! - **A shard connection is lost** (its master died, a replica is being promoted): the
+//!   subscriber emits [`Event::SubscriberDisconnected`](crate::Event::SubscriberDisconnected),
+//!   refreshes the slot map and subscribes the lost shard channels on their slot's current
+//!   owner, retrying with the heartbeat's reconnect backoff until that works (logged at `warn`
+//!   on the first failure and every tenth): a channel whose owner cannot be reached is never
+//!   given up. Other connections keep delivering meanwhile.
+//!   [`Event::Resubscribed`](crate::Event::Resubscribed) comes once every connection is up
+//!   and every channel, pattern and shard channel is confirmed again; until then
+//!   [`Subscriber::is_connected`] is `false`.
+//! - **What is lost**: messages published while a channel is being resubscribed (from the
+//!   node's loss or the slot's move to the new owner's confirmation) are not delivered, as
+//!   everywhere in Redis pub/sub; a failover takes `cluster-node-timeout` and an election.
+//!   Keyspace notifications ([`Subscriber::keyspace`]) are node-local on a Cluster: the
+//!   subscriber hears only the node its channel connection is on.
+//! - The thread connects to nodes itself, each attempt bounded by the connect timeout: a
+//!   black-holed node delays delivery on the other connections by up to that much per attempt.
+//!
 //! ## Backpressure
 //! Each subscription's queue is bounded ([`SubscriptionOptions::capacity`]); when it is full
 //! the subscription's [`Backpressure`] policy drops the newest message, drops the oldest, or
@@ -93,8 +130,9 @@ use worker::{Control, Counters, Settings, Worker};
 /// How long the subscriber thread waits in one read before it looks for requests.
 const TICK: Duration = Duration::from_millis(10);
 
-/// The subscriber: one thread and one dedicated connection serving any number of
-/// [`Subscription`]s. See the [module docs](self).
+/// The subscriber: one thread and one dedicated connection (on a Cluster: one more per
+/// master carrying shard channels) serving any number of [`Subscription`]s. See the
+/// [module docs](self).
 ///
 /// `Send + Sync`: share it (in an `Arc`) and subscribe from any thread. Dropping it stops the
 /// thread (joined) and closes its connection; its subscriptions then end (`recv` returns
@@ -120,7 +158,7 @@ impl std::fmt::Debug for Subscriber {
 
 impl Redis {
     /// Starts a [`Subscriber`]: opens its connection (a wrong address, password or
-    /// certificate fails here) and its thread.
+    /// certificate fails here; on a Cluster, to the first node that answers) and its thread.
     pub fn subscriber(&self) -> Result<Subscriber> {
         Subscriber::new(self)
     }
@@ -180,10 +218,10 @@ impl Subscriber {
             return Err(Error::Closed);
         }
         let config = redis.config().clone();
-        let conn = conn::Conn::open(&config, TICK)?;
+        let main = worker::open_main(&config, redis.shared().cluster.as_deref(), TICK)?;
         let hb = &config.heartbeat;
         let settings = Settings {
-            tick: conn.tick(),
+            tick: main.1.tick(),
             ping_interval: hb.interval.unwrap_or(Duration::from_secs(1)),
             ping_timeout: hb.timeout,
         };
@@ -197,7 +235,7 @@ impl Subscriber {
             counters.clone(),
             ctl_rx,
             stop_rx,
-            conn,
+            main,
         );
         let thread = std::thread::Builder::new()
             .name("redkit-subscriber".into())
@@ -243,7 +281,10 @@ impl Subscriber {
     }
 
     /// `SSUBSCRIBE` to shard channels (Redis 7 sharded pub/sub), with the default
-    /// [`SubscriptionOptions`]. On Cluster all channels of one call must hash to one slot.
+    /// [`SubscriptionOptions`]. On a Cluster the subscription goes to the master owning the
+    /// channels' slot, and all channels of one call must hash to one slot (an
+    /// [`ErrorClass::Config`](crate::ErrorClass::Config) error otherwise); see
+    /// [the module docs](self#on-a-cluster).
     pub fn ssubscribe<I, C>(&self, channels: I) -> Result<Subscription>
     where
         I: IntoIterator<Item = C>,
@@ -276,6 +317,17 @@ impl Subscriber {
         C: AsRef<[u8]>,
     {
         let names = self::names(names)?;
+        if kind == Kind::Shard && self.redis.shared().cluster.is_some() {
+            let slot = |n: &Vec<u8>| crate::cluster::route::slot(n);
+            if names.windows(2).any(|w| slot(&w[0]) != slot(&w[1])) {
+                return Err(Error::config(
+                    "ssubscribe",
+                    "on a Cluster the shard channels of one call must hash to one slot \
+                     (give them a common hash tag, such as {user:1}.a and {user:1}.b, or \
+                     subscribe in several calls)",
+                ));
+            }
+        }
         if options.capacity == 0 {
             return Err(Error::config("subscription.capacity", "must be at least 1"));
         }
@@ -352,7 +404,8 @@ impl Subscriber {
         Ok(KeyEvents::new(sub, prefix.len()))
     }
 
-    /// Whether the subscriber's connection is up right now.
+    /// Whether the subscriber's connection is up right now (on a Cluster: its channel
+    /// connection, and every shard channel is on a connection to its slot's owner).
     pub fn is_connected(&self) -> bool {
         self.counters.connected.load(Relaxed)
     }
@@ -409,7 +462,7 @@ impl Drop for Subscriber {
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberStats {
-    /// Whether the connection is up.
+    /// Whether the connection is up (see [`Subscriber::is_connected`]).
     pub connected: bool,
     /// Live [`Subscription`]s.
     pub subscriptions: usize,
