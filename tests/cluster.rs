@@ -329,11 +329,10 @@ fn pipelines_follow_ask_and_moved_around_a_migration() -> TestResult {
     assert!(n >= 1);
     // A transaction on a half-migrated slot does not run: a typed, retryable TRYAGAIN.
     let err = redis
-        .transaction(&[&moved_key], |_, pipe| {
+        .transaction::<_, (), _>(&[&moved_key], |_, pipe| {
             pipe.cmd("INCR").arg(&moved_key).ignore();
             Ok(())
         })
-        .map(|()| ())
         .expect_err("ASK inside MULTI");
     assert!(err.is_retryable(), "{err}");
     let after: i64 = redis.query(redis::cmd("GET").arg(&moved_key))?;
