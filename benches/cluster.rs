@@ -16,45 +16,15 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{env_usize, median, Report, Target};
+use common::{compare_blocks, env_usize, Op, Report, Target};
 use redkit::testing::RedisCluster;
 use redkit::{Config, Pipeline, Redis};
 
 const BLOCK: usize = 250;
 /// Our own goal: a cluster handle is not slower than the `redis` crate's cluster connection.
 const TARGET_RATIO: f64 = 0.95;
-
-type Op = Box<dyn FnMut(usize)>;
-
-/// Runs `ours` and `theirs` in alternating blocks of `block` calls; returns (ours/s,
-/// theirs/s, median ratio).
-fn compare(ours: &mut Op, theirs: &mut Op, blocks: usize, block: usize) -> (f64, f64, f64) {
-    let mut ratios = Vec::with_capacity(blocks);
-    let (mut total_ours, mut total_theirs) = (0.0, 0.0);
-    for b in 0..blocks {
-        let time = |f: &mut Op| {
-            let start = Instant::now();
-            for i in 0..block {
-                f(b * block + i);
-            }
-            start.elapsed().as_secs_f64()
-        };
-        let (o, t) = if b % 2 == 0 {
-            let o = time(ours);
-            (o, time(theirs))
-        } else {
-            let t = time(theirs);
-            (time(ours), t)
-        };
-        total_ours += o;
-        total_theirs += t;
-        ratios.push(t / o);
-    }
-    let n = (blocks * block) as f64;
-    (n / total_ours, n / total_theirs, median(ratios))
-}
 
 fn main() {
     let ops = env_usize("REDKIT_BENCH_OPS", 10_000);
@@ -100,7 +70,7 @@ fn main() {
         assert!(v.is_some());
     });
     let blocks = (ops / BLOCK).max(2);
-    let (o, t, ratio) = compare(&mut ours, &mut theirs, blocks, BLOCK);
+    let (o, t, ratio) = compare_blocks(&mut ours, &mut theirs, blocks, BLOCK);
     report.throughput(
         "SET+GET, 1 thread, keys on every master",
         "/s",
@@ -135,7 +105,7 @@ fn main() {
     });
     let block = BLOCK / 10;
     let blocks = (ops / 10 / block).max(2);
-    let (o, t, ratio) = compare(&mut ours, &mut theirs, blocks, block);
+    let (o, t, ratio) = compare_blocks(&mut ours, &mut theirs, blocks, block);
     report.throughput(
         "pipeline of 32 SETs over every master",
         " pipelines/s",
@@ -160,7 +130,7 @@ fn main() {
             let _: Option<i64> = redis::cmd("GET").arg(k).query(&mut *con).expect("GET");
         }
     });
-    let (o, t, ratio) = compare(&mut ours, &mut theirs, blocks, block);
+    let (o, t, ratio) = compare_blocks(&mut ours, &mut theirs, blocks, block);
     report.throughput(
         "MGET of 32 keys on 32 slots vs 32 GETs",
         " batches/s",

@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use redkit::lock::Lock;
 use redkit::testing::RedisServer;
 
-use common::{env_usize, median, percentile, Report, Target};
+use common::{env_usize, percentile, Report, Target};
 
 const BLOCK: usize = 250;
 /// The targets from issue 5.
@@ -36,33 +36,10 @@ const TARGET_P50: Duration = Duration::from_millis(2);
 /// by then).
 const HOLD: Duration = Duration::from_millis(5);
 
-type Cycle = Box<dyn FnMut(usize)>;
+type Cycle = common::Op;
 
-/// Runs `ours` and `theirs` in alternating blocks; returns (ours/s, theirs/s, median ratio).
 fn compare(ours: &mut Cycle, theirs: &mut Cycle, blocks: usize) -> (f64, f64, f64) {
-    let mut ratios = Vec::with_capacity(blocks);
-    let (mut total_ours, mut total_theirs) = (0.0, 0.0);
-    for b in 0..blocks {
-        let time = |f: &mut Cycle| {
-            let start = Instant::now();
-            for i in 0..BLOCK {
-                f(b * BLOCK + i);
-            }
-            start.elapsed().as_secs_f64()
-        };
-        let (o, t) = if b % 2 == 0 {
-            let o = time(ours);
-            (o, time(theirs))
-        } else {
-            let t = time(theirs);
-            (time(ours), t)
-        };
-        total_ours += o;
-        total_theirs += t;
-        ratios.push(t / o);
-    }
-    let n = (blocks * BLOCK) as f64;
-    (n / total_ours, n / total_theirs, median(ratios))
+    common::compare_blocks(ours, theirs, blocks, BLOCK)
 }
 
 /// Two threads hand one lock back and forth `n` times through `acquire`/`release` closures;

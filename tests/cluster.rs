@@ -75,6 +75,15 @@ fn commands_pipelines_and_multi_key_commands_reach_every_master() -> TestResult 
     Ok(())
 }
 
+/// A master other than `than`.
+fn other_master(cluster: &redkit::testing::RedisCluster, than: usize) -> TestResult<usize> {
+    Ok(cluster
+        .masters()?
+        .into_iter()
+        .find(|&m| m != than)
+        .ok_or("another master")?)
+}
+
 /// Writer threads: each `INCR`s its own counter in `tag`'s slot and runs a pipeline of
 /// `INCR`s over keys in every slot, counting what was acknowledged.
 struct Load {
@@ -158,11 +167,7 @@ fn a_slot_moved_under_load_loses_and_fails_nothing() -> TestResult {
     let events = redis.events();
     let slot = cluster.key_slot("{hot}")?;
     let from = cluster.slot_owner(slot)?;
-    let to = cluster
-        .masters()?
-        .into_iter()
-        .find(|&m| m != from)
-        .ok_or("another master")?;
+    let to = other_master(&cluster, from)?;
 
     let load = Load::start(&redis, "hot", 6);
     load.wait_rounds(200, Duration::from_secs(20))?;
@@ -285,11 +290,7 @@ fn pipelines_follow_ask_and_moved_around_a_migration() -> TestResult {
     let redis = Redis::connect(cluster_builder(&cluster))?;
     let slot = cluster.key_slot("{mig}")?;
     let from = cluster.slot_owner(slot)?;
-    let to = cluster
-        .masters()?
-        .into_iter()
-        .find(|&m| m != from)
-        .ok_or("another master")?;
+    let to = other_master(&cluster, from)?;
     let keys: Vec<String> = (0..50).map(|i| format!("{{mig}}:{i}")).collect();
     let mut pipe = Pipeline::new();
     for (i, k) in keys.iter().enumerate() {

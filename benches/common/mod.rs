@@ -297,3 +297,40 @@ pub fn redis_benchmark(port: u16, clients: usize, requests: usize) -> Vec<(Strin
         })
         .collect()
 }
+
+/// A measured operation: called with the operation's index.
+pub type Op = Box<dyn FnMut(usize)>;
+
+/// Runs `ours` and `theirs` in alternating blocks of `block` calls (which side goes first
+/// alternates too); returns (ours per second, theirs per second, the median of the
+/// per-block ratios theirs-time / ours-time).
+pub fn compare_blocks(
+    ours: &mut Op,
+    theirs: &mut Op,
+    blocks: usize,
+    block: usize,
+) -> (f64, f64, f64) {
+    let mut ratios = Vec::with_capacity(blocks);
+    let (mut total_ours, mut total_theirs) = (0.0, 0.0);
+    for b in 0..blocks {
+        let time = |f: &mut Op| {
+            let start = Instant::now();
+            for i in 0..block {
+                f(b * block + i);
+            }
+            start.elapsed().as_secs_f64()
+        };
+        let (o, t) = if b % 2 == 0 {
+            let o = time(ours);
+            (o, time(theirs))
+        } else {
+            let t = time(theirs);
+            (time(ours), t)
+        };
+        total_ours += o;
+        total_theirs += t;
+        ratios.push(t / o);
+    }
+    let n = (blocks * block) as f64;
+    (n / total_ours, n / total_theirs, median(ratios))
+}
