@@ -109,115 +109,37 @@ pub(crate) fn first_key(args: &[&[u8]]) -> Option<usize> {
     if name_arg.len() > 16 {
         return (args.len() > 1).then_some(1);
     }
-    let name = upper(name_arg);
-    let n = |i: usize| -> Option<usize> { std::str::from_utf8(args.get(i)?).ok()?.parse().ok() };
-    const KEYLESS: &[&[u8]] = &[
-        b"PING",
-        b"ECHO",
-        b"INFO",
-        b"CLIENT",
-        b"CONFIG",
-        b"CLUSTER",
-        b"COMMAND",
-        b"DBSIZE",
-        b"FLUSHALL",
-        b"FLUSHDB",
-        b"TIME",
-        b"WAIT",
-        b"WAITAOF",
-        b"MULTI",
-        b"EXEC",
-        b"DISCARD",
-        b"UNWATCH",
-        b"ASKING",
-        b"READONLY",
-        b"READWRITE",
-        b"SCAN",
-        b"KEYS",
-        b"RANDOMKEY",
-        b"AUTH",
-        b"HELLO",
-        b"SELECT",
-        b"LASTSAVE",
-        b"SAVE",
-        b"BGSAVE",
-        b"BGREWRITEAOF",
-        b"DEBUG",
-        b"SLOWLOG",
-        b"LATENCY",
-        b"ACL",
-        b"FUNCTION",
-        b"SCRIPT",
-        b"PUBLISH",
-        b"PUBSUB",
-        b"ROLE",
-        b"MODULE",
-        b"SWAPDB",
-        b"QUIT",
-        b"RESET",
-        b"LOLWUT",
-        b"SHUTDOWN",
-        b"MONITOR",
-        b"SUBSCRIBE",
-        b"PSUBSCRIBE",
-        b"UNSUBSCRIBE",
-        b"PUNSUBSCRIBE",
-        b"REPLICAOF",
-        b"SLAVEOF",
-        b"FAILOVER",
-        b"SYNC",
-        b"PSYNC",
-    ];
-    if KEYLESS.iter().any(|k| is(&name, k)) {
-        return None;
-    }
+    let upper = upper(name_arg);
+    let name = &upper[..name_arg.len()];
     let key_at = |i: usize| (args.len() > i).then_some(i);
-    if [
-        &b"EVAL"[..],
-        b"EVALSHA",
-        b"EVAL_RO",
-        b"EVALSHA_RO",
-        b"FCALL",
-        b"FCALL_RO",
-    ]
-    .iter()
-    .any(|k| is(&name, k))
-    {
-        return match n(2) {
+    let n = |i: usize| -> Option<usize> { std::str::from_utf8(args.get(i)?).ok()?.parse().ok() };
+    match name {
+        b"PING" | b"ECHO" | b"INFO" | b"CLIENT" | b"CONFIG" | b"CLUSTER" | b"COMMAND"
+        | b"DBSIZE" | b"FLUSHALL" | b"FLUSHDB" | b"TIME" | b"WAIT" | b"WAITAOF" | b"MULTI"
+        | b"EXEC" | b"DISCARD" | b"UNWATCH" | b"ASKING" | b"READONLY" | b"READWRITE" | b"SCAN"
+        | b"KEYS" | b"RANDOMKEY" | b"AUTH" | b"HELLO" | b"SELECT" | b"LASTSAVE" | b"SAVE"
+        | b"BGSAVE" | b"BGREWRITEAOF" | b"DEBUG" | b"SLOWLOG" | b"LATENCY" | b"ACL"
+        | b"FUNCTION" | b"SCRIPT" | b"PUBLISH" | b"PUBSUB" | b"ROLE" | b"MODULE" | b"SWAPDB"
+        | b"QUIT" | b"RESET" | b"LOLWUT" | b"SHUTDOWN" | b"MONITOR" | b"SUBSCRIBE"
+        | b"PSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"REPLICAOF" | b"SLAVEOF"
+        | b"FAILOVER" | b"SYNC" | b"PSYNC" => None,
+        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => match n(2) {
             Some(k) if k > 0 => key_at(3),
             _ => None,
-        };
+        },
+        b"XREAD" | b"XREADGROUP" => {
+            let streams = args
+                .iter()
+                .position(|a| a.eq_ignore_ascii_case(b"STREAMS"))?;
+            key_at(streams + 1)
+        }
+        b"LMPOP" | b"ZMPOP" | b"SINTERCARD" | b"ZINTERCARD" | b"ZDIFF" | b"ZINTER" | b"ZUNION" => {
+            key_at(2)
+        }
+        b"BLMPOP" | b"BZMPOP" => key_at(3),
+        b"XGROUP" | b"XINFO" | b"OBJECT" | b"MEMORY" => key_at(2),
+        _ => key_at(1),
     }
-    if is(&name, b"XREAD") || is(&name, b"XREADGROUP") {
-        let streams = args
-            .iter()
-            .position(|a| a.eq_ignore_ascii_case(b"STREAMS"))?;
-        return key_at(streams + 1);
-    }
-    if [
-        &b"LMPOP"[..],
-        b"ZMPOP",
-        b"SINTERCARD",
-        b"ZINTERCARD",
-        b"ZDIFF",
-        b"ZINTER",
-        b"ZUNION",
-    ]
-    .iter()
-    .any(|k| is(&name, k))
-    {
-        return key_at(2);
-    }
-    if is(&name, b"BLMPOP") || is(&name, b"BZMPOP") {
-        return key_at(3);
-    }
-    if [&b"XGROUP"[..], b"XINFO", b"OBJECT", b"MEMORY"]
-        .iter()
-        .any(|k| is(&name, k))
-    {
-        return key_at(2);
-    }
-    key_at(1)
 }
 
 /// Where a command goes.
