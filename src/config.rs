@@ -1530,6 +1530,128 @@ mod tests {
     }
 
     #[test]
+    fn sentinel_urls_name_the_sentinels_and_the_master() {
+        let c: Config = "redis+sentinel://app:pw@10.0.0.1:5000,[::1]:5001,h3/mymaster/2?client_name=x&sentinel_password=s%40pw&sentinel_username=watcher&sentinel_role=replica"
+            .parse()
+            .unwrap();
+        let s = c.sentinel().unwrap();
+        assert_eq!(
+            s.addrs(),
+            &[
+                ("10.0.0.1".to_owned(), 5000),
+                ("::1".to_owned(), 5001),
+                ("h3".to_owned(), 26379)
+            ]
+        );
+        assert_eq!(s.master_name(), "mymaster");
+        assert_eq!(s.role(), SentinelRole::Replica);
+        assert_eq!(s.username(), Some("watcher"));
+        assert_eq!(s.password.as_ref().map(Secret::expose), Some("s@pw"));
+        assert_eq!(c.username(), Some("app"));
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("pw"));
+        assert_eq!(c.db(), 2);
+        assert_eq!(c.client_name(), Some("x"));
+        assert!(c.tls().is_none());
+        assert!(!s.uses_tls(false));
+        let shown = format!("{c} {c:?} {:?}", c.to_builder());
+        assert!(!shown.contains("pw"), "{shown}");
+        assert!(
+            shown.contains(
+                "sentinel[10.0.0.1:5000,[::1]:5001,h3:26379]/mymaster/2?sentinel_role=replica"
+            ),
+            "{shown}"
+        );
+
+        // No database, no parameters; TLS from the scheme, for the sentinels too.
+        let c: Config = "rediss+sentinel://h1:1,h2:2/orders".parse().unwrap();
+        let s = c.sentinel().unwrap();
+        assert_eq!(s.master_name(), "orders");
+        assert_eq!(s.role(), SentinelRole::Master);
+        assert_eq!(c.db(), 0);
+        assert!(c.tls().is_some_and(|t| !t.is_insecure()));
+        assert!(s.uses_tls(c.tls().is_some()));
+        let c: Config = "rediss+sentinel://h1/orders/?sentinel_tls=false#insecure"
+            .parse()
+            .unwrap();
+        assert!(c.tls().is_some_and(|t| t.is_insecure()));
+        assert!(!c.sentinel().unwrap().uses_tls(true));
+        let c: Config = "redis+sentinel://h1/orders?sentinel_tls=yes"
+            .parse()
+            .unwrap();
+        assert!(c.tls().is_none());
+        assert!(c.sentinel().unwrap().uses_tls(false));
+    }
+
+    #[test]
+    fn bad_sentinel_urls_say_why_without_leaking() {
+        for (bad, setting) in [
+            ("redis+sentinel://u:hunter2@h1:1,h2:x/m", "url"),
+            ("redis+sentinel://u:hunter2@h1:1,,h2/m", "url"),
+            ("redis+sentinel://u:hunter2@h1:0/m", "url"),
+            ("redis+sentinel://u:hunter2@h1:1", "url"),
+            ("redis+sentinel://u:hunter2@h1:1/", "url"),
+            ("redis+sentinel://u:hunter2@h1:1/m/1/2", "url"),
+            ("redis+sentinel://u:hunter2@h1:1/m/x", "url"),
+            ("redis+sentinel://u:hunter2@h1:1/m?sentinel_bogus=1", "url"),
+            ("redis+sentinel://u:hunter2@h1:1/m?bogus=1", "url"),
+            (
+                "redis+sentinel://h1:1/m?sentinel_role=boss",
+                "sentinel.role",
+            ),
+            ("redis+sentinel://h1:1/m?sentinel_tls=maybe", "sentinel.tls"),
+            (
+                "redis+sentinel://h1:1/m?sentinel_username=u",
+                "sentinel.password",
+            ),
+            ("redis+sentinel://h1:1/has%20space", "sentinel.master_name"),
+        ] {
+            let e = bad.parse::<Config>().unwrap_err();
+            match &e {
+                Error::Config { setting: s, .. } => assert_eq!(*s, setting, "{bad}: {e}"),
+                other => panic!("{bad}: expected a config error, got {other:?}"),
+            }
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("hunter2"), "{bad} leaked: {shown}");
+        }
+        // A sentinel password in the query never shows either.
+        let e = "redis+sentinel://h1:1/m?sentinel_password=hunter2&connect_timeout=soon"
+            .parse::<Config>()
+            .unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn sentinel_builder_settings_keep_each_other() {
+        let c = Config::builder()
+            .sentinel_tls(false)
+            .sentinel_auth(Some("w".into()), "hunter2")
+            .sentinel_role(SentinelRole::Replica)
+            .sentinel("m", [("h", 26379)])
+            .tls()
+            .build()
+            .unwrap();
+        let s = c.sentinel().unwrap();
+        assert_eq!(
+            (s.role(), s.username(), s.has_password()),
+            (SentinelRole::Replica, Some("w"), true)
+        );
+        assert!(!s.uses_tls(c.tls().is_some()));
+        let shown = format!("{c} {c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let defaults = Config::builder().sentinel("m", [("h", 1)]).build().unwrap();
+        let s = defaults.sentinel().unwrap();
+        assert_eq!(s.role(), SentinelRole::Master);
+        assert!(s.uses_tls(true) && !s.uses_tls(false));
+        // Sentinel settings without sentinels.
+        let e = Config::builder().sentinel_tls(true).build().unwrap_err();
+        assert!(e.to_string().contains("sentinel.addrs"), "{e}");
+        assert_eq!(
+            "slave".parse::<SentinelRole>().unwrap(),
+            SentinelRole::Replica
+        );
+    }
+
+    #[test]
     fn heartbeat_settings_from_url_and_builder() {
         let c: Config = "redis://h/?heartbeat_interval=250ms&heartbeat_timeout=2s"
             .parse()

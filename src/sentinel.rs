@@ -571,3 +571,89 @@ fn follow(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> Addr {
+        Addr::Tcp {
+            host: "10.0.0.1".into(),
+            port,
+        }
+    }
+
+    fn replica(port: u16, healthy: bool) -> Replica {
+        Replica {
+            addr: addr(port),
+            healthy,
+        }
+    }
+
+    fn entry(port: u16, flags: &str, link: &str) -> HashMap<String, String> {
+        [
+            ("ip", "10.0.0.1".to_owned()),
+            ("port", port.to_string()),
+            ("flags", flags.to_owned()),
+            ("master-link-status", link.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    #[test]
+    fn replicas_flagged_down_or_with_a_broken_link_are_unhealthy() {
+        let healthy = |flags, link| Replica::from_entry(&entry(1, flags, link)).map(|r| r.healthy);
+        assert_eq!(healthy("slave", "ok"), Some(true));
+        assert_eq!(healthy("s_down,slave", "ok"), Some(false));
+        assert_eq!(healthy("s_down,o_down,slave", "ok"), Some(false));
+        assert_eq!(healthy("slave,disconnected", "ok"), Some(false));
+        assert_eq!(healthy("slave,promoted", "ok"), Some(false));
+        assert_eq!(healthy("slave", "err"), Some(false));
+        let mut no_port = entry(1, "slave", "ok");
+        no_port.remove("port");
+        assert_eq!(Replica::from_entry(&no_port), None);
+    }
+
+    #[test]
+    fn a_replica_handle_keeps_its_replica_while_it_is_healthy() {
+        let all = [replica(1, true), replica(2, true), replica(3, false)];
+        assert_eq!(choose_replica(&all, Some(&addr(2)), None, 0), Choice::Keep);
+        // Round robin over the healthy ones, never the unhealthy one.
+        assert_eq!(choose_replica(&all, None, None, 0), Choice::Switch(addr(1)));
+        assert_eq!(choose_replica(&all, None, None, 1), Choice::Switch(addr(2)));
+        assert_eq!(choose_replica(&all, None, None, 2), Choice::Switch(addr(1)));
+        // The current one turned unhealthy, or failed: another.
+        assert_eq!(
+            choose_replica(&all, Some(&addr(3)), None, 1),
+            Choice::Switch(addr(2))
+        );
+        assert_eq!(
+            choose_replica(&all, Some(&addr(2)), Some(&addr(2)), 1),
+            Choice::Switch(addr(1))
+        );
+        // It failed, but it is the only healthy one: try it again.
+        let one = [replica(1, true), replica(2, false)];
+        assert_eq!(
+            choose_replica(&one, Some(&addr(1)), Some(&addr(1)), 0),
+            Choice::Keep
+        );
+        // No healthy replica: keep a current one that is still listed, forget a promoted one.
+        let none = [replica(1, false)];
+        assert_eq!(
+            choose_replica(&none, Some(&addr(1)), None, 0),
+            Choice::NoneHealthy
+        );
+        assert_eq!(choose_replica(&none, None, None, 0), Choice::NoneHealthy);
+        assert_eq!(
+            choose_replica(&none, Some(&addr(9)), None, 0),
+            Choice::Forget
+        );
+        // Promoted while another replica is healthy: move there.
+        assert_eq!(
+            choose_replica(&all[..1], Some(&addr(9)), None, 5),
+            Choice::Switch(addr(1))
+        );
+    }
+}
