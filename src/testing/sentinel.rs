@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::server::wait_until;
-use super::{RedisServer, TestingError};
+use super::server::{quote, wait_until};
+use super::{RedisServer, TestingError, TlsMaterial};
 
 /// How long [`SentinelBuilder::start`] waits for the sentinels to agree.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,6 +24,8 @@ pub struct SentinelBuilder {
     failover_timeout: Duration,
     password: Option<String>,
     sentinel_password: Option<String>,
+    tls: Option<TlsMaterial>,
+    tls_auth_clients: bool,
 }
 
 impl Default for SentinelBuilder {
@@ -36,6 +38,8 @@ impl Default for SentinelBuilder {
             failover_timeout: Duration::from_millis(5000),
             password: None,
             sentinel_password: None,
+            tls: None,
+            tls_auth_clients: true,
         }
     }
 }
@@ -87,6 +91,25 @@ impl SentinelBuilder {
         self
     }
 
+    /// Runs every process TLS-only with `material` (`port 0`, `tls-port`, the server
+    /// certificate and CA): the data nodes replicate over TLS (`tls-replication yes`), and the
+    /// sentinels serve TLS and reach the data nodes and each other over TLS. When the nodes
+    /// connect to each other they present the client certificate of `material`. Clients need
+    /// its CA ([`TlsMaterial::ca_cert_pem`]) and, unless
+    /// [`tls_auth_clients`](Self::tls_auth_clients) is off, its client certificate. Defaults to
+    /// plain TCP.
+    pub fn tls(mut self, material: TlsMaterial) -> Self {
+        self.tls = Some(material);
+        self
+    }
+
+    /// With [`tls`](Self::tls): whether every process requires client certificates
+    /// (`tls-auth-clients`). Defaults to `yes`, Redis' own default.
+    pub fn tls_auth_clients(mut self, required: bool) -> Self {
+        self.tls_auth_clients = required;
+        self
+    }
+
     /// Starts the master, waits for every replica to finish its initial sync, starts the
     /// sentinels, and waits until every sentinel names the same master, sees every replica
     /// and knows every other sentinel.
@@ -125,13 +148,27 @@ impl SentinelBuilder {
             replicas: self.replicas,
             password: self.password,
             sentinel_password: self.sentinel_password,
+            tls: self.tls,
         };
         setup.wait_ready(READY_TIMEOUT)?;
         Ok(setup)
     }
 
+    /// TLS settings for a data node or sentinel (nothing without TLS).
+    fn with_tls(&self, b: super::ServerBuilder) -> super::ServerBuilder {
+        let Some(tls) = &self.tls else {
+            return b;
+        };
+        let path = |p: std::path::PathBuf| quote(&p.to_string_lossy());
+        b.tls(tls.clone())
+            .tls_auth_clients(self.tls_auth_clients)
+            .config("tls-replication", "yes")
+            .config("tls-client-cert-file", path(tls.client_cert_path()))
+            .config("tls-client-key-file", path(tls.client_key_path()))
+    }
+
     fn data_node(&self, replica_of: Option<u16>) -> super::ServerBuilder {
-        let mut b = RedisServer::builder().config("repl-diskless-sync-delay", "0");
+        let mut b = self.with_tls(RedisServer::builder().config("repl-diskless-sync-delay", "0"));
         if let Some(port) = replica_of {
             b = b.config("replicaof", format!("127.0.0.1 {port}"));
         }
@@ -145,8 +182,8 @@ impl SentinelBuilder {
 
     fn sentinel_node(&self, master_port: u16, quorum: usize) -> super::ServerBuilder {
         let name = &self.master_name;
-        let mut b = RedisServer::builder()
-            .sentinel()
+        let mut b = self
+            .with_tls(RedisServer::builder().sentinel())
             .config(
                 "sentinel",
                 format!("monitor {name} 127.0.0.1 {master_port} {quorum}"),
@@ -220,6 +257,7 @@ pub struct SentinelSetup {
     replicas: usize,
     password: Option<String>,
     sentinel_password: Option<String>,
+    tls: Option<TlsMaterial>,
 }
 
 impl SentinelSetup {
@@ -255,6 +293,12 @@ impl SentinelSetup {
     /// The sentinels' password, if any.
     pub fn sentinel_password(&self) -> Option<&str> {
         self.sentinel_password.as_deref()
+    }
+
+    /// The TLS material every process serves with, when started with
+    /// [`SentinelBuilder::tls`].
+    pub fn tls_material(&self) -> Option<&TlsMaterial> {
+        self.tls.as_ref()
     }
 
     /// How many data nodes there are (the master and its replicas).
