@@ -292,11 +292,16 @@ pub enum SentinelRole {
     #[default]
     Master,
     /// One replica of the master (`SENTINEL REPLICAS`), for reads. Replicas that the sentinels
-    /// flag down or disconnected, or whose link to the master is not `ok`, are skipped; the
-    /// handle stays on the replica it picked while it works, and moves when it is lost or
-    /// promoted. Every new connection checks that `ROLE` says `slave`. Writes fail with
-    /// [`ErrorClass::ReadOnly`](crate::ErrorClass::ReadOnly) (not retried). Replication is
-    /// asynchronous: a replica may not have the latest writes yet.
+    /// flag down or disconnected are skipped, and those whose link to the master is `ok` are
+    /// preferred (the sentinels refresh that status only every 10 s, so when none is `ok`
+    /// the others are tried); every new connection checks that `ROLE` says `slave` with its
+    /// link `connected`. The handle picks one replica (round robin from a random start),
+    /// stays on it while it works, and moves when it is lost or promoted; with no replica
+    /// available, commands fail (they never fall back to the master). Writes fail with
+    /// [`ErrorClass::ReadOnly`](crate::ErrorClass::ReadOnly), at once (not retried).
+    /// Replication is asynchronous: a replica may not have the latest writes yet, and right
+    /// after a failover a connection may briefly reach the promoted node before the
+    /// `+switch-master` message retires it.
     Replica,
 }
 

@@ -64,8 +64,10 @@ impl std::fmt::Debug for SentinelState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Replica {
     addr: Addr,
-    /// Not flagged down, disconnected or being promoted, and its link to the master is `ok`.
-    healthy: bool,
+    /// Not flagged down, disconnected or being promoted.
+    up: bool,
+    /// Its link to the master is `ok` (as of the sentinel's last `INFO`, up to 10 s old).
+    link_ok: bool,
 }
 
 impl Replica {
@@ -77,11 +79,15 @@ impl Replica {
         let flagged = flags
             .split(',')
             .any(|f| matches!(f, "s_down" | "o_down" | "disconnected" | "promoted"));
-        let link_ok = entry.get("master-link-status").map(String::as_str) == Some("ok");
         Some(Replica {
             addr: Addr::Tcp { host, port },
-            healthy: !flagged && link_ok,
+            up: !flagged,
+            link_ok: entry.get("master-link-status").map(String::as_str) == Some("ok"),
         })
+    }
+
+    fn healthy(&self) -> bool {
+        self.up && self.link_ok
     }
 }
 
@@ -92,42 +98,48 @@ enum Choice {
     Keep,
     /// Move to this replica.
     Switch(Addr),
-    /// The current node is no replica any more (promoted, or removed) and no other is
-    /// healthy: stop using it.
+    /// The current node is no replica any more (promoted, or removed) and no other is up:
+    /// stop using it.
     Forget,
-    /// No healthy replica; the current one (if any) is still listed as a replica: keep it.
-    NoneHealthy,
+    /// No replica is up; the current one (if any) is still listed as a replica: keep it.
+    NoneUp,
 }
 
-/// Which replica to use: the current one while it is healthy and was not just `failed`,
-/// else the `turn`-th other healthy one.
+/// Which replica to use. Candidates, best first: the healthy ones (up, link `ok`) other than
+/// the one that just `failed`; then the ones merely up (the sentinels refresh a replica's
+/// link status only every 10 s; each new connection checks the link itself, see
+/// [`SentinelState::check_role`]) other than `failed`; then `failed` itself when it is up.
+/// The current replica is kept while it is among the best candidates; otherwise the
+/// `turn`-th of them is chosen (round robin).
 fn choose_replica(
     replicas: &[Replica],
     current: Option<&Addr>,
     failed: Option<&Addr>,
     turn: usize,
 ) -> Choice {
-    let healthy: Vec<&Addr> = replicas
-        .iter()
-        .filter(|r| r.healthy)
-        .map(|r| &r.addr)
-        .collect();
-    let others: Vec<&Addr> = healthy
-        .iter()
-        .copied()
-        .filter(|a| Some(*a) != failed)
-        .collect();
-    // When the failed node is the only healthy one, trying it again is all there is.
-    let candidates = if others.is_empty() { healthy } else { others };
-    if current.is_some_and(|c| candidates.contains(&c)) {
-        return Choice::Keep;
-    }
-    if !candidates.is_empty() {
+    let tier = |ok: &dyn Fn(&Replica) -> bool, skip_failed: bool| -> Vec<&Addr> {
+        replicas
+            .iter()
+            .filter(|r| ok(r) && !(skip_failed && Some(&r.addr) == failed))
+            .map(|r| &r.addr)
+            .collect()
+    };
+    let candidates = [
+        tier(&Replica::healthy, true),
+        tier(&|r| r.up, true),
+        tier(&|r| r.up, false),
+    ]
+    .into_iter()
+    .find(|c| !c.is_empty());
+    if let Some(candidates) = candidates {
+        if current.is_some_and(|c| candidates.contains(&c)) {
+            return Choice::Keep;
+        }
         return Choice::Switch(candidates[turn % candidates.len()].clone());
     }
     match current {
         Some(c) if !replicas.iter().any(|r| r.addr == *c) => Choice::Forget,
-        _ => Choice::NoneHealthy,
+        _ => Choice::NoneUp,
     }
 }
 
@@ -164,21 +176,29 @@ impl SentinelState {
     }
 
     /// Checks that a new connection reaches a node of the configured role (`ROLE`): the
-    /// sentinels may name a master that was just demoted, or a replica just promoted.
+    /// sentinels may name a master that was just demoted, or a replica just promoted. A
+    /// replica must also have its link to the master up (`connected`): one that is still
+    /// syncing, or that lost its master, would serve old (or, freshly restarted, no) data.
     pub(crate) fn check_role(&self, con: &mut dyn ConnectionLike) -> Result<()> {
         let role: Vec<Value> = redis::cmd("ROLE")
             .query(con)
             .map_err(|e| Error::from_redis(e, Delivery::NotSent))?;
-        let (want, what): (&[u8], _) = match self.config.role {
-            SentinelRole::Replica => (b"slave", "a replica"),
-            _ => (b"master", "a master"),
+        let is = |v: Option<&Value>, want: &[u8]| matches!(v, Some(Value::BulkString(r)) if r.as_slice() == want);
+        let problem = match self.config.role {
+            SentinelRole::Replica if !is(role.first(), b"slave") => Some("is not a replica"),
+            SentinelRole::Replica if !is(role.get(3), b"connected") => {
+                Some("is a replica whose link to the master is not up")
+            }
+            SentinelRole::Replica => None,
+            _ if !is(role.first(), b"master") => Some("is not a master (yet)"),
+            _ => None,
         };
-        match role.first() {
-            Some(Value::BulkString(r)) if r.as_slice() == want => Ok(()),
-            _ => Err(Error::from_redis(
+        match problem {
+            None => Ok(()),
+            Some(problem) => Err(Error::from_redis(
                 redis::RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::ConnectionRefused,
-                    format!("the address the sentinels gave is not {what} (yet)"),
+                    format!("the address the sentinels gave {problem}"),
                 )),
                 Delivery::NotSent,
             )),
@@ -223,7 +243,7 @@ impl SentinelState {
                 self.forget(shared, "the sentinels no longer list it as a replica");
                 Err(self.not_found())
             }
-            Choice::NoneHealthy => current.ok_or_else(|| self.not_found()),
+            Choice::NoneUp => current.ok_or_else(|| self.not_found()),
         }
     }
 
@@ -354,7 +374,7 @@ impl SentinelState {
         let mut first_answer = None;
         for (host, port) in &self.config.addrs {
             match self.ask_replicas(config, host, *port) {
-                Ok(replicas) if replicas.iter().any(|r| r.healthy) => return Ok(replicas),
+                Ok(replicas) if replicas.iter().any(Replica::healthy) => return Ok(replicas),
                 Ok(replicas) => {
                     debug!(
                         "sentinel {host}:{port} knows no healthy replica of `{}`",
@@ -583,10 +603,12 @@ mod tests {
         }
     }
 
-    fn replica(port: u16, healthy: bool) -> Replica {
+    /// A replica up with its link `ok` (`healthy`), up with its link down, or down.
+    fn replica(port: u16, state: &str) -> Replica {
         Replica {
             addr: addr(port),
-            healthy,
+            up: state != "down",
+            link_ok: state == "healthy",
         }
     }
 
@@ -604,13 +626,14 @@ mod tests {
 
     #[test]
     fn replicas_flagged_down_or_with_a_broken_link_are_unhealthy() {
-        let healthy = |flags, link| Replica::from_entry(&entry(1, flags, link)).map(|r| r.healthy);
-        assert_eq!(healthy("slave", "ok"), Some(true));
-        assert_eq!(healthy("s_down,slave", "ok"), Some(false));
-        assert_eq!(healthy("s_down,o_down,slave", "ok"), Some(false));
-        assert_eq!(healthy("slave,disconnected", "ok"), Some(false));
-        assert_eq!(healthy("slave,promoted", "ok"), Some(false));
-        assert_eq!(healthy("slave", "err"), Some(false));
+        let seen =
+            |flags, link| Replica::from_entry(&entry(1, flags, link)).map(|r| (r.up, r.healthy()));
+        assert_eq!(seen("slave", "ok"), Some((true, true)));
+        assert_eq!(seen("s_down,slave", "ok"), Some((false, false)));
+        assert_eq!(seen("s_down,o_down,slave", "ok"), Some((false, false)));
+        assert_eq!(seen("slave,disconnected", "ok"), Some((false, false)));
+        assert_eq!(seen("slave,promoted", "ok"), Some((false, false)));
+        assert_eq!(seen("slave", "err"), Some((true, false)));
         let mut no_port = entry(1, "slave", "ok");
         no_port.remove("port");
         assert_eq!(Replica::from_entry(&no_port), None);
@@ -618,41 +641,63 @@ mod tests {
 
     #[test]
     fn a_replica_handle_keeps_its_replica_while_it_is_healthy() {
-        let all = [replica(1, true), replica(2, true), replica(3, false)];
+        let all = [
+            replica(1, "healthy"),
+            replica(2, "healthy"),
+            replica(3, "down"),
+            replica(4, "link down"),
+        ];
         assert_eq!(choose_replica(&all, Some(&addr(2)), None, 0), Choice::Keep);
-        // Round robin over the healthy ones, never the unhealthy one.
+        // Round robin over the healthy ones.
         assert_eq!(choose_replica(&all, None, None, 0), Choice::Switch(addr(1)));
         assert_eq!(choose_replica(&all, None, None, 1), Choice::Switch(addr(2)));
         assert_eq!(choose_replica(&all, None, None, 2), Choice::Switch(addr(1)));
-        // The current one turned unhealthy, or failed: another.
-        assert_eq!(
-            choose_replica(&all, Some(&addr(3)), None, 1),
-            Choice::Switch(addr(2))
-        );
+        // The current one went down, its link broke, or it failed: a healthy one.
+        for current in [3, 4] {
+            assert_eq!(
+                choose_replica(&all, Some(&addr(current)), None, 1),
+                Choice::Switch(addr(2))
+            );
+        }
         assert_eq!(
             choose_replica(&all, Some(&addr(2)), Some(&addr(2)), 1),
             Choice::Switch(addr(1))
         );
-        // It failed, but it is the only healthy one: try it again.
-        let one = [replica(1, true), replica(2, false)];
+    }
+
+    #[test]
+    fn without_a_healthy_replica_one_merely_up_is_tried() {
+        // The sentinels' link status lags by up to 10 s: a replica that is up is tried (its
+        // connection checks the link itself), one that failed only when nothing else is up.
+        let lagging = [replica(1, "link down"), replica(2, "down")];
+        assert_eq!(
+            choose_replica(&lagging, None, None, 7),
+            Choice::Switch(addr(1))
+        );
+        let one = [replica(1, "healthy"), replica(2, "link down")];
         assert_eq!(
             choose_replica(&one, Some(&addr(1)), Some(&addr(1)), 0),
+            Choice::Switch(addr(2))
+        );
+        let only = [replica(1, "healthy"), replica(2, "down")];
+        assert_eq!(
+            choose_replica(&only, Some(&addr(1)), Some(&addr(1)), 0),
             Choice::Keep
         );
-        // No healthy replica: keep a current one that is still listed, forget a promoted one.
-        let none = [replica(1, false)];
+        // Nothing up: keep a current one that is still listed, forget a promoted one.
+        let none = [replica(1, "down")];
         assert_eq!(
             choose_replica(&none, Some(&addr(1)), None, 0),
-            Choice::NoneHealthy
+            Choice::NoneUp
         );
-        assert_eq!(choose_replica(&none, None, None, 0), Choice::NoneHealthy);
+        assert_eq!(choose_replica(&none, None, None, 0), Choice::NoneUp);
         assert_eq!(
             choose_replica(&none, Some(&addr(9)), None, 0),
             Choice::Forget
         );
         // Promoted while another replica is healthy: move there.
         assert_eq!(
-            choose_replica(&all[..1], Some(&addr(9)), None, 5),
+            choose_replica(&one[..1], Some(&addr(9)), None, 5),
             Choice::Switch(addr(1))
         );
     }
