@@ -139,7 +139,9 @@ impl SentinelBuilder {
         let quorum = self.sentinels / 2 + 1;
         let mut sentinels = Vec::with_capacity(self.sentinels);
         for _ in 0..self.sentinels {
-            sentinels.push(self.sentinel_node(master_port, quorum).start()?);
+            let sentinel = self.sentinel_node(master_port, quorum).start()?;
+            shorten_periods(&sentinel);
+            sentinels.push(sentinel);
         }
         let setup = SentinelSetup {
             sentinels,
@@ -226,6 +228,12 @@ impl SentinelBuilder {
 /// the master changes with failovers, so ask [`master_index`](Self::master_index). Dropping
 /// the setup kills every process (sentinels first) and removes their directories, also when
 /// a test panics.
+///
+/// The sentinels run with shorter internal periods than Redis' defaults (set with
+/// `SENTINEL DEBUG` on Redis 7.0 and later: `INFO` every second instead of every 10 s,
+/// hellos every 500 ms instead of 2 s, TILT lasting 5 s instead of 30 s), so that an old
+/// master that comes back is turned into a replica in about 2 s rather than about 10 s. A
+/// sentinel restarted through [`sentinel_mut`](Self::sentinel_mut) runs with the defaults.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -518,6 +526,42 @@ impl SentinelSetup {
 
     fn index_of_port(&self, port: u16) -> Option<usize> {
         self.nodes.iter().position(|n| n.port() == port)
+    }
+}
+
+/// The sentinels' internal periods for tests (`SENTINEL DEBUG`, Redis 7.0 and later; older
+/// sentinels keep their defaults).
+///
+/// A sentinel turns a node that should be a replica but says it is a master (the old master
+/// after `SENTINEL FAILOVER`, a killed master restarted) into a replica only when one of its
+/// `INFO` polls, sent every `info-period` (10 s by default), finds the node reporting
+/// `master` for more than 4 `publish-period`s (4 × 2 s) and not flagged down in that time. So
+/// with the defaults that takes about 10 s, and a single missed chance (a one-second hiccup
+/// that flags the node down with `down-after-milliseconds 1000`, say) costs 10 s more: about
+/// 20 s, past the deadlines tests wait with. With `INFO` every second and hellos every
+/// 500 ms it takes about 2 s, and a missed chance costs a second. A TILT (the sentinel's
+/// timer late by more than 2 s, as on an overloaded machine) stops all sentinel actions for
+/// `tilt-period`: 5 s here instead of 30 s.
+const SENTINEL_PERIODS: [(&str, &str); 3] = [
+    ("info-period", "1000"),
+    ("publish-period", "500"),
+    ("tilt-period", "5000"),
+];
+
+fn shorten_periods(sentinel: &RedisServer) {
+    let result = quick_con(sentinel).and_then(|mut con| {
+        let mut cmd = redis::cmd("SENTINEL");
+        cmd.arg("DEBUG");
+        for (param, value) in SENTINEL_PERIODS {
+            cmd.arg(param).arg(value);
+        }
+        cmd.exec(&mut con).map_err(TestingError::from)
+    });
+    if let Err(e) = result {
+        log::debug!(
+            "sentinel on port {} keeps its default periods (SENTINEL DEBUG: {e})",
+            sentinel.port()
+        );
     }
 }
 
