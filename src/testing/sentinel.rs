@@ -64,7 +64,8 @@ impl SentinelBuilder {
     }
 
     /// `sentinel down-after-milliseconds`: how long the master may be silent before a
-    /// sentinel considers it down. Defaults to 1 s (Redis' own default is 30 s).
+    /// sentinel considers it down. Defaults to 1 s (Redis' own default is 30 s). The
+    /// sentinels `PING` every half of it (see [`SentinelSetup`]).
     pub fn down_after(mut self, d: Duration) -> Self {
         self.down_after = d;
         self
@@ -140,7 +141,7 @@ impl SentinelBuilder {
         let mut sentinels = Vec::with_capacity(self.sentinels);
         for _ in 0..self.sentinels {
             let sentinel = self.sentinel_node(master_port, quorum).start()?;
-            shorten_periods(&sentinel);
+            shorten_periods(&sentinel, self.down_after);
             sentinels.push(sentinel);
         }
         let setup = SentinelSetup {
@@ -151,6 +152,7 @@ impl SentinelBuilder {
             password: self.password,
             sentinel_password: self.sentinel_password,
             tls: self.tls,
+            down_after: self.down_after,
         };
         setup.wait_ready(READY_TIMEOUT)?;
         Ok(setup)
@@ -230,10 +232,13 @@ impl SentinelBuilder {
 /// a test panics.
 ///
 /// The sentinels run with shorter internal periods than Redis' defaults (set with
-/// `SENTINEL DEBUG` on Redis 7.0 and later: `INFO` every second instead of every 10 s,
-/// hellos every 500 ms instead of 2 s, TILT lasting 5 s instead of 30 s), so that an old
-/// master that comes back is turned into a replica in about 2 s rather than about 10 s. A
-/// sentinel restarted through [`sentinel_mut`](Self::sentinel_mut) runs with the defaults.
+/// `SENTINEL DEBUG` on Redis 7.0 and later): a `PING` every half `down-after-milliseconds`
+/// (so that after a failover the link to the new master is back before it could be counted
+/// as down, which otherwise triggered a second, spurious failover now and then), `INFO` every
+/// second instead of every 10 s and hellos every 500 ms instead of 2 s (an old master that
+/// comes back is turned into a replica in about 2 s rather than about 10 s), and TILT lasting
+/// 5 s instead of 30 s. Restart a sentinel with
+/// [`restart_sentinel`](Self::restart_sentinel) to keep them.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -266,6 +271,7 @@ pub struct SentinelSetup {
     password: Option<String>,
     sentinel_password: Option<String>,
     tls: Option<TlsMaterial>,
+    down_after: Duration,
 }
 
 impl SentinelSetup {
@@ -334,9 +340,19 @@ impl SentinelSetup {
         &self.sentinels[i]
     }
 
-    /// Sentinel `i`, to stop, kill or restart it. Panics if `i` is out of range.
+    /// Sentinel `i`, to stop or kill it (restart it with
+    /// [`restart_sentinel`](Self::restart_sentinel)). Panics if `i` is out of range.
     pub fn sentinel_mut(&mut self, i: usize) -> &mut RedisServer {
         &mut self.sentinels[i]
+    }
+
+    /// Restarts sentinel `i` (killed or stopped) on its port, with its config file (which
+    /// the sentinel rewrites as it learns), and sets the launcher's shorter periods again.
+    /// Panics if `i` is out of range.
+    pub fn restart_sentinel(&mut self, i: usize) -> Result<(), TestingError> {
+        self.sentinels[i].restart()?;
+        shorten_periods(&self.sentinels[i], self.down_after);
+        Ok(())
     }
 
     /// The master's address according to the first sentinel that answers.
@@ -532,30 +548,39 @@ impl SentinelSetup {
 /// The sentinels' internal periods for tests (`SENTINEL DEBUG`, Redis 7.0 and later; older
 /// sentinels keep their defaults).
 ///
-/// A sentinel turns a node that should be a replica but says it is a master (the old master
-/// after `SENTINEL FAILOVER`, a killed master restarted) into a replica only when one of its
-/// `INFO` polls, sent every `info-period` (10 s by default), finds the node reporting
-/// `master` for more than 4 `publish-period`s (4 × 2 s) and not flagged down in that time. So
-/// with the defaults that takes about 10 s, and a single missed chance (a one-second hiccup
-/// that flags the node down with `down-after-milliseconds 1000`, say) costs 10 s more: about
-/// 20 s, past the deadlines tests wait with. With `INFO` every second and hellos every
-/// 500 ms it takes about 2 s, and a missed chance costs a second. A TILT (the sentinel's
-/// timer late by more than 2 s, as on an overloaded machine) stops all sentinel actions for
-/// `tilt-period`: 5 s here instead of 30 s.
-const SENTINEL_PERIODS: [(&str, &str); 3] = [
-    ("info-period", "1000"),
-    ("publish-period", "500"),
-    ("tilt-period", "5000"),
-];
-
-fn shorten_periods(sentinel: &RedisServer) {
+/// * `ping-period`: half of `down-after-milliseconds` (at most Redis' default, 1 s). A
+///   sentinel reconnects a closed link at most once per ping period, and when it switches to
+///   a new master after a failover it closes the master link and counts the new master as
+///   down unless a `PONG` comes back within `down-after-milliseconds`. After a *killed* master
+///   the link had been retrying the dead node every second, so with a 1 s ping period and
+///   `down-after-milliseconds 1000` the reconnection to the new master often came just too
+///   late: every sentinel flagged the new master down, agreed (`+odown`) and started another
+///   failover, promoting the killed master's empty restarted process if it was back by then
+///   (the ignored launcher test caught this: 4 runs in 15 under load).
+/// * `info-period` 1 s instead of 10 s and `publish-period` 500 ms instead of 2 s: a sentinel
+///   turns a node that should be a replica but says it is a master (the old master after
+///   `SENTINEL FAILOVER`, a killed master restarted) into a replica only when one of its
+///   `INFO` polls finds it reporting `master` for more than 4 publish periods and not flagged
+///   down in that time: about 10 s with the defaults (a missed chance costing 10 s more),
+///   about 2 s here.
+/// * `tilt-period` 5 s instead of 30 s: a TILT (the sentinel's timer late by more than 2 s,
+///   as on an overloaded machine) stops every sentinel action for that long.
+fn shorten_periods(sentinel: &RedisServer, down_after: Duration) {
+    let ping = (down_after / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let ping = ping.as_millis().to_string();
     let result = quick_con(sentinel).and_then(|mut con| {
-        let mut cmd = redis::cmd("SENTINEL");
-        cmd.arg("DEBUG");
-        for (param, value) in SENTINEL_PERIODS {
-            cmd.arg(param).arg(value);
-        }
-        cmd.exec(&mut con).map_err(TestingError::from)
+        redis::cmd("SENTINEL")
+            .arg("DEBUG")
+            .arg("ping-period")
+            .arg(&ping)
+            .arg("info-period")
+            .arg("1000")
+            .arg("publish-period")
+            .arg("500")
+            .arg("tilt-period")
+            .arg("5000")
+            .exec(&mut con)
+            .map_err(TestingError::from)
     });
     if let Err(e) = result {
         log::debug!(
