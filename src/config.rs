@@ -1366,6 +1366,9 @@ fn parse_sentinel_url(scheme: &str, rest: &str) -> Result<ConfigBuilder> {
         "{scheme}://{userinfo}{first}/{db}{query}{fragment}"
     ))?
     .sentinel(master_name, sentinels);
+    // The first sentinel only stood in for the plain URL's host: a Sentinel handle's fixed
+    // address is the builder's default, as with `ConfigBuilder::sentinel`.
+    b.config.addr = ConfigBuilder::default().config.addr;
     if let Some(password) = password {
         b = b.sentinel_auth(username, password);
     }
@@ -1558,6 +1561,7 @@ mod tests {
         assert_eq!(c.client_name(), Some("x"));
         assert!(c.tls().is_none());
         assert!(!s.uses_tls(false));
+        assert_eq!(c.addr(), Config::builder().build().unwrap().addr());
         let shown = format!("{c} {c:?} {:?}", c.to_builder());
         assert!(!shown.contains("pw"), "{shown}");
         assert!(

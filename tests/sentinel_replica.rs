@@ -6,7 +6,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use redkit::testing::{wait_until, SentinelSetup};
-use redkit::{Addr, Config, ErrorClass, Event, Redis, RetryPolicy, SentinelRole, Timeouts};
+use redkit::{
+    Addr, Config, ConfigBuilder, ErrorClass, Event, Redis, RetryPolicy, SentinelRole, Timeouts,
+};
 use support::TestResult;
 
 fn handle(setup: &SentinelSetup, role: SentinelRole) -> TestResult<Redis> {
@@ -73,7 +75,24 @@ fn replica_handle_reads_what_the_master_handle_wrote_and_refuses_writes() -> Tes
     support::init_logs();
     let setup = SentinelSetup::start()?;
     let writer = handle(&setup, SentinelRole::Master)?;
-    let reader = handle(&setup, SentinelRole::Replica)?;
+    // The read handle from a URL: every sentinel, the master's name, the role.
+    let hosts: Vec<String> = setup
+        .sentinel_addrs()
+        .iter()
+        .map(|(h, p)| format!("{h}:{p}"))
+        .collect();
+    let url = format!(
+        "redis+sentinel://{}/{}?sentinel_role=replica&connect_timeout=1s&response_timeout=1s&checkout_timeout=2s",
+        hosts.join(","),
+        setup.master_name()
+    );
+    let reader = Redis::connect(
+        ConfigBuilder::from_url(&url)?.retry(RetryPolicy::default().max_attempts(5)),
+    )?;
+    assert_eq!(
+        reader.config().sentinel().map(|s| s.role()),
+        Some(SentinelRole::Replica)
+    );
     let events = reader.events_with_capacity(256);
     assert_eq!(writer.sentinel_master(), Some(node_addr(&setup, 0)));
     assert_eq!(reader.sentinel_master(), Some(node_addr(&setup, 1)));
