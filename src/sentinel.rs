@@ -236,8 +236,15 @@ impl SentinelState {
         match choose_replica(&replicas, current.as_ref(), failed, turn) {
             Choice::Keep => current.ok_or_else(|| self.not_found()),
             Choice::Switch(addr) => {
-                self.switch_to(shared, config, addr.clone(), "asked the sentinels")?;
-                Ok(addr)
+                // Another thread (a pool connection, the heartbeat, the listener) may have
+                // chosen meanwhile: keep its choice rather than retire its connections.
+                match self.current_addr() {
+                    Some(now) if Some(&now) != current.as_ref() => Ok(now),
+                    _ => {
+                        self.switch_to(shared, config, addr.clone(), "asked the sentinels")?;
+                        Ok(addr)
+                    }
+                }
             }
             Choice::Forget => {
                 self.forget(shared, "the sentinels no longer list it as a replica");
