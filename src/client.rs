@@ -293,8 +293,9 @@ impl Redis {
         })
     }
 
-    /// With a Sentinel topology, the address of the master that new connections go to
-    /// (`None` before the first discovery, and without Sentinel).
+    /// With a Sentinel topology, the address of the master that new connections go to (of
+    /// the replica, with [`SentinelRole::Replica`](crate::SentinelRole::Replica)); `None`
+    /// before the first discovery, and without Sentinel.
     pub fn sentinel_master(&self) -> Option<crate::config::Addr> {
         self.inner
             .shared
@@ -593,7 +594,12 @@ impl Redis {
             match self.attempt(&mut op, deadline) {
                 Ok(v) => return Ok(v),
                 Err(e) => {
+                    // A replica handle's READONLY is final: the write went to a replica
+                    // on purpose.
+                    let final_read_only = e.class() == crate::ErrorClass::ReadOnly
+                        && self.inner.shared.read_only_expected();
                     if attempt < policy.max_attempts
+                        && !final_read_only
                         && RetryPolicy::is_retry_safe_with(&e, &idempotent)
                     {
                         let delay = delays

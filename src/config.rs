@@ -31,6 +31,26 @@
 //! `250ms`, `2s`, or plain milliseconds), `pool_max_size`, `pool_min_idle`, `key_prefix`,
 //! `heartbeat_interval` (a duration, or `off`), `heartbeat_timeout`, and for unix sockets `db`,
 //! `user`, `pass`. Any other parameter is an error.
+//!
+//! Redis Sentinel: `redis+sentinel://[user[:password]@]host1[:port1],host2[:port2]/master_name[/db][?params]`
+//! (`rediss+sentinel://` for TLS). Each host is a sentinel (port 26379 when left out); the
+//! user, password, database, TLS and other parameters are the data nodes', as above. The
+//! sentinels' own settings come as parameters: `sentinel_username` and `sentinel_password`
+//! (see [`ConfigBuilder::sentinel_auth`]), `sentinel_tls` (`true`/`false`, see
+//! [`ConfigBuilder::sentinel_tls`]) and `sentinel_role` (`master`/`replica`, see
+//! [`ConfigBuilder::sentinel_role`]).
+//!
+//! ```
+//! let config: redkit::Config =
+//!     "redis+sentinel://:s3cret@10.0.0.1,10.0.0.2:5000/mymaster/2?sentinel_role=replica".parse()?;
+//! let sentinel = config.sentinel().expect("sentinel settings");
+//! assert_eq!(sentinel.master_name(), "mymaster");
+//! assert_eq!(sentinel.addrs()[0], ("10.0.0.1".to_owned(), 26379));
+//! assert_eq!(sentinel.role(), redkit::SentinelRole::Replica);
+//! assert_eq!(config.db(), 2);
+//! assert!(!format!("{config:?} {config}").contains("s3cret"));
+//! # Ok::<(), redkit::Error>(())
+//! ```
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -262,15 +282,72 @@ impl TlsConfig {
     }
 }
 
+/// Which node of a Sentinel-monitored group a handle talks to. Set with
+/// [`ConfigBuilder::sentinel_role`].
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SentinelRole {
+    /// The master (`SENTINEL GET-MASTER-ADDR-BY-NAME`): reads and writes. Every new
+    /// connection checks that `ROLE` says `master`.
+    #[default]
+    Master,
+    /// One replica of the master (`SENTINEL REPLICAS`), for reads. Replicas that the sentinels
+    /// flag down or disconnected are skipped, and those whose link to the master is `ok` are
+    /// preferred (the sentinels refresh that status only every 10 s, so when none is `ok`
+    /// the others are tried); every new connection checks that `ROLE` says `slave` with its
+    /// link `connected`. The handle picks one replica (round robin from a random start),
+    /// stays on it while it works, and moves when it is lost or promoted; with no replica
+    /// available, commands fail (they never fall back to the master). Writes fail with
+    /// [`ErrorClass::ReadOnly`](crate::ErrorClass::ReadOnly), at once (not retried).
+    /// Replication is asynchronous: a replica may not have the latest writes yet, and right
+    /// after a failover a connection may briefly reach the promoted node before the
+    /// `+switch-master` message retires it.
+    Replica,
+}
+
+impl SentinelRole {
+    /// `master` or `replica` (as in the `sentinel_role` URL parameter).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SentinelRole::Master => "master",
+            SentinelRole::Replica => "replica",
+        }
+    }
+}
+
+impl fmt::Display for SentinelRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SentinelRole {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<SentinelRole> {
+        match s {
+            "master" => Ok(SentinelRole::Master),
+            "replica" | "slave" => Ok(SentinelRole::Replica),
+            _ => Err(Error::config(
+                "sentinel.role",
+                "must be `master` or `replica`",
+            )),
+        }
+    }
+}
+
 /// Where to find a master through Redis Sentinel: the sentinels' addresses, the master's
-/// name, and the credentials for the sentinels themselves (the data nodes use the config's
-/// own user, password, TLS and database). Set with [`ConfigBuilder::sentinel`].
+/// name, the credentials and TLS setting for the sentinels themselves (the data nodes use
+/// the config's own user, password, TLS and database), and whether the handle talks to the
+/// master or to a replica. Set with [`ConfigBuilder::sentinel`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct SentinelConfig {
     pub(crate) addrs: Vec<(String, u16)>,
     pub(crate) master_name: String,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<Secret>,
+    /// `None`: like the data nodes.
+    pub(crate) tls: Option<bool>,
+    pub(crate) role: SentinelRole,
 }
 
 impl fmt::Debug for SentinelConfig {
@@ -280,11 +357,24 @@ impl fmt::Debug for SentinelConfig {
             .field("master_name", &self.master_name)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("role", &self.role)
             .finish()
     }
 }
 
 impl SentinelConfig {
+    fn empty() -> SentinelConfig {
+        SentinelConfig {
+            addrs: Vec::new(),
+            master_name: String::new(),
+            username: None,
+            password: None,
+            tls: None,
+            role: SentinelRole::Master,
+        }
+    }
+
     /// The sentinels, tried in this order.
     pub fn addrs(&self) -> &[(String, u16)] {
         &self.addrs
@@ -295,9 +385,25 @@ impl SentinelConfig {
         &self.master_name
     }
 
+    /// The ACL user the sentinels are reached as, if any.
+    pub fn username(&self) -> Option<&str> {
+        self.username.as_deref()
+    }
+
     /// Whether the sentinels are reached with a password.
     pub fn has_password(&self) -> bool {
         self.password.is_some()
+    }
+
+    /// Whether the sentinels are reached over TLS when the data nodes use `data_tls`: as set
+    /// with [`ConfigBuilder::sentinel_tls`], else like the data nodes.
+    pub fn uses_tls(&self, data_tls: bool) -> bool {
+        self.tls.unwrap_or(data_tls)
+    }
+
+    /// Whether the handle talks to the master or to a replica.
+    pub fn role(&self) -> SentinelRole {
+        self.role
     }
 }
 
@@ -504,7 +610,11 @@ impl fmt::Display for Config {
                     }
                 )?;
             }
-            return write!(f, "]/{}/{}", s.master_name, self.db);
+            write!(f, "]/{}/{}", s.master_name, self.db)?;
+            if s.role != SentinelRole::Master {
+                write!(f, "?sentinel_role={}", s.role)?;
+            }
+            return Ok(());
         }
         if let Some(c) = &self.cluster {
             write!(f, "cluster[")?;
@@ -801,37 +911,74 @@ impl ConfigBuilder {
     /// address of the master named `master_name`; the pool connects there, and a background
     /// thread follows failovers (see the crate's README, "Sentinel"). The data nodes use this
     /// config's user, password, database and TLS settings; the host and port set with
-    /// [`host`](Self::host)/[`port`](Self::port) are ignored. Defaults to no Sentinel.
+    /// [`host`](Self::host)/[`port`](Self::port) are ignored. Settings made before with
+    /// [`sentinel_auth`](Self::sentinel_auth), [`sentinel_tls`](Self::sentinel_tls) and
+    /// [`sentinel_role`](Self::sentinel_role) are kept. Defaults to no Sentinel.
+    ///
+    /// ```
+    /// use redkit::{Config, SentinelRole};
+    ///
+    /// // One handle for writes, one for reads from a replica:
+    /// let sentinels = [("10.0.0.1", 26379), ("10.0.0.2", 26379), ("10.0.0.3", 26379)];
+    /// let writes = Config::builder().sentinel("mymaster", sentinels).build()?;
+    /// let reads = writes.to_builder().sentinel_role(SentinelRole::Replica).build()?;
+    /// assert_eq!(reads.sentinel().map(|s| s.role()), Some(SentinelRole::Replica));
+    /// # Ok::<(), redkit::Error>(())
+    /// ```
     pub fn sentinel<H: Into<String>>(
         mut self,
         master_name: impl Into<String>,
         sentinels: impl IntoIterator<Item = (H, u16)>,
     ) -> ConfigBuilder {
-        let previous = self.config.sentinel.take();
-        self.config.sentinel = Some(SentinelConfig {
-            addrs: sentinels.into_iter().map(|(h, p)| (h.into(), p)).collect(),
-            master_name: master_name.into(),
-            username: previous.as_ref().and_then(|p| p.username.clone()),
-            password: previous.and_then(|p| p.password),
-        });
+        let s = self
+            .config
+            .sentinel
+            .get_or_insert_with(SentinelConfig::empty);
+        s.addrs = sentinels.into_iter().map(|(h, p)| (h.into(), p)).collect();
+        s.master_name = master_name.into();
         self
     }
 
     /// The password (and optionally ACL user) the sentinels themselves require, when they
-    /// run with `requirepass`. Call after [`sentinel`](Self::sentinel). Defaults to none.
+    /// run with `requirepass`. Use with [`sentinel`](Self::sentinel). Defaults to none.
     pub fn sentinel_auth(
         mut self,
         username: Option<String>,
         password: impl Into<String>,
     ) -> ConfigBuilder {
-        let s = self.config.sentinel.get_or_insert_with(|| SentinelConfig {
-            addrs: Vec::new(),
-            master_name: String::new(),
-            username: None,
-            password: None,
-        });
+        let s = self
+            .config
+            .sentinel
+            .get_or_insert_with(SentinelConfig::empty);
         s.username = username;
         s.password = Some(Secret(password.into()));
+        self
+    }
+
+    /// Whether the sentinels are reached over TLS, for discovery and for the
+    /// `+switch-master` listener. With TLS they are verified and authenticated with the data
+    /// nodes' TLS settings: the same CA ([`tls_ca_pem`](Self::tls_ca_pem)), client identity
+    /// and [`tls_insecure`](Self::tls_insecure) flag (the system roots when the data nodes
+    /// have no TLS settings). Use with [`sentinel`](Self::sentinel). Defaults to the data
+    /// nodes' choice: TLS to the sentinels exactly when [`tls`](Self::tls) (or `rediss://`) is
+    /// on, as Redis' `tls-port` applies to sentinels too.
+    pub fn sentinel_tls(mut self, tls: bool) -> ConfigBuilder {
+        self.config
+            .sentinel
+            .get_or_insert_with(SentinelConfig::empty)
+            .tls = Some(tls);
+        self
+    }
+
+    /// Whether the handle talks to the master, or reads from one of its replicas (see
+    /// [`SentinelRole::Replica`]: replica reads can be stale, writes fail with `READONLY`).
+    /// Create one handle per role to split reads from writes. Use with
+    /// [`sentinel`](Self::sentinel). Defaults to [`SentinelRole::Master`].
+    pub fn sentinel_role(mut self, role: SentinelRole) -> ConfigBuilder {
+        self.config
+            .sentinel
+            .get_or_insert_with(SentinelConfig::empty)
+            .role = role;
         self
     }
 
@@ -1108,6 +1255,132 @@ fn parse_cluster_url(scheme: &str, rest: &str) -> Result<ConfigBuilder> {
     Ok(b.cluster(seeds))
 }
 
+/// The port of a sentinel whose URL gives none.
+const SENTINEL_PORT: u16 = 26379;
+
+/// `redis+sentinel://[user:pass@]host1:port1,host2:port2/master_name[/db][?params]` (and
+/// `rediss+sentinel`): every host is a sentinel (port 26379 when none is given); the user,
+/// password, database, TLS and other parameters are the data nodes', as in a plain URL;
+/// `sentinel_username`, `sentinel_password`, `sentinel_tls` and `sentinel_role` configure the
+/// sentinels and the role. Errors never repeat the URL (it may hold passwords).
+fn parse_sentinel_url(scheme: &str, rest: &str) -> Result<ConfigBuilder> {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let mut sentinels = Vec::new();
+    for node in hosts.split(',') {
+        let (host, port) = match node.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') => {
+                let port = p.parse::<u16>().map_err(|_| {
+                    Error::config("url", "a sentinel's port is not a number from 1 to 65535")
+                })?;
+                (h, port)
+            }
+            _ => (node, SENTINEL_PORT),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(Error::config(
+                "url",
+                "every sentinel needs a host (and a non-zero port)",
+            ));
+        }
+        sentinels.push((host.to_owned(), port));
+    }
+
+    let (tail, fragment) = match tail.split_once('#') {
+        Some((t, f)) => (t, format!("#{f}")),
+        None => (tail, String::new()),
+    };
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
+    let master_name = segments
+        .next()
+        .filter(|n| !n.is_empty())
+        .and_then(percent_decode)
+        .ok_or_else(|| {
+            Error::config(
+                "url",
+                "a sentinel URL names the master: redis+sentinel://host:port,.../master_name",
+            )
+        })?;
+    let db = segments.next().unwrap_or_default();
+    if segments.next().is_some() {
+        return Err(Error::config(
+            "url",
+            "a sentinel URL's path is /master_name[/db]",
+        ));
+    }
+
+    let mut username = None;
+    let mut password = None;
+    let mut tls = None;
+    let mut role = None;
+    let mut others = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !k.starts_with("sentinel_") {
+            others.push(pair);
+            continue;
+        }
+        let v = percent_decode(v)
+            .ok_or_else(|| Error::config("url", format!("parameter `{k}` is not valid UTF-8")))?;
+        match k {
+            "sentinel_username" => username = Some(v),
+            "sentinel_password" => password = Some(v),
+            "sentinel_tls" => {
+                tls = Some(match v.as_str() {
+                    "true" | "yes" | "on" | "1" => true,
+                    "false" | "no" | "off" | "0" => false,
+                    _ => {
+                        return Err(Error::config(
+                            "sentinel.tls",
+                            format!("`{v}` is not true or false"),
+                        ))
+                    }
+                })
+            }
+            "sentinel_role" => role = Some(v.parse::<SentinelRole>()?),
+            other => return Err(Error::config("url", format!("unknown parameter `{other}`"))),
+        }
+    }
+    if username.is_some() && password.is_none() {
+        return Err(Error::config(
+            "sentinel.password",
+            "a sentinel_username needs a sentinel_password",
+        ));
+    }
+
+    // The rest is a plain URL for the first sentinel (the data nodes' settings).
+    let (host, port) = sentinels.first().cloned().unwrap_or_default();
+    let first = Addr::Tcp { host, port };
+    let query = if others.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", others.join("&"))
+    };
+    let mut b = parse_url(&format!(
+        "{scheme}://{userinfo}{first}/{db}{query}{fragment}"
+    ))?
+    .sentinel(master_name, sentinels);
+    // The first sentinel only stood in for the plain URL's host: a Sentinel handle's fixed
+    // address is the builder's default, as with `ConfigBuilder::sentinel`.
+    b.config.addr = ConfigBuilder::default().config.addr;
+    if let Some(password) = password {
+        b = b.sentinel_auth(username, password);
+    }
+    if let Some(tls) = tls {
+        b = b.sentinel_tls(tls);
+    }
+    if let Some(role) = role {
+        b = b.sentinel_role(role);
+    }
+    Ok(b)
+}
+
 fn parse_url(url: &str) -> Result<ConfigBuilder> {
     use redis::IntoConnectionInfo;
 
@@ -1117,6 +1390,12 @@ fn parse_url(url: &str) -> Result<ConfigBuilder> {
             .and_then(|r| r.strip_prefix("+cluster://"))
         {
             return parse_cluster_url(scheme, rest);
+        }
+        if let Some(rest) = url
+            .strip_prefix(scheme)
+            .and_then(|r| r.strip_prefix("+sentinel://"))
+        {
+            return parse_sentinel_url(scheme, rest);
         }
     }
 
@@ -1256,6 +1535,129 @@ mod tests {
             .cluster(Vec::<(String, u16)>::new())
             .build()
             .is_err());
+    }
+
+    #[test]
+    fn sentinel_urls_name_the_sentinels_and_the_master() {
+        let c: Config = "redis+sentinel://app:pw@10.0.0.1:5000,[::1]:5001,h3/mymaster/2?client_name=x&sentinel_password=s%40pw&sentinel_username=watcher&sentinel_role=replica"
+            .parse()
+            .unwrap();
+        let s = c.sentinel().unwrap();
+        assert_eq!(
+            s.addrs(),
+            &[
+                ("10.0.0.1".to_owned(), 5000),
+                ("::1".to_owned(), 5001),
+                ("h3".to_owned(), 26379)
+            ]
+        );
+        assert_eq!(s.master_name(), "mymaster");
+        assert_eq!(s.role(), SentinelRole::Replica);
+        assert_eq!(s.username(), Some("watcher"));
+        assert_eq!(s.password.as_ref().map(Secret::expose), Some("s@pw"));
+        assert_eq!(c.username(), Some("app"));
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("pw"));
+        assert_eq!(c.db(), 2);
+        assert_eq!(c.client_name(), Some("x"));
+        assert!(c.tls().is_none());
+        assert!(!s.uses_tls(false));
+        assert_eq!(c.addr(), Config::builder().build().unwrap().addr());
+        let shown = format!("{c} {c:?} {:?}", c.to_builder());
+        assert!(!shown.contains("pw"), "{shown}");
+        assert!(
+            shown.contains(
+                "sentinel[10.0.0.1:5000,[::1]:5001,h3:26379]/mymaster/2?sentinel_role=replica"
+            ),
+            "{shown}"
+        );
+
+        // No database, no parameters; TLS from the scheme, for the sentinels too.
+        let c: Config = "rediss+sentinel://h1:1,h2:2/orders".parse().unwrap();
+        let s = c.sentinel().unwrap();
+        assert_eq!(s.master_name(), "orders");
+        assert_eq!(s.role(), SentinelRole::Master);
+        assert_eq!(c.db(), 0);
+        assert!(c.tls().is_some_and(|t| !t.is_insecure()));
+        assert!(s.uses_tls(c.tls().is_some()));
+        let c: Config = "rediss+sentinel://h1/orders/?sentinel_tls=false#insecure"
+            .parse()
+            .unwrap();
+        assert!(c.tls().is_some_and(|t| t.is_insecure()));
+        assert!(!c.sentinel().unwrap().uses_tls(true));
+        let c: Config = "redis+sentinel://h1/orders?sentinel_tls=yes"
+            .parse()
+            .unwrap();
+        assert!(c.tls().is_none());
+        assert!(c.sentinel().unwrap().uses_tls(false));
+    }
+
+    #[test]
+    fn bad_sentinel_urls_say_why_without_leaking() {
+        for (bad, setting) in [
+            ("redis+sentinel://u:hunter2@h1:1,h2:x/m", "url"),
+            ("redis+sentinel://u:hunter2@h1:1,,h2/m", "url"),
+            ("redis+sentinel://u:hunter2@h1:0/m", "url"),
+            ("redis+sentinel://u:hunter2@h1:1", "url"),
+            ("redis+sentinel://u:hunter2@h1:1/", "url"),
+            ("redis+sentinel://u:hunter2@h1:1/m/1/2", "url"),
+            ("redis+sentinel://u:hunter2@h1:1/m/x", "url"),
+            ("redis+sentinel://u:hunter2@h1:1/m?sentinel_bogus=1", "url"),
+            ("redis+sentinel://u:hunter2@h1:1/m?bogus=1", "url"),
+            (
+                "redis+sentinel://h1:1/m?sentinel_role=boss",
+                "sentinel.role",
+            ),
+            ("redis+sentinel://h1:1/m?sentinel_tls=maybe", "sentinel.tls"),
+            (
+                "redis+sentinel://h1:1/m?sentinel_username=u",
+                "sentinel.password",
+            ),
+            ("redis+sentinel://h1:1/has%20space", "sentinel.master_name"),
+        ] {
+            let e = bad.parse::<Config>().unwrap_err();
+            match &e {
+                Error::Config { setting: s, .. } => assert_eq!(*s, setting, "{bad}: {e}"),
+                other => panic!("{bad}: expected a config error, got {other:?}"),
+            }
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("hunter2"), "{bad} leaked: {shown}");
+        }
+        // A sentinel password in the query never shows either.
+        let e = "redis+sentinel://h1:1/m?sentinel_password=hunter2&connect_timeout=soon"
+            .parse::<Config>()
+            .unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn sentinel_builder_settings_keep_each_other() {
+        let c = Config::builder()
+            .sentinel_tls(false)
+            .sentinel_auth(Some("w".into()), "hunter2")
+            .sentinel_role(SentinelRole::Replica)
+            .sentinel("m", [("h", 26379)])
+            .tls()
+            .build()
+            .unwrap();
+        let s = c.sentinel().unwrap();
+        assert_eq!(
+            (s.role(), s.username(), s.has_password()),
+            (SentinelRole::Replica, Some("w"), true)
+        );
+        assert!(!s.uses_tls(c.tls().is_some()));
+        let shown = format!("{c} {c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let defaults = Config::builder().sentinel("m", [("h", 1)]).build().unwrap();
+        let s = defaults.sentinel().unwrap();
+        assert_eq!(s.role(), SentinelRole::Master);
+        assert!(s.uses_tls(true) && !s.uses_tls(false));
+        // Sentinel settings without sentinels.
+        let e = Config::builder().sentinel_tls(true).build().unwrap_err();
+        assert!(e.to_string().contains("sentinel.addrs"), "{e}");
+        assert_eq!(
+            "slave".parse::<SentinelRole>().unwrap(),
+            SentinelRole::Replica
+        );
     }
 
     #[test]

@@ -187,7 +187,10 @@ pub enum Event {
     },
     /// With a Sentinel topology: the master moved (a `+switch-master` message from a
     /// sentinel, or a rediscovery after a `READONLY` reply or a failed connection). Every
-    /// pooled connection to the old master has been retired; new ones go to `new`.
+    /// pooled connection to the old master has been retired; new ones go to `new`. A handle
+    /// that reads from a replica ([`SentinelRole::Replica`](crate::SentinelRole::Replica))
+    /// reports `+switch-master` messages too, but moves its connections only when its own
+    /// replica was promoted or is no longer healthy.
     FailoverDetected {
         /// The master's name in the sentinels.
         master_name: String,

@@ -151,8 +151,8 @@ pub use breaker::{BreakerConfig, BreakerState, FailureRate};
 pub use cache::{Cache, CacheStats};
 pub use client::{IntoConfig, Redis};
 pub use config::{
-    Addr, ClusterConfig, Config, ConfigBuilder, PoolConfig, Protocol, SentinelConfig, Timeouts,
-    TlsConfig,
+    Addr, ClusterConfig, Config, ConfigBuilder, PoolConfig, Protocol, SentinelConfig, SentinelRole,
+    Timeouts, TlsConfig,
 };
 pub use error::{Delivery, Error, ErrorClass, Result};
 pub use events::{Event, Health};

@@ -256,6 +256,14 @@ impl Shared {
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
+
+    /// Whether `READONLY` replies are expected (a Sentinel replica handle): they are final,
+    /// not a sign that the master moved.
+    pub(crate) fn read_only_expected(&self) -> bool {
+        self.sentinel
+            .as_ref()
+            .is_some_and(|s| s.reads_from_replica())
+    }
 }
 
 /// A connection to one server, or a cluster connection (a connection per node it uses).
@@ -499,7 +507,6 @@ impl Manager {
 
     /// Opens one connection with every setting applied.
     pub(crate) fn open(&self) -> Result<RawConn> {
-        let not_sent = |e| Error::from_redis(e, Delivery::NotSent);
         if let Some(topo) = &self.shared.cluster {
             let link = crate::cluster::ClusterLink::open(topo.clone())?;
             return Ok(self.raw(Link::Cluster(Box::new(link))));
@@ -507,26 +514,14 @@ impl Manager {
         let Some(sentinel) = &self.shared.sentinel else {
             return self.open_with(&self.client);
         };
-        let client = sentinel.client(&self.shared, &self.config)?;
-        let opened = self.open_with(&client).and_then(|mut raw| {
-            // The sentinels may name a master that was just demoted: check.
-            let role: Vec<Value> = redis::cmd("ROLE").query(&mut raw.con).map_err(not_sent)?;
-            match role.first() {
-                Some(Value::BulkString(r)) if r.as_slice() == b"master" => Ok(raw),
-                _ => Err(Error::from_redis(
-                    RedisError::from(io::Error::new(
-                        io::ErrorKind::ConnectionRefused,
-                        "the address the sentinels gave is not a master (yet)",
-                    )),
-                    Delivery::NotSent,
-                )),
-            }
-        });
+        let (addr, client) = sentinel.target(&self.shared, &self.config)?;
+        let opened = self
+            .open_with(&client)
+            .and_then(|mut raw| sentinel.check_role(&mut raw.con).map(|()| raw));
         if opened.is_err() {
-            // The master may have moved: ask again (switching retires the pool if it did).
-            if let Err(e) = sentinel.refresh(&self.shared, &self.config) {
-                debug!("sentinel rediscovery failed: {e}");
-            }
+            // The node may have moved or changed role: ask again (switching retires the pool
+            // if it did).
+            sentinel.connection_failed(&self.shared, &self.config, &addr);
         }
         opened
     }
@@ -737,7 +732,8 @@ impl PooledConnection {
     }
 
     /// A `READONLY` reply means this connection reaches a replica (a demoted master): close
-    /// it, and with Sentinel have the master rediscovered.
+    /// it, and with Sentinel have the master rediscovered (unless the handle reads from a
+    /// replica on purpose).
     fn check_read_only(&mut self, values: &[Value]) {
         let read_only = values.iter().any(|v| {
             matches!(v, Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::ReadOnly))
@@ -748,10 +744,14 @@ impl PooledConnection {
                 c.topology().mark_stale();
                 return;
             }
-            self.conn.broken = true;
             if let Some(sentinel) = &self.shared.sentinel {
+                if sentinel.reads_from_replica() {
+                    // A write through a replica handle: expected, the connection is fine.
+                    return;
+                }
                 sentinel.request_rediscovery();
             }
+            self.conn.broken = true;
         }
     }
 

@@ -1,14 +1,22 @@
-//! Redis Sentinel: master discovery with timeouts, and a listener thread that follows
-//! `+switch-master`.
+//! Redis Sentinel: master (or replica) discovery with timeouts, and a listener thread that
+//! follows `+switch-master`.
 //!
-//! The pool's connection manager asks [`SentinelState::client`] where the master is; the
-//! first call (and any call after [`SentinelState::refresh`] found nothing) asks the
-//! sentinels in turn. When the master changes (a `+switch-master` message, a connection that
-//! turns out to reach a replica, a `READONLY` reply), [`SentinelState::switch_to`] points new
-//! connections at the new master, retires every pooled connection at once (the pool's
-//! generation counter) and emits [`Event::FailoverDetected`].
+//! The pool's connection manager asks [`SentinelState::target`] where to connect; the first
+//! call (and any call after [`SentinelState::refresh`] found nothing) asks the sentinels in
+//! turn. When the node moves (a `+switch-master` message, a connection that reaches a node
+//! of the wrong role or cannot be opened, a `READONLY` reply on a master handle),
+//! [`SentinelState::switch_to`] points new connections at the new node, retires every pooled
+//! connection at once (the pool's generation counter) and, for a master, emits
+//! [`Event::FailoverDetected`].
+//!
+//! With [`SentinelRole::Replica`] the handle asks `SENTINEL REPLICAS`, keeps the replica it
+//! picked while the sentinels call it healthy, and moves when it is lost or promoted.
+//!
+//! The sentinels are reached with their own credentials and, when
+//! [`SentinelConfig::uses_tls`] says so, over TLS with the data nodes' TLS settings.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -16,8 +24,9 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use log::{debug, info, warn};
 use parking_lot::Mutex;
+use redis::{ConnectionLike, Value};
 
-use crate::config::{Addr, Config, SentinelConfig};
+use crate::config::{Addr, Config, SentinelConfig, SentinelRole};
 use crate::error::{Delivery, Error, Result};
 use crate::events::Event;
 use crate::pool::{redis_client_at, Shared};
@@ -27,17 +36,22 @@ const LISTEN_SLICE: Duration = Duration::from_millis(250);
 /// Pause between two rounds over every sentinel when none answers.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
-/// Where the master is, shared by every connection manager of a handle and its listener.
+/// Where the master (or the chosen replica) is, shared by every connection manager of a
+/// handle and its listener.
 pub(crate) struct SentinelState {
     config: SentinelConfig,
     current: Mutex<Option<(Addr, redis::Client)>>,
     rediscover: AtomicBool,
+    /// Round-robin position among healthy replicas (starts at a random place, so that
+    /// processes started together spread over the replicas).
+    next_replica: AtomicUsize,
 }
 
 impl std::fmt::Debug for SentinelState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SentinelState")
             .field("master_name", &self.config.master_name)
+            .field("role", &self.config.role)
             .field(
                 "current",
                 &self.current.lock().as_ref().map(|(a, _)| a.clone()),
@@ -46,38 +60,198 @@ impl std::fmt::Debug for SentinelState {
     }
 }
 
+/// A replica as one sentinel sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Replica {
+    addr: Addr,
+    /// Not flagged down, disconnected or being promoted.
+    up: bool,
+    /// Its link to the master is `ok` (as of the sentinel's last `INFO`, up to 10 s old).
+    link_ok: bool,
+}
+
+impl Replica {
+    /// One entry of `SENTINEL REPLICAS`; `None` without a usable address.
+    fn from_entry(entry: &HashMap<String, String>) -> Option<Replica> {
+        let host = entry.get("ip")?.clone();
+        let port = entry.get("port")?.parse().ok()?;
+        let flags = entry.get("flags").map_or("", String::as_str);
+        let flagged = flags
+            .split(',')
+            .any(|f| matches!(f, "s_down" | "o_down" | "disconnected" | "promoted"));
+        Some(Replica {
+            addr: Addr::Tcp { host, port },
+            up: !flagged,
+            link_ok: entry.get("master-link-status").map(String::as_str) == Some("ok"),
+        })
+    }
+
+    fn healthy(&self) -> bool {
+        self.up && self.link_ok
+    }
+}
+
+/// What a replica handle does after asking the sentinels.
+#[derive(Debug, PartialEq, Eq)]
+enum Choice {
+    /// Stay on the current replica.
+    Keep,
+    /// Move to this replica.
+    Switch(Addr),
+    /// The current node is no replica any more (promoted, or removed) and no other is up:
+    /// stop using it.
+    Forget,
+    /// No replica is up; the current one (if any) is still listed as a replica: keep it.
+    NoneUp,
+}
+
+/// Which replica to use. Candidates, best first: the healthy ones (up, link `ok`) other than
+/// the one that just `failed`; then the ones merely up (the sentinels refresh a replica's
+/// link status only every 10 s; each new connection checks the link itself, see
+/// [`SentinelState::check_role`]) other than `failed`; then `failed` itself when it is up.
+/// The current replica is kept while it is among the best candidates; otherwise the
+/// `turn`-th of them is chosen (round robin).
+fn choose_replica(
+    replicas: &[Replica],
+    current: Option<&Addr>,
+    failed: Option<&Addr>,
+    turn: usize,
+) -> Choice {
+    let tier = |ok: &dyn Fn(&Replica) -> bool, skip_failed: bool| -> Vec<&Addr> {
+        replicas
+            .iter()
+            .filter(|r| ok(r) && !(skip_failed && Some(&r.addr) == failed))
+            .map(|r| &r.addr)
+            .collect()
+    };
+    let candidates = [
+        tier(&Replica::healthy, true),
+        tier(&|r| r.up, true),
+        tier(&|r| r.up, false),
+    ]
+    .into_iter()
+    .find(|c| !c.is_empty());
+    if let Some(candidates) = candidates {
+        if current.is_some_and(|c| candidates.contains(&c)) {
+            return Choice::Keep;
+        }
+        return Choice::Switch(candidates[turn % candidates.len()].clone());
+    }
+    match current {
+        Some(c) if !replicas.iter().any(|r| r.addr == *c) => Choice::Forget,
+        _ => Choice::NoneUp,
+    }
+}
+
 impl SentinelState {
     pub(crate) fn new(config: SentinelConfig) -> SentinelState {
+        let mut seed = [0u8; 4];
+        // A fixed start is only less even, never wrong.
+        let _ = getrandom::fill(&mut seed);
         SentinelState {
             config,
             current: Mutex::new(None),
             rediscover: AtomicBool::new(false),
+            next_replica: AtomicUsize::new(u32::from_le_bytes(seed) as usize),
         }
     }
 
-    /// The master's address, if known.
+    /// Whether the handle reads from a replica ([`SentinelRole::Replica`]).
+    pub(crate) fn reads_from_replica(&self) -> bool {
+        self.config.role == SentinelRole::Replica
+    }
+
+    /// The node's address (the master, or the chosen replica), if known.
     pub(crate) fn current_addr(&self) -> Option<Addr> {
         self.current.lock().as_ref().map(|(a, _)| a.clone())
     }
 
-    /// A client for the current master, discovering it first when it is not known.
-    pub(crate) fn client(&self, shared: &Shared, config: &Config) -> Result<redis::Client> {
-        if let Some((_, client)) = self.current.lock().as_ref() {
-            return Ok(client.clone());
+    /// Where to connect, and a client for it, discovering it first when it is not known.
+    pub(crate) fn target(&self, shared: &Shared, config: &Config) -> Result<(Addr, redis::Client)> {
+        if let Some(known) = self.current.lock().as_ref() {
+            return Ok(known.clone());
         }
         self.refresh(shared, config)?;
-        self.current
-            .lock()
-            .as_ref()
-            .map(|(_, c)| c.clone())
-            .ok_or_else(|| no_master(&self.config.master_name))
+        self.current.lock().clone().ok_or_else(|| self.not_found())
     }
 
-    /// Asks the sentinels where the master is now and switches to it if it moved.
+    /// Checks that a new connection reaches a node of the configured role (`ROLE`): the
+    /// sentinels may name a master that was just demoted, or a replica just promoted. A
+    /// replica must also have its link to the master up (`connected`): one that is still
+    /// syncing, or that lost its master, would serve old (or, freshly restarted, no) data.
+    pub(crate) fn check_role(&self, con: &mut dyn ConnectionLike) -> Result<()> {
+        let role: Vec<Value> = redis::cmd("ROLE")
+            .query(con)
+            .map_err(|e| Error::from_redis(e, Delivery::NotSent))?;
+        let is = |v: Option<&Value>, want: &[u8]| matches!(v, Some(Value::BulkString(r)) if r.as_slice() == want);
+        let problem = match self.config.role {
+            SentinelRole::Replica if !is(role.first(), b"slave") => Some("is not a replica"),
+            SentinelRole::Replica if !is(role.get(3), b"connected") => {
+                Some("is a replica whose link to the master is not up")
+            }
+            SentinelRole::Replica => None,
+            _ if !is(role.first(), b"master") => Some("is not a master (yet)"),
+            _ => None,
+        };
+        match problem {
+            None => Ok(()),
+            Some(problem) => Err(Error::from_redis(
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    format!("the address the sentinels gave {problem}"),
+                )),
+                Delivery::NotSent,
+            )),
+        }
+    }
+
+    /// A connection to `addr` could not be opened or reached the wrong role: ask the
+    /// sentinels again, preferring another replica (switching retires the pool if the node
+    /// moved).
+    pub(crate) fn connection_failed(&self, shared: &Shared, config: &Config, addr: &Addr) {
+        if let Err(e) = self.refresh_avoiding(shared, config, Some(addr)) {
+            debug!("sentinel rediscovery failed: {e}");
+        }
+    }
+
+    /// Asks the sentinels where the node is now and switches to it if it moved.
     pub(crate) fn refresh(&self, shared: &Shared, config: &Config) -> Result<Addr> {
-        let addr = self.discover(config)?;
-        self.switch_to(shared, config, addr.clone(), "asked the sentinels")?;
-        Ok(addr)
+        self.refresh_avoiding(shared, config, None)
+    }
+
+    fn refresh_avoiding(
+        &self,
+        shared: &Shared,
+        config: &Config,
+        failed: Option<&Addr>,
+    ) -> Result<Addr> {
+        if !self.reads_from_replica() {
+            let addr = self.discover_master(config)?;
+            self.switch_to(shared, config, addr.clone(), "asked the sentinels")?;
+            return Ok(addr);
+        }
+        let replicas = self.discover_replicas(config)?;
+        let current = self.current_addr();
+        let turn = self.next_replica.fetch_add(1, Ordering::Relaxed);
+        match choose_replica(&replicas, current.as_ref(), failed, turn) {
+            Choice::Keep => current.ok_or_else(|| self.not_found()),
+            Choice::Switch(addr) => {
+                // Another thread (a pool connection, the heartbeat, the listener) may have
+                // chosen meanwhile: keep its choice rather than retire its connections.
+                match self.current_addr() {
+                    Some(now) if Some(&now) != current.as_ref() => Ok(now),
+                    _ => {
+                        self.switch_to(shared, config, addr.clone(), "asked the sentinels")?;
+                        Ok(addr)
+                    }
+                }
+            }
+            Choice::Forget => {
+                self.forget(shared, "the sentinels no longer list it as a replica");
+                Err(self.not_found())
+            }
+            Choice::NoneUp => current.ok_or_else(|| self.not_found()),
+        }
     }
 
     /// Asks for a rediscovery by the listener thread (after a `READONLY` reply).
@@ -85,8 +259,8 @@ impl SentinelState {
         self.rediscover.store(true, Ordering::Release);
     }
 
-    /// Points new connections at `addr`; if it differs from the known master, retires every
-    /// pooled connection and emits [`Event::FailoverDetected`].
+    /// Points new connections at `addr`; if it differs from the known node, retires every
+    /// pooled connection and, for a master, emits [`Event::FailoverDetected`].
     pub(crate) fn switch_to(
         &self,
         shared: &Shared,
@@ -102,28 +276,79 @@ impl SentinelState {
             }
             current.replace((addr.clone(), client)).map(|(a, _)| a)
         };
-        if let Some(old) = &old {
-            info!(
-                "redis master `{}` moved from {old} to {addr} ({why}): retiring every pooled connection",
-                self.config.master_name
-            );
-            shared.retire_connections();
-            shared.events.emit(Event::FailoverDetected {
-                master_name: self.config.master_name.clone(),
-                old: old.clone(),
-                new: addr,
-            });
-        } else {
-            info!("redis master `{}` is at {addr}", self.config.master_name);
+        let name = &self.config.master_name;
+        match (&old, self.reads_from_replica()) {
+            (Some(old), false) => {
+                info!(
+                    "redis master `{name}` moved from {old} to {addr} ({why}): retiring every pooled connection"
+                );
+                shared.retire_connections();
+                shared.events.emit(Event::FailoverDetected {
+                    master_name: name.clone(),
+                    old: old.clone(),
+                    new: addr,
+                });
+            }
+            (Some(old), true) => {
+                info!(
+                    "reading from replica {addr} of master `{name}` instead of {old} ({why}): retiring every pooled connection"
+                );
+                shared.retire_connections();
+            }
+            (None, false) => info!("redis master `{name}` is at {addr}"),
+            (None, true) => info!("reading from replica {addr} of master `{name}`"),
         }
         Ok(())
     }
 
+    /// A sentinel announced `+switch-master` from `old` to `new`. A master handle moves to
+    /// `new`; a replica handle reports the failover, stops using its replica if that is the
+    /// one promoted, and asks which replicas are healthy now.
+    fn master_switched(
+        &self,
+        shared: &Shared,
+        config: &Config,
+        old: Addr,
+        new: Addr,
+    ) -> Result<()> {
+        if !self.reads_from_replica() {
+            return self.switch_to(shared, config, new, "+switch-master");
+        }
+        let name = &self.config.master_name;
+        info!("redis master `{name}` moved from {old} to {new} (+switch-master)");
+        let promoted = self.current_addr().as_ref() == Some(&new);
+        shared.events.emit(Event::FailoverDetected {
+            master_name: name.clone(),
+            old,
+            new,
+        });
+        if promoted {
+            self.forget(shared, "it was promoted to master");
+        }
+        if let Err(e) = self.refresh(shared, config) {
+            debug!("sentinel rediscovery failed: {e}");
+        }
+        Ok(())
+    }
+
+    /// Stops using the current node (a replica that was promoted or removed): new
+    /// connections wait for a rediscovery, pooled ones are retired.
+    fn forget(&self, shared: &Shared, why: &str) {
+        let Some((old, _)) = self.current.lock().take() else {
+            return;
+        };
+        info!(
+            "no longer reading from {old} ({why}): retiring every pooled connection of master `{}`'s replica handle",
+            self.config.master_name
+        );
+        shared.retire_connections();
+    }
+
     /// Asks each sentinel in turn, with the connect and response timeouts.
-    fn discover(&self, config: &Config) -> Result<Addr> {
+    fn discover_master(&self, config: &Config) -> Result<Addr> {
         let mut last = None;
         for (host, port) in &self.config.addrs {
-            match self.ask(config, host, *port) {
+            match self.ask_master(config, host, *port) {
                 Ok(Some(addr)) => return Ok(addr),
                 Ok(None) => {
                     debug!(
@@ -137,10 +362,10 @@ impl SentinelState {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| no_master(&self.config.master_name)))
+        Err(last.unwrap_or_else(|| self.not_found()))
     }
 
-    fn ask(&self, config: &Config, host: &str, port: u16) -> Result<Option<Addr>> {
+    fn ask_master(&self, config: &Config, host: &str, port: u16) -> Result<Option<Addr>> {
         let mut con = self.sentinel_connection(config, host, port)?;
         let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
             .arg("GET-MASTER-ADDR-BY-NAME")
@@ -150,45 +375,100 @@ impl SentinelState {
         Ok(addr.map(|(host, port)| Addr::Tcp { host, port }))
     }
 
-    /// A connection to one sentinel, with the connect, response and write timeouts.
+    /// The replicas the first sentinel with a healthy one lists (else the first answer).
+    fn discover_replicas(&self, config: &Config) -> Result<Vec<Replica>> {
+        let mut last = None;
+        let mut first_answer = None;
+        for (host, port) in &self.config.addrs {
+            match self.ask_replicas(config, host, *port) {
+                Ok(replicas) if replicas.iter().any(Replica::healthy) => return Ok(replicas),
+                Ok(replicas) => {
+                    debug!(
+                        "sentinel {host}:{port} knows no healthy replica of `{}`",
+                        self.config.master_name
+                    );
+                    first_answer.get_or_insert(replicas);
+                }
+                Err(e) => {
+                    debug!("sentinel {host}:{port}: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        match (first_answer, last) {
+            (Some(replicas), _) => Ok(replicas),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(self.not_found()),
+        }
+    }
+
+    fn ask_replicas(&self, config: &Config, host: &str, port: u16) -> Result<Vec<Replica>> {
+        let mut con = self.sentinel_connection(config, host, port)?;
+        let ask = |con: &mut redis::Connection, sub: &str| {
+            redis::cmd("SENTINEL")
+                .arg(sub)
+                .arg(&self.config.master_name)
+                .query::<Vec<HashMap<String, String>>>(con)
+        };
+        // `REPLICAS` since Redis 5; `SLAVES` before.
+        let entries = match ask(&mut con, "REPLICAS") {
+            Err(e) if e.kind() != redis::ErrorKind::Io && !e.is_timeout() => {
+                ask(&mut con, "SLAVES")
+            }
+            other => other,
+        }
+        .map_err(|e| Error::from_redis(e, Delivery::Unknown))?;
+        Ok(entries.iter().filter_map(Replica::from_entry).collect())
+    }
+
+    /// A connection to one sentinel, with the connect, response and write timeouts, the
+    /// sentinels' credentials, and TLS when [`SentinelConfig::uses_tls`] says so (with the
+    /// data nodes' CA, client identity and `insecure` flag).
     fn sentinel_connection(
         &self,
         config: &Config,
         host: &str,
         port: u16,
     ) -> Result<redis::Connection> {
-        use redis::IntoConnectionInfo;
         let not_sent = |e| Error::from_redis(e, Delivery::NotSent);
-        let mut settings = redis::RedisConnectionInfo::default();
-        if let Some(user) = &self.config.username {
-            settings = settings.set_username(user);
-        }
-        if let Some(password) = &self.config.password {
-            settings = settings.set_password(password.expose());
-        }
-        let info = redis::ConnectionAddr::Tcp(host.to_owned(), port)
-            .into_connection_info()
-            .map_err(not_sent)?
-            .set_redis_settings(settings);
+        let mut own = config.clone();
+        own.username = self.config.username.clone();
+        own.password = self.config.password.clone();
+        own.db = 0;
+        own.protocol = crate::config::Protocol::Resp2;
+        own.tls = if self.config.uses_tls(config.tls.is_some()) {
+            Some(config.tls.clone().unwrap_or_default())
+        } else {
+            None
+        };
+        let addr = Addr::Tcp {
+            host: host.to_owned(),
+            port,
+        };
+        let client = redis_client_at(&own, &addr)?;
         let t = &config.timeouts;
-        let con = redis::Client::open(info)
-            .map_err(not_sent)?
+        let con = client
             .get_connection_with_timeout(t.connect)
             .map_err(not_sent)?;
         con.set_read_timeout(Some(t.response)).map_err(not_sent)?;
         con.set_write_timeout(Some(t.write)).map_err(not_sent)?;
         Ok(con)
     }
-}
 
-fn no_master(name: &str) -> Error {
-    Error::from_redis(
-        redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("no sentinel answered with the address of master `{name}`"),
-        )),
-        Delivery::NotSent,
-    )
+    fn not_found(&self) -> Error {
+        let name = &self.config.master_name;
+        let what = match self.config.role {
+            SentinelRole::Replica => format!("a healthy replica of master `{name}`"),
+            _ => format!("the address of master `{name}`"),
+        };
+        Error::from_redis(
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no sentinel answered with {what}"),
+            )),
+            Delivery::NotSent,
+        )
+    }
 }
 
 /// The `redkit-sentinel` thread: subscribes to `+switch-master` on one sentinel at a time.
@@ -297,14 +577,18 @@ fn follow(
                 let payload: String = msg.get_payload().map_err(wire)?;
                 // `<name> <old-ip> <old-port> <new-ip> <new-port>`
                 let parts: Vec<&str> = payload.split_whitespace().collect();
-                if let [name, _, _, new_host, new_port] = parts[..] {
+                if let [name, old_host, old_port, new_host, new_port] = parts[..] {
                     if name == state.config.master_name {
-                        if let Ok(new_port) = new_port.parse() {
-                            let addr = Addr::Tcp {
+                        if let (Ok(old_port), Ok(new_port)) = (old_port.parse(), new_port.parse()) {
+                            let old = Addr::Tcp {
+                                host: old_host.to_owned(),
+                                port: old_port,
+                            };
+                            let new = Addr::Tcp {
                                 host: new_host.to_owned(),
                                 port: new_port,
                             };
-                            state.switch_to(&shared, config, addr, "+switch-master")?;
+                            state.master_switched(&shared, config, old, new)?;
                         }
                     }
                 }
@@ -312,5 +596,116 @@ fn follow(
             Err(e) if e.is_timeout() => {}
             Err(e) => return Err(wire(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> Addr {
+        Addr::Tcp {
+            host: "10.0.0.1".into(),
+            port,
+        }
+    }
+
+    /// A replica up with its link `ok` (`healthy`), up with its link down, or down.
+    fn replica(port: u16, state: &str) -> Replica {
+        Replica {
+            addr: addr(port),
+            up: state != "down",
+            link_ok: state == "healthy",
+        }
+    }
+
+    fn entry(port: u16, flags: &str, link: &str) -> HashMap<String, String> {
+        [
+            ("ip", "10.0.0.1".to_owned()),
+            ("port", port.to_string()),
+            ("flags", flags.to_owned()),
+            ("master-link-status", link.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    #[test]
+    fn replicas_flagged_down_or_with_a_broken_link_are_unhealthy() {
+        let seen =
+            |flags, link| Replica::from_entry(&entry(1, flags, link)).map(|r| (r.up, r.healthy()));
+        assert_eq!(seen("slave", "ok"), Some((true, true)));
+        assert_eq!(seen("s_down,slave", "ok"), Some((false, false)));
+        assert_eq!(seen("s_down,o_down,slave", "ok"), Some((false, false)));
+        assert_eq!(seen("slave,disconnected", "ok"), Some((false, false)));
+        assert_eq!(seen("slave,promoted", "ok"), Some((false, false)));
+        assert_eq!(seen("slave", "err"), Some((true, false)));
+        let mut no_port = entry(1, "slave", "ok");
+        no_port.remove("port");
+        assert_eq!(Replica::from_entry(&no_port), None);
+    }
+
+    #[test]
+    fn a_replica_handle_keeps_its_replica_while_it_is_healthy() {
+        let all = [
+            replica(1, "healthy"),
+            replica(2, "healthy"),
+            replica(3, "down"),
+            replica(4, "link down"),
+        ];
+        assert_eq!(choose_replica(&all, Some(&addr(2)), None, 0), Choice::Keep);
+        // Round robin over the healthy ones.
+        assert_eq!(choose_replica(&all, None, None, 0), Choice::Switch(addr(1)));
+        assert_eq!(choose_replica(&all, None, None, 1), Choice::Switch(addr(2)));
+        assert_eq!(choose_replica(&all, None, None, 2), Choice::Switch(addr(1)));
+        // The current one went down, its link broke, or it failed: a healthy one.
+        for current in [3, 4] {
+            assert_eq!(
+                choose_replica(&all, Some(&addr(current)), None, 1),
+                Choice::Switch(addr(2))
+            );
+        }
+        assert_eq!(
+            choose_replica(&all, Some(&addr(2)), Some(&addr(2)), 1),
+            Choice::Switch(addr(1))
+        );
+    }
+
+    #[test]
+    fn without_a_healthy_replica_one_merely_up_is_tried() {
+        // The sentinels' link status lags by up to 10 s: a replica that is up is tried (its
+        // connection checks the link itself), one that failed only when nothing else is up.
+        let lagging = [replica(1, "link down"), replica(2, "down")];
+        assert_eq!(
+            choose_replica(&lagging, None, None, 7),
+            Choice::Switch(addr(1))
+        );
+        let one = [replica(1, "healthy"), replica(2, "link down")];
+        assert_eq!(
+            choose_replica(&one, Some(&addr(1)), Some(&addr(1)), 0),
+            Choice::Switch(addr(2))
+        );
+        let only = [replica(1, "healthy"), replica(2, "down")];
+        assert_eq!(
+            choose_replica(&only, Some(&addr(1)), Some(&addr(1)), 0),
+            Choice::Keep
+        );
+        // Nothing up: keep a current one that is still listed, forget a promoted one.
+        let none = [replica(1, "down")];
+        assert_eq!(
+            choose_replica(&none, Some(&addr(1)), None, 0),
+            Choice::NoneUp
+        );
+        assert_eq!(choose_replica(&none, None, None, 0), Choice::NoneUp);
+        assert_eq!(
+            choose_replica(&none, Some(&addr(9)), None, 0),
+            Choice::Forget
+        );
+        // Promoted while another replica is healthy: move there.
+        assert_eq!(
+            choose_replica(&one[..1], Some(&addr(9)), None, 5),
+            Choice::Switch(addr(1))
+        );
     }
 }

@@ -23,7 +23,6 @@ fn role(server: &redkit::testing::RedisServer) -> Result<String> {
 }
 
 #[test]
-#[ignore = "flaky (about 1 run in 10): after the killed master is restarted, the nodes' roles sometimes never settle to the expected master/replica; cause not found yet. Run with --ignored."]
 fn sentinel_setup_fails_over_and_replaces_a_killed_master() -> Result {
     let _ = env_logger::builder().is_test(true).try_init();
     let mut setup = SentinelSetup::builder().password("data-pw").start()?;
@@ -52,17 +51,12 @@ fn sentinel_setup_fails_over_and_replaces_a_killed_master() -> Result {
     assert_eq!(killed, 1);
     let newer = setup.wait_for_new_master(killed, Duration::from_secs(20))?;
     assert_eq!(newer, 0);
-    // The killed node comes back as a replica of the new master.
+    // The killed node comes back as a replica of the new master. (It used to come back as
+    // the master now and then: the sentinels' link to the new master reconnected just after
+    // `down-after`, so they failed over a second time, to the empty restarted node. The
+    // launcher's sentinels now ping every half `down-after`: see `SentinelSetup`.)
     setup.restart_node(killed)?;
     setup.wait_ready(Duration::from_secs(20))?;
-    // The sentinels may still be reconfiguring the returning node for a moment (seen about
-    // once in a dozen runs): wait for the roles to settle rather than reading them once.
-    let _ = redkit::testing::wait_until(Duration::from_secs(20), "roles to settle", || {
-        matches!(
-            (role(setup.node(0)), role(setup.node(1))),
-            (Ok(a), Ok(b)) if a == "master" && b == "slave"
-        )
-    });
     let roles = (role(setup.node(0))?, role(setup.node(1))?);
     assert_eq!(
         roles,

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::server::wait_until;
-use super::{RedisServer, TestingError};
+use super::server::{quote, wait_until};
+use super::{RedisServer, TestingError, TlsMaterial};
 
 /// How long [`SentinelBuilder::start`] waits for the sentinels to agree.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,6 +24,8 @@ pub struct SentinelBuilder {
     failover_timeout: Duration,
     password: Option<String>,
     sentinel_password: Option<String>,
+    tls: Option<TlsMaterial>,
+    tls_auth_clients: bool,
 }
 
 impl Default for SentinelBuilder {
@@ -36,6 +38,8 @@ impl Default for SentinelBuilder {
             failover_timeout: Duration::from_millis(5000),
             password: None,
             sentinel_password: None,
+            tls: None,
+            tls_auth_clients: true,
         }
     }
 }
@@ -60,7 +64,8 @@ impl SentinelBuilder {
     }
 
     /// `sentinel down-after-milliseconds`: how long the master may be silent before a
-    /// sentinel considers it down. Defaults to 1 s (Redis' own default is 30 s).
+    /// sentinel considers it down. Defaults to 1 s (Redis' own default is 30 s). The
+    /// sentinels `PING` every half of it (see [`SentinelSetup`]).
     pub fn down_after(mut self, d: Duration) -> Self {
         self.down_after = d;
         self
@@ -84,6 +89,25 @@ impl SentinelBuilder {
     /// none.
     pub fn sentinel_password(mut self, password: impl Into<String>) -> Self {
         self.sentinel_password = Some(password.into());
+        self
+    }
+
+    /// Runs every process TLS-only with `material` (`port 0`, `tls-port`, the server
+    /// certificate and CA): the data nodes replicate over TLS (`tls-replication yes`), and the
+    /// sentinels serve TLS and reach the data nodes and each other over TLS. When the nodes
+    /// connect to each other they present the client certificate of `material`. Clients need
+    /// its CA ([`TlsMaterial::ca_cert_pem`]) and, unless
+    /// [`tls_auth_clients`](Self::tls_auth_clients) is off, its client certificate. Defaults to
+    /// plain TCP.
+    pub fn tls(mut self, material: TlsMaterial) -> Self {
+        self.tls = Some(material);
+        self
+    }
+
+    /// With [`tls`](Self::tls): whether every process requires client certificates
+    /// (`tls-auth-clients`). Defaults to `yes`, Redis' own default.
+    pub fn tls_auth_clients(mut self, required: bool) -> Self {
+        self.tls_auth_clients = required;
         self
     }
 
@@ -116,7 +140,9 @@ impl SentinelBuilder {
         let quorum = self.sentinels / 2 + 1;
         let mut sentinels = Vec::with_capacity(self.sentinels);
         for _ in 0..self.sentinels {
-            sentinels.push(self.sentinel_node(master_port, quorum).start()?);
+            let sentinel = self.sentinel_node(master_port, quorum).start()?;
+            shorten_periods(&sentinel, self.down_after);
+            sentinels.push(sentinel);
         }
         let setup = SentinelSetup {
             sentinels,
@@ -125,13 +151,28 @@ impl SentinelBuilder {
             replicas: self.replicas,
             password: self.password,
             sentinel_password: self.sentinel_password,
+            tls: self.tls,
+            down_after: self.down_after,
         };
         setup.wait_ready(READY_TIMEOUT)?;
         Ok(setup)
     }
 
+    /// TLS settings for a data node or sentinel (nothing without TLS).
+    fn with_tls(&self, b: super::ServerBuilder) -> super::ServerBuilder {
+        let Some(tls) = &self.tls else {
+            return b;
+        };
+        let path = |p: std::path::PathBuf| quote(&p.to_string_lossy());
+        b.tls(tls.clone())
+            .tls_auth_clients(self.tls_auth_clients)
+            .config("tls-replication", "yes")
+            .config("tls-client-cert-file", path(tls.client_cert_path()))
+            .config("tls-client-key-file", path(tls.client_key_path()))
+    }
+
     fn data_node(&self, replica_of: Option<u16>) -> super::ServerBuilder {
-        let mut b = RedisServer::builder().config("repl-diskless-sync-delay", "0");
+        let mut b = self.with_tls(RedisServer::builder().config("repl-diskless-sync-delay", "0"));
         if let Some(port) = replica_of {
             b = b.config("replicaof", format!("127.0.0.1 {port}"));
         }
@@ -145,8 +186,8 @@ impl SentinelBuilder {
 
     fn sentinel_node(&self, master_port: u16, quorum: usize) -> super::ServerBuilder {
         let name = &self.master_name;
-        let mut b = RedisServer::builder()
-            .sentinel()
+        let mut b = self
+            .with_tls(RedisServer::builder().sentinel())
             .config(
                 "sentinel",
                 format!("monitor {name} 127.0.0.1 {master_port} {quorum}"),
@@ -190,6 +231,15 @@ impl SentinelBuilder {
 /// the setup kills every process (sentinels first) and removes their directories, also when
 /// a test panics.
 ///
+/// The sentinels run with shorter internal periods than Redis' defaults (set with
+/// `SENTINEL DEBUG` on Redis 7.0 and later): a `PING` every half `down-after-milliseconds`
+/// (so that after a failover the link to the new master is back before it could be counted
+/// as down, which otherwise triggered a second, spurious failover now and then), `INFO` every
+/// second instead of every 10 s and hellos every 500 ms instead of 2 s (an old master that
+/// comes back is turned into a replica in about 2 s rather than about 10 s), and TILT lasting
+/// 5 s instead of 30 s. Restart a sentinel with
+/// [`restart_sentinel`](Self::restart_sentinel) to keep them.
+///
 /// ```no_run
 /// use std::time::Duration;
 /// use redkit::testing::{SentinelSetup, TestingError};
@@ -220,6 +270,8 @@ pub struct SentinelSetup {
     replicas: usize,
     password: Option<String>,
     sentinel_password: Option<String>,
+    tls: Option<TlsMaterial>,
+    down_after: Duration,
 }
 
 impl SentinelSetup {
@@ -257,6 +309,12 @@ impl SentinelSetup {
         self.sentinel_password.as_deref()
     }
 
+    /// The TLS material every process serves with, when started with
+    /// [`SentinelBuilder::tls`].
+    pub fn tls_material(&self) -> Option<&TlsMaterial> {
+        self.tls.as_ref()
+    }
+
     /// How many data nodes there are (the master and its replicas).
     pub fn node_count(&self) -> usize {
         self.nodes.len()
@@ -282,9 +340,19 @@ impl SentinelSetup {
         &self.sentinels[i]
     }
 
-    /// Sentinel `i`, to stop, kill or restart it. Panics if `i` is out of range.
+    /// Sentinel `i`, to stop or kill it (restart it with
+    /// [`restart_sentinel`](Self::restart_sentinel)). Panics if `i` is out of range.
     pub fn sentinel_mut(&mut self, i: usize) -> &mut RedisServer {
         &mut self.sentinels[i]
+    }
+
+    /// Restarts sentinel `i` (killed or stopped) on its port, with its config file (which
+    /// the sentinel rewrites as it learns), and sets the launcher's shorter periods again.
+    /// Panics if `i` is out of range.
+    pub fn restart_sentinel(&mut self, i: usize) -> Result<(), TestingError> {
+        self.sentinels[i].restart()?;
+        shorten_periods(&self.sentinels[i], self.down_after);
+        Ok(())
     }
 
     /// The master's address according to the first sentinel that answers.
@@ -474,6 +542,51 @@ impl SentinelSetup {
 
     fn index_of_port(&self, port: u16) -> Option<usize> {
         self.nodes.iter().position(|n| n.port() == port)
+    }
+}
+
+/// The sentinels' internal periods for tests (`SENTINEL DEBUG`, Redis 7.0 and later; older
+/// sentinels keep their defaults).
+///
+/// * `ping-period`: half of `down-after-milliseconds` (at most Redis' default, 1 s). A
+///   sentinel reconnects a closed link at most once per ping period, and when it switches to
+///   a new master after a failover it closes the master link and counts the new master as
+///   down unless a `PONG` comes back within `down-after-milliseconds`. After a *killed* master
+///   the link had been retrying the dead node every second, so with a 1 s ping period and
+///   `down-after-milliseconds 1000` the reconnection to the new master often came just too
+///   late: every sentinel flagged the new master down, agreed (`+odown`) and started another
+///   failover, promoting the killed master's empty restarted process if it was back by then
+///   (the ignored launcher test caught this: 4 runs in 15 under load).
+/// * `info-period` 1 s instead of 10 s and `publish-period` 500 ms instead of 2 s: a sentinel
+///   turns a node that should be a replica but says it is a master (the old master after
+///   `SENTINEL FAILOVER`, a killed master restarted) into a replica only when one of its
+///   `INFO` polls finds it reporting `master` for more than 4 publish periods and not flagged
+///   down in that time: about 10 s with the defaults (a missed chance costing 10 s more),
+///   about 2 s here.
+/// * `tilt-period` 5 s instead of 30 s: a TILT (the sentinel's timer late by more than 2 s,
+///   as on an overloaded machine) stops every sentinel action for that long.
+fn shorten_periods(sentinel: &RedisServer, down_after: Duration) {
+    let ping = (down_after / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let ping = ping.as_millis().to_string();
+    let result = quick_con(sentinel).and_then(|mut con| {
+        redis::cmd("SENTINEL")
+            .arg("DEBUG")
+            .arg("ping-period")
+            .arg(&ping)
+            .arg("info-period")
+            .arg("1000")
+            .arg("publish-period")
+            .arg("500")
+            .arg("tilt-period")
+            .arg("5000")
+            .exec(&mut con)
+            .map_err(TestingError::from)
+    });
+    if let Err(e) = result {
+        log::debug!(
+            "sentinel on port {} keeps its default periods (SENTINEL DEBUG: {e})",
+            sentinel.port()
+        );
     }
 }
 
