@@ -176,3 +176,62 @@ fn sentinel_failover_under_load_loses_no_acknowledged_write() -> TestResult {
     redis.close()?;
     Ok(())
 }
+
+#[test]
+fn the_subscriber_follows_the_master_through_a_failover() -> TestResult {
+    support::init_logs();
+    let setup = SentinelSetup::start()?;
+    let redis = handle(&setup)?;
+    let subscriber = redis.subscriber()?;
+    let sub = subscriber.subscribe(["news"])?;
+    let events = redis.events();
+    // Published through the handle (on the master), received through the subscriber (also
+    // on the master, not on the config's fixed address).
+    redis.publish("news", "before")?;
+    let m = sub.recv_timeout(Duration::from_secs(5))?;
+    assert_eq!(m.payload(), b"before");
+
+    let new = setup.failover()?;
+    // After the switch, a message published on the new master must arrive: publish until
+    // one does (the subscriber moves within moments of FailoverDetected).
+    let deadline = Instant::now() + RESUME_BOUND;
+    let mut got = None;
+    while Instant::now() < deadline && got.is_none() {
+        if redis.sentinel_master().as_ref().map(|a| a.to_string())
+            == Some(format!("127.0.0.1:{}", setup.node(new).port()))
+        {
+            let _ = redis.publish("news", "after");
+        }
+        if let Ok(m) = sub.recv_timeout(Duration::from_millis(100)) {
+            got = Some(m);
+        }
+    }
+    let m = got.ok_or("no message after the failover")?;
+    assert_eq!(m.payload(), b"after");
+    // A demoted master still receives what is published (replication carries PUBLISH), so
+    // check where the subscription lives: on the new master, no longer on the old one.
+    let numsub = |node: usize| -> TestResult<i64> {
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("news")
+            .query(&mut setup.node(node).admin()?)?;
+        Ok(n)
+    };
+    let old = (0..setup.node_count())
+        .find(|&i| i != new)
+        .ok_or("old master")?;
+    let deadline = Instant::now() + RESUME_BOUND;
+    while numsub(new)? != 1 || numsub(old)? != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the subscription did not move to the new master"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        failover_event(&events).is_some(),
+        "no FailoverDetected event"
+    );
+    assert!(subscriber.is_connected());
+    Ok(())
+}

@@ -218,7 +218,7 @@ impl Subscriber {
             return Err(Error::Closed);
         }
         let config = redis.config().clone();
-        let main = worker::open_main(&config, redis.shared().cluster.as_deref(), TICK)?;
+        let main = worker::open_main(&config, redis.shared(), TICK)?;
         let hb = &config.heartbeat;
         let settings = Settings {
             tick: main.1.tick(),

@@ -180,10 +180,24 @@ pub(crate) struct Settings {
     pub(crate) ping_timeout: Duration,
 }
 
-/// Where the main link may go: `config.addr`, or on a Cluster every master of the current
-/// map, then every seed.
-fn main_candidates(config: &Config, cluster: Option<&Topology>) -> Vec<Addr> {
-    let Some(topo) = cluster else {
+/// Where the main link may go: `config.addr`; with Sentinel the current master (asking the
+/// sentinels when it is not known); on a Cluster every master of the current map, then
+/// every seed.
+fn main_candidates(config: &Config, shared: &Shared) -> Vec<Addr> {
+    if let Some(sentinel) = &shared.sentinel {
+        let master = sentinel
+            .current_addr()
+            .map(Ok)
+            .unwrap_or_else(|| sentinel.refresh(shared, config));
+        return match master {
+            Ok(addr) => vec![addr],
+            Err(e) => {
+                debug!("subscriber: the sentinels named no master: {e}");
+                Vec::new()
+            }
+        };
+    }
+    let Some(topo) = shared.cluster.as_deref() else {
         return vec![config.addr.clone()];
     };
     topo.refresh_if_stale();
@@ -204,25 +218,33 @@ fn main_candidates(config: &Config, cluster: Option<&Topology>) -> Vec<Addr> {
     out
 }
 
-/// Opens the main link: to `config.addr`, or on a Cluster to the first node that answers.
-pub(crate) fn open_main(
-    config: &Config,
-    cluster: Option<&Topology>,
-    tick: Duration,
-) -> Result<(Addr, Conn)> {
+/// Opens the main link: to `config.addr`, to the Sentinel master, or on a Cluster to the
+/// first node that answers.
+pub(crate) fn open_main(config: &Config, shared: &Shared, tick: Duration) -> Result<(Addr, Conn)> {
+    let cluster = shared.cluster.is_some();
     let mut last = None;
-    for addr in main_candidates(config, cluster) {
+    for addr in main_candidates(config, shared) {
         match Conn::open_at(config, &addr, tick) {
             Ok(conn) => return Ok((addr, conn)),
             Err(e) => {
-                if cluster.is_some() {
+                if cluster {
                     debug!("cluster node {addr}: subscriber cannot connect: {e}");
                 }
                 last = Some(e);
             }
         }
     }
-    Err(last.unwrap_or_else(|| Error::config("cluster.seeds", "no node to connect to")))
+    Err(last.unwrap_or_else(|| {
+        let what = if shared.sentinel.is_some() {
+            "sentinel: no master known"
+        } else {
+            "no node to connect to"
+        };
+        Error::from_redis(
+            redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::NotConnected, what)),
+            crate::error::Delivery::NotSent,
+        )
+    }))
 }
 
 /// Errors a cluster gives while a slot moves or its master fails over: the shard channel is
@@ -346,6 +368,7 @@ impl Worker {
             while let Ok(c) = self.ctl.try_recv() {
                 self.control(c);
             }
+            self.follow_sentinel();
             if self.main.is_some() {
                 self.step(&At::Main);
             } else {
@@ -1138,6 +1161,32 @@ impl Worker {
             .emit(Event::SubscriberDisconnected { cause });
     }
 
+    /// With Sentinel: when the master moved (a `+switch-master` the handle's listener saw, a
+    /// rediscovery), the main link still reaches the old one, where nothing is published
+    /// any more: drop it, so that it reconnects to the new master and resubscribes.
+    fn follow_sentinel(&mut self) {
+        let Some(sentinel) = &self.shared.sentinel else {
+            return;
+        };
+        let (Some(master), Some(link)) = (sentinel.current_addr(), self.main.as_ref()) else {
+            return;
+        };
+        if link.addr != master {
+            let old = link.addr.clone();
+            info!("subscriber: the master moved from {old} to {master}; moving the subscriptions");
+            let cause = Error::from_redis(
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the Sentinel master moved",
+                )),
+                crate::error::Delivery::NotSent,
+            );
+            self.lost(&At::Main, cause);
+            // Reconnect at once, not after a backoff delay.
+            self.next_attempt = Instant::now();
+        }
+    }
+
     /// Waits for the next attempt (serving requests meanwhile), then tries once.
     fn reconnect_step(&mut self) {
         let now = Instant::now();
@@ -1159,7 +1208,7 @@ impl Worker {
             "redis at {}: subscriber reconnect attempt {}",
             self.config.addr, self.attempts
         );
-        match open_main(&self.config, self.cluster.as_deref(), self.settings.tick) {
+        match open_main(&self.config, &self.shared, self.settings.tick) {
             Ok((addr, conn)) => {
                 info!(
                     "redis at {addr}: subscriber reconnected after {} attempt(s)",
