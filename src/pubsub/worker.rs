@@ -480,7 +480,6 @@ impl Worker {
                 channel,
                 payload,
             } => {
-                self.counters.received.fetch_add(1, Relaxed);
                 let msg = Message::new(kind, pattern, channel, payload);
                 let key = match kind {
                     Kind::Pattern => msg.pattern().unwrap_or_default(),
@@ -488,6 +487,7 @@ impl Worker {
                 };
                 let Some(ids) = self.routes[kind.index()].get(key) else {
                     self.counters.unrouted.fetch_add(1, Relaxed);
+                    self.counters.received.fetch_add(1, Relaxed);
                     return;
                 };
                 let mut gone = Vec::new();
@@ -511,6 +511,9 @@ impl Worker {
                 for id in gone {
                     self.unsubscribe(id, None);
                 }
+                // Counted once delivered (or dropped): a reader that sees `received` reach
+                // N also sees the delivery and drop counters of those N.
+                self.counters.received.fetch_add(1, Relaxed);
             }
             Frame::Confirm { kind, sub, name } => {
                 let Some(link) = self.link_mut(at) else {
