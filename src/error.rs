@@ -261,6 +261,20 @@ impl Error {
         }
     }
 
+    /// A connection-level error redkit itself detected (no server answer to classify), as
+    /// an I/O error of `kind`, so that it classifies like the `redis` crate's own.
+    pub(crate) fn io(
+        kind: std::io::ErrorKind,
+        message: impl Into<String>,
+        delivery: Delivery,
+    ) -> Error {
+        let message: String = message.into();
+        Error::from_redis(
+            RedisError::from(std::io::Error::new(kind, message)),
+            delivery,
+        )
+    }
+
     /// An error that came off the wire while reading a reply: here a parse error means the
     /// byte stream is corrupt (not that a reply failed to convert to a Rust type).
     pub(crate) fn from_wire(source: RedisError, delivery: Delivery) -> Error {

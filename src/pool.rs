@@ -566,11 +566,9 @@ pub(crate) fn open_connection(
 }
 
 fn stale() -> Error {
-    Error::from_redis(
-        RedisError::from(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            "pooled connection is stale",
-        )),
+    Error::io(
+        io::ErrorKind::ConnectionAborted,
+        "pooled connection is stale",
         Delivery::NotSent,
     )
 }

@@ -195,11 +195,9 @@ impl SentinelState {
         };
         match problem {
             None => Ok(()),
-            Some(problem) => Err(Error::from_redis(
-                redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionRefused,
-                    format!("the address the sentinels gave {problem}"),
-                )),
+            Some(problem) => Err(Error::io(
+                std::io::ErrorKind::ConnectionRefused,
+                format!("the address the sentinels gave {problem}"),
                 Delivery::NotSent,
             )),
         }
@@ -461,11 +459,9 @@ impl SentinelState {
             SentinelRole::Replica => format!("a healthy replica of master `{name}`"),
             _ => format!("the address of master `{name}`"),
         };
-        Error::from_redis(
-            redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("no sentinel answered with {what}"),
-            )),
+        Error::io(
+            std::io::ErrorKind::NotFound,
+            format!("no sentinel answered with {what}"),
             Delivery::NotSent,
         )
     }

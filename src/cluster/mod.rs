@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use parking_lot::{Mutex, RwLock};
-use redis::{ConnectionLike, RedisError, Value};
+use redis::{ConnectionLike, Value};
 
 use crate::breaker::{Admission, Breaker, BreakerState, Transition};
 use crate::config::{Addr, Config};
@@ -360,10 +360,7 @@ impl Topology {
 }
 
 fn cluster_error(message: String) -> Error {
-    Error::from_redis(
-        RedisError::from(io::Error::new(io::ErrorKind::NotConnected, message)),
-        Delivery::NotSent,
-    )
+    Error::io(io::ErrorKind::NotConnected, message, Delivery::NotSent)
 }
 
 /// A transaction met `ASK` (its slot is being migrated): it did not run. Reported as

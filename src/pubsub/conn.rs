@@ -110,10 +110,11 @@ fn io_err(e: io::Error) -> Error {
 }
 
 fn timed_out(what: &str) -> Error {
-    io_err(io::Error::new(
+    Error::io(
         io::ErrorKind::TimedOut,
         format!("{what} timed out"),
-    ))
+        Delivery::NotSent,
+    )
 }
 
 impl Conn {

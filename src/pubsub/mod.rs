@@ -202,11 +202,9 @@ where
 }
 
 fn not_confirmed(waited: Duration) -> Error {
-    Error::from_redis(
-        redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("the subscription was not confirmed within {waited:?}"),
-        )),
+    Error::io(
+        std::io::ErrorKind::TimedOut,
+        format!("the subscription was not confirmed within {waited:?}"),
         Delivery::Unknown,
     )
 }

@@ -240,10 +240,7 @@ pub(crate) fn open_main(config: &Config, shared: &Shared, tick: Duration) -> Res
         } else {
             "no node to connect to"
         };
-        Error::from_redis(
-            redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::NotConnected, what)),
-            crate::error::Delivery::NotSent,
-        )
+        Error::io(std::io::ErrorKind::NotConnected, what, Delivery::NotSent)
     }))
 }
 
@@ -433,11 +430,9 @@ impl Worker {
         if let Some(sent) = link.ping_sent {
             // Any frame proves the connection alive; the answer queues behind messages.
             if now.duration_since(sent.max(link.last_rx)) > timeout {
-                let e = Error::from_redis(
-                    redis::RedisError::from(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("subscriber PING unanswered for {timeout:?}"),
-                    )),
+                let e = Error::io(
+                    std::io::ErrorKind::TimedOut,
+                    format!("subscriber PING unanswered for {timeout:?}"),
                     Delivery::Unknown,
                 );
                 self.lost(at, e);
@@ -1177,12 +1172,10 @@ impl Worker {
         if link.addr != master {
             let old = link.addr.clone();
             info!("subscriber: the master moved from {old} to {master}; moving the subscriptions");
-            let cause = Error::from_redis(
-                redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "the Sentinel master moved",
-                )),
-                crate::error::Delivery::NotSent,
+            let cause = Error::io(
+                std::io::ErrorKind::ConnectionAborted,
+                "the Sentinel master moved",
+                Delivery::NotSent,
             );
             self.lost(&At::Main, cause);
             // Reconnect at once, not after a backoff delay.
