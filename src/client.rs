@@ -18,6 +18,7 @@ use crate::pool::{self, Manager, PooledConnection, RawConn, Shared};
 use crate::retry::{is_read_only_cmd, is_read_only_command, RetryPolicy};
 use crate::script::{self, Pipeline};
 use crate::stats::{self, Stats};
+use crate::util::resp;
 
 /// Something that can become a [`Config`]: a `Config`, a [`ConfigBuilder`](crate::ConfigBuilder)
 /// or a URL.
@@ -68,8 +69,15 @@ struct Inner {
     heartbeat: Mutex<Option<HeartbeatThread>>,
     /// The `+switch-master` listener, with a Sentinel topology.
     sentinel: Mutex<Option<crate::sentinel::SentinelListener>>,
-    /// The lock watchdog thread and the lock waiters' bookkeeping (see `crate::lock`).
-    locks: crate::lock::HandleLocks,
+    /// State the helpers keep per handle (see [`Extension`]).
+    extensions: Mutex<Vec<Arc<dyn Extension>>>,
+}
+
+/// State a helper keeps per handle (the lock watchdog, for example): created on first use,
+/// shut down when the handle closes. The handle never names the helpers.
+pub(crate) trait Extension: std::any::Any + Send + Sync {
+    /// Stops what the extension runs (called once, when the handle closes).
+    fn shut_down(&self) {}
 }
 
 impl Inner {
@@ -83,7 +91,10 @@ impl Inner {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return None;
         }
-        self.locks.shut_down();
+        let extensions = std::mem::take(&mut *self.extensions.lock());
+        for extension in extensions {
+            extension.shut_down();
+        }
         let heartbeat = self.heartbeat.lock().take();
         let panicked = heartbeat.and_then(|mut h| h.stop().err());
         let listener = self.sentinel.lock().take();
@@ -288,7 +299,7 @@ impl Redis {
                 pool,
                 shared,
                 heartbeat: Mutex::new(heartbeat),
-                locks: crate::lock::HandleLocks::default(),
+                extensions: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -357,9 +368,22 @@ impl Redis {
         self.inner.shared.events.emit(event);
     }
 
-    /// The handle's lock bookkeeping (watchdog thread, waiters).
-    pub(crate) fn locks(&self) -> &crate::lock::HandleLocks {
-        &self.inner.locks
+    /// The handle's extension of type `T`, created with `T::default()` on first use.
+    /// `None` once the handle is closed (a closed handle starts nothing new).
+    pub(crate) fn extension<T: Extension + Default>(&self) -> Option<Arc<T>> {
+        let mut slots = self.inner.extensions.lock();
+        for e in slots.iter() {
+            let any: Arc<dyn std::any::Any + Send + Sync> = e.clone();
+            if let Ok(found) = any.downcast::<T>() {
+                return Some(found);
+            }
+        }
+        if self.is_closed() {
+            return None;
+        }
+        let new = Arc::new(T::default());
+        slots.push(new.clone());
+        Some(new)
     }
 
     /// Whether [`Redis::close`] was called.
@@ -769,57 +793,14 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
-/// The name of the first command in a packed RESP request (`*N\r\n$len\r\nNAME\r\n...`).
-pub(crate) fn packed_command_name(packed: &[u8]) -> Option<&[u8]> {
-    let rest = packed.strip_prefix(b"*")?;
-    let rest = &rest[rest.iter().position(|b| *b == b'\n')? + 1..];
-    let rest = rest.strip_prefix(b"$")?;
-    let nl = rest.iter().position(|b| *b == b'\n')?;
-    let len: usize = std::str::from_utf8(rest.get(..nl)?.strip_suffix(b"\r")?)
-        .ok()?
-        .parse()
-        .ok()?;
-    rest.get(nl + 1..nl + 1 + len)
-}
-
 /// Whether every command in a packed pipeline is one redkit knows to be read-only.
-fn packed_all_read_only(mut packed: &[u8]) -> bool {
-    while !packed.is_empty() {
-        let Some(name) = packed_command_name(packed) else {
-            return false;
-        };
-        if !is_read_only_command(name) {
-            return false;
-        }
-        // Skip this command: `*N\r\n` then N bulk strings.
-        let Some(next) = skip_command(packed) else {
-            return false;
-        };
-        packed = next;
-    }
-    true
-}
-
-fn skip_command(packed: &[u8]) -> Option<&[u8]> {
-    let line = |b: &[u8]| -> Option<(usize, usize)> {
-        let nl = b.iter().position(|c| *c == b'\n')?;
-        let n = std::str::from_utf8(b.get(1..nl)?.strip_suffix(b"\r")?)
-            .ok()?
-            .parse()
-            .ok()?;
-        Some((n, nl + 1))
-    };
-    let (count, mut at) = line(packed)?;
-    for _ in 0..count {
-        let (len, hdr) = line(packed.get(at..)?)?;
-        at += hdr + len + 2;
-    }
-    packed.get(at..)
+fn packed_all_read_only(packed: &[u8]) -> bool {
+    resp::each_command(packed, |name, _| is_read_only_command(name))
 }
 
 impl ConnectionLike for Redis {
     fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<Value> {
-        let read_only = || packed_command_name(cmd).is_some_and(is_read_only_command);
+        let read_only = || resp::command_name(cmd).is_some_and(is_read_only_command);
         let value = self
             .execute(read_only, |con| {
                 transient_reply_as_error(con.exec_packed(cmd)?)
@@ -873,13 +854,11 @@ mod tests {
     #[test]
     fn reads_command_names_from_packed_requests() {
         let get = redis::cmd("GET").arg("k").get_packed_command();
-        assert_eq!(packed_command_name(&get), Some(&b"GET"[..]));
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg("a").cmd("MGET").arg("b").arg("c");
         assert!(packed_all_read_only(&pipe.get_packed_pipeline()));
         pipe.cmd("INCR").arg("x");
         assert!(!packed_all_read_only(&pipe.get_packed_pipeline()));
-        assert_eq!(packed_command_name(b"garbage"), None);
         assert!(!packed_all_read_only(b"*1\r\n$3\r\nGE"));
     }
 }

@@ -59,13 +59,17 @@ pub enum ErrorClass {
     RateLimited,
     /// A lock, semaphore permit or leadership did not come free within the wait allowed.
     LockTimeout,
+    /// The call cannot run here: the server lacks the feature (too old a version), or the
+    /// command would change a shared connection for later callers and needs another kind of
+    /// connection ([`Error::ServerTooOld`], [`Error::WrongConnection`]).
+    Unsupported,
     /// Anything else (sentinel or cluster topology errors, client-side errors).
     Other,
 }
 
 impl ErrorClass {
     /// Every class, in a stable order (used for per-class counters).
-    pub const ALL: [ErrorClass; 20] = [
+    pub const ALL: [ErrorClass; 21] = [
         ErrorClass::Connection,
         ErrorClass::Timeout,
         ErrorClass::Auth,
@@ -85,6 +89,7 @@ impl ErrorClass {
         ErrorClass::Closed,
         ErrorClass::RateLimited,
         ErrorClass::LockTimeout,
+        ErrorClass::Unsupported,
         ErrorClass::Other,
     ];
 
@@ -117,6 +122,7 @@ impl ErrorClass {
             ErrorClass::Closed => "closed",
             ErrorClass::RateLimited => "rate_limited",
             ErrorClass::LockTimeout => "lock_timeout",
+            ErrorClass::Unsupported => "unsupported",
             ErrorClass::Other => "other",
         }
     }
@@ -232,6 +238,25 @@ pub enum Error {
         /// What happened (a panic message).
         reason: String,
     },
+    /// The server lacks a feature this call needs (its version is too old). Nothing was
+    /// sent for the call.
+    ServerTooOld {
+        /// What needs it (a command or a redkit feature, such as `"LMOVE"`).
+        feature: &'static str,
+        /// The server versions that have it (for example `"Redis 6.2 or Valkey 7.2"`).
+        needs: &'static str,
+        /// The server it ran against (for example `"Redis 6.0.9"`).
+        server: String,
+    },
+    /// The command cannot run on this kind of connection: it would change a shared
+    /// connection's state for later callers (`SELECT`, `SUBSCRIBE`, `MULTI`, `CLIENT
+    /// TRACKING`...) or it needs a connection of its own. Nothing was sent.
+    WrongConnection {
+        /// The command, as sent (for example `"SELECT"` or `"CLIENT TRACKING"`).
+        command: String,
+        /// What to use instead.
+        instead: &'static str,
+    },
     /// A stored value could not be decoded (a cache entry or session written in another
     /// format, or by another program). Never turned into a silent miss.
     Decode {
@@ -307,6 +332,7 @@ impl Error {
             Error::LockTimeout { .. } => ErrorClass::LockTimeout,
             Error::Background { .. } => ErrorClass::Other,
             Error::Decode { .. } => ErrorClass::Conversion,
+            Error::ServerTooOld { .. } | Error::WrongConnection { .. } => ErrorClass::Unsupported,
         }
     }
 
@@ -490,6 +516,14 @@ impl fmt::Display for Error {
             Error::Decode { key, reason } => {
                 write!(f, "the value at `{key}` could not be decoded: {reason}")
             }
+            Error::ServerTooOld {
+                feature,
+                needs,
+                server,
+            } => write!(f, "`{feature}` needs {needs}; the server is {server}"),
+            Error::WrongConnection { command, instead } => {
+                write!(f, "`{command}` cannot run on this connection: {instead}")
+            }
         }
     }
 }
@@ -542,6 +576,21 @@ impl fmt::Debug for Error {
                 .debug_struct("Decode")
                 .field("key", key)
                 .field("reason", reason)
+                .finish(),
+            Error::ServerTooOld {
+                feature,
+                needs,
+                server,
+            } => f
+                .debug_struct("ServerTooOld")
+                .field("feature", feature)
+                .field("needs", needs)
+                .field("server", server)
+                .finish(),
+            Error::WrongConnection { command, instead } => f
+                .debug_struct("WrongConnection")
+                .field("command", command)
+                .field("instead", instead)
                 .finish(),
         }
     }

@@ -216,7 +216,9 @@ impl HeartbeatThread {
     /// Stops the thread and waits for it. `Err` when it panicked.
     pub(crate) fn stop(&mut self) -> std::result::Result<(), String> {
         drop(self.stop.take());
-        self.thread.take().map_or(Ok(()), crate::threads::join)
+        self.thread
+            .take()
+            .map_or(Ok(()), crate::util::threads::join)
     }
 }
 

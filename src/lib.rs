@@ -128,7 +128,7 @@ pub mod config;
 mod error;
 pub mod events;
 pub mod heartbeat;
-mod histogram;
+
 pub mod lock;
 pub mod metrics;
 pub mod monitor;
@@ -145,7 +145,7 @@ pub mod session;
 mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
-mod threads;
+mod util;
 
 pub use breaker::{BreakerConfig, BreakerState, FailureRate};
 pub use cache::{Cache, CacheStats};
@@ -157,7 +157,6 @@ pub use config::{
 pub use error::{Delivery, Error, ErrorClass, Result};
 pub use events::{Event, Health};
 pub use heartbeat::HeartbeatConfig;
-pub use histogram::Latency;
 pub use lock::{Lock, LockGuard};
 pub use pool::PooledConnection;
 pub use queue::{Job, ListQueue, StreamQueue};
@@ -166,6 +165,7 @@ pub use retry::{Backoff, BackoffDelays, Jitter, RetryPolicy};
 pub use script::{Pipeline, Script, ScriptCall};
 pub use session::{Session, SessionStore};
 pub use stats::{ErrorCounts, PoolStats, Stats};
+pub use util::histogram::Latency;
 
 /// The `redis` crate, re-exported so that versions always match.
 pub use redis;

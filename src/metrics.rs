@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
-use crate::histogram::{Histogram, Latency};
+use crate::util::histogram::{Histogram, Latency};
 
 /// At most this many distinct names are tracked; later ones count under `OTHER`.
 const MAX_NAMES: usize = 256;

@@ -613,7 +613,10 @@ impl Sampler {
 
     fn shutdown(&mut self) -> Result<()> {
         drop(self.stop.take());
-        let joined = self.thread.take().map_or(Ok(()), crate::threads::join);
+        let joined = self
+            .thread
+            .take()
+            .map_or(Ok(()), crate::util::threads::join);
         joined.map_err(|reason| Error::Background {
             thread: "redkit-monitor",
             reason,

@@ -22,9 +22,9 @@ use crate::config::{Addr, Config, Protocol};
 use crate::error::{Delivery, Error, ErrorClass, Result};
 use crate::events::{AtomicHealth, Event, Health, Listeners};
 use crate::heartbeat::Kick;
-use crate::histogram::Histogram;
 use crate::metrics::CommandMetrics;
 use crate::stats::Counters;
+use crate::util::histogram::Histogram;
 
 /// State shared by the handle, the heartbeat thread, the manager and every pooled connection.
 #[derive(Debug)]
@@ -766,7 +766,7 @@ impl PooledConnection {
             self.check_read_only(std::slice::from_ref(v));
         }
         let failed = !matches!(&result, Ok(v) if !matches!(v, Value::ServerError(_)));
-        let name = crate::client::packed_command_name(cmd).unwrap_or(b"UNKNOWN");
+        let name = crate::util::resp::command_name(cmd).unwrap_or(b"UNKNOWN");
         self.shared
             .command_metrics
             .record(name, start.elapsed(), failed);

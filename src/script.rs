@@ -380,3 +380,24 @@ impl Pipeline {
         out
     }
 }
+
+/// Defines `fn $name() -> &'static Script` for a Lua file next to the module, built once.
+///
+/// ```ignore
+/// static_script!(acquire_script, "acquire.lua");
+/// ```
+macro_rules! static_script {
+    ($name:ident, $file:literal) => {
+        fn $name() -> &'static $crate::Script {
+            static S: ::std::sync::OnceLock<$crate::Script> = ::std::sync::OnceLock::new();
+            S.get_or_init(|| $crate::Script::new(include_str!($file)))
+        }
+    };
+    (pub(crate) $name:ident, $file:literal) => {
+        pub(crate) fn $name() -> &'static $crate::Script {
+            static S: ::std::sync::OnceLock<$crate::Script> = ::std::sync::OnceLock::new();
+            S.get_or_init(|| $crate::Script::new(include_str!($file)))
+        }
+    };
+}
+pub(crate) use static_script;

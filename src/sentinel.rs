@@ -145,14 +145,11 @@ fn choose_replica(
 
 impl SentinelState {
     pub(crate) fn new(config: SentinelConfig) -> SentinelState {
-        let mut seed = [0u8; 4];
-        // A fixed start is only less even, never wrong.
-        let _ = getrandom::fill(&mut seed);
         SentinelState {
             config,
             current: Mutex::new(None),
             rediscover: AtomicBool::new(false),
-            next_replica: AtomicUsize::new(u32::from_le_bytes(seed) as usize),
+            next_replica: AtomicUsize::new(crate::util::ids::random_u64() as usize),
         }
     }
 
@@ -495,7 +492,7 @@ impl SentinelListener {
     /// Stops the thread and waits for it (unless called on that very thread).
     pub(crate) fn stop(&mut self) {
         drop(self.stop.take());
-        if let Some(Err(panic)) = self.thread.take().map(crate::threads::join) {
+        if let Some(Err(panic)) = self.thread.take().map(crate::util::threads::join) {
             warn!("the redkit-sentinel thread had panicked: {panic}");
         }
     }

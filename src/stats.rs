@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 use crate::breaker::BreakerState;
 use crate::error::ErrorClass;
 use crate::events::Health;
-use crate::histogram::Latency;
 use crate::pool::Shared;
+use crate::util::histogram::Latency;
 
 const CLASSES: usize = ErrorClass::ALL.len();
 

@@ -40,9 +40,8 @@
 //! ([`Cache::increment`]) are plain integers, read with [`Cache::counter`].
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -50,7 +49,9 @@ use redis::Value;
 
 use crate::error::{Error, Result};
 use crate::scan::ScanIter;
-use crate::{Pipeline, Redis, Script};
+use crate::script::static_script;
+use crate::util::ids;
+use crate::{Pipeline, Redis};
 
 mod value;
 
@@ -59,25 +60,12 @@ pub use value::CacheValue;
 pub use value::Json;
 use value::{absent_frame, frame, unframe, Frame};
 
-fn script(cell: &'static OnceLock<Script>, code: &str) -> &'static Script {
-    cell.get_or_init(|| Script::new(code))
-}
-
-macro_rules! lua {
-    ($name:ident, $file:literal) => {
-        fn $name() -> &'static Script {
-            static S: OnceLock<Script> = OnceLock::new();
-            script(&S, include_str!($file))
-        }
-    };
-}
-
-lua!(get_or_lock_script, "get_or_lock.lua");
-lua!(store_script, "store.lua");
-lua!(unlock_script, "unlock.lua");
-lua!(set_tagged_script, "set_tagged.lua");
-lua!(invalidate_tag_script, "invalidate_tag.lua");
-lua!(incr_script, "incr.lua");
+static_script!(get_or_lock_script, "get_or_lock.lua");
+static_script!(store_script, "store.lua");
+static_script!(unlock_script, "unlock.lua");
+static_script!(set_tagged_script, "set_tagged.lua");
+static_script!(invalidate_tag_script, "invalidate_tag.lua");
+static_script!(incr_script, "incr.lua");
 
 /// The settings of a [`Cache`], made by [`CacheBuilder`].
 #[derive(Debug, Clone)]
@@ -680,7 +668,7 @@ impl Cache {
         if pttl_ms < 0 {
             return false;
         }
-        let gap = -(delta.as_secs_f64() * 1000.0) * beta * unit_random().ln();
+        let gap = -(delta.as_secs_f64() * 1000.0) * beta * ids::unit_random().ln();
         gap >= pttl_ms as f64
     }
 
@@ -704,7 +692,7 @@ impl Cache {
         let Joined::Leader(mut leader) = self.join(&full) else {
             return Ok(self.decode(key, &current)?);
         };
-        let token = lock_token();
+        let token = ids::token();
         let locked: Option<String> = self.redis.query(
             redis::cmd("SET")
                 .arg(self.lock_key(key))
@@ -783,7 +771,7 @@ impl Cache {
         let mut pause = Duration::from_millis(2);
         let mut waited = false;
         loop {
-            let token = lock_token();
+            let token = ids::token();
             let reply: Vec<Value> = get_or_lock_script()
                 .key(&full)
                 .key(&lock)
@@ -910,22 +898,6 @@ impl Cache {
     }
 }
 
-/// A random lock token (not secret: it only tells lock holders apart).
-fn lock_token() -> String {
-    let h = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    format!("{:016x}{:08x}", h, std::process::id())
-}
-
-/// A random number in (0, 1].
-fn unit_random() -> f64 {
-    let h = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64
-}
-
 /// Escapes the glob characters of a literal key prefix for `SCAN MATCH`.
 pub(crate) fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 4);
@@ -945,14 +917,5 @@ mod tests {
     #[test]
     fn globs_are_escaped() {
         assert_eq!(glob_escape("a{b}*?[x]\\"), "a{b}\\*\\?\\[x\\]\\\\");
-    }
-
-    #[test]
-    fn randoms_are_in_range_and_vary() {
-        let xs: Vec<f64> = (0..1000).map(|_| unit_random()).collect();
-        assert!(xs.iter().all(|x| *x > 0.0 && *x <= 1.0));
-        let mean = xs.iter().sum::<f64>() / 1000.0;
-        assert!((0.4..0.6).contains(&mean), "{mean}");
-        assert_ne!(lock_token(), lock_token());
     }
 }

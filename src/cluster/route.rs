@@ -39,44 +39,11 @@ pub(crate) fn slot(key: &[u8]) -> u16 {
     crc16(hashed) % SLOTS as u16
 }
 
-/// The arguments of one packed command (`*N\r\n$len\r\narg\r\n...`) and the bytes after it.
-pub(crate) fn split_command(packed: &[u8]) -> Option<(Vec<&[u8]>, &[u8])> {
-    fn line(b: &[u8], marker: u8) -> Option<(usize, &[u8])> {
-        let b = b.strip_prefix(&[marker])?;
-        let nl = b.iter().position(|&c| c == b'\n')?;
-        let n = std::str::from_utf8(b.get(..nl)?.strip_suffix(b"\r")?)
-            .ok()?
-            .parse()
-            .ok()?;
-        Some((n, &b[nl + 1..]))
-    }
-    let (count, mut rest) = line(packed, b'*')?;
-    let mut args = Vec::with_capacity(count);
-    for _ in 0..count {
-        let (len, after) = line(rest, b'$')?;
-        args.push(after.get(..len)?);
-        rest = after.get(len..)?.strip_prefix(b"\r\n")?;
-    }
-    Some((args, rest))
-}
-
-/// One command of a pipeline: its packed bytes and its arguments.
-pub(crate) type Packed<'a> = (&'a [u8], Vec<&'a [u8]>);
+pub(crate) use crate::util::resp::{split_command, split_pipeline, Packed};
 
 /// One part of a split multi-key command: its packed bytes and the positions of its keys in
 /// the original command.
 pub(crate) type Part = (Vec<u8>, Vec<usize>);
-
-/// Every command of a packed pipeline.
-pub(crate) fn split_pipeline(mut packed: &[u8]) -> Option<Vec<Packed<'_>>> {
-    let mut out = Vec::new();
-    while !packed.is_empty() {
-        let (args, rest) = split_command(packed)?;
-        out.push((&packed[..packed.len() - rest.len()], args));
-        packed = rest;
-    }
-    Some(out)
-}
 
 /// Where a command goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

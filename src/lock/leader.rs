@@ -1,7 +1,7 @@
 //! Leader election and presence: [`Group`] and its [`Member`]s.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -12,22 +12,14 @@ use super::wait::millis;
 use super::watchdog::Task;
 use super::{bad_reply, check_name, check_ttl, drift, tagged, DEFAULT_PREFIX};
 use crate::error::{Error, Result};
-use crate::{Redis, Script};
+use crate::script::static_script;
+use crate::Redis;
 
-fn tick_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("leader_tick.lua")))
-}
+static_script!(tick_script, "leader_tick.lua");
 
-fn leave_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("leader_leave.lua")))
-}
+static_script!(leave_script, "leader_leave.lua");
 
-fn members_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("leader_members.lua")))
-}
+static_script!(members_script, "leader_members.lua");
 
 #[derive(Debug)]
 struct Keys {
@@ -187,7 +179,7 @@ impl Group {
         let next = state.tick(&self.redis)?;
         let task: Arc<dyn Task> = state.clone();
         let weak: Weak<dyn Task> = Arc::downgrade(&task);
-        self.redis.locks().schedule(&self.redis, weak, next)?;
+        super::handle_locks(&self.redis)?.schedule(&self.redis, weak, next)?;
         Ok(Member {
             redis: self.redis.clone(),
             state,

@@ -107,6 +107,12 @@ pub use rwlock::{ReadWriteLock, RwGuard, RwMode};
 pub use semaphore::{Permit, Semaphore, SemaphoreBuilder};
 pub(crate) use watchdog::HandleLocks;
 
+impl crate::client::Extension for HandleLocks {
+    fn shut_down(&self) {
+        HandleLocks::shut_down(self);
+    }
+}
+
 /// The key prefix every lock helper uses unless told otherwise.
 pub(crate) const DEFAULT_PREFIX: &str = "redkit:lock:";
 
@@ -125,8 +131,14 @@ impl Redis {
 
     /// Whether this handle's lock watchdog thread is running.
     pub fn lock_watchdog_running(&self) -> bool {
-        self.locks().watchdog_running()
+        self.extension::<HandleLocks>()
+            .is_some_and(|l| l.watchdog_running())
     }
+}
+
+/// The handle's lock bookkeeping; [`Error::Closed`] once the handle is closed.
+pub(crate) fn handle_locks(redis: &Redis) -> Result<std::sync::Arc<HandleLocks>> {
+    redis.extension::<HandleLocks>().ok_or(Error::Closed)
 }
 
 /// `{prefix}{{name}}`: the name is the keys' hash tag.
@@ -136,7 +148,7 @@ pub(crate) fn tagged(prefix: &str, name: &str) -> String {
 
 /// A random 128-bit token as 32 hex digits.
 pub(crate) fn new_token() -> String {
-    crate::ratelimit::lease_id()
+    crate::util::ids::token()
 }
 
 /// Checks a lock name.

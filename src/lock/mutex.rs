@@ -1,7 +1,7 @@
 //! [`Lock`]: a mutex by name, with tokens, fencing, a watchdog and fast hand-off.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use log::warn;
@@ -12,27 +12,16 @@ use super::watchdog::Task;
 use super::{bad_reply, check_name, check_ttl, drift, tagged, DEFAULT_PREFIX};
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::{Redis, Script};
+use crate::script::static_script;
+use crate::Redis;
 
-fn acquire_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("lock_acquire.lua")))
-}
+static_script!(acquire_script, "lock_acquire.lua");
 
-fn release_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("lock_release.lua")))
-}
+static_script!(release_script, "lock_release.lua");
 
-fn extend_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("lock_extend.lua")))
-}
+static_script!(extend_script, "lock_extend.lua");
 
-fn pttl_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("lock_pttl.lua")))
-}
+static_script!(pttl_script, "lock_pttl.lua");
 
 /// The keys of one lock; all share the hash tag `{name}`.
 #[derive(Debug)]
@@ -294,9 +283,7 @@ impl Lock {
             let task: Arc<dyn Task> = guard.lease.clone();
             let weak: Weak<dyn Task> = Arc::downgrade(&task);
             // On failure the guard is dropped, which releases the lock.
-            self.redis
-                .locks()
-                .schedule(&self.redis, weak, self.ttl / 3)?;
+            super::handle_locks(&self.redis)?.schedule(&self.redis, weak, self.ttl / 3)?;
         }
         Ok(guard)
     }

@@ -2,7 +2,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -11,22 +11,14 @@ use super::wait::millis;
 use super::{check_name, check_ttl, drift, tagged};
 use crate::error::{Error, Result};
 use crate::retry::SplitMix64;
-use crate::{Redis, Script};
+use crate::script::static_script;
+use crate::Redis;
 
-fn acquire_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("redlock_acquire.lua")))
-}
+static_script!(acquire_script, "redlock_acquire.lua");
 
-fn release_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("redlock_release.lua")))
-}
+static_script!(release_script, "redlock_release.lua");
 
-fn extend_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("lock_extend.lua")))
-}
+static_script!(extend_script, "lock_extend.lua");
 
 /// The key prefix of Redlock keys unless told otherwise.
 const REDLOCK_PREFIX: &str = "redkit:redlock:";

@@ -1,6 +1,6 @@
 //! [`ReadWriteLock`]: many readers or one writer, each a lease with a TTL.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::warn;
@@ -8,32 +8,18 @@ use log::warn;
 use super::wait::{millis, Waiter, WAKE_WINDOW};
 use super::{bad_reply, check_name, check_ttl, tagged, DEFAULT_PREFIX};
 use crate::error::{Error, Result};
-use crate::{Redis, Script};
+use crate::script::static_script;
+use crate::Redis;
 
-fn read_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("rw_read_acquire.lua")))
-}
+static_script!(read_script, "rw_read_acquire.lua");
 
-fn write_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("rw_write_acquire.lua")))
-}
+static_script!(write_script, "rw_write_acquire.lua");
 
-fn release_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("rw_release.lua")))
-}
+static_script!(release_script, "rw_release.lua");
 
-fn abandon_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("rw_abandon.lua")))
-}
+static_script!(abandon_script, "rw_abandon.lua");
 
-fn extend_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("rw_extend.lua")))
-}
+static_script!(extend_script, "rw_extend.lua");
 
 #[derive(Debug)]
 struct Keys {

@@ -1,6 +1,6 @@
 //! [`Semaphore`]: N permits by name, each a lease with a TTL.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::warn;
@@ -8,27 +8,16 @@ use log::warn;
 use super::wait::{millis, Waiter, MAX_BLOCK, WAKE_WINDOW};
 use super::{bad_reply, check_name, check_ttl, tagged, DEFAULT_PREFIX};
 use crate::error::{Error, Result};
-use crate::{Redis, Script};
+use crate::script::static_script;
+use crate::Redis;
 
-fn acquire_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("semaphore_acquire.lua")))
-}
+static_script!(acquire_script, "semaphore_acquire.lua");
 
-fn release_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("semaphore_release.lua")))
-}
+static_script!(release_script, "semaphore_release.lua");
 
-fn extend_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("semaphore_extend.lua")))
-}
+static_script!(extend_script, "semaphore_extend.lua");
 
-fn count_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("semaphore_count.lua")))
-}
+static_script!(count_script, "semaphore_count.lua");
 
 #[derive(Debug)]
 struct Keys {

@@ -79,7 +79,9 @@ impl<'a> Waiter<'a> {
     /// Blocks on the wake list for at most `block`. `false` when it could not block (no
     /// connection to spare, or an error), so the caller polls instead.
     fn blpop(&mut self, block: Duration) -> bool {
-        let locks = self.redis.locks();
+        let Ok(locks) = super::handle_locks(self.redis) else {
+            return false;
+        };
         let cap = (self.redis.config().pool.max_size() / 2).max(1) as usize;
         if locks.blocking_waiters.fetch_add(1, Ordering::AcqRel) >= cap {
             locks.blocking_waiters.fetch_sub(1, Ordering::AcqRel);

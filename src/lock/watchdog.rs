@@ -128,7 +128,9 @@ impl Watchdog {
         drop(self.stop.take());
         // When the watchdog dropped the last clone of the handle itself, this returns at
         // once and the thread sees the stop signal afterwards.
-        self.thread.take().map_or(Ok(()), crate::threads::join)
+        self.thread
+            .take()
+            .map_or(Ok(()), crate::util::threads::join)
     }
 }
 

@@ -10,7 +10,7 @@ use log::warn;
 
 use super::{Message, Subscription};
 use crate::error::{Error, Result};
-use crate::threads::panic_message;
+use crate::util::threads::panic_message;
 
 /// A running callback ([`Subscription::handle`]). Dropping it (or [`Handler::stop`]) stops
 /// the dispatcher thread, waiting for the message being handled, and unsubscribes.
@@ -81,7 +81,7 @@ impl Handler {
         // A handler that drops its own `Handler` does not wait for itself; a panic in a
         // handler is caught inside the thread, so joining cannot report one.
         if let Some(thread) = self.thread.take() {
-            let _ = crate::threads::join(thread);
+            let _ = crate::util::threads::join(thread);
         }
     }
 }

@@ -440,7 +440,10 @@ impl Subscriber {
     fn shut_down(&mut self) -> Result<()> {
         self.counters.stopping.store(true, Relaxed);
         self.stop.take();
-        let joined = self.thread.take().map_or(Ok(()), crate::threads::join);
+        let joined = self
+            .thread
+            .take()
+            .map_or(Ok(()), crate::util::threads::join);
         joined.map_err(|reason| Error::Background {
             thread: "redkit-subscriber",
             reason,

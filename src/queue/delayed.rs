@@ -254,7 +254,10 @@ impl Periodic {
 
     pub(crate) fn shut_down(&mut self) -> Result<()> {
         self.stop.take();
-        let joined = self.thread.take().map_or(Ok(()), crate::threads::join);
+        let joined = self
+            .thread
+            .take()
+            .map_or(Ok(()), crate::util::threads::join);
         joined.map_err(|reason| Error::Background {
             thread: self.name,
             reason,

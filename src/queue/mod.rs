@@ -267,15 +267,7 @@ pub(crate) fn millis(d: Duration) -> u64 {
 
 /// A unique token for a delayed job scheduled by the user (its identity in the delayed set).
 pub(crate) fn token() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "d{nanos:x}.{:x}.{:x}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("d{}", crate::util::ids::token())
 }
 
 /// The member of a delayed set: `<origin>\n<attempt>\n<payload>`.
@@ -395,7 +387,7 @@ pub(crate) fn parse_autoclaim(v: &Value) -> Result<(String, Vec<Job>)> {
 pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     format!(
         "handler panicked: {}",
-        crate::threads::panic_message(&**panic)
+        crate::util::threads::panic_message(&**panic)
     )
 }
 

@@ -12,6 +12,13 @@ use super::stream::{QueueStats, StreamConsumer, StreamQueue};
 use super::{panic_text, Job};
 use crate::error::{Error, Result};
 use crate::ratelimit::{ConcurrencyLimiter, RateLimiter};
+
+impl StreamQueue {
+    /// Starts configuring a pool of worker threads for this queue.
+    pub fn workers(&self) -> WorkersBuilder {
+        WorkersBuilder::new(self.clone())
+    }
+}
 use crate::retry::Backoff;
 
 /// How often idle threads look at the stop flag.
@@ -524,7 +531,7 @@ impl Workers {
         self.done = true;
         self.stop.store(true, Relaxed);
         let mut panicked = None;
-        if let Some(Err(p)) = self.reader.take().map(crate::threads::join) {
+        if let Some(Err(p)) = self.reader.take().map(crate::util::threads::join) {
             panicked = Some(("redkit-queue-reader", p));
         }
         let mut handed_back = 0;
@@ -544,7 +551,7 @@ impl Workers {
             );
         }
         for t in self.threads.drain(..) {
-            if let Err(p) = crate::threads::join(t) {
+            if let Err(p) = crate::util::threads::join(t) {
                 panicked = Some(("redkit-queue-worker", p));
             }
         }

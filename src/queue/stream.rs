@@ -666,11 +666,6 @@ impl StreamQueue {
             in_flight: c.in_flight.load(Relaxed),
         })
     }
-
-    /// Starts configuring a pool of worker threads for this queue.
-    pub fn workers(&self) -> super::WorkersBuilder {
-        super::WorkersBuilder::new(self.clone())
-    }
 }
 
 fn as_u64(v: &Value) -> Option<u64> {

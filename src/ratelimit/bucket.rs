@@ -1,13 +1,14 @@
 //! Token bucket: a bucket of tokens refilled at a steady rate, several taken at once.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
 
 use super::{micros, period, positive, subject_key, Decision, RateLimiter, DEFAULT_PREFIX};
 use crate::error::Result;
-use crate::{Redis, Script};
+use crate::script::static_script;
+use crate::Redis;
 
 /// A token bucket limit: at most `capacity` tokens, refilled by `refill` tokens every `per`
 /// (continuously: a refill of 10 per second adds one token every 100 ms).
@@ -58,10 +59,7 @@ impl BucketLimit {
     }
 }
 
-fn script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("token_bucket.lua")))
-}
+static_script!(script, "token_bucket.lua");
 
 /// A token bucket on the server's clock: a subject starts with `capacity` tokens, every request
 /// takes `n` of them (all or nothing), and tokens flow back at the refill rate up to the

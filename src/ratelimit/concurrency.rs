@@ -1,37 +1,25 @@
 //! Concurrency limits: at most N at the same time per subject, each slot a lease with a TTL.
 
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
 use super::{micros, period, positive, subject_key, DEFAULT_PREFIX};
 use crate::error::{Error, Result};
 use crate::retry::SplitMix64;
-use crate::{Redis, Script};
+use crate::script::static_script;
+use crate::Redis;
 
-fn acquire_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("concurrency_acquire.lua")))
-}
+static_script!(acquire_script, "concurrency_acquire.lua");
 
-fn release_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("concurrency_release.lua")))
-}
+static_script!(release_script, "concurrency_release.lua");
 
-fn extend_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("concurrency_extend.lua")))
-}
+static_script!(extend_script, "concurrency_extend.lua");
 
-fn count_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("concurrency_count.lua")))
-}
+static_script!(count_script, "concurrency_count.lua");
 
 /// The first sleep between attempts of a waiting acquire; it doubles up to [`MAX_POLL`].
 const FIRST_POLL: Duration = Duration::from_millis(5);
@@ -228,24 +216,9 @@ fn bad_reply(detail: String) -> Error {
     Error::from_redis(e, crate::error::Delivery::Answered)
 }
 
-/// A random 128-bit lease id, as 32 hex digits: per-thread random SipHash keys (from the
-/// operating system) over the clock, the process id and a counter.
+/// A random 128-bit lease id, as 32 hex digits.
 pub(crate) fn lease_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let half = |salt: u8| {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u8(salt);
-        h.write_u128(nanos);
-        h.write_u64(count);
-        h.write_u32(std::process::id());
-        h.finish()
-    };
-    format!("{:016x}{:016x}", half(0), half(1))
+    crate::util::ids::token()
 }
 
 /// A slot of a [`ConcurrencyLimiter`], held until released or dropped.

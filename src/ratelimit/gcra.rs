@@ -1,6 +1,6 @@
 //! GCRA: a smooth rate with a burst allowance, in one key per subject.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -9,7 +9,8 @@ use super::{
     decide, delete, micros, period, positive, subject_key, Decision, RateLimiter, DEFAULT_PREFIX,
 };
 use crate::error::Result;
-use crate::{Redis, Script};
+use crate::script::static_script;
+use crate::Redis;
 
 /// A GCRA limit: `rate` per `period`, with at most `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,10 +80,7 @@ impl GcraLimit {
     }
 }
 
-pub(crate) fn script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("gcra.lua")))
-}
+static_script!(pub(crate) script, "gcra.lua");
 
 /// The generic cell rate algorithm (the one go-redis/redis_rate uses), on the server's clock:
 /// requests are spaced `period / rate` apart on average, and up to `burst` may go at once

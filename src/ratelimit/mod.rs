@@ -38,7 +38,6 @@ mod multi;
 mod window;
 
 pub use bucket::{BucketLimit, TokenBucket};
-pub(crate) use concurrency::lease_id;
 pub use concurrency::{ConcurrencyLimiter, Slot};
 pub use gcra::{Gcra, GcraLimit};
 pub use multi::{MultiDecision, MultiLimit};

@@ -1,16 +1,12 @@
 //! Several limits checked and consumed together, all or nothing, in one round trip.
 
-use std::sync::OnceLock;
-
 use super::{Decision, RetryAfter};
 use crate::error::{Error, Result};
 use crate::ratelimit::Gcra;
-use crate::{Redis, Script};
+use crate::script::static_script;
+use crate::Redis;
 
-fn script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("multi.lua")))
-}
+static_script!(script, "multi.lua");
 
 /// The outcome of a [`MultiLimit`] check.
 #[non_exhaustive]

@@ -1,14 +1,14 @@
 //! Window limiters: N per period, counted exactly (sliding log), smoothed across window edges
 //! (sliding window counter) or per calendar window (fixed window).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
 
 use super::{micros, period, positive, subject_key, Decision, RateLimiter, DEFAULT_PREFIX};
 use crate::error::Result;
-use crate::{Redis, Script};
+use crate::Redis;
 
 /// A window limit: at most `limit` units per `period`, shared by [`SlidingLog`],
 /// [`SlidingWindow`] and [`FixedWindow`].
@@ -128,10 +128,7 @@ macro_rules! window_limiter {
                     .key(&subject_key(&self.prefix, &self.name, subject))
             }
 
-            fn script() -> &'static Script {
-                static SCRIPT: OnceLock<Script> = OnceLock::new();
-                SCRIPT.get_or_init(|| Script::new(include_str!($file)))
-            }
+            crate::script::static_script!(script, $file);
         }
 
         impl RateLimiter for $name {

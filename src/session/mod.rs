@@ -32,25 +32,16 @@
 //! slot, which the scripts need (they derive a user's index key from the session).
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
-use crate::{Redis, Script};
+use crate::script::static_script;
+use crate::Redis;
 
-macro_rules! lua {
-    ($name:ident, $file:literal) => {
-        fn $name() -> &'static Script {
-            static S: OnceLock<Script> = OnceLock::new();
-            S.get_or_init(|| Script::new(include_str!($file)))
-        }
-    };
-}
-
-lua!(create_script, "create.lua");
-lua!(touch_script, "touch.lua");
-lua!(destroy_script, "destroy.lua");
-lua!(user_sessions_script, "user_sessions.lua");
+static_script!(create_script, "create.lua");
+static_script!(touch_script, "touch.lua");
+static_script!(destroy_script, "destroy.lua");
+static_script!(user_sessions_script, "user_sessions.lua");
 
 const USER_FIELD: &str = "__user";
 const CREATED_FIELD: &str = "__created";
@@ -384,14 +375,7 @@ fn check_fields<'a>(mut names: impl Iterator<Item = &'a str>) -> Result<()> {
 
 /// 128 random bits from the operating system, in hex.
 fn new_id() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| {
-        Error::config(
-            "session.id",
-            format!("the operating system's random source failed: {e}"),
-        )
-    })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::util::ids::token())
 }
 
 #[cfg(test)]

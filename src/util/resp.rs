@@ -1,0 +1,169 @@
+//! The one reader of packed RESP requests (`*N\r\n$len\r\narg\r\n...`), as the `redis` crate
+//! packs commands: command names for metrics and retry decisions, arguments for routing and
+//! key prefixes, pipelines split into commands. Pure functions, no allocation but the
+//! argument lists.
+
+/// One `<marker><number>\r\n` header: the number and the bytes after the line.
+fn header(b: &[u8], marker: u8) -> Option<(usize, &[u8])> {
+    let b = b.strip_prefix(&[marker])?;
+    let nl = b.iter().position(|&c| c == b'\n')?;
+    let digits = b.get(..nl)?.strip_suffix(b"\r")?;
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some((n, &b[nl + 1..]))
+}
+
+/// The arguments of the first packed command in `packed` and the bytes after it.
+pub(crate) fn split_command(packed: &[u8]) -> Option<(Vec<&[u8]>, &[u8])> {
+    let (count, mut rest) = header(packed, b'*')?;
+    // A count larger than the bytes that follow is corrupt: do not reserve for it.
+    let mut args = Vec::with_capacity(count.min(rest.len() / 4 + 1));
+    for _ in 0..count {
+        let (len, after) = header(rest, b'$')?;
+        args.push(after.get(..len)?);
+        rest = after.get(len..)?.strip_prefix(b"\r\n")?;
+    }
+    Some((args, rest))
+}
+
+/// The bytes after the first packed command, without collecting its arguments.
+pub(crate) fn skip_command(packed: &[u8]) -> Option<&[u8]> {
+    let (count, mut rest) = header(packed, b'*')?;
+    for _ in 0..count {
+        let (len, after) = header(rest, b'$')?;
+        rest = after.get(len..)?.strip_prefix(b"\r\n")?;
+    }
+    Some(rest)
+}
+
+/// The first argument (the command name) of the first packed command, and the second one
+/// (a subcommand such as `CLIENT TRACKING`'s `TRACKING`) when there is one.
+pub(crate) fn command_words(packed: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let (count, rest) = header(packed, b'*')?;
+    if count == 0 {
+        return None;
+    }
+    let (len, after) = header(rest, b'$')?;
+    let name = after.get(..len)?;
+    if count == 1 {
+        return Some((name, None));
+    }
+    let rest = after.get(len..)?.strip_prefix(b"\r\n")?;
+    let (len2, after2) = header(rest, b'$')?;
+    Some((name, after2.get(..len2)))
+}
+
+/// The name of the first packed command.
+pub(crate) fn command_name(packed: &[u8]) -> Option<&[u8]> {
+    let (count, rest) = header(packed, b'*')?;
+    if count == 0 {
+        return None;
+    }
+    let (len, after) = header(rest, b'$')?;
+    after.get(..len)
+}
+
+/// One command of a pipeline: its packed bytes and its arguments.
+pub(crate) type Packed<'a> = (&'a [u8], Vec<&'a [u8]>);
+
+/// Every command of a packed pipeline; `None` when any part is not a packed command.
+pub(crate) fn split_pipeline(mut packed: &[u8]) -> Option<Vec<Packed<'_>>> {
+    let mut out = Vec::new();
+    while !packed.is_empty() {
+        let (args, rest) = split_command(packed)?;
+        out.push((&packed[..packed.len() - rest.len()], args));
+        packed = rest;
+    }
+    Some(out)
+}
+
+/// Calls `f` with the name and subcommand of every command of a packed pipeline; `false`
+/// when the bytes are not a sequence of packed commands or `f` returned `false`.
+pub(crate) fn each_command<'a>(
+    mut packed: &'a [u8],
+    mut f: impl FnMut(&'a [u8], Option<&'a [u8]>) -> bool,
+) -> bool {
+    while !packed.is_empty() {
+        let Some((name, sub)) = command_words(packed) else {
+            return false;
+        };
+        if !f(name, sub) {
+            return false;
+        }
+        let Some(next) = skip_command(packed) else {
+            return false;
+        };
+        packed = next;
+    }
+    true
+}
+
+/// Packs arguments as one command, the way the `redis` crate does.
+#[allow(dead_code)] // used by the key prefix (next change)
+pub(crate) fn pack(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
+    pack_into(&mut out, args);
+    out
+}
+
+/// Appends one packed command to `out`.
+#[allow(dead_code)]
+pub(crate) fn pack_into(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.push(b'*');
+    out.extend_from_slice(args.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for a in args {
+        out.push(b'$');
+        out.extend_from_slice(a.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_names_and_arguments() {
+        let get = redis::cmd("GET").arg("k").get_packed_command();
+        assert_eq!(command_name(&get), Some(&b"GET"[..]));
+        assert_eq!(command_words(&get), Some((&b"GET"[..], Some(&b"k"[..]))));
+        let (args, rest) = split_command(&get).expect("parses");
+        assert_eq!(args, vec![&b"GET"[..], &b"k"[..]]);
+        assert!(rest.is_empty());
+        assert_eq!(pack(&args), get);
+        let ping = redis::cmd("PING").get_packed_command();
+        assert_eq!(command_words(&ping), Some((&b"PING"[..], None)));
+    }
+
+    #[test]
+    fn splits_pipelines() {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg("a").cmd("MGET").arg("b").arg("c");
+        let packed = pipe.get_packed_pipeline();
+        let cmds = split_pipeline(&packed).expect("parses");
+        assert_eq!(cmds.len(), 2);
+        assert_eq!(cmds[1].1.len(), 3);
+        let mut names = Vec::new();
+        assert!(each_command(&packed, |n, _| {
+            names.push(n.to_vec());
+            true
+        }));
+        assert_eq!(names, vec![b"GET".to_vec(), b"MGET".to_vec()]);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(command_name(b"garbage"), None);
+        assert!(split_pipeline(b"*1\r\n$3\r\nGE").is_none());
+        assert!(!each_command(b"*1\r\n$3\r\nGE", |_, _| true));
+        assert!(split_command(b"*99999999999999999999\r\n").is_none());
+        assert!(split_command(b"*-1\r\n").is_none());
+        assert!(split_command(b"*2\r\n$1\r\na\r\n").is_none());
+        assert_eq!(command_name(b"*0\r\n"), None);
+    }
+}
