@@ -146,6 +146,7 @@ mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod util;
+pub mod version;
 
 pub use breaker::{BreakerConfig, BreakerState, FailureRate};
 pub use cache::{Cache, CacheStats};
@@ -166,6 +167,7 @@ pub use script::{Pipeline, Script, ScriptCall};
 pub use session::{Session, SessionStore};
 pub use stats::{ErrorCounts, PoolStats, Stats};
 pub use util::histogram::Latency;
+pub use version::{ServerFlavor, ServerVersion};
 
 /// The `redis` crate, re-exported so that versions always match.
 pub use redis;
