@@ -468,10 +468,7 @@ impl SentinelSetup {
                     let healthy = |entries: &[HashMap<String, String>]| {
                         entries
                             .iter()
-                            .filter(|e| {
-                                let flags = e.get("flags").map_or("", String::as_str);
-                                !flags.contains("down") && !flags.contains("disconnected")
-                            })
+                            .filter(|e| healthy_flags(e.get("flags").map_or("", String::as_str)))
                             .count()
                     };
                     let seen = replicas.is_ok_and(|r| healthy(&r) >= self.replicas);
@@ -590,6 +587,17 @@ fn shorten_periods(sentinel: &RedisServer, down_after: Duration) {
     }
 }
 
+/// Whether a sentinel's `flags` of a replica or sentinel (`slave`, `s_down`,
+/// `disconnected`...) say it is up. Matched flag by flag: Valkey 9 flags a replica whose
+/// link to the master is down `master_down`, a state that does not make the replica itself
+/// down.
+fn healthy_flags(flags: &str) -> bool {
+    !flags
+        .split(',')
+        .map(str::trim)
+        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
+}
+
 fn start_failed(reason: String) -> TestingError {
     TestingError::StartFailed {
         reason,
@@ -620,4 +628,19 @@ pub(crate) fn info_field(server: &RedisServer, section: &str, field: &str) -> Op
     info.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .map(|v| v.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::healthy_flags;
+
+    #[test]
+    fn flags_match_whole() {
+        assert!(healthy_flags("slave"));
+        assert!(healthy_flags("sentinel"));
+        assert!(healthy_flags("slave,master_down"));
+        assert!(!healthy_flags("slave,s_down"));
+        assert!(!healthy_flags("sentinel,s_down,o_down"));
+        assert!(!healthy_flags("slave,disconnected"));
+    }
 }
