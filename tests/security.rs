@@ -134,6 +134,7 @@ fn tls_server(tls: &TlsMaterial, client_auth: bool) -> RedisServer {
 
 #[test]
 fn tls_with_custom_ca() -> TestResult {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = tls_server(&tls, false);
     let mut r = Redis::connect(builder(&server).tls_ca_pem(tls.ca_cert_pem()))?;
@@ -151,6 +152,7 @@ fn tls_with_custom_ca() -> TestResult {
 
 #[test]
 fn tls_with_client_certificate() -> TestResult {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = tls_server(&tls, true);
     let redis = Redis::connect(
@@ -174,6 +176,7 @@ fn tls_with_client_certificate() -> TestResult {
 
 #[test]
 fn tls_wrong_ca_and_wrong_host_are_rejected_with_a_tls_error() -> TestResult {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = tls_server(&tls, false);
     let start = std::time::Instant::now();
@@ -200,6 +203,7 @@ fn tls_wrong_ca_and_wrong_host_are_rejected_with_a_tls_error() -> TestResult {
 
 #[test]
 fn plain_client_against_tls_server_fails_cleanly() -> TestResult {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = tls_server(&tls, false);
     let err = Redis::connect(

@@ -85,8 +85,8 @@ impl SentinelBuilder {
     }
 
     /// Protects the sentinels themselves with this password (`requirepass` on each
-    /// sentinel, and `sentinel sentinel-pass` so they can talk to each other). Defaults to
-    /// none.
+    /// sentinel, and `sentinel sentinel-pass` so they can talk to each other: Redis 6.2 and
+    /// later, Valkey; [`start`](Self::start) fails on older servers). Defaults to none.
     pub fn sentinel_password(mut self, password: impl Into<String>) -> Self {
         self.sentinel_password = Some(password.into());
         self
@@ -125,6 +125,16 @@ impl SentinelBuilder {
             return Err(start_failed(
                 "a sentinel setup needs at least one replica and one sentinel".into(),
             ));
+        }
+        if self.sentinel_password.is_some() {
+            let binary = super::ServerBinary::find()?;
+            if !binary.knows_redis(6, 2) {
+                return Err(start_failed(format!(
+                    "a sentinel password (`sentinel sentinel-pass`) needs Redis 6.2 or later, \
+                     or Valkey; the server is {}",
+                    binary.version()
+                )));
+            }
         }
         let master = self.data_node(None).start()?;
         let master_port = master.port();
