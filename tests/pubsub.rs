@@ -71,7 +71,7 @@ fn messages_arrive_in_order_with_binary_and_huge_payloads() -> TestResult {
 fn patterns_and_shard_channels() -> TestResult {
     let server = server();
     // Shard channels came with 7.0; before, the patterns only.
-    let shards = server_has(redkit::version::Feature::ShardedPubSub);
+    let shards = part_needs(redkit::version::Feature::ShardedPubSub);
     for protocol in [Protocol::Resp2, Protocol::Resp3] {
         let redis = Redis::connect(builder(&server).protocol(protocol))?;
         let subscriber = redis.subscriber()?;
@@ -343,7 +343,7 @@ fn typed_topic_reports_undecodable_payloads_with_the_raw_bytes() -> TestResult {
 #[test]
 fn bad_input_gets_typed_errors() -> TestResult {
     // ACL rules on channels came with 6.2.
-    let channel_rules = server_has(redkit::version::Feature::AclChannels);
+    let channel_rules = part_needs(redkit::version::Feature::AclChannels);
     let mut server = RedisServer::builder().password("sub-secret-pw");
     if channel_rules {
         server = server.acl_user("user narrow on >narrow-pw ~* resetchannels &allowed.* +@all");

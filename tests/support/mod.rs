@@ -25,24 +25,37 @@ pub fn binary() -> ServerBinary {
 /// Prints `skipped: <test>: <why>` straight to stderr (past the test harness' capture, so it
 /// shows in every run; `scripts/test-servers.sh` counts these lines).
 pub fn skip(why: &str) {
+    note("skipped", why);
+}
+
+fn note(what: &str, why: &str) {
     let thread = std::thread::current();
     let test = thread.name().unwrap_or("?");
-    let _ = writeln!(std::io::stderr(), "skipped: {test}: {why}");
+    let _ = writeln!(std::io::stderr(), "{what}: {test}: {why}");
+}
+
+/// Why the server binary cannot run a test of `feature`, if it cannot.
+fn lacks(feature: Feature) -> Option<String> {
+    let binary = binary();
+    (!binary.supports(feature)).then(|| {
+        format!(
+            "needs {feature} ({}), the server is {}",
+            feature.needs(),
+            binary.version()
+        )
+    })
 }
 
 /// Whether the server binary has `feature`; if not, prints why the test is skipped (the test
 /// then returns at once: see [`require!`]).
 pub fn server_has(feature: Feature) -> bool {
-    let binary = binary();
-    if binary.supports(feature) {
-        return true;
-    }
-    skip(&format!(
-        "needs {feature} ({}), the server is {}",
-        feature.needs(),
-        binary.version()
-    ));
-    false
+    lacks(feature).map(|why| skip(&why)).is_none()
+}
+
+/// For a test that runs everywhere but has a part that needs `feature`: whether the server
+/// has it; if not, prints `part skipped: <test>: <why>` (not counted as a skipped test).
+pub fn part_needs(feature: Feature) -> bool {
+    lacks(feature).map(|why| note("part skipped", &why)).is_none()
 }
 
 /// Whether the server binary is compatible with Redis `major.minor` (every Valkey is with
