@@ -23,10 +23,11 @@ ALL=(redis-6.0 redis-6.2 redis-7.0 redis-7.4 valkey-8.1 valkey-9.1)
 
 # The subset: the tests of server-dependent behaviour (versions: fallbacks, trimmed claims,
 # typed errors), and one file per area that talks to the server in ways that changed
-# between versions (queues, pub/sub, scripts, scans, ACL and TLS, the launchers, Sentinel
-# and Cluster set-ups). The whole suite runs against Debian's 7.0 in the main CI step.
+# between versions (queues, pub/sub, scripts, scans, ACL and TLS, the launchers with their
+# Sentinel and Cluster set-ups). The whole suite runs against Debian's 7.0 in the main CI
+# step, and against every server with --full.
 SUBSET=(versions queue_list queue_stream pubsub pubsub_faults client cache lock scan
-    security monitor ratelimit_gcra session testing_server testing_topology cluster)
+    security monitor ratelimit_gcra session testing_server testing_topology)
 
 full=0
 servers=()

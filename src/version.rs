@@ -29,9 +29,11 @@
 //! | everything not listed below | 6.0 | 7.2 | - |
 //! | [`ListQueue`](crate::ListQueue) | 6.0 | 7.2 | before 6.2: `BRPOPLPUSH`/`RPOPLPUSH` instead of `BLMOVE`/`LMOVE` (the same moves) |
 //! | [`StreamQueue`](crate::StreamQueue) claims of dead consumers' jobs | 6.0 | 7.2 | before 7.0: `XPENDING` + `XCLAIM` in one script instead of `XAUTOCLAIM` (6.2's `XAUTOCLAIM` does not name the deleted entries it claims) |
-//! | [`Subscriber::ssubscribe`](crate::pubsub::Subscriber::ssubscribe), [`Redis::spublish`](crate::Redis::spublish) (shard channels) | 7.0 | 7.2 | [`Error::ServerTooOld`](crate::Error::ServerTooOld), nothing sent |
+//! | [`Subscriber::ssubscribe`](crate::pubsub::Subscriber::ssubscribe), [`Redis::spublish`](crate::Redis::spublish) (shard channels) | 7.0 | 7.2 | [`Error::ServerTooOld`], nothing sent |
 //! | [`StreamQueue`](crate::StreamQueue) `lag` in [`QueueStats`](crate::queue::QueueStats) | 7.0 | 7.2 | `None` |
 //! | TLS | 6.0 built with TLS | 7.2 built with TLS | - |
+//!
+//! [`Error::ServerTooOld`]: crate::Error::ServerTooOld
 //!
 //! [`Feature`] lists the commands that came after 6.0 with the version that brought each.
 //! Jobs of a [`StreamQueue`](crate::StreamQueue) whose stream entries were trimmed
@@ -231,7 +233,8 @@ impl ServerVersion {
                 .and_then(|(_, v)| text(v))
         };
         let version = field("version").ok_or_else(|| bad_version("HELLO", "no version"))?;
-        let number = parse_number(&version).ok_or_else(|| bad_version("HELLO version", &version))?;
+        let number =
+            parse_number(&version).ok_or_else(|| bad_version("HELLO version", &version))?;
         let flavor = match field("server") {
             Some(s) if s.eq_ignore_ascii_case("valkey") => ServerFlavor::Valkey,
             _ => ServerFlavor::Redis,
@@ -364,9 +367,9 @@ impl Feature {
             | Feature::GetEx
             | Feature::XaddNomkstream
             | Feature::AclChannels => (6, 2),
-            Feature::ShardedPubSub
-            | Feature::XautoclaimDeletedIds
-            | Feature::StreamGroupLag => (7, 0),
+            Feature::ShardedPubSub | Feature::XautoclaimDeletedIds | Feature::StreamGroupLag => {
+                (7, 0)
+            }
             Feature::Waitaof => (7, 2),
         }
     }
@@ -508,7 +511,9 @@ mod tests {
         assert!(r70.supports(Feature::ShardedPubSub) && !r70.supports(Feature::Waitaof));
         for f in Feature::ALL {
             assert!(v8.supports(f), "{f}");
-            assert!(f.needs().contains(&format!("{}.{}", f.since().0, f.since().1)));
+            assert!(f
+                .needs()
+                .contains(&format!("{}.{}", f.since().0, f.since().1)));
         }
         let e = r60.require(Feature::ShardedPubSub).unwrap_err();
         assert_eq!(e.class(), crate::ErrorClass::Unsupported);
@@ -524,7 +529,10 @@ mod tests {
         for s in ["Redis 6.0.9", "Valkey 8.1.8", "Redis 7.4.1"] {
             assert_eq!(s.parse::<ServerVersion>().unwrap().to_string(), s);
         }
-        assert_eq!("valkey 9".parse::<ServerVersion>().unwrap().to_string(), "Valkey 9.0.0");
+        assert_eq!(
+            "valkey 9".parse::<ServerVersion>().unwrap().to_string(),
+            "Valkey 9.0.0"
+        );
         for bad in ["", "Redis", "KeyDB 6.3.4", "Redis x"] {
             let e = bad.parse::<ServerVersion>().unwrap_err();
             assert_eq!(e.class(), crate::ErrorClass::Config, "{bad}");

@@ -91,7 +91,10 @@ fn server_restart_resubscribes_everything_within_the_bound() -> TestResult {
             shard_channels,
             downtime,
         } => {
-            assert_eq!((channels, patterns, shard_channels), (1, 1, u8::from(shards).into()));
+            assert_eq!(
+                (channels, patterns, shard_channels),
+                (1, 1, u8::from(shards).into())
+            );
             assert!(downtime > Duration::ZERO);
         }
         other => panic!("{other:?}"),

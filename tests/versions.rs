@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use redkit::testing::{wait_until, RedisServer, ServerBinary};
 use redkit::version::Feature;
-use redkit::{ErrorClass, Error, ServerFlavor};
+use redkit::{Error, ErrorClass, ServerFlavor};
 use support::*;
 
 /// How many times the server ran `command` (`INFO commandstats`; 0 when never).
@@ -43,7 +43,12 @@ fn the_handle_and_the_launcher_agree_on_the_version() -> TestResult {
     assert_eq!(info.server.version, Some(version));
     match version.flavor() {
         ServerFlavor::Valkey => {
-            let own = format!("{}.{}.{}", version.major(), version.minor(), version.patch());
+            let own = format!(
+                "{}.{}.{}",
+                version.major(),
+                version.minor(),
+                version.patch()
+            );
             assert_eq!(info.server.valkey_version.as_deref(), Some(own.as_str()));
             assert!(version.at_least(7, 2), "{version}");
         }
@@ -77,7 +82,10 @@ fn list_queue_moves_with_lmove_or_with_brpoplpush_before_6_2() -> TestResult {
     let (lmove, blmove) = (calls(&server, "lmove"), calls(&server, "blmove"));
     let (rpoplpush, brpoplpush) = (calls(&server, "rpoplpush"), calls(&server, "brpoplpush"));
     if version.supports(Feature::Lmove) {
-        assert!(lmove >= 1 && blmove >= 1, "{version}: LMOVE {lmove}, BLMOVE {blmove}");
+        assert!(
+            lmove >= 1 && blmove >= 1,
+            "{version}: LMOVE {lmove}, BLMOVE {blmove}"
+        );
         assert_eq!(rpoplpush + brpoplpush, 0, "{version}");
     } else {
         assert!(
@@ -92,8 +100,8 @@ fn list_queue_moves_with_lmove_or_with_brpoplpush_before_6_2() -> TestResult {
 /// one is deleted with `XDEL`; a new consumer claims the one left, reads the 2 new jobs, and
 /// the 3 gone ones are acknowledged, skipped and counted.
 #[test]
-fn claimed_jobs_trimmed_or_deleted_from_the_stream_are_skipped_and_the_live_ones_run(
-) -> TestResult {
+fn claimed_jobs_trimmed_or_deleted_from_the_stream_are_skipped_and_the_live_ones_run() -> TestResult
+{
     let server = server();
     // One entry per stream node: `MAXLEN ~` then trims to exactly max_len.
     redis::cmd("CONFIG")
@@ -111,7 +119,10 @@ fn claimed_jobs_trimmed_or_deleted_from_the_stream_are_skipped_and_the_live_ones
         .build()?;
     let old = queue.produce_batch(["a0", "a1", "a2", "a3"])?;
     let mut doomed = queue.consumer_named("doomed")?;
-    assert_eq!(doomed.try_recv()?.map(|j| j.into_payload()), Some(b"a0".to_vec()));
+    assert_eq!(
+        doomed.try_recv()?.map(|j| j.into_payload()),
+        Some(b"a0".to_vec())
+    );
     drop(doomed); // dies with a0..a3 pending
     queue.produce_batch(["b0", "b1"])?; // trims a0 and a1
     let n: u64 = redis.query(redis::cmd("XDEL").arg(queue.stream_key()).arg(&old[3]))?;
@@ -121,23 +132,40 @@ fn claimed_jobs_trimmed_or_deleted_from_the_stream_are_skipped_and_the_live_ones
 
     let mut rescuer = queue.consumer_named("rescuer")?;
     let mut ran = BTreeSet::new();
-    wait_until(Duration::from_secs(20), "the live jobs run, the gone ones skipped", || {
-        while let Some(job) = rescuer.try_recv().expect("recv") {
-            assert!(rescuer.ack(&job).expect("ack"));
-            ran.insert(String::from_utf8_lossy(job.payload()).into_owned());
-        }
-        ran.len() >= 3 && queue.stats().is_ok_and(|s| s.vanished == 3 && s.pending == 0)
-    })?;
+    wait_until(
+        Duration::from_secs(20),
+        "the live jobs run, the gone ones skipped",
+        || {
+            while let Some(job) = rescuer.try_recv().expect("recv") {
+                assert!(rescuer.ack(&job).expect("ack"));
+                ran.insert(String::from_utf8_lossy(job.payload()).into_owned());
+            }
+            ran.len() >= 3
+                && queue
+                    .stats()
+                    .is_ok_and(|s| s.vanished == 3 && s.pending == 0)
+        },
+    )?;
     assert_eq!(ran, ["a2", "b0", "b1"].map(String::from).into());
     let stats = queue.stats()?;
-    assert_eq!((stats.claimed, stats.vanished, stats.pending), (1, 3, 0), "{stats:?}");
+    assert_eq!(
+        (stats.claimed, stats.vanished, stats.pending),
+        (1, 3, 0),
+        "{stats:?}"
+    );
     assert_eq!(stats.processed, 3);
     // Before 7.0 the claim script ran (XPENDING + XCLAIM), from 7.0 on XAUTOCLAIM.
     let (xautoclaim, xclaim) = (calls(&server, "xautoclaim"), calls(&server, "xclaim"));
     if version.supports(Feature::XautoclaimDeletedIds) {
-        assert!(xautoclaim >= 1 && xclaim == 0, "{version}: {xautoclaim} {xclaim}");
+        assert!(
+            xautoclaim >= 1 && xclaim == 0,
+            "{version}: {xautoclaim} {xclaim}"
+        );
     } else {
-        assert!(xautoclaim == 0 && xclaim >= 4, "{version}: {xautoclaim} {xclaim}");
+        assert!(
+            xautoclaim == 0 && xclaim >= 4,
+            "{version}: {xautoclaim} {xclaim}"
+        );
     }
     Ok(())
 }
@@ -166,11 +194,15 @@ fn workers_claim_orphans_and_skip_trimmed_entries() -> TestResult {
     let ran = std::sync::Arc::new(parking_lot::Mutex::new(BTreeSet::new()));
     let record = ran.clone();
     let workers = queue.workers().threads(2).run(move |job| {
-        record.lock().insert(job.payload_str().unwrap_or("?").to_owned());
+        record
+            .lock()
+            .insert(job.payload_str().unwrap_or("?").to_owned());
         Ok::<(), String>(())
     })?;
     wait_until(Duration::from_secs(20), "10 jobs run and 5 skipped", || {
-        queue.stats().is_ok_and(|s| s.processed == 10 && s.vanished == 5 && s.pending == 0)
+        queue
+            .stats()
+            .is_ok_and(|s| s.processed == 10 && s.vanished == 5 && s.pending == 0)
     })?;
     workers.shutdown()?;
     let expected: BTreeSet<String> = (5..10)
@@ -198,7 +230,11 @@ fn shard_channels_fail_typed_before_7_0_and_nothing_is_sent() -> TestResult {
         let e = e.expect("an error before 7.0");
         assert_eq!(e.class(), ErrorClass::Unsupported, "{e}");
         match &e {
-            Error::ServerTooOld { feature, needs, server } => {
+            Error::ServerTooOld {
+                feature,
+                needs,
+                server,
+            } => {
                 assert_eq!(*feature, "SSUBSCRIBE");
                 assert!(needs.contains("7.0"), "{needs}");
                 assert_eq!(*server, version.to_string());

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use crate::version::Feature;
 use crate::ServerVersion;
 
-use super::server::{find_redis_server, free_port};
-use super::{io_err, TestingError};
+use super::{io_err, TestingError, REDIS_SERVER_ENV};
 
 /// How long `--version` and the TLS probe may run.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -156,7 +155,7 @@ fn probe_tls(path: &Path) -> Result<bool, TestingError> {
             .arg("--port")
             .arg("0")
             .arg("--tls-port")
-            .arg(free_port()?.to_string())
+            .arg(probe_port()?.to_string())
             .arg("--tls-cert-file")
             .arg(missing.join("cert.pem"))
             .arg("--tls-key-file")
@@ -179,6 +178,61 @@ fn probe_tls(path: &Path) -> Result<bool, TestingError> {
     let tls = exited && !unsupported.iter().any(|u| out.contains(u)) && out.contains("TLS");
     log::debug!("{} TLS: {tls}", path.display());
     Ok(tls)
+}
+
+/// `REDKIT_REDIS_SERVER`, else `redis-server` (or `valkey-server`) in `PATH`, `/usr/bin` or
+/// `/usr/local/bin`.
+pub(crate) fn find_redis_server() -> Result<PathBuf, TestingError> {
+    if let Some(path) = std::env::var_os(REDIS_SERVER_ENV).filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(path);
+        return if is_executable(&path) {
+            Ok(path)
+        } else {
+            Err(TestingError::ServerNotFound {
+                searched: format!("{REDIS_SERVER_ENV}={}", path.display()),
+            })
+        };
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/bin".into(), "/usr/local/bin".into()]);
+    dirs.iter()
+        .flat_map(|dir| [dir.join("redis-server"), dir.join("valkey-server")])
+        .find(|path| is_executable(path))
+        .ok_or_else(|| TestingError::ServerNotFound {
+            searched: format!(
+                "{REDIS_SERVER_ENV} (unset), redis-server and valkey-server in PATH, /usr/bin \
+                 and /usr/local/bin"
+            ),
+        })
+}
+
+pub(crate) fn is_executable(path: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        meta.is_file()
+    }
+}
+
+/// A loopback port that was free a moment ago (for the TLS probe, which exits before it
+/// binds).
+fn probe_port() -> Result<u16, TestingError> {
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(io_err("binding 127.0.0.1:0"))?;
+    let port = listener
+        .local_addr()
+        .map_err(io_err("reading the bound port"))?
+        .port();
+    Ok(port)
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use super::binary::{find_redis_server, is_executable};
 use super::sentinel::{info_field, quick_con};
-use super::server::{find_redis_server, is_executable, quote, tail, wait_until};
+use super::server::{quote, tail, wait_until};
 use super::{io_err, RedisServer, ServerBinary, TempDir, TestingError, TlsMaterial};
 
 /// Name of the environment variable that points at the `redis-cli` binary to use.

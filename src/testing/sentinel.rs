@@ -142,14 +142,12 @@ impl SentinelBuilder {
                 "a sentinel setup needs at least one replica and one sentinel".into(),
             ));
         }
-        if self.sentinel_password.is_some() {
-            if !binary.knows_redis(6, 2) {
-                return Err(start_failed(format!(
-                    "a sentinel password (`sentinel sentinel-pass`) needs Redis 6.2 or later, \
-                     or Valkey; the server is {}",
-                    binary.version()
-                )));
-            }
+        if self.sentinel_password.is_some() && !binary.knows_redis(6, 2) {
+            return Err(start_failed(format!(
+                "a sentinel password (`sentinel sentinel-pass`) needs Redis 6.2 or later, or \
+                 Valkey; the server is {}",
+                binary.version()
+            )));
         }
         let master = self.data_node(None).start()?;
         let master_port = master.port();

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use redis::IntoConnectionInfo;
 
-use super::{io_err, ServerBinary, TempDir, TestingError, TlsMaterial, REDIS_SERVER_ENV};
+use super::binary::ServerBinary;
+use super::{io_err, TempDir, TestingError, TlsMaterial};
 
 const HOST: &str = "127.0.0.1";
 /// How long a launched server gets to answer `PING`.
@@ -144,7 +145,13 @@ impl ServerBuilder {
             } else {
                 server.port = free_port_with_bus()?;
             }
-            let config = self.render(&binary, server.dir.path(), &server.log_path, server.port, bus);
+            let config = self.render(
+                &binary,
+                server.dir.path(),
+                &server.log_path,
+                server.port,
+                bus,
+            );
             std::fs::write(&server.config_path, config)
                 .map_err(io_err(format!("writing {}", server.config_path.display())))?;
             match server.launch() {
@@ -538,49 +545,6 @@ impl Drop for RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-/// `REDKIT_REDIS_SERVER`, else `redis-server` (or `valkey-server`) in `PATH`, `/usr/bin` or
-/// `/usr/local/bin`.
-pub(crate) fn find_redis_server() -> Result<PathBuf, TestingError> {
-    if let Some(path) = std::env::var_os(REDIS_SERVER_ENV).filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(path);
-        return if is_executable(&path) {
-            Ok(path)
-        } else {
-            Err(TestingError::ServerNotFound {
-                searched: format!("{REDIS_SERVER_ENV}={}", path.display()),
-            })
-        };
-    }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/bin".into(), "/usr/local/bin".into()]);
-    dirs.iter()
-        .flat_map(|dir| [dir.join("redis-server"), dir.join("valkey-server")])
-        .find(|path| is_executable(path))
-        .ok_or_else(|| TestingError::ServerNotFound {
-            searched: format!(
-                "{REDIS_SERVER_ENV} (unset), redis-server and valkey-server in PATH, /usr/bin \
-                 and /usr/local/bin"
-            ),
-        })
-}
-
-pub(crate) fn is_executable(path: &Path) -> bool {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return false;
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        meta.is_file() && meta.permissions().mode() & 0o111 != 0
-    }
-    #[cfg(not(unix))]
-    {
-        meta.is_file()
     }
 }
 

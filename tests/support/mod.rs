@@ -55,7 +55,9 @@ pub fn server_has(feature: Feature) -> bool {
 /// For a test that runs everywhere but has a part that needs `feature`: whether the server
 /// has it; if not, prints `part skipped: <test>: <why>` (not counted as a skipped test).
 pub fn part_needs(feature: Feature) -> bool {
-    lacks(feature).map(|why| note("part skipped", &why)).is_none()
+    lacks(feature)
+        .map(|why| note("part skipped", &why))
+        .is_none()
 }
 
 /// Whether the server binary is compatible with Redis `major.minor` (every Valkey is with
@@ -80,7 +82,10 @@ pub fn server_has_tls() -> bool {
     if binary.has_tls() {
         return true;
     }
-    skip(&format!("needs TLS, and this {} was built without it", binary.version()));
+    skip(&format!(
+        "needs TLS, and this {} was built without it",
+        binary.version()
+    ));
     false
 }
 
