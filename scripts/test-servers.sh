@@ -7,7 +7,8 @@
 #
 # SERVER: redis-6.0 redis-6.2 redis-7.0 redis-7.4 valkey-8.1 valkey-9.1 (default: all of
 # them). Without --full each server runs the SUBSET of test files below (about a minute per
-# server on 2 cores); --full runs the whole suite (`cargo test --tests`) against each.
+# server on 2 cores, once built); --full runs the whole suite (`cargo test --tests`, about
+# two minutes per server) against each.
 # Extra arguments after `--` go to `cargo test`.
 #
 # The cache is $REDKIT_SERVERS_CACHE (default ~/.cache/redkit-servers): a virtualenv with
@@ -17,6 +18,8 @@
 # 1 when a test failed, 0 otherwise (servers that could not be installed do not fail it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# What building and running the tests needs (Debian's redis-server, libssl-dev, pkg-config).
+source scripts/setup.sh
 
 CACHE=${REDKIT_SERVERS_CACHE:-$HOME/.cache/redkit-servers}
 ALL=(redis-6.0 redis-6.2 redis-7.0 redis-7.4 valkey-8.1 valkey-9.1)
@@ -45,12 +48,17 @@ done
 
 say() { echo "test-servers: $*" >&2; }
 
+# The pip of a virtualenv in the cache (or python3's own, where venv is missing: with
+# --target it installs nothing into python3's site-packages either).
 pip_cmd() {
-    if [ ! -x "$CACHE/venv/bin/pip" ]; then
-        mkdir -p "$CACHE"
-        python3 -m venv "$CACHE/venv" >&2 || return 1
+    mkdir -p "$CACHE"
+    if [ -x "$CACHE/venv/bin/pip" ] || python3 -m venv "$CACHE/venv" >/dev/null 2>&1; then
+        echo "$CACHE/venv/bin/pip"
+    elif python3 -m pip --version >/dev/null 2>&1; then
+        echo "python3 -m pip"
+    else
+        return 1
     fi
-    echo "$CACHE/venv/bin/pip"
 }
 
 # pip_target DIR REQUIREMENT [PIP OPTIONS...]: installs the package's files (not its Python
@@ -60,9 +68,10 @@ pip_target() {
     shift 2
     [ -f "$dir/.installed" ] && [ "$(cat "$dir/.installed")" = "$req" ] && return 0
     local pip
-    pip=$(pip_cmd) || { say "no python3 venv: cannot install $req"; return 1; }
+    pip=$(pip_cmd) || { say "no python3 with pip: cannot install $req"; return 1; }
     rm -rf "$dir"
-    if ! "$pip" install --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    # shellcheck disable=SC2086 # "python3 -m pip" is meant to split
+    if ! $pip install --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
         --target "$dir" "$@" "$req" >"$CACHE/$name.pip.log" 2>&1; then
         say "pip could not install $req (see $CACHE/$name.pip.log)"
         rm -rf "$dir"

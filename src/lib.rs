@@ -18,6 +18,9 @@
 //! At-least-once [work queues](queue) for worker threads: streams with retries, dead letters
 //! and claims of dead workers' jobs, plain lists, delayed jobs, and a worker pool.
 //!
+//! Runs on Redis 6.0 and later and on Valkey: see [`version`] for the servers tested, the
+//! version each feature needs, and what redkit does on an older server.
+//!
 //! ## Quick start
 //!
 //! ```no_run

@@ -907,7 +907,7 @@ impl StreamConsumer {
             queue.inner.counters.vanished.fetch_add(n, Relaxed);
             log::warn!(
                 "queue {}: {n} pending job(s) were gone from the stream when claimed (trimmed \
-                 by max_len or deleted) and never ran; acknowledged and skipped",
+                 by max_len or deleted with XDEL): acknowledged and skipped",
                 s.name
             );
         }
