@@ -445,7 +445,12 @@ pub struct Config {
     pub(crate) tcp_keepalive: Option<Duration>,
     pub(crate) sentinel: Option<SentinelConfig>,
     pub(crate) cluster: Option<ClusterConfig>,
+    /// The largest reply one call may read, in bytes.
+    pub(crate) max_reply_size: u64,
 }
+
+/// The default cap on one reply: 512 MiB, the largest value a server accepts by default.
+pub(crate) const DEFAULT_MAX_REPLY_SIZE: u64 = 512 * 1024 * 1024;
 
 impl Config {
     /// A builder with every default: `127.0.0.1:6379`, db 0, RESP2, no TLS.
@@ -688,6 +693,7 @@ impl Default for ConfigBuilder {
                 tcp_keepalive: Some(Duration::from_secs(30)),
                 sentinel: None,
                 cluster: None,
+                max_reply_size: DEFAULT_MAX_REPLY_SIZE,
             },
             tls_files: TlsFiles::default(),
         }
@@ -1012,6 +1018,14 @@ impl ConfigBuilder {
         self
     }
 
+    /// The largest reply one call may read, in bytes: a reply that grows past it fails with
+    /// [`Error::TooLarge`] while it is read (the connection is closed, memory stays bounded).
+    /// Defaults to 512 MiB. URL parameter `max_reply_size` (bytes).
+    pub fn max_reply_size(mut self, bytes: u64) -> ConfigBuilder {
+        self.config.max_reply_size = bytes;
+        self
+    }
+
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<Config> {
         let ConfigBuilder {
@@ -1038,6 +1052,12 @@ fn read_file(setting: &'static str, path: &Path) -> Result<Vec<u8>> {
 }
 
 fn validate(c: &Config) -> Result<()> {
+    if c.max_reply_size < 1024 {
+        return Err(Error::config(
+            "max_reply_size",
+            "must be at least 1024 bytes",
+        ));
+    }
     if let Some(cl) = &c.cluster {
         if cl.seeds.is_empty() {
             return Err(Error::config("cluster.seeds", "needs at least one node"));
@@ -1471,6 +1491,11 @@ fn parse_url(url: &str) -> Result<ConfigBuilder> {
             "write_timeout" => b.config.timeouts.write = duration("timeouts.write")?,
             "checkout_timeout" => b.config.timeouts.checkout = duration("timeouts.checkout")?,
             "pool_max_size" => b.config.pool.max_size = number("pool.max_size")?,
+            "max_reply_size" => {
+                b.config.max_reply_size = v.parse::<u64>().map_err(|_| {
+                    Error::config("max_reply_size", format!("`{v}` is not a whole number"))
+                })?
+            }
             "pool_min_idle" => b.config.pool.min_idle = number("pool.min_idle")?,
             "heartbeat_interval" if v == "off" => {
                 b.config.heartbeat = HeartbeatConfig {
