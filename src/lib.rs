@@ -149,13 +149,13 @@ mod stats;
 pub mod testing;
 mod util;
 
-pub use breaker::{BreakerConfig, BreakerState, FailureRate};
 pub use cache::{Cache, CacheStats};
 pub use client::{DedicatedConnection, IntoConfig, Redis};
 pub use config::{
     Addr, ClusterConfig, Config, ConfigBuilder, PoolConfig, Protocol, SentinelConfig, SentinelRole,
     Timeouts, TlsConfig,
 };
+pub use config::{BreakerConfig, BreakerState, FailureRate};
 pub use error::{Delivery, Error, ErrorClass, Result};
 pub use events::{Event, Health};
 pub use heartbeat::HeartbeatConfig;

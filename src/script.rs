@@ -142,12 +142,6 @@ impl ScriptCall {
         }
         convert(value)
     }
-
-    /// Runs the call through a [`Redis`](crate::Redis) handle, with its breaker and retry
-    /// policy (a script is resent only when it surely did not run).
-    pub fn run<T: FromRedisValue>(&self, redis: &crate::Redis) -> Result<T> {
-        redis.run(|con| self.invoke(con))
-    }
 }
 
 fn is_noscript(v: &Value) -> bool {

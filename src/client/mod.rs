@@ -83,8 +83,6 @@ struct Inner {
     sentinel: Mutex<Option<crate::sentinel::SentinelListener>>,
     /// State the helpers keep per handle (see [`Extension`]).
     extensions: Mutex<Vec<Arc<dyn Extension>>>,
-    /// What the server said about itself when the handle connected.
-    hello: Mutex<Option<Hello>>,
 }
 
 /// State a helper keeps per handle (the lock watchdog, for example): created on first use,
@@ -273,10 +271,6 @@ impl Redis {
             observed,
             signals,
         } = parts;
-        let hello = con.as_ref().and_then(|raw| match &raw.con {
-            crate::pool::Link::Node(c) => Some(c.hello().clone()),
-            crate::pool::Link::Cluster(_) => None,
-        });
         let pool = Pool::new(&config, manager.clone());
         let breaker = Arc::new(Breaker::new(config.breaker));
         let heartbeat = match config.heartbeat.interval {
@@ -304,7 +298,6 @@ impl Redis {
                 breaker,
                 heartbeat: Mutex::new(heartbeat),
                 extensions: Mutex::new(Vec::new()),
-                hello: Mutex::new(hello),
             }),
         })
     }
@@ -366,15 +359,7 @@ impl Redis {
     /// What the server said about itself (`HELLO`'s `server` and `version`) when the handle
     /// connected; `None` before the first connection of a lazily created handle.
     pub(crate) fn hello(&self) -> Option<Hello> {
-        self.inner.hello.lock().clone()
-    }
-
-    /// Records what a new connection learnt about the server.
-    pub(crate) fn remember_hello(&self, hello: &Hello) {
-        let mut slot = self.inner.hello.lock();
-        if slot.as_ref() != Some(hello) {
-            *slot = Some(hello.clone());
-        }
+        self.inner.pool.state().hello()
     }
 
     /// Closes the handle, for every clone: stops the heartbeat thread (waiting for it), closes
@@ -630,6 +615,14 @@ impl Redis {
     }
 }
 
+impl crate::ScriptCall {
+    /// Runs the call through a [`Redis`] handle, with its breaker and retry policy (a script
+    /// is resent only when it surely did not run).
+    pub fn run<T: FromRedisValue>(&self, redis: &Redis) -> Result<T> {
+        redis.run(|con| self.invoke(con))
+    }
+}
+
 /// An error reply that says "try again later" (`LOADING`, `BUSY`, `READONLY`...) becomes an
 /// error so that the retry policy sees it; other replies pass through as values.
 fn transient_reply_as_error(value: Value) -> Result<Value> {
@@ -648,19 +641,6 @@ fn unwatch(con: &mut PooledConnection) {
         // The connection keeps its WATCH: never hand it out again.
         warn!("UNWATCH failed ({e}); closing the connection");
         con.mark_broken();
-    }
-}
-
-struct ProbeGuard<'a> {
-    breaker: &'a Breaker,
-    admission: Option<crate::breaker::Admission>,
-}
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(admission) = self.admission.take() {
-            self.breaker.record(admission, true);
-        }
     }
 }
 

@@ -18,7 +18,7 @@ use log::{debug, info, trace, warn};
 use super::link::Link;
 use crate::cluster::{ClusterLink, Topology};
 use crate::config::{Addr, Config};
-use crate::conn::{Connector, Generation};
+use crate::conn::{Connection, Connector, Generation, Hello};
 use crate::error::{Delivery, Error, Result};
 use crate::events::Health;
 use crate::observe::Observed;
@@ -56,6 +56,8 @@ pub(crate) struct PoolState {
     pub(crate) sentinel: Option<Arc<SentinelState>>,
     /// The slot map, with a Cluster topology.
     pub(crate) cluster: Option<Arc<Topology>>,
+    /// What the server said about itself in the last handshake of a new connection.
+    hello: parking_lot::Mutex<Option<Hello>>,
 }
 
 impl PoolState {
@@ -78,6 +80,23 @@ impl PoolState {
             addr: config.addr.clone(),
             sentinel,
             cluster,
+            hello: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// What the server said about itself (`HELLO`) when a connection was last opened.
+    pub(crate) fn hello(&self) -> Option<Hello> {
+        self.hello.lock().clone()
+    }
+
+    /// Records what a new connection learnt about the server.
+    pub(crate) fn remember_hello(&self, hello: &Hello) {
+        if hello.server.is_empty() && hello.version.is_empty() {
+            return;
+        }
+        let mut slot = self.hello.lock();
+        if slot.as_ref() != Some(hello) {
+            *slot = Some(hello.clone());
         }
     }
 
@@ -233,7 +252,7 @@ impl Manager {
             return Ok(Link::Cluster(Box::new(link)));
         }
         let Some(sentinel) = &self.state.sentinel else {
-            return self.connector.open_default().map(Link::Node);
+            return self.connector.open_default().map(|c| self.node(c));
         };
         let deadline = time::after(self.connector.config().timeouts.connect);
         let addr = sentinel.target(deadline)?;
@@ -246,7 +265,12 @@ impl Manager {
             // if it did).
             sentinel.connection_failed(&addr);
         }
-        opened.map(Link::Node)
+        opened.map(|c| self.node(c))
+    }
+
+    fn node(&self, con: Connection) -> Link {
+        self.state.remember_hello(con.hello());
+        Link::Node(con)
     }
 
     pub(crate) fn raw(&self, con: Link) -> RawConn {

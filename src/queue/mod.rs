@@ -60,7 +60,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::{Cmd, ConnectionLike, FromRedisValue, Value};
+use redis::{Cmd, FromRedisValue, Value};
 
 use crate::client::Redis;
 use crate::error::{Delivery, Error, Result};
