@@ -430,7 +430,7 @@ impl Monitor {
     /// A monitor of the server `redis` talks to.
     pub fn new(redis: &Redis) -> Monitor {
         Monitor {
-            redis: redis.clone(),
+            redis: redis.unprefixed(),
         }
     }
 

@@ -51,6 +51,8 @@ pub struct DedicatedConnection {
     generation: u64,
     response: Option<Duration>,
     left: Left,
+    /// The handle's key prefix, put in front of every key sent.
+    prefix: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for DedicatedConnection {
@@ -77,6 +79,7 @@ impl Redis {
             generation: 0,
             response: Some(self.config().timeouts.response),
             left: Left::default(),
+            prefix: self.auto_prefix().cloned(),
         };
         d.open()?;
         Ok(d)
@@ -166,10 +169,16 @@ impl DedicatedConnection {
         self.left = Left::default();
     }
 
+    fn with_prefix(&self, packed: &[u8]) -> Option<Vec<u8>> {
+        crate::conn::keys::prefixed(packed, self.prefix.as_deref()?)
+    }
+
     /// One packed command and its reply (an error reply as a value).
     pub(crate) fn exec_packed(&mut self, packed: &[u8]) -> Result<Value> {
         self.link()?;
         self.left.apply_packed(packed);
+        let rewritten = self.with_prefix(packed);
+        let packed = rewritten.as_deref().unwrap_or(packed);
         let con = self.con.as_mut().ok_or(Error::Closed)?;
         con.exec(packed, None)
     }
@@ -183,6 +192,8 @@ impl DedicatedConnection {
     ) -> Result<Vec<Value>> {
         self.link()?;
         self.left.apply_packed(packed);
+        let rewritten = self.with_prefix(packed);
+        let packed = rewritten.as_deref().unwrap_or(packed);
         let con = self.con.as_mut().ok_or(Error::Closed)?;
         con.pipeline(packed, offset, count, None)
     }

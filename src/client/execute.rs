@@ -94,8 +94,10 @@ impl Redis {
             .checkout
             .min(time::left(deadline))
             .max(Duration::from_millis(1));
+        let prefix = self.auto_prefix().cloned();
         let mut run = |con: &mut PooledConnection| {
             con.set_cap(Some(cap));
+            con.set_prefix(prefix.clone());
             op(con)
         };
         if self.inner.pool.state().cluster.is_some() {

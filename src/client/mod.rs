@@ -207,6 +207,9 @@ impl Parts {
 #[derive(Clone)]
 pub struct Redis {
     inner: Arc<Inner>,
+    /// The key prefix this handle applies to every command it sends (`None` on the
+    /// helpers' own handles, which prefix their keys themselves).
+    prefix: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -221,12 +224,15 @@ impl std::fmt::Debug for Redis {
 
 /// A [`Redis`] handle that does not keep it open.
 #[derive(Clone, Debug)]
-pub(crate) struct WeakRedis(std::sync::Weak<Inner>);
+pub(crate) struct WeakRedis(std::sync::Weak<Inner>, Option<Arc<[u8]>>);
 
 impl WeakRedis {
     /// The handle, unless every clone was dropped.
     pub(crate) fn upgrade(&self) -> Option<Redis> {
-        self.0.upgrade().map(|inner| Redis { inner })
+        self.0.upgrade().map(|inner| Redis {
+            inner,
+            prefix: self.1.clone(),
+        })
     }
 }
 
@@ -287,7 +293,13 @@ impl Redis {
             Some(state) => Some(crate::sentinel::SentinelListener::spawn(state.clone())?),
             None => None,
         };
+        let prefix = config
+            .key_prefix
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .map(|p| Arc::from(p.as_bytes()));
         Ok(Redis {
+            prefix,
             inner: Arc::new(Inner {
                 sentinel: Mutex::new(sentinel),
                 config,
@@ -370,7 +382,7 @@ impl Redis {
 
     /// A reference that does not keep the handle open (for background threads).
     pub(crate) fn downgrade(&self) -> WeakRedis {
-        WeakRedis(Arc::downgrade(&self.inner))
+        WeakRedis(Arc::downgrade(&self.inner), self.prefix.clone())
     }
 
     /// Sends an event to every listener.
@@ -427,6 +439,21 @@ impl Redis {
         &self.inner.config
     }
 
+    /// The same handle without the automatic key prefix: for redkit's helpers, which put
+    /// [`Redis::key`] in front of their keys themselves (so that a prefix is never applied
+    /// twice).
+    pub(crate) fn unprefixed(&self) -> Redis {
+        Redis {
+            inner: self.inner.clone(),
+            prefix: None,
+        }
+    }
+
+    /// The prefix this handle puts in front of every key it sends, if any.
+    pub(crate) fn auto_prefix(&self) -> Option<&Arc<[u8]>> {
+        self.prefix.as_ref()
+    }
+
     /// The key with the configured prefix in front (the key itself when there is none).
     pub fn key(&self, key: &str) -> String {
         match &self.inner.config.key_prefix {
@@ -477,6 +504,10 @@ impl Redis {
     pub fn conn_timeout(&self, timeout: Duration) -> Result<PooledConnection> {
         self.check_open()
             .and_then(|()| self.inner.pool.checkout(timeout))
+            .map(|mut con| {
+                con.set_prefix(self.prefix.clone());
+                con
+            })
             .inspect_err(|e| {
                 self.inner.observed.counters.error(e.class());
             })
@@ -487,7 +518,10 @@ impl Redis {
         if self.is_closed() {
             return None;
         }
-        self.inner.pool.try_get()
+        self.inner.pool.try_get().map(|mut con| {
+            con.set_prefix(self.prefix.clone());
+            con
+        })
     }
 
     pub(crate) fn check_open(&self) -> Result<()> {

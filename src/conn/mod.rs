@@ -18,6 +18,7 @@
 //!   connection: it is never used out of sync.
 
 mod connection;
+pub(crate) mod keys;
 mod socket;
 pub(crate) mod state;
 mod tls;

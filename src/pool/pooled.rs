@@ -40,6 +40,8 @@ pub struct PooledConnection {
     /// The moment no call on this connection may outlast (set by the handle for its calls).
     cap: Option<Instant>,
     left: Left,
+    /// Put in front of every key sent (the handle's key prefix).
+    prefix: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for PooledConnection {
@@ -72,6 +74,7 @@ impl PooledConnection {
             response_changed: false,
             cap: None,
             left: Left::default(),
+            prefix: None,
         }
     }
 
@@ -101,6 +104,17 @@ impl PooledConnection {
     /// No call goes past `cap` (the handle's retry deadline plus one response timeout).
     pub(crate) fn set_cap(&mut self, cap: Option<Instant>) {
         self.cap = cap;
+    }
+
+    /// Every key sent gets `prefix` in front (see [`crate::conn::keys`]).
+    pub(crate) fn set_prefix(&mut self, prefix: Option<Arc<[u8]>>) {
+        self.prefix = prefix;
+    }
+
+    /// `cmd` with the prefix applied, if there is one and it has keys.
+    fn with_prefix(&self, cmd: &[u8]) -> Option<Vec<u8>> {
+        let prefix = self.prefix.as_deref()?;
+        crate::conn::keys::prefixed(cmd, prefix)
     }
 
     fn fail(&mut self, e: Error) -> Error {
@@ -165,6 +179,8 @@ impl PooledConnection {
         }
         self.left.apply_packed(cmd);
         let cap = self.cap;
+        let rewritten = self.with_prefix(cmd);
+        let cmd = rewritten.as_deref().unwrap_or(cmd);
         self.conn.con.exec(cmd, cap).map_err(|e| self.fail(e))
     }
 
@@ -176,6 +192,8 @@ impl PooledConnection {
         }
         self.left.apply_packed(cmd);
         let cap = self.cap;
+        let rewritten = self.with_prefix(cmd);
+        let cmd = rewritten.as_deref().unwrap_or(cmd);
         self.conn
             .con
             .exec_on(addr, cmd, cap)
@@ -198,6 +216,8 @@ impl PooledConnection {
         self.left.apply_packed(cmd);
         let start = Instant::now();
         let cap = self.cap;
+        let rewritten = self.with_prefix(cmd);
+        let cmd = rewritten.as_deref().unwrap_or(cmd);
         let result = self.conn.con.pipeline(cmd, offset, count, cap);
         if let Ok(vs) = &result {
             self.check_read_only(vs);

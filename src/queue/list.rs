@@ -76,7 +76,7 @@ impl Redis {
     /// Starts building a [`ListQueue`] named `name`.
     pub fn list_queue(&self, name: &str) -> ListQueueBuilder {
         ListQueueBuilder {
-            redis: self.clone(),
+            redis: self.unprefixed(),
             name: name.to_owned(),
             alive_ttl: Duration::from_secs(30),
             wait: Duration::from_secs(5),

@@ -160,7 +160,7 @@ impl Dedicated {
             .response_timeout()
             .saturating_add(block);
         Ok(Dedicated {
-            redis: redis.clone(),
+            redis: redis.unprefixed(),
             con: None,
             read_timeout,
         })
