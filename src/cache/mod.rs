@@ -897,4 +897,3 @@ impl Cache {
         Ok(value)
     }
 }
-

@@ -684,8 +684,12 @@ mod tests {
         let tls: Config = "rediss+cluster://h1:1,h2:2".parse().unwrap();
         assert!(tls.tls().is_some());
         assert_eq!(tls.cluster().unwrap().seeds().len(), 2);
-        let bad = "redis+cluster://h1:x,h2:2".parse::<Config>().unwrap_err();
-        assert!(!bad.to_string().contains("h1"), "{bad}");
+        let bad = "redis+cluster://:secret@h1:x,h2:2"
+            .parse::<Config>()
+            .unwrap_err();
+        // The error names the part at fault, never the password.
+        assert!(bad.to_string().contains("`h1:x`"), "{bad}");
+        assert!(!bad.to_string().contains("secret"), "{bad}");
         assert!(
             "redis+cluster://h1:1/3".parse::<Config>().is_err(),
             "db 3 on a cluster"

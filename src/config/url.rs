@@ -74,38 +74,67 @@ fn percent_decode(s: &str) -> Option<String> {
 /// `redis+cluster://[user:pass@]host1:port1,host2:port2[/][?params]` (and `rediss+cluster`):
 /// the first node parses as a plain URL, every node becomes a cluster seed.
 fn parse_cluster_url(scheme: &str, rest: &str) -> Result<ConfigBuilder> {
+    let HostList {
+        userinfo,
+        hosts,
+        first,
+        tail,
+    } = host_list(rest, 6379, "cluster node")?;
+    let seeds = hosts;
+    let b = parse_url(&format!("{scheme}://{userinfo}{first}{tail}"))?;
+    Ok(b.cluster(seeds))
+}
+
+/// The parts of a URL with several hosts: `[userinfo@]host[:port],host[:port]...[/path][?query][#fragment]`.
+struct HostList<'a> {
+    /// `user:password@`, or empty.
+    userinfo: String,
+    /// Every host with its port (`default_port` when left out).
+    hosts: Vec<(String, u16)>,
+    /// The first host as written (with its port, if any).
+    first: &'a str,
+    /// Everything after the hosts (path, query, fragment).
+    tail: &'a str,
+}
+
+/// Parses the hosts of a Sentinel or Cluster URL (`what` names one host in errors). IPv6
+/// hosts come in brackets (`[::1]:7000`).
+fn host_list<'a>(rest: &'a str, default_port: u16, what: &str) -> Result<HostList<'a>> {
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
+    let (userinfo, list) = match authority.rsplit_once('@') {
         Some((u, h)) => (format!("{u}@"), h),
         None => (String::new(), authority),
     };
-    let mut seeds = Vec::new();
-    for node in hosts.split(',') {
+    let mut hosts = Vec::new();
+    for node in list.split(',') {
         let (host, port) = match node.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(':') => {
+            Some((h, p)) if !h.ends_with(':') && (!h.starts_with('[') || h.ends_with(']')) => {
                 let port = p.parse::<u16>().map_err(|_| {
                     Error::config(
                         "url",
-                        "a cluster node's port is not a number from 1 to 65535",
+                        format!("the port of {what} `{node}` is not a number from 1 to 65535"),
                     )
                 })?;
                 (h, port)
             }
-            _ => (node, 6379),
+            _ => (node, default_port),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || port == 0 {
             return Err(Error::config(
                 "url",
-                "every cluster node needs a host (and a non-zero port)",
+                format!("every {what} needs a host (and a non-zero port): `{node}`"),
             ));
         }
-        seeds.push((host.to_owned(), port));
+        hosts.push((host.to_owned(), port));
     }
-    let first = hosts.split(',').next().unwrap_or_default();
-    let b = parse_url(&format!("{scheme}://{userinfo}{first}{tail}"))?;
-    Ok(b.cluster(seeds))
+    Ok(HostList {
+        userinfo,
+        hosts,
+        first: list.split(',').next().unwrap_or_default(),
+        tail,
+    })
 }
 
 /// The port of a sentinel whose URL gives none.
@@ -117,32 +146,12 @@ const SENTINEL_PORT: u16 = 26379;
 /// `sentinel_username`, `sentinel_password`, `sentinel_tls` and `sentinel_role` configure the
 /// sentinels and the role. Errors never repeat the URL (it may hold passwords).
 fn parse_sentinel_url(scheme: &str, rest: &str) -> Result<ConfigBuilder> {
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((u, h)) => (format!("{u}@"), h),
-        None => (String::new(), authority),
-    };
-    let mut sentinels = Vec::new();
-    for node in hosts.split(',') {
-        let (host, port) = match node.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(':') => {
-                let port = p.parse::<u16>().map_err(|_| {
-                    Error::config("url", "a sentinel's port is not a number from 1 to 65535")
-                })?;
-                (h, port)
-            }
-            _ => (node, SENTINEL_PORT),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || port == 0 {
-            return Err(Error::config(
-                "url",
-                "every sentinel needs a host (and a non-zero port)",
-            ));
-        }
-        sentinels.push((host.to_owned(), port));
-    }
+    let HostList {
+        userinfo,
+        hosts: sentinels,
+        tail,
+        ..
+    } = host_list(rest, SENTINEL_PORT, "sentinel")?;
 
     let (tail, fragment) = match tail.split_once('#') {
         Some((t, f)) => (t, format!("#{f}")),
