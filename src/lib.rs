@@ -128,6 +128,7 @@ pub mod cache;
 mod client;
 mod cluster;
 pub mod config;
+mod conn;
 mod error;
 pub mod events;
 pub mod heartbeat;
@@ -135,6 +136,7 @@ pub mod heartbeat;
 pub mod lock;
 pub mod metrics;
 pub mod monitor;
+mod observe;
 mod pool;
 pub mod pubsub;
 pub mod queue;
@@ -151,13 +153,13 @@ pub mod testing;
 mod util;
 pub mod version;
 
-pub use breaker::{BreakerConfig, BreakerState, FailureRate};
 pub use cache::{Cache, CacheStats};
-pub use client::{IntoConfig, Redis};
+pub use client::{DedicatedConnection, IntoConfig, Redis, CLOSE_BOUND};
 pub use config::{
     Addr, ClusterConfig, Config, ConfigBuilder, PoolConfig, Protocol, SentinelConfig, SentinelRole,
     Timeouts, TlsConfig,
 };
+pub use config::{BreakerConfig, BreakerState, FailureRate};
 pub use error::{Delivery, Error, ErrorClass, Result};
 pub use events::{Event, Health};
 pub use heartbeat::HeartbeatConfig;

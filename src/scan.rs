@@ -117,8 +117,10 @@ impl<T: FromRedisValue> ScanIter<T> {
         }
     }
 
-    /// The keys of the database (`SCAN`). Keys are used as given (the handle's
-    /// [`key_prefix`](crate::ConfigBuilder::key_prefix) is not added to the pattern).
+    /// The keys of the database (`SCAN`). On a handle with a
+    /// [`key_prefix`](crate::ConfigBuilder::key_prefix) only that handle's keys are scanned
+    /// (the prefix goes in front of the pattern) and they come back without the prefix, so
+    /// they can be passed back to the same handle.
     pub fn keys(redis: &Redis) -> ScanIter<T> {
         ScanIter::new(redis, Target::Keys)
     }
@@ -201,8 +203,22 @@ impl<T: FromRedisValue> ScanIter<T> {
             }
         };
         cmd.arg(self.cursor);
-        if let Some(p) = &self.pattern {
-            cmd.arg("MATCH").arg(p);
+        match (&self.target, self.redis.auto_prefix()) {
+            // A prefixed handle scans its own keys only.
+            (Target::Keys, Some(prefix)) => {
+                let mut pattern =
+                    crate::util::glob_escape(&String::from_utf8_lossy(prefix)).into_bytes();
+                match &self.pattern {
+                    Some(p) => pattern.extend_from_slice(p.as_ref()),
+                    None => pattern.push(b'*'),
+                }
+                cmd.arg("MATCH").arg(pattern);
+            }
+            _ => {
+                if let Some(p) = &self.pattern {
+                    cmd.arg("MATCH").arg(p);
+                }
+            }
         }
         if let Some(n) = self.count {
             cmd.arg("COUNT").arg(n);
@@ -215,11 +231,12 @@ impl<T: FromRedisValue> ScanIter<T> {
 
     /// Fetches the next batch, resuming from the same cursor after transient errors.
     fn fetch(&mut self) -> Result<()> {
-        let cluster = matches!(self.target, Target::Keys) && self.redis.shared().cluster.is_some();
+        let cluster =
+            matches!(self.target, Target::Keys) && self.redis.pool_state().cluster.is_some();
         if cluster && self.nodes.is_none() {
             let masters = self
                 .redis
-                .shared()
+                .pool_state()
                 .cluster
                 .as_ref()
                 .map(|t| t.masters_with_a_slot())
@@ -232,13 +249,14 @@ impl<T: FromRedisValue> ScanIter<T> {
             let cmd = self.command();
             let node = self.nodes.as_ref().and_then(|n| n.front().cloned());
             let reply = match &node {
-                Some((addr, _)) => self.redis.query_node::<(u64, Vec<T>)>(addr, &cmd),
+                Some((addr, _)) => self.redis.query_node::<(u64, Vec<Value>)>(addr, &cmd),
                 None if cluster => {
                     self.finished = true;
                     return Ok(());
                 }
-                None => self.redis.query::<(u64, Vec<T>)>(&cmd),
+                None => self.redis.query::<(u64, Vec<Value>)>(&cmd),
             };
+            let reply = reply.and_then(|(next, items)| Ok((next, self.unprefix(items)?)));
             match reply {
                 Ok((next, items)) => {
                     self.buffer.extend(items);
@@ -271,11 +289,34 @@ impl<T: FromRedisValue> ScanIter<T> {
     }
 }
 
+impl<T: FromRedisValue> ScanIter<T> {
+    /// Converts the items of one batch; on a prefixed handle key names lose the prefix (the
+    /// handle puts it back when they are used).
+    fn unprefix(&self, items: Vec<Value>) -> Result<Vec<T>> {
+        let prefix = match (&self.target, self.redis.auto_prefix()) {
+            (Target::Keys, Some(p)) => Some(p.clone()),
+            _ => None,
+        };
+        items
+            .into_iter()
+            .map(|v| {
+                let v = match (&prefix, v) {
+                    (Some(p), Value::BulkString(b)) if b.starts_with(p) => {
+                        Value::BulkString(b[p.len()..].to_vec())
+                    }
+                    (_, v) => v,
+                };
+                crate::script::convert(v)
+            })
+            .collect()
+    }
+}
+
 impl<T> ScanIter<T> {
     /// On a cluster, when the master being scanned no longer owns its slot (it failed over),
     /// scans its successor from the start.
     fn follow_failover(&mut self, addr: &crate::config::Addr, slot: u16) {
-        let Some(topology) = self.redis.shared().cluster.as_ref() else {
+        let Some(topology) = self.redis.pool_state().cluster.as_ref() else {
             return;
         };
         topology.mark_stale();

@@ -233,10 +233,15 @@ impl ServerVersion {
                 .and_then(|(_, v)| text(v))
         };
         let version = field("version").ok_or_else(|| bad_version("HELLO", "no version"))?;
-        let number =
-            parse_number(&version).ok_or_else(|| bad_version("HELLO version", &version))?;
-        let flavor = match field("server") {
-            Some(s) if s.eq_ignore_ascii_case("valkey") => ServerFlavor::Valkey,
+        ServerVersion::from_hello_fields(field("server").as_deref().unwrap_or(""), &version)
+    }
+
+    /// From `HELLO`'s `server` (`redis`, `valkey`; empty: Redis) and `version` fields.
+    #[allow(dead_code)] // for the connection handshake
+    pub(crate) fn from_hello_fields(server: &str, version: &str) -> Result<ServerVersion> {
+        let number = parse_number(version).ok_or_else(|| bad_version("HELLO version", version))?;
+        let flavor = match server {
+            s if s.eq_ignore_ascii_case("valkey") => ServerFlavor::Valkey,
             _ => ServerFlavor::Redis,
         };
         Ok(ServerVersion::new(flavor, number.0, number.1, number.2))
@@ -486,6 +491,9 @@ mod tests {
         assert_eq!(v, ServerVersion::new(ServerFlavor::Redis, 6, 2, 14));
         assert!(ServerVersion::from_hello(&Value::Nil).is_err());
         assert!(ServerVersion::from_hello(&Value::Map(vec![])).is_err());
+        let v = ServerVersion::from_hello_fields("valkey", "8.1.8").unwrap();
+        assert_eq!(v.to_string(), "Valkey 8.1.8");
+        assert!(ServerVersion::from_hello_fields("redis", "").is_err());
     }
 
     #[test]

@@ -50,7 +50,7 @@ use redis::Value;
 use crate::error::{Error, Result};
 use crate::scan::ScanIter;
 use crate::script::static_script;
-use crate::util::ids;
+use crate::util::{glob_escape, ids};
 use crate::{Pipeline, Redis};
 
 mod value;
@@ -285,7 +285,7 @@ impl Cache {
     /// A builder for a cache named `name`.
     pub fn builder(redis: &Redis, name: &str) -> CacheBuilder {
         CacheBuilder {
-            redis: redis.clone(),
+            redis: redis.unprefixed(),
             name: name.to_owned(),
             prefix: "redkit:cache:".to_owned(),
             settings: Settings {
@@ -895,27 +895,5 @@ impl Cache {
             leader.outcome = Some(Outcome::Stored(bytes));
         }
         Ok(value)
-    }
-}
-
-/// Escapes the glob characters of a literal key prefix for `SCAN MATCH`.
-pub(crate) fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 4);
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs_are_escaped() {
-        assert_eq!(glob_escape("a{b}*?[x]\\"), "a{b}\\*\\?\\[x\\]\\\\");
     }
 }

@@ -148,7 +148,7 @@ impl Group {
     /// A builder for a group named `name`.
     pub fn builder(redis: &Redis, name: &str) -> GroupBuilder {
         GroupBuilder {
-            redis: redis.clone(),
+            redis: redis.unprefixed(),
             name: name.to_owned(),
             prefix: DEFAULT_PREFIX.to_owned(),
             leader_ttl: Duration::from_secs(10),

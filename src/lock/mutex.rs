@@ -149,7 +149,7 @@ impl Lock {
     /// A builder for a lock named `name`.
     pub fn builder(redis: &Redis, name: &str) -> LockBuilder {
         LockBuilder {
-            redis: redis.clone(),
+            redis: redis.unprefixed(),
             name: name.to_owned(),
             prefix: DEFAULT_PREFIX.to_owned(),
             ttl: Duration::from_secs(30),

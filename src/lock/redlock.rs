@@ -164,7 +164,7 @@ impl Redlock {
     /// A builder for a Redlock named `name` over `nodes` (one handle per independent server).
     pub fn builder(nodes: &[Redis], name: &str) -> RedlockBuilder {
         RedlockBuilder {
-            nodes: nodes.to_vec(),
+            nodes: nodes.iter().map(Redis::unprefixed).collect(),
             name: name.to_owned(),
             prefix: REDLOCK_PREFIX.to_owned(),
             ttl: Duration::from_secs(30),

@@ -109,7 +109,7 @@ impl ReadWriteLock {
                 wake: format!("{base}:wake"),
                 waiting: format!("{base}:waiting"),
             }),
-            redis: redis.clone(),
+            redis: redis.unprefixed(),
             ttl,
             wait,
         })

@@ -120,7 +120,7 @@ impl Semaphore {
     /// A builder for a semaphore named `name` with `permits` permits (at least 1).
     pub fn builder(redis: &Redis, name: &str, permits: u64) -> SemaphoreBuilder {
         SemaphoreBuilder {
-            redis: redis.clone(),
+            redis: redis.unprefixed(),
             name: name.to_owned(),
             permits,
             prefix: DEFAULT_PREFIX.to_owned(),

@@ -1,6 +1,6 @@
 //! Pub/Sub: a subscriber thread that never goes deaf, dispatching over channels.
 //!
-//! A [`Subscriber`] owns one named thread (`redkit-subscriber`) and one dedicated connection
+//! A [`Subscriber`] owns one named thread (`redkit-subscr`) and one dedicated connection
 //! (never a pooled one; on a Cluster, one more per master carrying shard channels: see
 //! [On a Cluster](#on-a-cluster)). Other threads ask it to subscribe over a channel; it serves those
 //! requests between reads (it reads with a short timeout), so subscribing never waits for a
@@ -219,7 +219,7 @@ impl Subscriber {
             return Err(Error::Closed);
         }
         let config = redis.config().clone();
-        let main = worker::open_main(&config, redis.shared(), TICK)?;
+        let main = worker::open_main(redis.connector(), redis.pool_state(), TICK)?;
         let hb = &config.heartbeat;
         let settings = Settings {
             tick: main.1.tick(),
@@ -230,19 +230,19 @@ impl Subscriber {
         let (stop_tx, stop_rx) = bounded(0);
         let counters = Arc::new(Counters::default());
         let worker = Worker::new(
-            config,
+            redis.connector().clone(),
             settings,
-            redis.shared().clone(),
+            redis.pool_state().clone(),
             counters.clone(),
             ctl_rx,
             stop_rx,
             main,
         );
         let thread = std::thread::Builder::new()
-            .name("redkit-subscriber".into())
+            .name("redkit-subscr".into())
             .spawn(move || worker.run())
             .map_err(|e| Error::Background {
-                thread: "redkit-subscriber",
+                thread: "redkit-subscr",
                 reason: format!("could not start: {e}"),
             })?;
         Ok(Subscriber {
@@ -322,7 +322,7 @@ impl Subscriber {
         if kind == Kind::Shard {
             self.redis.require(Feature::ShardedPubSub)?;
         }
-        if kind == Kind::Shard && self.redis.shared().cluster.is_some() {
+        if kind == Kind::Shard && self.redis.pool_state().cluster.is_some() {
             let slot = |n: &Vec<u8>| crate::cluster::route::slot(n);
             if names.windows(2).any(|w| slot(&w[0]) != slot(&w[1])) {
                 return Err(Error::config(
@@ -450,13 +450,17 @@ impl Subscriber {
         let joined = self
             .thread
             .take()
-            .map_or(Ok(()), crate::util::threads::join);
+            .map_or(Ok(()), |t| crate::util::threads::join_within(t, STOP_BOUND));
         joined.map_err(|reason| Error::Background {
-            thread: "redkit-subscriber",
+            thread: "redkit-subscr",
             reason,
         })
     }
 }
+
+/// How long dropping a [`Subscriber`] (or [`Subscriber::close`]) waits for its thread at
+/// most; a connect in flight then ends by itself within the connect timeout.
+pub const STOP_BOUND: Duration = Duration::from_millis(100);
 
 impl Drop for Subscriber {
     fn drop(&mut self) {

@@ -24,15 +24,18 @@ use super::message::{Delivered, Message, Sink};
 use crate::cluster::route::{self, Redirect};
 use crate::cluster::{SlotMap, Topology};
 use crate::config::{Addr, Config};
+use crate::conn::Connector;
 use crate::error::{Delivery, Error, Result};
 use crate::events::Event;
-use crate::pool::Shared;
+use crate::pool::PoolState as Shared;
 use crate::retry::BackoffDelays;
 
 /// Names sent in one (re)subscribe command at most.
 const CHUNK: usize = 512;
 /// Frames read from one connection in a row before the others get their turn.
 const BURST: usize = 256;
+/// The longest a burst of reads on one connection lasts before control requests are served.
+const BURST_TIME: Duration = Duration::from_millis(2);
 /// The shortest read timeout of one connection when the thread polls several.
 const MIN_TICK: Duration = Duration::from_millis(2);
 const SHARD: usize = 2;
@@ -188,7 +191,7 @@ fn main_candidates(config: &Config, shared: &Shared) -> Vec<Addr> {
         let master = sentinel
             .current_addr()
             .map(Ok)
-            .unwrap_or_else(|| sentinel.refresh(shared, config));
+            .unwrap_or_else(|| sentinel.refresh());
         return match master {
             Ok(addr) => vec![addr],
             Err(e) => {
@@ -220,11 +223,16 @@ fn main_candidates(config: &Config, shared: &Shared) -> Vec<Addr> {
 
 /// Opens the main link: to `config.addr`, to the Sentinel master, or on a Cluster to the
 /// first node that answers.
-pub(crate) fn open_main(config: &Config, shared: &Shared, tick: Duration) -> Result<(Addr, Conn)> {
+pub(crate) fn open_main(
+    connector: &Connector,
+    shared: &Shared,
+    tick: Duration,
+) -> Result<(Addr, Conn)> {
+    let config = connector.config();
     let cluster = shared.cluster.is_some();
     let mut last = None;
     for addr in main_candidates(config, shared) {
-        match Conn::open_at(config, &addr, tick) {
+        match Conn::open_at(connector, &addr, tick) {
             Ok(conn) => return Ok((addr, conn)),
             Err(e) => {
                 if cluster {
@@ -273,6 +281,7 @@ fn show(names: &[Vec<u8>]) -> String {
 
 pub(crate) struct Worker {
     config: Config,
+    connector: Connector,
     settings: Settings,
     shared: Arc<Shared>,
     counters: Arc<Counters>,
@@ -301,13 +310,15 @@ pub(crate) struct Worker {
     /// When the current outage began (a link was lost).
     lost_at: Option<Instant>,
     next_attempt: Instant,
+    /// When the last reconnect attempt started.
+    last_attempt: Instant,
     attempts: u32,
     delays: BackoffDelays,
 }
 
 impl Worker {
     pub(crate) fn new(
-        config: Config,
+        connector: Connector,
         settings: Settings,
         shared: Arc<Shared>,
         counters: Arc<Counters>,
@@ -315,12 +326,14 @@ impl Worker {
         stop: Receiver<()>,
         main: (Addr, Conn),
     ) -> Worker {
+        let config = connector.config().clone();
         let delays = config.heartbeat.reconnect.delays();
         counters.connected.store(true, Relaxed);
         Worker {
             cluster: shared.cluster.clone(),
             place_delays: delays.clone(),
             config,
+            connector,
             settings,
             shared,
             counters,
@@ -338,6 +351,7 @@ impl Worker {
             waiting: Vec::new(),
             lost_at: None,
             next_attempt: Instant::now(),
+            last_attempt: Instant::now(),
             attempts: 0,
             delays,
         }
@@ -446,11 +460,22 @@ impl Worker {
             link.ping_sent = Some(now);
             link.pending.push_back(Pending::Ping(now));
         }
-        for _ in 0..BURST {
+        // The first read waits up to the tick; the rest of the burst takes only what has
+        // already arrived, and for at most BURST_TIME: control requests are served between
+        // bursts, every few milliseconds, whatever the message rate.
+        let burst_end = Instant::now() + BURST_TIME;
+        for i in 0..BURST {
             let Some(link) = self.link_mut(at) else {
                 return;
             };
-            match link.conn.read() {
+            let read = if i == 0 {
+                link.conn.read()
+            } else if Instant::now() >= burst_end {
+                return;
+            } else {
+                link.conn.read_ready()
+            };
+            match read {
                 Ok(Some(value)) => {
                     link.last_rx = Instant::now();
                     self.frame(at, classify(value));
@@ -523,7 +548,7 @@ impl Worker {
                         ..
                     }) if *k == kind
                         && *s == sub
-                        && name.as_ref().map_or(true, |n| names.contains(n)) =>
+                        && name.as_ref().is_none_or(|n| names.contains(n)) =>
                     {
                         *remaining = remaining.saturating_sub(1);
                         if *remaining == 0 {
@@ -754,7 +779,7 @@ impl Worker {
         let delay = self.place_delays.next_delay();
         self.place_at = Instant::now() + delay;
         let failures = self.place_failures;
-        let level = if failures == 1 || failures % 10 == 0 {
+        let level = if failures == 1 || failures.is_multiple_of(10) {
             level
         } else {
             Level::Debug
@@ -771,7 +796,7 @@ impl Worker {
         if self.shards.iter().any(|l| l.addr == *addr) {
             return Ok(());
         }
-        let conn = Conn::open_at(&self.config, addr, self.settings.tick)?;
+        let conn = Conn::open_at(&self.connector, addr, self.settings.tick)?;
         info!("cluster node {addr}: subscriber connected for shard channels");
         self.shards.push(Link::new(addr.clone(), conn));
         self.retick();
@@ -880,7 +905,7 @@ impl Worker {
             "redis at {}: subscriber resubscribed after {downtime:?} ({channels} channels, {patterns} patterns, {shard_channels} shard channels)",
             self.main.as_ref().map_or(&self.config.addr, |l| &l.addr)
         );
-        self.shared.events.emit(Event::Resubscribed {
+        self.shared.observed.events.emit(Event::Resubscribed {
             downtime,
             channels,
             patterns,
@@ -1155,6 +1180,7 @@ impl Worker {
         }
         self.retick();
         self.shared
+            .observed
             .events
             .emit(Event::SubscriberDisconnected { cause });
     }
@@ -1186,6 +1212,14 @@ impl Worker {
     /// Waits for the next attempt (serving requests meanwhile), then tries once.
     fn reconnect_step(&mut self) {
         let now = Instant::now();
+        // The handle's heartbeat reaching the server again (health no longer `Down`) cuts
+        // the backoff short: the subscriber reconnects within a loop of the server's return.
+        let reachable = self.config.heartbeat.interval.is_some()
+            && self.shared.observed.health() != crate::events::Health::Down
+            && now >= self.last_attempt + self.config.heartbeat.reconnect.base();
+        if reachable && now < self.next_attempt {
+            self.next_attempt = now;
+        }
         if now < self.next_attempt {
             if !self.shards.is_empty() {
                 // The shard links' reads pace the loop.
@@ -1200,11 +1234,12 @@ impl Worker {
             return;
         }
         self.attempts += 1;
+        self.last_attempt = now;
         debug!(
             "redis at {}: subscriber reconnect attempt {}",
             self.config.addr, self.attempts
         );
-        match open_main(&self.config, &self.shared, self.settings.tick) {
+        match open_main(&self.connector, &self.shared, self.settings.tick) {
             Ok((addr, conn)) => {
                 info!(
                     "redis at {addr}: subscriber reconnected after {} attempt(s)",

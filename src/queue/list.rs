@@ -78,7 +78,7 @@ impl Redis {
     /// Starts building a [`ListQueue`] named `name`.
     pub fn list_queue(&self, name: &str) -> ListQueueBuilder {
         ListQueueBuilder {
-            redis: self.clone(),
+            redis: self.unprefixed(),
             name: name.to_owned(),
             alive_ttl: Duration::from_secs(30),
             wait: Duration::from_secs(5),
@@ -288,7 +288,7 @@ impl ListQueue {
 }
 
 impl ListQueue {
-    /// Starts a [`Reaper`] thread (`redkit-queue-reaper`) that runs [`ListQueue::reap`]
+    /// Starts a [`Reaper`] thread (`redkit-q-reaper`) that runs [`ListQueue::reap`]
     /// every `every`. Several reapers (in several processes) are safe.
     pub fn reaper(&self, every: Duration) -> Result<Reaper> {
         if every < Duration::from_millis(1) {
@@ -296,7 +296,7 @@ impl ListQueue {
         }
         let queue = self.clone();
         let periodic = Periodic::spawn(
-            "redkit-queue-reaper",
+            "redkit-q-reaper",
             format!("reaper of list queue {}", self.inner.name),
             every,
             move || Ok((queue.reap()? as u64, every)),

@@ -106,7 +106,7 @@ impl Redis {
     /// ```
     pub fn stream_queue(&self, name: &str) -> StreamQueueBuilder {
         StreamQueueBuilder {
-            redis: self.clone(),
+            redis: self.unprefixed(),
             name: name.to_owned(),
             group: "workers".to_owned(),
             max_len: None,

@@ -111,7 +111,7 @@ impl TokenBucket {
     pub fn new(redis: &Redis, name: &str, limit: BucketLimit) -> Result<TokenBucket> {
         limit.validate()?;
         Ok(TokenBucket {
-            redis: redis.clone(),
+            redis: redis.unprefixed(),
             name: name.to_owned(),
             prefix: DEFAULT_PREFIX.to_owned(),
             limit: Arc::new(RwLock::new(limit)),

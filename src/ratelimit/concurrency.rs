@@ -81,7 +81,7 @@ impl ConcurrencyLimiter {
         positive("ratelimit.max_in_flight", max_in_flight)?;
         period("ratelimit.lease_ttl", lease_ttl)?;
         Ok(ConcurrencyLimiter {
-            redis: redis.clone(),
+            redis: redis.unprefixed(),
             name: name.to_owned(),
             prefix: DEFAULT_PREFIX.to_owned(),
             max_in_flight: Arc::new(RwLock::new(max_in_flight)),

@@ -120,7 +120,7 @@ impl Gcra {
     pub fn new(redis: &Redis, name: &str, limit: GcraLimit) -> Result<Gcra> {
         limit.validate()?;
         Ok(Gcra {
-            redis: redis.clone(),
+            redis: redis.unprefixed(),
             name: name.to_owned(),
             prefix: DEFAULT_PREFIX.to_owned(),
             limit: Arc::new(RwLock::new(limit)),

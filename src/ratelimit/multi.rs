@@ -70,7 +70,7 @@ impl MultiLimit {
     /// A checker on `redis`.
     pub fn new(redis: &Redis) -> MultiLimit {
         MultiLimit {
-            redis: redis.clone(),
+            redis: redis.unprefixed(),
         }
     }
 

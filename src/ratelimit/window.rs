@@ -89,7 +89,7 @@ macro_rules! window_limiter {
             pub fn new(redis: &Redis, name: &str, limit: WindowLimit) -> Result<$name> {
                 limit.validate()?;
                 Ok($name {
-                    redis: redis.clone(),
+                    redis: redis.unprefixed(),
                     name: name.to_owned(),
                     prefix: DEFAULT_PREFIX.to_owned(),
                     limit: Arc::new(RwLock::new(limit)),

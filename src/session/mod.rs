@@ -121,7 +121,7 @@ impl SessionStore {
     /// A builder for a store named `name`.
     pub fn builder(redis: &Redis, name: &str) -> SessionStoreBuilder {
         SessionStoreBuilder {
-            redis: redis.clone(),
+            redis: redis.unprefixed(),
             name: name.to_owned(),
             prefix: "redkit:session:".to_owned(),
             ttl: Duration::from_secs(30 * 60),

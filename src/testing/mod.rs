@@ -80,6 +80,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod binary;
 mod cluster;
+mod fake;
 mod proxy;
 mod sentinel;
 mod server;
@@ -87,6 +88,7 @@ mod tls;
 
 pub use binary::ServerBinary;
 pub use cluster::{ClusterBuilder, RedisCluster, SlotMigration, REDIS_CLI_ENV};
+pub use fake::{Action, FakeServer};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use sentinel::{SentinelBuilder, SentinelSetup};
 pub use server::{wait_until, RedisServer, ServerBuilder};

@@ -101,7 +101,7 @@ pub(crate) fn each_command<'a>(
 }
 
 /// Packs arguments as one command, the way the `redis` crate does.
-#[allow(dead_code)] // used by the key prefix (next change)
+#[allow(dead_code)] // used in tests
 pub(crate) fn pack(args: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
     pack_into(&mut out, args);
@@ -109,7 +109,6 @@ pub(crate) fn pack(args: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Appends one packed command to `out`.
-#[allow(dead_code)]
 pub(crate) fn pack_into(out: &mut Vec<u8>, args: &[&[u8]]) {
     out.push(b'*');
     out.extend_from_slice(args.len().to_string().as_bytes());
