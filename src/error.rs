@@ -231,6 +231,18 @@ pub enum Error {
         /// How long the caller waited.
         waited: Duration,
     },
+    /// An acquisition was not confirmed by enough replicas in time (a lock built with a
+    /// [`ReplicaAck`](crate::lock::ReplicaAck)); it was released again.
+    NotReplicated {
+        /// The lock's name.
+        name: String,
+        /// How many replicas confirmed it.
+        acknowledged: u32,
+        /// How many were asked for.
+        wanted: u32,
+        /// How long the server waited for them.
+        waited: Duration,
+    },
     /// A background thread of redkit failed (reported by [`Redis::close`](crate::Redis::close)).
     Background {
         /// The thread's name.
@@ -330,6 +342,7 @@ impl Error {
             Error::Closed => ErrorClass::Closed,
             Error::RateLimited { .. } => ErrorClass::RateLimited,
             Error::LockTimeout { .. } => ErrorClass::LockTimeout,
+            Error::NotReplicated { .. } => ErrorClass::Timeout,
             Error::Background { .. } => ErrorClass::Other,
             Error::Decode { .. } => ErrorClass::Conversion,
             Error::ServerTooOld { .. } | Error::WrongConnection { .. } => ErrorClass::Unsupported,
@@ -348,7 +361,7 @@ impl Error {
     pub fn delivery(&self) -> Delivery {
         match self {
             Error::Redis { delivery, .. } => *delivery,
-            Error::TransactionConflict { .. } => Delivery::Answered,
+            Error::TransactionConflict { .. } | Error::NotReplicated { .. } => Delivery::Answered,
             _ => Delivery::NotSent,
         }
     }
@@ -510,6 +523,16 @@ impl fmt::Display for Error {
             Error::LockTimeout { waited } => {
                 write!(f, "the lock stayed held by others for {waited:?}")
             }
+            Error::NotReplicated {
+                name,
+                acknowledged,
+                wanted,
+                waited,
+            } => write!(
+                f,
+                "lock {name}: {acknowledged} of {wanted} replicas confirmed the acquisition \
+                 within {waited:?}; it was released"
+            ),
             Error::Background { thread, reason } => {
                 write!(f, "background thread `{thread}` failed: {reason}")
             }
@@ -565,6 +588,18 @@ impl fmt::Debug for Error {
                 .finish(),
             Error::LockTimeout { waited } => f
                 .debug_struct("LockTimeout")
+                .field("waited", waited)
+                .finish(),
+            Error::NotReplicated {
+                name,
+                acknowledged,
+                wanted,
+                waited,
+            } => f
+                .debug_struct("NotReplicated")
+                .field("name", name)
+                .field("acknowledged", acknowledged)
+                .field("wanted", wanted)
                 .field("waited", waited)
                 .finish(),
             Error::Background { thread, reason } => f

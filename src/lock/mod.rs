@@ -87,23 +87,28 @@
 //! [listeners](crate::Redis::events). The watchdog renews while the process lives: a holder
 //! stuck forever keeps the lock forever, which is why it is off by default.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::Redis;
 
+mod ack;
+mod lease;
 mod leader;
+mod multi;
 mod mutex;
 mod redlock;
 mod rwlock;
 mod semaphore;
-mod wait;
+pub(crate) mod wait;
 mod watchdog;
 
+pub use ack::ReplicaAck;
 pub use leader::{Election, Group, GroupBuilder, Member};
+pub use multi::{MultiLock, MultiLockBuilder, MultiLockGuard};
 pub use mutex::{Lock, LockBuilder, LockGuard};
 pub use redlock::{Redlock, RedlockBuilder, RedlockGuard};
-pub use rwlock::{ReadWriteLock, RwGuard, RwMode};
+pub use rwlock::{ReadWriteLock, RwGuard, RwLockBuilder, RwMode};
 pub use semaphore::{Permit, Semaphore, SemaphoreBuilder};
 pub(crate) use watchdog::HandleLocks;
 
@@ -165,6 +170,28 @@ pub(crate) fn check_name(setting: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `from + d`, capped far in the future instead of overflowing (a `Duration::MAX` wait or
+/// TTL never panics).
+pub(crate) fn deadline(from: Instant, d: Duration) -> Instant {
+    /// About 30 years: later than anything waits, early enough for every clock.
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    from.checked_add(d.min(FAR))
+        .or_else(|| from.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(from)
+}
+
+/// Checks a replica acknowledgement setting (and that the handle can use it).
+pub(crate) fn check_ack(redis: &Redis, setting: &'static str, ack: &ReplicaAck) -> Result<()> {
+    ack.validate(setting)?;
+    if redis.config().cluster.is_some() {
+        return Err(Error::config(
+            setting,
+            "replica acknowledgement is not supported on Redis Cluster",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a TTL: at least 1 ms, at least 30 ms when a background renewal must fit in it.
 pub(crate) fn check_ttl(setting: &'static str, ttl: Duration, renewed: bool) -> Result<()> {
     let min = if renewed {
@@ -210,5 +237,13 @@ mod tests {
         assert_eq!(tagged("p:", "x"), "p:{x}");
         assert_eq!(drift(Duration::from_secs(1)), Duration::from_millis(12));
         assert_eq!(drift(Duration::from_millis(1)), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn deadlines_saturate() {
+        let now = Instant::now();
+        assert!(deadline(now, Duration::MAX) > now + Duration::from_secs(86_400 * 365));
+        assert_eq!(deadline(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+        assert_eq!(deadline(now, Duration::ZERO), now);
     }
 }
