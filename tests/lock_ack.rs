@@ -19,10 +19,7 @@ fn replica_of(master: &RedisServer) -> RedisServer {
 
 fn info_field(server: &RedisServer, field: &str) -> Option<String> {
     let mut con = server.admin().ok()?;
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query(&mut con)
-        .ok()?;
+    let info: String = redis::cmd("INFO").arg("replication").query(&mut con).ok()?;
     info.lines()
         .find_map(|l| l.strip_prefix(field))
         .map(|v| v.trim().to_owned())
@@ -62,7 +59,10 @@ fn acquisitions_are_confirmed_by_a_replica_and_refused_without_one() -> TestResu
     // Up: every kind is confirmed; the replica has the lock when the guard is returned.
     let g = lock.acquire()?;
     let on_replica = get(&replica, lock.key()).expect("the replica has it");
-    assert!(on_replica.starts_with(g.token()), "the replica has our token");
+    assert!(
+        on_replica.starts_with(g.token()),
+        "the replica has our token"
+    );
     assert!(g.release()?);
     sem.acquire()?.release()?;
     rw.write()?.release()?;
@@ -71,9 +71,11 @@ fn acquisitions_are_confirmed_by_a_replica_and_refused_without_one() -> TestResu
 
     // Down: refused with a typed error after the ack timeout, and nothing stays held.
     replica.kill()?;
-    wait_until(Duration::from_secs(10), "the master sees the replica gone", || {
-        info_field(&master, "connected_slaves:").as_deref() == Some("0")
-    })?;
+    wait_until(
+        Duration::from_secs(10),
+        "the master sees the replica gone",
+        || info_field(&master, "connected_slaves:").as_deref() == Some("0"),
+    )?;
     let start = Instant::now();
     match lock.acquire() {
         Err(e @ Error::NotReplicated { .. }) => {
@@ -101,13 +103,22 @@ fn acquisitions_are_confirmed_by_a_replica_and_refused_without_one() -> TestResu
         "{took:?}"
     );
     assert!(!lock.is_locked()?, "released after the failed confirmation");
-    assert!(matches!(sem.try_acquire(), Err(Error::NotReplicated { .. })));
+    assert!(matches!(
+        sem.try_acquire(),
+        Err(Error::NotReplicated { .. })
+    ));
     assert_eq!(sem.held()?, 0);
     assert!(matches!(rw.try_write(), Err(Error::NotReplicated { .. })));
     assert!(rw_is_free(&redis, rw.name())?);
-    assert!(matches!(multi.try_acquire(), Err(Error::NotReplicated { .. })));
+    assert!(matches!(
+        multi.try_acquire(),
+        Err(Error::NotReplicated { .. })
+    ));
     let plain = MultiLock::new(&redis, &["acked-a", "acked-b"])?;
-    assert!(plain.try_acquire()?.is_some(), "the multi-lock took nothing");
+    assert!(
+        plain.try_acquire()?.is_some(),
+        "the multi-lock took nothing"
+    );
 
     // Back: confirmed again.
     replica.restart()?;

@@ -15,9 +15,7 @@ use redkit::{Event, Redis};
 use support::*;
 
 fn queued(redis: &Redis, key: &str) -> i64 {
-    redis
-        .query(redis::cmd("ZCARD").arg(key))
-        .expect("ZCARD")
+    redis.query(redis::cmd("ZCARD").arg(key)).expect("ZCARD")
 }
 
 fn exists(redis: &Redis, key: &str) -> bool {
@@ -158,7 +156,10 @@ fn a_multi_lock_takes_all_or_nothing() -> TestResult {
     let fences = g.fencing_tokens().to_vec();
     assert_eq!(fences.len(), 2);
     assert_eq!(g.fencing_token("b"), Some(fences[1]));
-    assert!(fences[1] > single_fence, "b's token is above the single lock's");
+    assert!(
+        fences[1] > single_fence,
+        "b's token is above the single lock's"
+    );
     assert!(g.release()?);
     assert!(!exists(&redis, a.key()) && !exists(&redis, single_b.key()));
     // Bad names.
@@ -231,7 +232,11 @@ fn multi_locks_and_single_locks_exclude_each_other_under_contention() -> TestRes
         });
     });
     assert_eq!(violations.into_inner(), 0);
-    assert_eq!(done.into_inner(), 8 * 10 + 20, "no deadlock, every round done");
+    assert_eq!(
+        done.into_inner(),
+        8 * 10 + 20,
+        "no deadlock, every round done"
+    );
     Ok(())
 }
 
@@ -384,7 +389,8 @@ fn an_unreachable_server_makes_the_lease_lost_when_its_validity_ends() -> TestRe
     // The last renewal before the cut was at most a third of the TTL before it; the lease is
     // lost when its validity (TTL minus 1% + 2 ms) runs out, and said so right then.
     assert!(
-        after >= ttl * 2 / 3 - Duration::from_millis(60) && after <= ttl + Duration::from_millis(150),
+        after >= ttl * 2 / 3 - Duration::from_millis(60)
+            && after <= ttl + Duration::from_millis(150),
         "lost {after:?} after the cut"
     );
     assert!(!g.is_held());
@@ -403,7 +409,9 @@ fn a_release_that_finds_the_lock_taken_over_says_so() -> TestResult {
         .ttl(Duration::from_millis(100))
         .build()?;
     let old = lock.try_acquire()?.expect("free");
-    wait_until(Duration::from_secs(3), "expiry", || !lock.is_locked().unwrap())?;
+    wait_until(Duration::from_secs(3), "expiry", || {
+        !lock.is_locked().unwrap()
+    })?;
     let new = lock.try_acquire()?.expect("free after expiry");
     let old_fence = old.fencing_token();
     assert!(!old.release()?);
@@ -449,7 +457,10 @@ fn read_write_lock_wakes_every_reader_a_writer_kept_out_at_once() -> TestResult 
         })?;
         let last = got.lock().unwrap().iter().max().copied().expect("3");
         let took = last.duration_since(released);
-        assert!(took < Duration::from_millis(150), "the last reader came in after {took:?}");
+        assert!(
+            took < Duration::from_millis(150),
+            "the last reader came in after {took:?}"
+        );
         Ok(())
     })?;
     assert_eq!(most.into_inner(), 3, "the readers were in together");
@@ -506,7 +517,10 @@ fn read_write_lock_is_safe_and_live_under_contention() -> TestResult {
     assert_eq!(violations.into_inner(), 0);
     let [writes, reads] = counts.map(AtomicU64::into_inner);
     // Neither side starves: each gets a fair share of the 2 s.
-    assert!(writes >= 20 && reads >= 20, "{writes} writes, {reads} reads");
+    assert!(
+        writes >= 20 && reads >= 20,
+        "{writes} writes, {reads} reads"
+    );
     assert!(most_readers.into_inner() > 1, "readers shared the lock");
     assert_eq!(queued(&redis, rw.queue_key()), 0, "nobody left queued");
     Ok(())

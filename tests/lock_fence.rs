@@ -81,7 +81,10 @@ fn fences_keep_increasing_across_a_kill_9_restart_without_persistence() -> TestR
     }
     // And they keep increasing from there.
     let next = fences(&redis)?;
-    assert!(next.iter().zip(&after).all(|(n, a)| n > a), "{next:?} {after:?}");
+    assert!(
+        next.iter().zip(&after).all(|(n, a)| n > a),
+        "{next:?} {after:?}"
+    );
     Ok(())
 }
 
@@ -115,7 +118,11 @@ fn redlock_fences_keep_increasing_when_a_server_loses_its_counter() -> TestResul
             waited: Duration::ZERO,
         })
     })?;
-    assert!(g.fencing_token() > last, "{} after {last}", g.fencing_token());
+    assert!(
+        g.fencing_token() > last,
+        "{} after {last}",
+        g.fencing_token()
+    );
     assert!(g.release()?);
     Ok(())
 }

@@ -85,7 +85,10 @@ impl ReplicaAck {
             return Err(Error::config(setting, "the timeout must be at least 1 ms"));
         }
         if self.timeout > Duration::from_secs(3600) {
-            return Err(Error::config(setting, "the timeout must be at most an hour"));
+            return Err(Error::config(
+                setting,
+                "the timeout must be at most an hour",
+            ));
         }
         Ok(())
     }

@@ -93,8 +93,8 @@ use crate::error::{Error, Result};
 use crate::Redis;
 
 mod ack;
-mod lease;
 mod leader;
+mod lease;
 mod multi;
 mod mutex;
 mod redlock;
@@ -243,7 +243,10 @@ mod tests {
     fn deadlines_saturate() {
         let now = Instant::now();
         assert!(deadline(now, Duration::MAX) > now + Duration::from_secs(86_400 * 365));
-        assert_eq!(deadline(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+        assert_eq!(
+            deadline(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
         assert_eq!(deadline(now, Duration::ZERO), now);
     }
 }

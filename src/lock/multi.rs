@@ -222,7 +222,11 @@ impl MultiLock {
         }
     }
 
-    fn attempt(&self, token: &str, waiting: bool) -> Result<std::result::Result<Vec<u64>, Duration>> {
+    fn attempt(
+        &self,
+        token: &str,
+        waiting: bool,
+    ) -> Result<std::result::Result<Vec<u64>, Duration>> {
         let inner = &*self.inner;
         let window = if waiting { millis(WAKE_WINDOW) } else { 0 };
         let mut call = acquire_script().call();
@@ -296,10 +300,7 @@ fn release(inner: &Inner, token: &str) -> Result<usize> {
     for k in &inner.keys {
         call = call.key(&k.lock).key(&k.wake).key(&k.waiting);
     }
-    let released: i64 = call
-        .arg(token)
-        .arg(millis(WAKE_WINDOW))
-        .run(&inner.redis)?;
+    let released: i64 = call.arg(token).arg(millis(WAKE_WINDOW)).run(&inner.redis)?;
     Ok(usize::try_from(released).unwrap_or(0))
 }
 

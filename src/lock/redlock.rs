@@ -64,8 +64,8 @@ impl RedlockBuilder {
         self
     }
 
-    /// The largest random delay between two attempts of a waiting acquire. Defaults to
-    /// 50 ms.
+    /// The largest random delay between two attempts of a waiting acquire (at most an hour).
+    /// Defaults to 50 ms.
     pub fn retry_delay(mut self, d: Duration) -> RedlockBuilder {
         self.retry_delay = d;
         self
@@ -98,10 +98,10 @@ impl RedlockBuilder {
                 "must be greater than zero and smaller than the TTL",
             ));
         }
-        if self.retry_delay.is_zero() {
+        if self.retry_delay.is_zero() || self.retry_delay > Duration::from_secs(3600) {
             return Err(Error::config(
                 "redlock.retry_delay",
-                "must be greater than zero",
+                "must be greater than zero and at most an hour",
             ));
         }
         let keys: Vec<String> = self

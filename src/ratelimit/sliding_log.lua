@@ -37,11 +37,8 @@ if n > limit then
   return {0, remaining, -1, reset_after(), limit}
 end
 if n == 0 then
-  local retry = 0
-  if count >= limit then
-    retry = leaves(count - limit + 1)
-  end
-  return {0, remaining, retry, reset_after(), limit}
+  -- A peek: never a wait (zero units always fit); `remaining` tells whether one would.
+  return {0, remaining, 0, reset_after(), limit}
 end
 if count + n > limit then
   -- All or nothing: n fit once the (count + n - limit)-th oldest admission has left.
