@@ -58,9 +58,7 @@ fn fences_keep_increasing_across_a_kill_9_restart_without_persistence() -> TestR
         before.push(fences(&redis)?);
     }
     for w in before.windows(2) {
-        for k in 0..4 {
-            assert!(w[1][k] > w[0][k], "{before:?}");
-        }
+        assert!(w[1].iter().zip(&w[0]).all(|(b, a)| b > a), "{before:?}");
     }
     let highest = before[4];
     // SIGKILL, and back on the same port with nothing (the launcher persists nothing).
@@ -71,13 +69,8 @@ fn fences_keep_increasing_across_a_kill_9_restart_without_persistence() -> TestR
     })?;
     assert_eq!(counter, None, "the server lost the counter");
     let after = eventually(Duration::from_secs(10), || fences(&redis))?;
-    for k in 0..4 {
-        assert!(
-            after[k] > highest[k],
-            "kind {k}: {} after {} (before the restart)",
-            after[k],
-            highest[k]
-        );
+    for (k, (a, h)) in after.iter().zip(&highest).enumerate() {
+        assert!(a > h, "kind {k}: {a} after {h} (before the restart)");
     }
     // And they keep increasing from there.
     let next = fences(&redis)?;

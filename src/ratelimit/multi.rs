@@ -86,6 +86,12 @@ impl<L: MultiPart + ?Sized> ToLimitPart for (&L, &str) {
     }
 }
 
+impl<L: MultiPart + ?Sized> ToLimitPart for (&L, &String) {
+    fn to_part(&self) -> LimitPart {
+        self.0.part(self.1)
+    }
+}
+
 /// Checks several limits at once, of any kind (GCRA, sliding log, sliding window, fixed
 /// window, token bucket), for example 10 per second (GCRA) AND 1,000 per hour (a sliding log)
 /// for a user AND a token bucket for the user's tenant: in one script and one round trip, all
