@@ -74,7 +74,7 @@ local function sliding_log(key, limit, period)
   end
   local write = function()
     redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', now - period))
-    local seq = redis.call('ZCOUNT', key, now, now)
+    local seq = count
     local batch = {}
     for _ = 1, cost do
       local member
