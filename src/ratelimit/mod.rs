@@ -5,9 +5,11 @@
 //! The keys of one limited subject carry a hash tag (`{subject}`), so they live in one
 //! cluster slot, and every key gets a TTL so idle subjects cost nothing.
 //!
-//! Every decision is a [`Decision`]: how many were allowed, how many remain, when to retry
-//! ([`RetryAfter::Never`] when the request is larger than the limit can ever grant, instead of
-//! a made-up wait), and when the limit is fully reset.
+//! Every decision is a [`Decision`]: how many units were granted, how many remain, when to
+//! retry ([`RetryAfter::Never`] when the request is larger than the limit can ever grant,
+//! instead of a made-up wait), and when the limit is fully reset. A peek (`n = 0`) never asks
+//! to wait: zero units always fit (go-redis/redis_rate's GCRA peek says the same);
+//! `remaining` tells whether the next unit would.
 //!
 //! | need | pick |
 //! |---|---|
@@ -16,16 +18,20 @@
 //! | N per window, smoothed across window edges, O(1) memory | [`SlidingWindow`] |
 //! | N per calendar window (per minute, per hour), cheapest | [`FixedWindow`] |
 //! | a bucket of tokens refilled at a rate, taking several at once | [`TokenBucket`] |
-//! | at most N at the same time (in flight), with leases | [`ConcurrencyLimiter`] |
-//! | several limits at once, all or nothing | [`MultiLimit`] |
+//! | at most N at the same time (in flight), with leases, waiters woken by releases | [`ConcurrencyLimiter`] |
+//! | several limits of any of these kinds at once, all or nothing, one round trip | [`MultiLimit`] |
 //!
 //! Limits can be changed at run time (`set_limit`): the new parameters apply to the stored
 //! state from the next decision on; nothing is reset by accident. Each limiter's docs say
 //! what a change does to the current window.
 //!
 //! Worker threads use the blocking helpers of [`RateLimiter`]: [`RateLimiter::acquire`]
-//! sleeps for the retry-after until allowed or the deadline passes, [`RateLimiter::try_acquire`]
-//! never sleeps.
+//! sleeps for the retry-after until allowed or the deadline passes (any timeout works,
+//! `Duration::MAX` included), [`RateLimiter::try_acquire`] never sleeps.
+//!
+//! Settings are checked when a limiter is made or changed: periods of at least 1 ms and at
+//! most ten years, lease TTLs of at most a year, and bursts or capacities that refill within
+//! ten years; anything else is an [`Error::Config`] naming the setting.
 
 use std::time::{Duration, Instant};
 
