@@ -22,6 +22,12 @@ local function expire_with_longest()
 end
 
 local count = redis.call('ZCARD', KEYS[1])
+if count == 0 then
+  -- The common case of a quiet subject: nothing to check, and the new lease is the longest.
+  redis.call('ZADD', KEYS[1], string.format('%.0f', now + ttl), id)
+  redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil(ttl / 1000)))
+  return {1, 1, 0}
+end
 -- Already held: a resent call whose first attempt took the slot. Renew it; this makes the
 -- script safe to run twice.
 if redis.call('ZSCORE', KEYS[1], id) then

@@ -42,11 +42,6 @@ if count + n > limit then
   return {0, remaining, window_end - now, reset, limit}
 end
 
-if count > 0 then
-  redis.call('HINCRBY', key, 'count', n)
-  redis.call('HSET', key, 'last', now)
-else
-  redis.call('HSET', key, 'last', now, 'count', n)
-end
+redis.call('HSET', key, 'last', now, 'count', count + n)
 redis.call('PEXPIRE', key, math.ceil((window_end - now) / 1000))
 return {n, limit - count - n, 0, window_end - now, limit}

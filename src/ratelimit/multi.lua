@@ -187,12 +187,7 @@ local function fixed_window(key, limit, period)
     return false, nil, here, nil
   end
   local write = function()
-    if count > 0 then
-      redis.call('HINCRBY', key, 'count', cost)
-      redis.call('HSET', key, 'last', now)
-    else
-      redis.call('HSET', key, 'last', now, 'count', cost)
-    end
+    redis.call('HSET', key, 'last', now, 'count', count + cost)
     redis.call('PEXPIRE', key, math.ceil((window_end - now) / 1000))
   end
   return true, {cost, limit - count - cost, 0, window_end - now, limit}, here, write

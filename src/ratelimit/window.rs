@@ -267,7 +267,7 @@ window_limiter! {
     /// The fixed window: at most `limit` units per calendar window, windows aligned to the
     /// Unix epoch (`floor(now / period)`: a per-minute limit resets on the minute, a per-hour
     /// one on the hour, in UTC). The cheapest limiter: one small hash per subject (the last
-    /// admission's time and the window's count, increased with `HINCRBY`), O(1) memory,
+    /// admission's time and the window's count), O(1) memory,
     /// expiring when the window ends. It allows bursts of up to twice the limit across a
     /// window edge (the end of one window and the start of the next); [`SlidingWindow`]
     /// smooths that.
