@@ -59,6 +59,9 @@ pub enum ErrorClass {
     RateLimited,
     /// A lock, semaphore permit or leadership did not come free within the wait allowed.
     LockTimeout,
+    /// A value or reply is larger than a limit: the server's (`proto-max-bulk-len`) for a
+    /// value sent, or [`max_reply_size`](crate::ConfigBuilder::max_reply_size) for a reply.
+    TooLarge,
     /// The call cannot run here: the server lacks the feature (too old a version), or the
     /// command would change a shared connection for later callers and needs another kind of
     /// connection ([`Error::ServerTooOld`], [`Error::WrongConnection`]).
@@ -69,7 +72,7 @@ pub enum ErrorClass {
 
 impl ErrorClass {
     /// Every class, in a stable order (used for per-class counters).
-    pub const ALL: [ErrorClass; 21] = [
+    pub const ALL: [ErrorClass; 22] = [
         ErrorClass::Connection,
         ErrorClass::Timeout,
         ErrorClass::Auth,
@@ -89,6 +92,7 @@ impl ErrorClass {
         ErrorClass::Closed,
         ErrorClass::RateLimited,
         ErrorClass::LockTimeout,
+        ErrorClass::TooLarge,
         ErrorClass::Unsupported,
         ErrorClass::Other,
     ];
@@ -122,6 +126,7 @@ impl ErrorClass {
             ErrorClass::Closed => "closed",
             ErrorClass::RateLimited => "rate_limited",
             ErrorClass::LockTimeout => "lock_timeout",
+            ErrorClass::TooLarge => "too_large",
             ErrorClass::Unsupported => "unsupported",
             ErrorClass::Other => "other",
         }
@@ -250,6 +255,18 @@ pub enum Error {
         /// What happened (a panic message).
         reason: String,
     },
+    /// A value or a reply is larger than allowed: a value over the server's
+    /// `proto-max-bulk-len` is refused before anything is sent; a reply over
+    /// [`max_reply_size`](crate::ConfigBuilder::max_reply_size) ends the read (the
+    /// connection is closed; the command did run).
+    TooLarge {
+        /// `"value"` or `"reply"`.
+        what: &'static str,
+        /// Its size in bytes, when known.
+        size: Option<u64>,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// The server lacks a feature this call needs (its version is too old). Nothing was
     /// sent for the call.
     ServerTooOld {
@@ -346,6 +363,7 @@ impl Error {
             Error::Background { .. } => ErrorClass::Other,
             Error::Decode { .. } => ErrorClass::Conversion,
             Error::ServerTooOld { .. } | Error::WrongConnection { .. } => ErrorClass::Unsupported,
+            Error::TooLarge { .. } => ErrorClass::TooLarge,
         }
     }
 
@@ -362,6 +380,7 @@ impl Error {
         match self {
             Error::Redis { delivery, .. } => *delivery,
             Error::TransactionConflict { .. } | Error::NotReplicated { .. } => Delivery::Answered,
+            Error::TooLarge { what: "reply", .. } => Delivery::Unknown,
             _ => Delivery::NotSent,
         }
     }
@@ -419,20 +438,53 @@ impl Error {
     }
 }
 
-/// A redkit error that travelled through the `redis` crate's `ConnectionLike` surface.
-fn carried(e: &RedisError) -> Option<Error> {
+/// The I/O error inside a `redis` error, if it wraps one.
+pub(crate) fn io_error_of(e: &RedisError) -> Option<&std::io::Error> {
     let source = std::error::Error::source(e)?;
     // The `redis` crate keeps the I/O error behind an `Arc<dyn Error>`, which is what
     // `source` returns.
-    let io = source.downcast_ref::<std::io::Error>().or_else(|| {
+    source.downcast_ref::<std::io::Error>().or_else(|| {
         source
             .downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
             .and_then(|inner| (**inner).downcast_ref::<std::io::Error>())
-    })?;
-    io.get_ref()?
-        .downcast_ref::<crate::pool::Carried>()
+    })
+}
+
+/// A redkit error that travelled through the `redis` crate's `ConnectionLike` surface.
+fn carried(e: &RedisError) -> Option<Error> {
+    io_error_of(e)?
+        .get_ref()?
+        .downcast_ref::<Carried>()
         .map(|c| c.0.clone())
 }
+
+/// Turns our error into a `redis` error for the [`redis::ConnectionLike`] surface, keeping
+/// redkit-only errors recoverable by [`Error::from`].
+pub(crate) fn to_redis_error(e: Error) -> RedisError {
+    match e {
+        Error::Redis { source, .. } => source,
+        other => {
+            let kind = if other.is_timeout() {
+                std::io::ErrorKind::TimedOut
+            } else {
+                std::io::ErrorKind::Other
+            };
+            RedisError::from(std::io::Error::new(kind, Carried(other)))
+        }
+    }
+}
+
+/// A redkit error travelling inside a `redis::RedisError` (see [`to_redis_error`]).
+#[derive(Debug)]
+pub(crate) struct Carried(pub(crate) Error);
+
+impl fmt::Display for Carried {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Carried {}
 
 /// Classifies a `redis` crate error from its kind, server code and I/O error kind.
 pub(crate) fn classify(e: &RedisError) -> ErrorClass {
@@ -547,6 +599,19 @@ impl fmt::Display for Error {
             Error::WrongConnection { command, instead } => {
                 write!(f, "`{command}` cannot run on this connection: {instead}")
             }
+            Error::TooLarge {
+                what,
+                size: Some(size),
+                limit,
+            } => write!(
+                f,
+                "the {what} is {size} bytes, over the limit of {limit} bytes"
+            ),
+            Error::TooLarge {
+                what,
+                size: None,
+                limit,
+            } => write!(f, "the {what} is over the limit of {limit} bytes"),
         }
     }
 }
@@ -622,6 +687,12 @@ impl fmt::Debug for Error {
                 .field("needs", needs)
                 .field("server", server)
                 .finish(),
+            Error::TooLarge { what, size, limit } => f
+                .debug_struct("TooLarge")
+                .field("what", what)
+                .field("size", size)
+                .field("limit", limit)
+                .finish(),
             Error::WrongConnection { command, instead } => f
                 .debug_struct("WrongConnection")
                 .field("command", command)
@@ -662,9 +733,9 @@ mod tests {
     #[test]
     fn redkit_errors_survive_the_connection_like_surface() {
         let waited = std::time::Duration::from_millis(5);
-        let through = crate::pool::to_redis_error(Error::PoolTimeout { waited });
+        let through = to_redis_error(Error::PoolTimeout { waited });
         assert!(matches!(Error::from(through), Error::PoolTimeout { .. }));
-        let open = crate::pool::to_redis_error(Error::CircuitOpen {
+        let open = to_redis_error(Error::CircuitOpen {
             retry_after: waited,
         });
         assert_eq!(Error::from(open).class(), ErrorClass::CircuitOpen);

@@ -125,6 +125,7 @@ pub mod cache;
 mod client;
 mod cluster;
 pub mod config;
+mod conn;
 mod error;
 pub mod events;
 pub mod heartbeat;
@@ -132,6 +133,7 @@ pub mod heartbeat;
 pub mod lock;
 pub mod metrics;
 pub mod monitor;
+mod observe;
 mod pool;
 pub mod pubsub;
 pub mod queue;
@@ -147,13 +149,13 @@ mod stats;
 pub mod testing;
 mod util;
 
-pub use breaker::{BreakerConfig, BreakerState, FailureRate};
 pub use cache::{Cache, CacheStats};
-pub use client::{IntoConfig, Redis};
+pub use client::{DedicatedConnection, IntoConfig, Redis};
 pub use config::{
     Addr, ClusterConfig, Config, ConfigBuilder, PoolConfig, Protocol, SentinelConfig, SentinelRole,
     Timeouts, TlsConfig,
 };
+pub use config::{BreakerConfig, BreakerState, FailureRate};
 pub use error::{Delivery, Error, ErrorClass, Result};
 pub use events::{Event, Health};
 pub use heartbeat::HeartbeatConfig;

@@ -215,11 +215,12 @@ impl<T: FromRedisValue> ScanIter<T> {
 
     /// Fetches the next batch, resuming from the same cursor after transient errors.
     fn fetch(&mut self) -> Result<()> {
-        let cluster = matches!(self.target, Target::Keys) && self.redis.shared().cluster.is_some();
+        let cluster =
+            matches!(self.target, Target::Keys) && self.redis.pool_state().cluster.is_some();
         if cluster && self.nodes.is_none() {
             let masters = self
                 .redis
-                .shared()
+                .pool_state()
                 .cluster
                 .as_ref()
                 .map(|t| t.masters_with_a_slot())
@@ -275,7 +276,7 @@ impl<T> ScanIter<T> {
     /// On a cluster, when the master being scanned no longer owns its slot (it failed over),
     /// scans its successor from the start.
     fn follow_failover(&mut self, addr: &crate::config::Addr, slot: u16) {
-        let Some(topology) = self.redis.shared().cluster.as_ref() else {
+        let Some(topology) = self.redis.pool_state().cluster.as_ref() else {
             return;
         };
         topology.mark_stale();

@@ -142,12 +142,6 @@ impl ScriptCall {
         }
         convert(value)
     }
-
-    /// Runs the call through a [`Redis`](crate::Redis) handle, with its breaker and retry
-    /// policy (a script is resent only when it surely did not run).
-    pub fn run<T: FromRedisValue>(&self, redis: &crate::Redis) -> Result<T> {
-        redis.run(|con| self.invoke(con))
-    }
 }
 
 fn is_noscript(v: &Value) -> bool {
@@ -266,6 +260,38 @@ impl Pipeline {
     /// Removes every command (keeps atomicity).
     pub fn clear(&mut self) {
         self.entries.clear();
+    }
+
+    /// Refuses a pipeline that would leave a shared connection changed for later callers
+    /// (see [`crate::conn::state::check_shared`]); `MULTI`/`EXEC` come from
+    /// [`Pipeline::atomic`], not from commands in it.
+    pub(crate) fn check_shared(&self) -> Result<()> {
+        use crate::conn::state::{effect, Effect};
+        for e in &self.entries {
+            let mut args = e.cmd.args_iter().filter_map(|a| match a {
+                redis::Arg::Simple(b) => Some(b),
+                _ => None,
+            });
+            let (Some(name), sub) = (args.next(), args.next()) else {
+                continue;
+            };
+            match effect(name, sub) {
+                Effect::None | Effect::Unwatch => {}
+                Effect::Changes { command, instead } => {
+                    return Err(Error::WrongConnection {
+                        command: command.to_owned(),
+                        instead,
+                    })
+                }
+                Effect::Multi | Effect::EndMulti | Effect::Watch => {
+                    return Err(Error::WrongConnection {
+                        command: String::from_utf8_lossy(name).to_ascii_uppercase(),
+                        instead: "a Pipeline is made a transaction with Pipeline::atomic(); for WATCH use Redis::transaction()",
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether every command is one redkit knows to be read-only.

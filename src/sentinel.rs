@@ -17,19 +17,21 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use log::{debug, info, warn};
 use parking_lot::Mutex;
-use redis::{ConnectionLike, Value};
+use redis::{FromRedisValue, Value};
 
 use crate::config::{Addr, Config, SentinelConfig, SentinelRole};
+use crate::conn::{Connection, Connector, Generation};
 use crate::error::{Delivery, Error, Result};
 use crate::events::Event;
-use crate::pool::{redis_client_at, Shared};
+use crate::observe::Observed;
+use crate::util::time;
 
 /// How long the listener waits on its subscription before it checks for a stop request.
 const LISTEN_SLICE: Duration = Duration::from_millis(250);
@@ -40,7 +42,14 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// handle and its listener.
 pub(crate) struct SentinelState {
     config: SentinelConfig,
-    current: Mutex<Option<(Addr, redis::Client)>>,
+    /// Opens connections to the sentinels (their credentials and TLS settings).
+    sentinels: Connector,
+    /// The data nodes' timeouts.
+    timeouts: crate::config::Timeouts,
+    /// Retired on every move, so that no pooled connection keeps reaching the old node.
+    generation: Arc<Generation>,
+    observed: Arc<Observed>,
+    current: Mutex<Option<Addr>>,
     rediscover: AtomicBool,
     /// Round-robin position among healthy replicas (starts at a random place, so that
     /// processes started together spread over the replicas).
@@ -52,10 +61,7 @@ impl std::fmt::Debug for SentinelState {
         f.debug_struct("SentinelState")
             .field("master_name", &self.config.master_name)
             .field("role", &self.config.role)
-            .field(
-                "current",
-                &self.current.lock().as_ref().map(|(a, _)| a.clone()),
-            )
+            .field("current", &self.current.lock().clone())
             .finish_non_exhaustive()
     }
 }
@@ -144,13 +150,33 @@ fn choose_replica(
 }
 
 impl SentinelState {
-    pub(crate) fn new(config: SentinelConfig) -> SentinelState {
-        SentinelState {
-            config,
+    /// The state of a handle whose data nodes use `config`.
+    pub(crate) fn new(
+        config: &Config,
+        sentinel: SentinelConfig,
+        generation: Arc<Generation>,
+        observed: Arc<Observed>,
+    ) -> Result<SentinelState> {
+        let mut own = config.clone();
+        own.username = sentinel.username.clone();
+        own.password = sentinel.password.clone();
+        own.db = 0;
+        own.protocol = crate::config::Protocol::Resp2;
+        own.tls = if sentinel.uses_tls(config.tls.is_some()) {
+            Some(config.tls.clone().unwrap_or_default())
+        } else {
+            None
+        };
+        Ok(SentinelState {
+            sentinels: Connector::new(&own)?,
+            timeouts: config.timeouts,
+            config: sentinel,
+            generation,
+            observed,
             current: Mutex::new(None),
             rediscover: AtomicBool::new(false),
             next_replica: AtomicUsize::new(crate::util::ids::random_u64() as usize),
-        }
+        })
     }
 
     /// Whether the handle reads from a replica ([`SentinelRole::Replica`]).
@@ -160,15 +186,15 @@ impl SentinelState {
 
     /// The node's address (the master, or the chosen replica), if known.
     pub(crate) fn current_addr(&self) -> Option<Addr> {
-        self.current.lock().as_ref().map(|(a, _)| a.clone())
+        self.current.lock().clone()
     }
 
-    /// Where to connect, and a client for it, discovering it first when it is not known.
-    pub(crate) fn target(&self, shared: &Shared, config: &Config) -> Result<(Addr, redis::Client)> {
+    /// Where to connect, discovering it first (by `deadline`) when it is not known.
+    pub(crate) fn target(&self, deadline: Instant) -> Result<Addr> {
         if let Some(known) = self.current.lock().as_ref() {
             return Ok(known.clone());
         }
-        self.refresh(shared, config)?;
+        self.refresh_by(deadline, None)?;
         self.current.lock().clone().ok_or_else(|| self.not_found())
     }
 
@@ -176,10 +202,13 @@ impl SentinelState {
     /// sentinels may name a master that was just demoted, or a replica just promoted. A
     /// replica must also have its link to the master up (`connected`): one that is still
     /// syncing, or that lost its master, would serve old (or, freshly restarted, no) data.
-    pub(crate) fn check_role(&self, con: &mut dyn ConnectionLike) -> Result<()> {
-        let role: Vec<Value> = redis::cmd("ROLE")
-            .query(con)
-            .map_err(|e| Error::from_redis(e, Delivery::NotSent))?;
+    pub(crate) fn check_role(&self, con: &mut Connection, deadline: Instant) -> Result<()> {
+        let packed = redis::cmd("ROLE").get_packed_command();
+        let reply = con
+            .exec(&packed, Some(deadline))
+            .map_err(|e| e.with_delivery(Delivery::NotSent))?;
+        let role: Vec<Value> = Vec::from_redis_value(reply)
+            .map_err(|e| Error::from_redis(e.into(), Delivery::NotSent))?;
         let is = |v: Option<&Value>, want: &[u8]| matches!(v, Some(Value::BulkString(r)) if r.as_slice() == want);
         let problem = match self.config.role {
             SentinelRole::Replica if !is(role.first(), b"slave") => Some("is not a replica"),
@@ -203,29 +232,27 @@ impl SentinelState {
     /// A connection to `addr` could not be opened or reached the wrong role: ask the
     /// sentinels again, preferring another replica (switching retires the pool if the node
     /// moved).
-    pub(crate) fn connection_failed(&self, shared: &Shared, config: &Config, addr: &Addr) {
-        if let Err(e) = self.refresh_avoiding(shared, config, Some(addr)) {
+    pub(crate) fn connection_failed(&self, addr: &Addr) {
+        let deadline = time::after(self.timeouts.connect);
+        if let Err(e) = self.refresh_by(deadline, Some(addr)) {
             debug!("sentinel rediscovery failed: {e}");
         }
     }
 
     /// Asks the sentinels where the node is now and switches to it if it moved.
-    pub(crate) fn refresh(&self, shared: &Shared, config: &Config) -> Result<Addr> {
-        self.refresh_avoiding(shared, config, None)
+    pub(crate) fn refresh(&self) -> Result<Addr> {
+        self.refresh_by(time::after(self.timeouts.connect), None)
     }
 
-    fn refresh_avoiding(
-        &self,
-        shared: &Shared,
-        config: &Config,
-        failed: Option<&Addr>,
-    ) -> Result<Addr> {
+    /// Asks the sentinels (each in turn, all by `deadline`), avoiding the replica that just
+    /// `failed`.
+    fn refresh_by(&self, deadline: Instant, failed: Option<&Addr>) -> Result<Addr> {
         if !self.reads_from_replica() {
-            let addr = self.discover_master(config)?;
-            self.switch_to(shared, config, addr.clone(), "asked the sentinels")?;
+            let addr = self.discover_master(deadline)?;
+            self.switch_to(addr.clone(), "asked the sentinels");
             return Ok(addr);
         }
-        let replicas = self.discover_replicas(config)?;
+        let replicas = self.discover_replicas(deadline)?;
         let current = self.current_addr();
         let turn = self.next_replica.fetch_add(1, Ordering::Relaxed);
         match choose_replica(&replicas, current.as_ref(), failed, turn) {
@@ -236,13 +263,13 @@ impl SentinelState {
                 match self.current_addr() {
                     Some(now) if Some(&now) != current.as_ref() => Ok(now),
                     _ => {
-                        self.switch_to(shared, config, addr.clone(), "asked the sentinels")?;
+                        self.switch_to(addr.clone(), "asked the sentinels");
                         Ok(addr)
                     }
                 }
             }
             Choice::Forget => {
-                self.forget(shared, "the sentinels no longer list it as a replica");
+                self.forget("the sentinels no longer list it as a replica");
                 Err(self.not_found())
             }
             Choice::NoneUp => current.ok_or_else(|| self.not_found()),
@@ -256,20 +283,13 @@ impl SentinelState {
 
     /// Points new connections at `addr`; if it differs from the known node, retires every
     /// pooled connection and, for a master, emits [`Event::FailoverDetected`].
-    pub(crate) fn switch_to(
-        &self,
-        shared: &Shared,
-        config: &Config,
-        addr: Addr,
-        why: &str,
-    ) -> Result<()> {
-        let client = redis_client_at(config, &addr)?;
+    pub(crate) fn switch_to(&self, addr: Addr, why: &str) {
         let old = {
             let mut current = self.current.lock();
-            if current.as_ref().is_some_and(|(a, _)| *a == addr) {
-                return Ok(());
+            if current.as_ref() == Some(&addr) {
+                return;
             }
-            current.replace((addr.clone(), client)).map(|(a, _)| a)
+            current.replace(addr.clone())
         };
         let name = &self.config.master_name;
         match (&old, self.reads_from_replica()) {
@@ -277,8 +297,8 @@ impl SentinelState {
                 info!(
                     "redis master `{name}` moved from {old} to {addr} ({why}): retiring every pooled connection"
                 );
-                shared.retire_connections();
-                shared.events.emit(Event::FailoverDetected {
+                self.generation.retire_all();
+                self.observed.events.emit(Event::FailoverDetected {
                     master_name: name.clone(),
                     old: old.clone(),
                     new: addr,
@@ -288,62 +308,58 @@ impl SentinelState {
                 info!(
                     "reading from replica {addr} of master `{name}` instead of {old} ({why}): retiring every pooled connection"
                 );
-                shared.retire_connections();
+                self.generation.retire_all();
             }
             (None, false) => info!("redis master `{name}` is at {addr}"),
             (None, true) => info!("reading from replica {addr} of master `{name}`"),
         }
-        Ok(())
     }
 
     /// A sentinel announced `+switch-master` from `old` to `new`. A master handle moves to
     /// `new`; a replica handle reports the failover, stops using its replica if that is the
     /// one promoted, and asks which replicas are healthy now.
-    fn master_switched(
-        &self,
-        shared: &Shared,
-        config: &Config,
-        old: Addr,
-        new: Addr,
-    ) -> Result<()> {
+    fn master_switched(&self, old: Addr, new: Addr) {
         if !self.reads_from_replica() {
-            return self.switch_to(shared, config, new, "+switch-master");
+            self.switch_to(new, "+switch-master");
+            return;
         }
         let name = &self.config.master_name;
         info!("redis master `{name}` moved from {old} to {new} (+switch-master)");
         let promoted = self.current_addr().as_ref() == Some(&new);
-        shared.events.emit(Event::FailoverDetected {
+        self.observed.events.emit(Event::FailoverDetected {
             master_name: name.clone(),
             old,
             new,
         });
         if promoted {
-            self.forget(shared, "it was promoted to master");
+            self.forget("it was promoted to master");
         }
-        if let Err(e) = self.refresh(shared, config) {
+        if let Err(e) = self.refresh() {
             debug!("sentinel rediscovery failed: {e}");
         }
-        Ok(())
     }
 
     /// Stops using the current node (a replica that was promoted or removed): new
     /// connections wait for a rediscovery, pooled ones are retired.
-    fn forget(&self, shared: &Shared, why: &str) {
-        let Some((old, _)) = self.current.lock().take() else {
+    fn forget(&self, why: &str) {
+        let Some(old) = self.current.lock().take() else {
             return;
         };
         info!(
             "no longer reading from {old} ({why}): retiring every pooled connection of master `{}`'s replica handle",
             self.config.master_name
         );
-        shared.retire_connections();
+        self.generation.retire_all();
     }
 
     /// Asks each sentinel in turn, with the connect and response timeouts.
-    fn discover_master(&self, config: &Config) -> Result<Addr> {
+    fn discover_master(&self, deadline: Instant) -> Result<Addr> {
         let mut last = None;
         for (host, port) in &self.config.addrs {
-            match self.ask_master(config, host, *port) {
+            if time::left(deadline).is_zero() {
+                break;
+            }
+            match self.ask_master(deadline, host, *port) {
                 Ok(Some(addr)) => return Ok(addr),
                 Ok(None) => {
                     debug!(
@@ -360,22 +376,34 @@ impl SentinelState {
         Err(last.unwrap_or_else(|| self.not_found()))
     }
 
-    fn ask_master(&self, config: &Config, host: &str, port: u16) -> Result<Option<Addr>> {
-        let mut con = self.sentinel_connection(config, host, port)?;
-        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+    fn ask_master(&self, deadline: Instant, host: &str, port: u16) -> Result<Option<Addr>> {
+        let mut con = self.sentinel_connection(deadline, host, port)?;
+        let packed = redis::cmd("SENTINEL")
             .arg("GET-MASTER-ADDR-BY-NAME")
             .arg(&self.config.master_name)
-            .query(&mut con)
-            .map_err(|e| Error::from_redis(e, Delivery::Unknown))?;
+            .get_packed_command();
+        let reply = con.exec(&packed, Some(self.call_by(deadline)))?;
+        let addr: Option<(String, u16)> = crate::script::convert(reply)?;
         Ok(addr.map(|(host, port)| Addr::Tcp { host, port }))
     }
 
+    /// A sentinel call ends by `deadline`, or the response timeout when that is later (the
+    /// connect deadline bounds the whole discovery, not each answer alone).
+    fn call_by(&self, deadline: Instant) -> Instant {
+        deadline.max(time::after(
+            self.timeouts.response.min(Duration::from_secs(1)),
+        ))
+    }
+
     /// The replicas the first sentinel with a healthy one lists (else the first answer).
-    fn discover_replicas(&self, config: &Config) -> Result<Vec<Replica>> {
+    fn discover_replicas(&self, deadline: Instant) -> Result<Vec<Replica>> {
         let mut last = None;
         let mut first_answer = None;
         for (host, port) in &self.config.addrs {
-            match self.ask_replicas(config, host, *port) {
+            if time::left(deadline).is_zero() {
+                break;
+            }
+            match self.ask_replicas(deadline, host, *port) {
                 Ok(replicas) if replicas.iter().any(Replica::healthy) => return Ok(replicas),
                 Ok(replicas) => {
                     debug!(
@@ -397,57 +425,33 @@ impl SentinelState {
         }
     }
 
-    fn ask_replicas(&self, config: &Config, host: &str, port: u16) -> Result<Vec<Replica>> {
-        let mut con = self.sentinel_connection(config, host, port)?;
-        let ask = |con: &mut redis::Connection, sub: &str| {
-            redis::cmd("SENTINEL")
+    fn ask_replicas(&self, deadline: Instant, host: &str, port: u16) -> Result<Vec<Replica>> {
+        let mut con = self.sentinel_connection(deadline, host, port)?;
+        let by = self.call_by(deadline);
+        let mut ask = |sub: &str| -> Result<Vec<HashMap<String, String>>> {
+            let packed = redis::cmd("SENTINEL")
                 .arg(sub)
                 .arg(&self.config.master_name)
-                .query::<Vec<HashMap<String, String>>>(con)
+                .get_packed_command();
+            crate::script::convert(con.exec(&packed, Some(by))?)
         };
         // `REPLICAS` since Redis 5; `SLAVES` before.
-        let entries = match ask(&mut con, "REPLICAS") {
-            Err(e) if e.kind() != redis::ErrorKind::Io && !e.is_timeout() => {
-                ask(&mut con, "SLAVES")
-            }
+        let entries = match ask("REPLICAS") {
+            Err(e) if e.delivery() == Delivery::Answered => ask("SLAVES"),
             other => other,
-        }
-        .map_err(|e| Error::from_redis(e, Delivery::Unknown))?;
+        }?;
         Ok(entries.iter().filter_map(Replica::from_entry).collect())
     }
 
-    /// A connection to one sentinel, with the connect, response and write timeouts, the
-    /// sentinels' credentials, and TLS when [`SentinelConfig::uses_tls`] says so (with the
-    /// data nodes' CA, client identity and `insecure` flag).
-    fn sentinel_connection(
-        &self,
-        config: &Config,
-        host: &str,
-        port: u16,
-    ) -> Result<redis::Connection> {
-        let not_sent = |e| Error::from_redis(e, Delivery::NotSent);
-        let mut own = config.clone();
-        own.username = self.config.username.clone();
-        own.password = self.config.password.clone();
-        own.db = 0;
-        own.protocol = crate::config::Protocol::Resp2;
-        own.tls = if self.config.uses_tls(config.tls.is_some()) {
-            Some(config.tls.clone().unwrap_or_default())
-        } else {
-            None
-        };
+    /// A connection to one sentinel, with the sentinels' credentials, and TLS when
+    /// [`SentinelConfig::uses_tls`] says so (with the data nodes' CA, client identity and
+    /// `insecure` flag), opened by `deadline`.
+    fn sentinel_connection(&self, deadline: Instant, host: &str, port: u16) -> Result<Connection> {
         let addr = Addr::Tcp {
             host: host.to_owned(),
             port,
         };
-        let client = redis_client_at(&own, &addr)?;
-        let t = &config.timeouts;
-        let con = client
-            .get_connection_with_timeout(t.connect)
-            .map_err(not_sent)?;
-        con.set_read_timeout(Some(t.response)).map_err(not_sent)?;
-        con.set_write_timeout(Some(t.write)).map_err(not_sent)?;
-        Ok(con)
+        self.sentinels.open_by(&addr, deadline)
     }
 
     fn not_found(&self) -> Error {
@@ -472,16 +476,11 @@ pub(crate) struct SentinelListener {
 }
 
 impl SentinelListener {
-    pub(crate) fn spawn(
-        shared: &Arc<Shared>,
-        state: Arc<SentinelState>,
-        config: Config,
-    ) -> Result<SentinelListener> {
+    pub(crate) fn spawn(state: Arc<SentinelState>) -> Result<SentinelListener> {
         let (stop, stopped) = crossbeam_channel::bounded(0);
-        let weak = Arc::downgrade(shared);
         let thread = std::thread::Builder::new()
             .name("redkit-sentinel".into())
-            .spawn(move || listen(&weak, &state, &config, &stopped))
+            .spawn(move || listen(&state, &stopped))
             .map_err(|e| Error::from_redis(redis::RedisError::from(e), Delivery::NotSent))?;
         Ok(SentinelListener {
             stop: Some(stop),
@@ -489,7 +488,9 @@ impl SentinelListener {
         })
     }
 
-    /// Stops the thread and waits for it (unless called on that very thread).
+    /// Stops the thread and waits for it (unless called on that very thread): it notices
+    /// within [`LISTEN_SLICE`], or when a call to a sentinel in flight ends (within the
+    /// connect or response timeout).
     pub(crate) fn stop(&mut self) {
         drop(self.stop.take());
         if let Some(Err(panic)) = self.thread.take().map(crate::util::threads::join) {
@@ -509,7 +510,7 @@ fn stopping(stopped: &Receiver<()>) -> bool {
     matches!(stopped.try_recv(), Err(TryRecvError::Disconnected))
 }
 
-fn listen(weak: &Weak<Shared>, state: &SentinelState, config: &Config, stopped: &Receiver<()>) {
+fn listen(state: &SentinelState, stopped: &Receiver<()>) {
     let sentinels = state.config.addrs.clone();
     let mut next = 0;
     loop {
@@ -518,7 +519,7 @@ fn listen(weak: &Weak<Shared>, state: &SentinelState, config: &Config, stopped: 
         }
         let (host, port) = &sentinels[next % sentinels.len()];
         next += 1;
-        match follow(weak, state, config, stopped, host, *port) {
+        match follow(state, stopped, host, *port) {
             Ok(()) => return,
             Err(e) => debug!("sentinel listener on {host}:{port}: {e}"),
         }
@@ -531,43 +532,64 @@ fn listen(weak: &Weak<Shared>, state: &SentinelState, config: &Config, stopped: 
     }
 }
 
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
 /// Follows one sentinel until it fails (`Err`) or the thread must stop (`Ok`).
-fn follow(
-    weak: &Weak<Shared>,
-    state: &SentinelState,
-    config: &Config,
-    stopped: &Receiver<()>,
-    host: &str,
-    port: u16,
-) -> Result<()> {
-    let wire = |e| Error::from_redis(e, Delivery::Unknown);
-    let mut con = state.sentinel_connection(config, host, port)?;
-    let mut pubsub = con.as_pubsub();
-    pubsub.subscribe("+switch-master").map_err(wire)?;
-    pubsub.set_read_timeout(Some(LISTEN_SLICE)).map_err(wire)?;
+fn follow(state: &SentinelState, stopped: &Receiver<()>, host: &str, port: u16) -> Result<()> {
+    let deadline = time::after(state.timeouts.connect);
+    let mut con = state.sentinel_connection(deadline, host, port)?;
+    let subscribe = redis::cmd("SUBSCRIBE")
+        .arg("+switch-master")
+        .get_packed_command();
+    con.send(&subscribe, Some(deadline), true)?;
     // A switch may have happened while nobody listened.
-    if let Some(shared) = weak.upgrade() {
-        if let Err(e) = state.refresh(&shared, config) {
-            debug!("sentinel rediscovery failed: {e}");
-        }
+    if let Err(e) = state.refresh() {
+        debug!("sentinel rediscovery failed: {e}");
     }
     debug!("sentinel listener subscribed on {host}:{port}");
+    // The subscription is confirmed by its first frame; a sentinel that never confirms is
+    // given up after the response timeout.
+    let mut confirmed = false;
+    let subscribed_by = time::after(state.timeouts.response);
     loop {
         if stopping(stopped) {
             return Ok(());
         }
-        let Some(shared) = weak.upgrade() else {
-            return Ok(());
-        };
         if state.rediscover.swap(false, Ordering::AcqRel) {
-            if let Err(e) = state.refresh(&shared, config) {
+            if let Err(e) = state.refresh() {
                 debug!("sentinel rediscovery failed: {e}");
                 state.request_rediscovery();
             }
         }
-        match pubsub.get_message() {
-            Ok(msg) => {
-                let payload: String = msg.get_payload().map_err(wire)?;
+        if !confirmed && Instant::now() >= subscribed_by {
+            return Err(Error::io(
+                std::io::ErrorKind::TimedOut,
+                format!("sentinel {host}:{port} did not confirm the subscription"),
+                Delivery::Unknown,
+            ));
+        }
+        let Some(frame) = con.read_frame(time::after(LISTEN_SLICE))? else {
+            continue;
+        };
+        let items = match frame {
+            Value::Array(items) | Value::Push { data: items, .. } => items,
+            Value::ServerError(e) => return Err(Error::from_redis(e.into(), Delivery::Answered)),
+            _ => continue,
+        };
+        let words: Vec<Option<String>> = items.iter().map(text).collect();
+        match words.first().cloned().flatten().as_deref() {
+            Some("subscribe") => confirmed = true,
+            Some("message") => {
+                confirmed = true;
+                let Some(Some(payload)) = words.get(2) else {
+                    continue;
+                };
                 // `<name> <old-ip> <old-port> <new-ip> <new-port>`
                 let parts: Vec<&str> = payload.split_whitespace().collect();
                 if let [name, old_host, old_port, new_host, new_port] = parts[..] {
@@ -581,13 +603,12 @@ fn follow(
                                 host: new_host.to_owned(),
                                 port: new_port,
                             };
-                            state.master_switched(&shared, config, old, new)?;
+                            state.master_switched(old, new);
                         }
                     }
                 }
             }
-            Err(e) if e.is_timeout() => {}
-            Err(e) => return Err(wire(e)),
+            _ => {}
         }
     }
 }

@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime};
 use crate::breaker::BreakerState;
 use crate::error::ErrorClass;
 use crate::events::Health;
-use crate::pool::Shared;
 use crate::util::histogram::Latency;
 
 const CLASSES: usize = ErrorClass::ALL.len();
@@ -31,6 +30,8 @@ pub(crate) struct Counters {
     pub(crate) breaker_rejected: AtomicU64,
     pub(crate) transaction_conflicts: AtomicU64,
     pub(crate) reconnections: AtomicU64,
+    pub(crate) dedicated_opened: AtomicU64,
+    pub(crate) dedicated_open: AtomicI64,
 }
 
 impl Counters {
@@ -48,7 +49,7 @@ impl Counters {
 
 /// Error counts per [`ErrorClass`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ErrorCounts([u64; CLASSES]);
+pub struct ErrorCounts(pub(crate) [u64; CLASSES]);
 
 impl ErrorCounts {
     /// How many errors of this class were returned to callers.
@@ -151,48 +152,9 @@ pub struct Stats {
     pub event_listeners: usize,
     /// Events lost because a listener's queue was full (each listener counts once).
     pub events_dropped: u64,
-}
-
-pub(crate) fn snapshot(shared: &Shared, state: r2d2::State, max_size: u32) -> Stats {
-    let c = &shared.counters;
-    let times = shared.times();
-    let checkouts = c.checkouts.load(Relaxed);
-    let wait_ns = c.checkout_wait_ns.load(Relaxed);
-    let errors = ErrorCounts(std::array::from_fn(|i| c.errors[i].load(Relaxed)));
-    Stats {
-        commands: c.commands.load(Relaxed),
-        pipelines: c.pipelines.load(Relaxed),
-        retries: c.retries.load(Relaxed),
-        errors,
-        pool: PoolStats {
-            size: state.connections,
-            idle: state.idle_connections,
-            in_use: state.connections.saturating_sub(state.idle_connections),
-            waiting: u64::try_from(c.waiting.load(Relaxed)).unwrap_or(0),
-            max_size,
-            created: c.conns_created.load(Relaxed),
-            closed: c.conns_closed.load(Relaxed),
-            discarded_broken: c.conns_discarded_broken.load(Relaxed),
-            connect_failures: c.connect_failures.load(Relaxed),
-            checkouts,
-            checkout_timeouts: c.checkout_timeouts.load(Relaxed),
-            checkout_wait_avg: Duration::from_nanos(wait_ns.checked_div(checkouts).unwrap_or(0)),
-            checkout_wait_max: Duration::from_nanos(c.checkout_wait_max_ns.load(Relaxed)),
-        },
-        breaker: shared.breaker.state(),
-        breaker_opened: c.breaker_opened.load(Relaxed),
-        breaker_rejected: c.breaker_rejected.load(Relaxed),
-        transaction_conflicts: c.transaction_conflicts.load(Relaxed),
-        health: shared.health(),
-        reconnections: c.reconnections.load(Relaxed),
-        last_connected: times.connected_at,
-        last_disconnected: times.disconnected_at,
-        uptime: times.uptime,
-        age: times.age,
-        heartbeat_last: shared.heartbeat_last(),
-        heartbeat_latency: shared.heartbeat_latency.latency(),
-        command_latency: shared.command_latency.latency(),
-        event_listeners: shared.events.len(),
-        events_dropped: shared.events.dropped.load(Relaxed),
-    }
+    /// [Dedicated connections](crate::Redis::dedicated) open right now (queue consumers'
+    /// and lock waiters' included).
+    pub dedicated_open: u64,
+    /// Dedicated connections opened since the handle was created (reopens included).
+    pub dedicated_opened: u64,
 }

@@ -14,18 +14,20 @@ pub(crate) mod route;
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use parking_lot::{Mutex, RwLock};
-use redis::{ConnectionLike, Value};
+use redis::Value;
 
 use crate::breaker::{Admission, Breaker, BreakerState, Transition};
 use crate::config::{Addr, Config};
+use crate::conn::{Connection, Connector};
 use crate::error::{Delivery, Error, Result};
 use crate::events::Event;
-use crate::pool::Shared;
+use crate::observe::Observed;
+use crate::util::time;
 use route::{Redirect, Route, SLOTS};
 
 /// How many redirections one command follows before its last reply is returned as is.
@@ -82,12 +84,12 @@ impl SlotMap {
     }
 }
 
-/// The slot map and the node clients, shared by every connection of a handle.
+/// The slot map and the node connector, shared by every connection of a handle.
 pub(crate) struct Topology {
     config: Config,
+    connector: Connector,
     seeds: Vec<Addr>,
     map: RwLock<Arc<SlotMap>>,
-    clients: Mutex<HashMap<Addr, redis::Client>>,
     /// When the map was last refreshed; held while refreshing.
     refreshed: Mutex<Option<Instant>>,
     /// A redirection or a failed node says the map is out of date.
@@ -99,7 +101,7 @@ pub(crate) struct Topology {
     breakers: RwLock<HashMap<Addr, Arc<Breaker>>>,
     /// The map as the last refresh found it (what change events compare with).
     confirmed: Mutex<Arc<SlotMap>>,
-    shared: OnceLock<Weak<Shared>>,
+    observed: Arc<Observed>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -112,10 +114,15 @@ impl std::fmt::Debug for Topology {
 }
 
 impl Topology {
-    pub(crate) fn new(config: &Config) -> Option<Topology> {
+    pub(crate) fn new(
+        config: &Config,
+        connector: Connector,
+        observed: Arc<Observed>,
+    ) -> Option<Topology> {
         let cluster = config.cluster.as_ref()?;
         Some(Topology {
             config: config.clone(),
+            connector,
             seeds: cluster
                 .seeds
                 .iter()
@@ -125,19 +132,13 @@ impl Topology {
                 })
                 .collect(),
             map: RwLock::new(Arc::new(SlotMap::empty())),
-            clients: Mutex::new(HashMap::new()),
             refreshed: Mutex::new(None),
             stale: AtomicBool::new(true),
             drop_epoch: AtomicU64::new(0),
             breakers: RwLock::new(HashMap::new()),
             confirmed: Mutex::new(Arc::new(SlotMap::empty())),
-            shared: OnceLock::new(),
+            observed,
         })
-    }
-
-    /// Lets the topology emit events on its handle.
-    pub(crate) fn set_owner(&self, shared: Weak<Shared>) {
-        let _ = self.shared.set(shared);
     }
 
     /// The current map.
@@ -261,12 +262,10 @@ impl Topology {
                     *self.map.write() = map;
                     if changed > 0 && !confirmed.masters.is_empty() {
                         info!("cluster slot map changed: {changed} slots moved, {masters} masters");
-                        if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
-                            shared.events.emit(Event::ClusterTopologyChanged {
-                                slots_moved: changed,
-                                masters,
-                            });
-                        }
+                        self.observed.events.emit(Event::ClusterTopologyChanged {
+                            slots_moved: changed,
+                            masters,
+                        });
                     }
                     return Ok(());
                 }
@@ -282,10 +281,8 @@ impl Topology {
 
     fn ask_slots(&self, addr: &Addr) -> Result<Vec<route::SlotRange>> {
         let mut con = self.open(addr)?;
-        let reply: Value = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query(&mut con)
-            .map_err(|e| Error::from_wire(e, Delivery::Unknown))?;
+        let packed = redis::cmd("CLUSTER").arg("SLOTS").get_packed_command();
+        let reply = con.exec(&packed, None)?;
         route::parse_slots(&reply, addr).ok_or_else(|| {
             cluster_error(format!(
                 "{addr} sent a CLUSTER SLOTS reply redkit cannot read"
@@ -324,12 +321,10 @@ impl Topology {
                     "cluster node {addr}: circuit breaker opened (was {:?})",
                     t.from
                 );
-                if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
-                    shared
-                        .counters
-                        .breaker_opened
-                        .fetch_add(1, Ordering::Relaxed);
-                }
+                self.observed
+                    .counters
+                    .breaker_opened
+                    .fetch_add(1, Ordering::Relaxed);
             }
             BreakerState::HalfOpen => info!("cluster node {addr}: circuit breaker half-open"),
             BreakerState::Closed => info!("cluster node {addr}: circuit breaker closed"),
@@ -337,19 +332,13 @@ impl Topology {
     }
 
     /// Opens a connection to one node with every setting of the handle.
-    pub(crate) fn open(&self, addr: &Addr) -> Result<redis::Connection> {
-        let client = {
-            let mut clients = self.clients.lock();
-            match clients.get(addr) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = crate::pool::redis_client_at(&self.config, addr)?;
-                    clients.insert(addr.clone(), c.clone());
-                    c
-                }
-            }
-        };
-        crate::pool::open_connection(&self.config, &client)
+    pub(crate) fn open(&self, addr: &Addr) -> Result<Connection> {
+        self.connector.open(addr)
+    }
+
+    /// The connector node connections are opened with.
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
     }
 
     /// The master owning `slot` in the current map, without refreshing it (the subscriber
@@ -411,7 +400,7 @@ fn infrastructure<T>(r: &Result<T>) -> bool {
 type Entries = Vec<(usize, bool)>;
 
 struct NodeConn {
-    con: redis::Connection,
+    con: Connection,
     epoch: u64,
 }
 
@@ -419,7 +408,9 @@ struct NodeConn {
 pub(crate) struct ClusterLink {
     topo: Arc<Topology>,
     nodes: HashMap<Addr, NodeConn>,
-    read_timeout: Option<Duration>,
+    response: Option<Duration>,
+    /// The moment the current call must end by.
+    cap: Option<Instant>,
     /// Where the last command went: keyless commands follow it.
     last: Option<Addr>,
 }
@@ -441,7 +432,8 @@ impl ClusterLink {
             topo.refresh()?;
         }
         let mut link = ClusterLink {
-            read_timeout: Some(topo.config.timeouts.response),
+            response: Some(topo.config.timeouts.response),
+            cap: None,
             topo,
             nodes: HashMap::new(),
             last: None,
@@ -464,33 +456,39 @@ impl ClusterLink {
         &self.topo
     }
 
-    pub(crate) fn set_read_timeout(&mut self, timeout: Option<Duration>) -> redis::RedisResult<()> {
-        self.read_timeout = timeout;
-        for node in self.nodes.values() {
-            node.con.set_read_timeout(timeout)?;
+    /// The response timeout of later calls (`None`: wait forever).
+    pub(crate) fn set_response_timeout(&mut self, timeout: Option<Duration>) {
+        self.response = timeout;
+        for node in self.nodes.values_mut() {
+            node.con.set_response_timeout(timeout);
         }
-        Ok(())
     }
 
-    pub(crate) fn set_write_timeout(
-        &mut self,
-        timeout: Option<Duration>,
-    ) -> redis::RedisResult<()> {
-        for node in self.nodes.values() {
-            node.con.set_write_timeout(timeout)?;
-        }
-        Ok(())
+    /// Closes every node connection.
+    pub(crate) fn close(&mut self) {
+        self.nodes.clear();
+        self.last = None;
     }
 
     /// The connection to `addr`, opened if needed, `PING`ed first when some node connection
     /// failed since it was last used.
-    fn conn(&mut self, addr: &Addr) -> Result<&mut redis::Connection> {
+    fn conn(&mut self, addr: &Addr) -> Result<&mut Connection> {
         let epoch = self.topo.drop_epoch.load(Ordering::Acquire);
+        let ping_by = time::earliest(
+            self.cap,
+            Some(time::after(
+                self.topo
+                    .config
+                    .timeouts
+                    .response
+                    .min(Duration::from_secs(1)),
+            )),
+        );
         let fresh = match self.nodes.get_mut(addr) {
-            Some(node) if node.epoch >= epoch && node.con.is_open() => false,
+            Some(node) if node.epoch >= epoch && !node.con.is_broken() => false,
             Some(node) => {
                 let alive =
-                    node.con.is_open() && redis::cmd("PING").query::<()>(&mut node.con).is_ok();
+                    !node.con.is_broken() && ping_by.is_some_and(|by| node.con.ping(by).is_ok());
                 if alive {
                     node.epoch = epoch;
                 }
@@ -500,12 +498,17 @@ impl ClusterLink {
         };
         if fresh {
             self.nodes.remove(addr);
-            let con = self
+            let deadline = time::earliest(
+                self.cap,
+                Some(time::after(self.topo.config.timeouts.connect)),
+            )
+            .unwrap_or_else(|| time::after(self.topo.config.timeouts.connect));
+            let mut con = self
                 .topo
-                .open(addr)
+                .connector
+                .open_by(addr, deadline)
                 .inspect_err(|_| self.topo.node_failed())?;
-            con.set_read_timeout(self.read_timeout)
-                .map_err(|e| Error::from_redis(e, Delivery::NotSent))?;
+            con.set_response_timeout(self.response);
             self.nodes.insert(addr.clone(), NodeConn { con, epoch });
         }
         self.nodes
@@ -556,31 +559,32 @@ impl ClusterLink {
 
     /// Sends `packed` (a run of `count` commands) to `addr` without reading.
     fn send(&mut self, addr: &Addr, packed: &[u8]) -> Result<()> {
+        let cap = self.cap;
         let con = self.conn(addr)?;
-        if let Err(e) = con.send_packed_command(packed) {
+        if let Err(e) = con.send(packed, cap, false) {
             self.drop_node(addr);
-            return Err(Error::from_redis(e, Delivery::NotSent));
+            return Err(e);
         }
         Ok(())
     }
 
-    /// Reads `count` replies from `addr` (push messages skipped).
-    fn recv(&mut self, addr: &Addr, count: usize) -> Result<Vec<Value>> {
-        let mut out = Vec::with_capacity(count);
+    /// Reads `count` replies from `addr` (push messages skipped) by `cap`.
+    fn recv(&mut self, addr: &Addr, count: usize, cap: Option<Instant>) -> Result<Vec<Value>> {
         let Some(node) = self.nodes.get_mut(addr) else {
             return Err(cluster_error(format!("no connection to {addr}")));
         };
-        while out.len() < count {
-            match node.con.recv_response() {
-                Ok(Value::Push { .. }) => {}
-                Ok(v) => out.push(v),
-                Err(e) => {
-                    self.drop_node(addr);
-                    return Err(Error::from_wire(e, Delivery::Unknown));
-                }
+        match node.con.recv(count, cap) {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                self.drop_node(addr);
+                Err(e)
             }
         }
-        Ok(out)
+    }
+
+    /// The moment the replies of what was just sent must all have come by.
+    fn reads_by(&self) -> Option<Instant> {
+        time::earliest(self.cap, self.response.map(time::after))
     }
 
     /// One command, to one node, after `ASKING` when `asking`, through the node's breaker.
@@ -596,13 +600,15 @@ impl ClusterLink {
             let mut both = redis::cmd("ASKING").get_packed_command();
             both.extend_from_slice(packed);
             self.send(addr, &both)?;
-            let mut replies = self.recv(addr, 2)?;
+            let by = self.reads_by();
+            let mut replies = self.recv(addr, 2, by)?;
             return replies
                 .pop()
                 .ok_or_else(|| cluster_error("no reply".to_owned()));
         }
         self.send(addr, packed)?;
-        let mut replies = self.recv(addr, 1)?;
+        let by = self.reads_by();
+        let mut replies = self.recv(addr, 1, by)?;
         replies
             .pop()
             .ok_or_else(|| cluster_error("no reply".to_owned()))
@@ -636,7 +642,8 @@ impl ClusterLink {
     }
 
     /// One packed command: routed by its first key, split when its keys span slots.
-    pub(crate) fn exec(&mut self, packed: &[u8]) -> Result<Value> {
+    pub(crate) fn exec(&mut self, packed: &[u8], cap: Option<Instant>) -> Result<Value> {
+        self.cap = cap;
         let Some((args, _)) = route::split_command(packed) else {
             return self.exec_routed(packed, &Route::Any);
         };
@@ -684,7 +691,9 @@ impl ClusterLink {
         packed: &[u8],
         offset: usize,
         count: usize,
+        cap: Option<Instant>,
     ) -> Result<Vec<Value>> {
+        self.cap = cap;
         let Some(cmds) = route::split_pipeline(packed) else {
             return Err(cluster_error("a pipeline redkit cannot parse".to_owned()));
         };
@@ -711,9 +720,10 @@ impl ClusterLink {
         let mut target = self.target(&route)?;
         for _ in 0..=MAX_REDIRECTS {
             let admitted = self.topo.admit(&target)?;
-            let result = self
-                .send(&target, packed)
-                .and_then(|()| self.recv(&target, cmds.len()));
+            let result = self.send(&target, packed).and_then(|()| {
+                let by = self.reads_by();
+                self.recv(&target, cmds.len(), by)
+            });
             admitted.done(&self.topo, &target, infrastructure(&result));
             let replies = result?;
             let redirect = replies.iter().find_map(|r| route::redirect(r, &target));
@@ -846,12 +856,14 @@ impl ClusterLink {
                 unread.push((addr, entries, admitted));
             }
             let mut unread = unread.into_iter();
+            // Every node's replies of this round by one response timeout.
+            let by = self.reads_by();
             while failure.is_none() {
                 let Some((addr, entries, admitted)) = unread.next() else {
                     break;
                 };
                 let expected = entries.len() + entries.iter().filter(|(_, a)| *a).count();
-                let received = self.recv(&addr, expected);
+                let received = self.recv(&addr, expected, by);
                 admitted.done(&self.topo, &addr, infrastructure(&received));
                 let replies = match received {
                     Ok(r) => r,
@@ -919,7 +931,13 @@ impl ClusterLink {
     }
 
     /// Runs one packed command on one given node (`SCAN` over every master).
-    pub(crate) fn exec_on(&mut self, addr: &Addr, packed: &[u8]) -> Result<Value> {
+    pub(crate) fn exec_on(
+        &mut self,
+        addr: &Addr,
+        packed: &[u8],
+        cap: Option<Instant>,
+    ) -> Result<Value> {
+        self.cap = cap;
         self.exchange(addr, packed, false)
     }
 }

@@ -15,7 +15,7 @@ use log::{debug, warn};
 use parking_lot::Mutex;
 
 use super::watchdog::Task;
-use super::{deadline, drift};
+use super::drift;
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::Redis;
@@ -67,7 +67,7 @@ impl std::fmt::Debug for Lease {
 /// Until when a lease whose request was sent at `sent` is surely held.
 pub(crate) fn valid_until(sent: Instant, ttl: Duration) -> Instant {
     let valid = ttl.saturating_sub(drift(ttl));
-    deadline(sent, valid)
+    crate::util::time::add(sent, valid)
 }
 
 impl Lease {

@@ -160,7 +160,7 @@
 //! and leases are at least 1 ms (30 ms with the watchdog) and at most a year; anything else
 //! is an [`Error::Config`] naming the setting.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::Redis;
@@ -243,16 +243,6 @@ pub(crate) fn check_name(setting: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `from + d`, capped far in the future instead of overflowing (a `Duration::MAX` wait or
-/// TTL never panics).
-pub(crate) fn deadline(from: Instant, d: Duration) -> Instant {
-    /// About 30 years: later than anything waits, early enough for every clock.
-    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
-    from.checked_add(d.min(FAR))
-        .or_else(|| from.checked_add(Duration::from_secs(86_400)))
-        .unwrap_or(from)
-}
-
 /// Checks a replica acknowledgement setting (and that the handle can use it).
 pub(crate) fn check_ack(redis: &Redis, setting: &'static str, ack: &ReplicaAck) -> Result<()> {
     ack.validate(setting)?;
@@ -310,16 +300,5 @@ mod tests {
         assert_eq!(tagged("p:", "x"), "p:{x}");
         assert_eq!(drift(Duration::from_secs(1)), Duration::from_millis(12));
         assert_eq!(drift(Duration::from_millis(1)), Duration::from_millis(1));
-    }
-
-    #[test]
-    fn deadlines_saturate() {
-        let now = Instant::now();
-        assert!(deadline(now, Duration::MAX) > now + Duration::from_secs(86_400 * 365));
-        assert_eq!(
-            deadline(now, Duration::from_secs(1)),
-            now + Duration::from_secs(1)
-        );
-        assert_eq!(deadline(now, Duration::ZERO), now);
     }
 }

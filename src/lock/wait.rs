@@ -55,7 +55,7 @@ impl<'a> Waiter<'a> {
         Waiter {
             redis,
             wake_keys,
-            deadline: super::deadline(now, timeout),
+            deadline: crate::util::time::add(now, timeout),
             rng: SplitMix64(RandomState::new().hash_one(now)),
             poll: FIRST_POLL,
         }

@@ -77,7 +77,7 @@ impl HandleLocks {
         watchdog
             .tasks
             .send(Entry {
-                due: super::deadline(Instant::now(), after),
+                due: crate::util::time::add(Instant::now(), after),
                 task,
             })
             .map_err(|_| Error::Background {
@@ -204,7 +204,7 @@ fn run(redis: WeakRedis, tasks: Receiver<Entry>, stop: Receiver<()>) {
             }
             if let Some(after) = task.run(&handle) {
                 kept.push(Entry {
-                    due: super::deadline(Instant::now(), after),
+                    due: crate::util::time::add(Instant::now(), after),
                     task: entry.task,
                 });
             }

@@ -216,7 +216,7 @@ impl Subscriber {
             return Err(Error::Closed);
         }
         let config = redis.config().clone();
-        let main = worker::open_main(&config, redis.shared(), TICK)?;
+        let main = worker::open_main(redis.connector(), redis.pool_state(), TICK)?;
         let hb = &config.heartbeat;
         let settings = Settings {
             tick: main.1.tick(),
@@ -227,9 +227,9 @@ impl Subscriber {
         let (stop_tx, stop_rx) = bounded(0);
         let counters = Arc::new(Counters::default());
         let worker = Worker::new(
-            config,
+            redis.connector().clone(),
             settings,
-            redis.shared().clone(),
+            redis.pool_state().clone(),
             counters.clone(),
             ctl_rx,
             stop_rx,
@@ -315,7 +315,7 @@ impl Subscriber {
         C: AsRef<[u8]>,
     {
         let names = self::names(names)?;
-        if kind == Kind::Shard && self.redis.shared().cluster.is_some() {
+        if kind == Kind::Shard && self.redis.pool_state().cluster.is_some() {
             let slot = |n: &Vec<u8>| crate::cluster::route::slot(n);
             if names.windows(2).any(|w| slot(&w[0]) != slot(&w[1])) {
                 return Err(Error::config(

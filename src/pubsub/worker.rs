@@ -24,9 +24,10 @@ use super::message::{Delivered, Message, Sink};
 use crate::cluster::route::{self, Redirect};
 use crate::cluster::{SlotMap, Topology};
 use crate::config::{Addr, Config};
+use crate::conn::Connector;
 use crate::error::{Delivery, Error, Result};
 use crate::events::Event;
-use crate::pool::Shared;
+use crate::pool::PoolState as Shared;
 use crate::retry::BackoffDelays;
 
 /// Names sent in one (re)subscribe command at most.
@@ -188,7 +189,7 @@ fn main_candidates(config: &Config, shared: &Shared) -> Vec<Addr> {
         let master = sentinel
             .current_addr()
             .map(Ok)
-            .unwrap_or_else(|| sentinel.refresh(shared, config));
+            .unwrap_or_else(|| sentinel.refresh());
         return match master {
             Ok(addr) => vec![addr],
             Err(e) => {
@@ -220,11 +221,16 @@ fn main_candidates(config: &Config, shared: &Shared) -> Vec<Addr> {
 
 /// Opens the main link: to `config.addr`, to the Sentinel master, or on a Cluster to the
 /// first node that answers.
-pub(crate) fn open_main(config: &Config, shared: &Shared, tick: Duration) -> Result<(Addr, Conn)> {
+pub(crate) fn open_main(
+    connector: &Connector,
+    shared: &Shared,
+    tick: Duration,
+) -> Result<(Addr, Conn)> {
+    let config = connector.config();
     let cluster = shared.cluster.is_some();
     let mut last = None;
     for addr in main_candidates(config, shared) {
-        match Conn::open_at(config, &addr, tick) {
+        match Conn::open_at(connector, &addr, tick) {
             Ok(conn) => return Ok((addr, conn)),
             Err(e) => {
                 if cluster {
@@ -273,6 +279,7 @@ fn show(names: &[Vec<u8>]) -> String {
 
 pub(crate) struct Worker {
     config: Config,
+    connector: Connector,
     settings: Settings,
     shared: Arc<Shared>,
     counters: Arc<Counters>,
@@ -307,7 +314,7 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn new(
-        config: Config,
+        connector: Connector,
         settings: Settings,
         shared: Arc<Shared>,
         counters: Arc<Counters>,
@@ -315,12 +322,14 @@ impl Worker {
         stop: Receiver<()>,
         main: (Addr, Conn),
     ) -> Worker {
+        let config = connector.config().clone();
         let delays = config.heartbeat.reconnect.delays();
         counters.connected.store(true, Relaxed);
         Worker {
             cluster: shared.cluster.clone(),
             place_delays: delays.clone(),
             config,
+            connector,
             settings,
             shared,
             counters,
@@ -771,7 +780,7 @@ impl Worker {
         if self.shards.iter().any(|l| l.addr == *addr) {
             return Ok(());
         }
-        let conn = Conn::open_at(&self.config, addr, self.settings.tick)?;
+        let conn = Conn::open_at(&self.connector, addr, self.settings.tick)?;
         info!("cluster node {addr}: subscriber connected for shard channels");
         self.shards.push(Link::new(addr.clone(), conn));
         self.retick();
@@ -880,7 +889,7 @@ impl Worker {
             "redis at {}: subscriber resubscribed after {downtime:?} ({channels} channels, {patterns} patterns, {shard_channels} shard channels)",
             self.main.as_ref().map_or(&self.config.addr, |l| &l.addr)
         );
-        self.shared.events.emit(Event::Resubscribed {
+        self.shared.observed.events.emit(Event::Resubscribed {
             downtime,
             channels,
             patterns,
@@ -1155,6 +1164,7 @@ impl Worker {
         }
         self.retick();
         self.shared
+            .observed
             .events
             .emit(Event::SubscriberDisconnected { cause });
     }
@@ -1204,7 +1214,7 @@ impl Worker {
             "redis at {}: subscriber reconnect attempt {}",
             self.config.addr, self.attempts
         );
-        match open_main(&self.config, &self.shared, self.settings.tick) {
+        match open_main(&self.connector, &self.shared, self.settings.tick) {
             Ok((addr, conn)) => {
                 info!(
                     "redis at {addr}: subscriber reconnected after {} attempt(s)",

@@ -60,11 +60,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::{Cmd, ConnectionLike, FromRedisValue, Value};
+use redis::{Cmd, FromRedisValue, Value};
 
 use crate::client::Redis;
 use crate::error::{Delivery, Error, Result};
-use crate::pool::Manager;
 
 mod delayed;
 mod list;
@@ -131,19 +130,18 @@ impl Job {
     }
 }
 
-/// A connection owned by one queue consumer (for blocking reads), outside the pool. Opened on
-/// first use, closed after any error that leaves its state unknown, reopened on next use.
+/// A connection owned by one queue consumer (for blocking reads), outside the pool: a
+/// [`DedicatedConnection`](crate::DedicatedConnection) opened on first use, whose reads wait
+/// up to the block time plus the response timeout.
 pub(crate) struct Dedicated {
-    shared: std::sync::Arc<crate::pool::Shared>,
-    manager: Manager,
-    con: Option<crate::pool::Link>,
+    redis: Redis,
+    con: Option<crate::DedicatedConnection>,
     read_timeout: Duration,
 }
 
 impl std::fmt::Debug for Dedicated {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dedicated")
-            .field("addr", self.manager.addr())
             .field("open", &self.con.is_some())
             .finish()
     }
@@ -156,11 +154,13 @@ impl Dedicated {
         if redis.is_closed() {
             return Err(Error::Closed);
         }
-        let config = redis.config().clone();
-        let read_timeout = config.timeouts().response_timeout() + block;
+        let read_timeout = redis
+            .config()
+            .timeouts()
+            .response_timeout()
+            .saturating_add(block);
         Ok(Dedicated {
-            shared: redis.shared().clone(),
-            manager: Manager::new(config, redis.shared().clone())?,
+            redis: redis.clone(),
             con: None,
             read_timeout,
         })
@@ -168,27 +168,22 @@ impl Dedicated {
 
     /// The connection, opened if needed; `Error::Closed` (and the connection closed) once
     /// the handle was closed.
-    fn con(&mut self) -> Result<&mut crate::pool::Link> {
-        if self.shared.is_closed() {
+    fn con(&mut self) -> Result<&mut crate::DedicatedConnection> {
+        if self.redis.is_closed() {
             self.con = None;
             return Err(Error::Closed);
         }
         if self.con.is_none() {
-            let mut raw = self.manager.open()?;
-            raw.con
-                .set_read_timeout(Some(self.read_timeout))
-                .map_err(|e| Error::from_redis(e, Delivery::NotSent))?;
-            self.con = Some(raw.con);
+            let mut con = self.redis.dedicated()?;
+            con.set_response_timeout(Some(self.read_timeout))?;
+            self.con = Some(con);
         }
         self.con.as_mut().ok_or(Error::Closed)
     }
 
     /// Sends one command and returns its raw reply (an error reply as an error).
     pub(crate) fn value(&mut self, cmd: &Cmd) -> Result<Value> {
-        let result = self
-            .con()?
-            .req_packed_command(&cmd.get_packed_command())
-            .map_err(|e| Error::from_wire(e, Delivery::Unknown));
+        let result = self.con()?.exec_packed(&cmd.get_packed_command());
         match result {
             Ok(v) => v
                 .extract_error()

@@ -169,7 +169,7 @@ pub trait RateLimiter {
     ///
     /// Any `timeout` works, `Duration::MAX` included (it waits "for ever", without overflowing).
     fn acquire_timeout(&self, subject: &str, n: u64, timeout: Duration) -> Result<Decision> {
-        let deadline = crate::lock::deadline(Instant::now(), timeout);
+        let deadline = crate::util::time::add(Instant::now(), timeout);
         loop {
             let d = self.allow_n(subject, n)?;
             let wait = match d.retry_after {

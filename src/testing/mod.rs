@@ -73,12 +73,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod cluster;
+mod fake;
 mod proxy;
 mod sentinel;
 mod server;
 mod tls;
 
 pub use cluster::{ClusterBuilder, RedisCluster, SlotMigration, REDIS_CLI_ENV};
+pub use fake::{Action, FakeServer};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use sentinel::{SentinelBuilder, SentinelSetup};
 pub use server::{wait_until, RedisServer, ServerBuilder};

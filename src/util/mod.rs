@@ -5,3 +5,4 @@ pub(crate) mod histogram;
 pub(crate) mod ids;
 pub(crate) mod resp;
 pub(crate) mod threads;
+pub(crate) mod time;

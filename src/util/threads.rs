@@ -23,3 +23,74 @@ pub(crate) fn join(thread: JoinHandle<()>) -> Result<(), String> {
     }
     thread.join().map_err(|panic| panic_message(&*panic))
 }
+
+/// A named background thread with a stop channel: it ends when the channel disconnects
+/// (`stop`, or the owner dropped). Its owner waits for it within a bound.
+#[derive(Debug)]
+pub(crate) struct Background {
+    name: &'static str,
+    stop: Option<crossbeam_channel::Sender<()>>,
+    /// Disconnects when the thread ends, normally or by a panic.
+    done: crossbeam_channel::Receiver<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts `body` on a thread named `name` (at most 15 characters: Linux cuts longer
+    /// names); `body` gets the stop channel, which disconnects when it must stop.
+    pub(crate) fn spawn(
+        name: &'static str,
+        body: impl FnOnce(crossbeam_channel::Receiver<()>) + Send + 'static,
+    ) -> std::io::Result<Background> {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _done = done_tx;
+                body(stop_rx);
+            })?;
+        Ok(Background {
+            name,
+            stop: Some(stop_tx),
+            done: done_rx,
+            thread: Some(thread),
+        })
+    }
+
+    /// The thread's name.
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Asks the thread to stop and waits at most `bound` for it. A thread still busy then
+    /// (a call in flight, which ends by its own deadline) is left to finish on its own; it
+    /// sees the stop request as soon as that call returns. `Err` when it had panicked.
+    pub(crate) fn stop(&mut self, bound: std::time::Duration) -> Result<(), String> {
+        drop(self.stop.take());
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        if thread.thread().id() == std::thread::current().id() {
+            return Ok(());
+        }
+        match self.done.recv_timeout(bound) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                log::debug!(
+                    "thread {} is still finishing a call after {bound:?}; it stops when that call ends",
+                    self.name
+                );
+                Ok(())
+            }
+            _ => join(thread),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Err(panic) = self.stop(std::time::Duration::from_millis(100)) {
+            log::warn!("thread {} had panicked: {panic}", self.name);
+        }
+    }
+}

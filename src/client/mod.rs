@@ -2,23 +2,31 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use log::{info, warn};
 use parking_lot::Mutex;
 use redis::{Cmd, ConnectionLike, FromRedisValue, ToRedisArgs, Value};
 
+mod dedicated;
+mod execute;
+mod heartbeat;
+
+pub use dedicated::DedicatedConnection;
+
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::Config;
-use crate::error::{Delivery, Error, Result};
+use crate::conn::{Connector, Generation, Hello};
+use crate::error::{to_redis_error, Error, Result};
 use crate::events::{self, Event, Health};
-use crate::heartbeat::HeartbeatThread;
-use crate::pool::{self, Manager, PooledConnection, RawConn, Shared};
-use crate::retry::{is_read_only_cmd, is_read_only_command, RetryPolicy};
+use crate::observe::{self, Observed};
+use crate::pool::{Manager, Pool, PoolState, PooledConnection, RawConn};
+use crate::retry::{is_read_only_cmd, is_read_only_command};
 use crate::script::{self, Pipeline};
-use crate::stats::{self, Stats};
-use crate::util::resp;
+use crate::stats::Stats;
+use crate::util::{resp, time};
+use heartbeat::HeartbeatThread;
 
 /// Something that can become a [`Config`]: a `Config`, a [`ConfigBuilder`](crate::ConfigBuilder)
 /// or a URL.
@@ -57,15 +65,19 @@ impl IntoConfig for &String {
     }
 }
 
-/// How long one wait on the pool lasts before checking whether connecting fails.
-const CHECKOUT_SLICE: Duration = Duration::from_millis(50);
+/// How long [`Redis::close`] (and dropping the last clone) may take at most, in a black hole
+/// too: background threads busy with a call are left to end it by its own deadline.
+pub(crate) const CLOSE_BOUND: Duration = Duration::from_millis(300);
 
 struct Inner {
     config: Config,
-    pool: r2d2::Pool<Manager>,
-    /// Opens connections outside the pool while connecting fails (see `checkout_quiet`).
-    probe: Manager,
-    shared: Arc<Shared>,
+    /// Opens connections with the config's settings (TLS parsed once).
+    connector: Connector,
+    /// Opens connections the way the pool does (Sentinel, Cluster): dedicated connections.
+    manager: Manager,
+    pool: Pool,
+    observed: Arc<Observed>,
+    breaker: Arc<Breaker>,
     heartbeat: Mutex<Option<HeartbeatThread>>,
     /// The `+switch-master` listener, with a Sentinel topology.
     sentinel: Mutex<Option<crate::sentinel::SentinelListener>>,
@@ -81,52 +93,25 @@ pub(crate) trait Extension: std::any::Any + Send + Sync {
 }
 
 impl Inner {
-    fn breaker(&self) -> &Breaker {
-        &self.shared.breaker
-    }
-
-    /// Stops the heartbeat, retires every connection and disconnects the event listeners.
-    /// Returns the heartbeat thread's panic message, if it panicked.
+    /// Stops the heartbeat, retires every connection and disconnects the event listeners,
+    /// within [`CLOSE_BOUND`]. Returns the heartbeat thread's panic message, if it panicked.
     fn shut_down(&self) -> Option<String> {
-        if self.shared.closed.swap(true, Ordering::AcqRel) {
+        if !self.pool.state().close() {
             return None;
         }
+        let deadline = time::after(CLOSE_BOUND);
         let extensions = std::mem::take(&mut *self.extensions.lock());
         for extension in extensions {
             extension.shut_down();
         }
         let heartbeat = self.heartbeat.lock().take();
-        let panicked = heartbeat.and_then(|mut h| h.stop().err());
+        let panicked = heartbeat.and_then(|mut h| h.stop(time::left(deadline) / 2).err());
         let listener = self.sentinel.lock().take();
         if let Some(mut listener) = listener {
             listener.stop();
         }
-        // Every idle connection fails validation now, so one `try_get` closes them all;
-        // connections in use are closed when they come back. A connection the pool is
-        // opening right now is refused when it completes; wait for those (at most the
-        // connect timeout) and close whatever reached the pool meanwhile.
-        self.shared.retire_connections();
-        drop(self.pool.try_get());
-        // A connection the pool made counts as created when `connect` returns, but reaches
-        // the pool's idle list a moment later: wait until no connect is running and every
-        // connection made is either in the pool (where `try_get` closes it) or closed.
-        let deadline = Instant::now() + self.config.timeouts.connect;
-        loop {
-            drop(self.pool.try_get());
-            let c = &self.shared.counters;
-            let alive = c
-                .conns_created
-                .load(Ordering::Acquire)
-                .saturating_sub(c.conns_closed.load(Ordering::Acquire));
-            let in_pool = u64::from(self.pool.state().connections);
-            let settled = self.shared.connecting.load(Ordering::Acquire) == 0 && alive <= in_pool;
-            let idle = self.pool.state().idle_connections;
-            if (settled && idle == 0) || Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        self.shared.events.close();
+        self.pool.drain(time::left(deadline));
+        self.observed.events.close();
         info!("redis at {}: closed", self.config.addr);
         panicked
     }
@@ -140,6 +125,48 @@ impl Drop for Inner {
                 self.config.addr
             );
         }
+    }
+}
+
+/// What a handle is made of before its threads start.
+struct Parts {
+    connector: Connector,
+    manager: Manager,
+    observed: Arc<Observed>,
+    signals: Receiver<crate::pool::Signal>,
+}
+
+impl Parts {
+    fn new(config: &Config, health: Health) -> Result<Parts> {
+        let connector = Connector::new(config)?;
+        let observed = Arc::new(Observed::new(config.addr.clone(), health));
+        let generation = Arc::new(Generation::default());
+        let sentinel = match &config.sentinel {
+            Some(s) => Some(Arc::new(crate::sentinel::SentinelState::new(
+                config,
+                s.clone(),
+                generation.clone(),
+                observed.clone(),
+            )?)),
+            None => None,
+        };
+        let cluster = crate::cluster::Topology::new(config, connector.clone(), observed.clone())
+            .map(Arc::new);
+        let (signal_tx, signals) = crossbeam_channel::bounded(4);
+        let state = Arc::new(PoolState::new(
+            config,
+            observed.clone(),
+            generation,
+            signal_tx,
+            sentinel,
+            cluster,
+        ));
+        Ok(Parts {
+            manager: Manager::new(connector.clone(), state),
+            connector,
+            observed,
+            signals,
+        })
     }
 }
 
@@ -186,8 +213,8 @@ impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redis")
             .field("config", &self.inner.config)
-            .field("health", &self.inner.shared.health())
-            .field("breaker", &self.inner.breaker().state())
+            .field("health", &self.inner.observed.health())
+            .field("breaker", &self.inner.breaker.state())
             .finish_non_exhaustive()
     }
 }
@@ -209,14 +236,12 @@ impl Redis {
     /// check becomes the heartbeat's; the pool fills in the background.
     pub fn connect(config: impl IntoConfig) -> Result<Redis> {
         let config = config.into_config()?;
-        let (shared, kicks) = Shared::new(&config, Health::Healthy);
-        let shared = Arc::new(shared);
-        let manager = Manager::new(config.clone(), shared.clone())?;
+        let parts = Parts::new(&config, Health::Healthy)?;
         let hb = &config.heartbeat;
         let timeout = hb.interval.map_or(config.timeouts.response, |_| hb.timeout);
-        let raw = crate::heartbeat::open_checked(&manager, &shared, timeout)?;
+        let raw = heartbeat::open_checked(&parts.manager, &parts.observed, timeout)?;
         info!("redis at {}: connected", config.addr);
-        Redis::build(config, shared, kicks, manager, Some(raw))
+        Redis::build(config, parts, Some(raw))
     }
 
     /// Creates a handle without touching the network. Connections open in the background
@@ -229,75 +254,48 @@ impl Redis {
         } else {
             Health::Healthy
         };
-        let (shared, kicks) = Shared::new(&config, health);
-        let shared = Arc::new(shared);
-        let manager = Manager::new(config.clone(), shared.clone())?;
-        Redis::build(config, shared, kicks, manager, None)
+        let parts = Parts::new(&config, health)?;
+        Redis::build(config, parts, None)
     }
 
-    fn build(
-        config: Config,
-        shared: Arc<Shared>,
-        kicks: Receiver<crate::heartbeat::Kick>,
-        heartbeat_manager: Manager,
-        con: Option<RawConn>,
-    ) -> Result<Redis> {
+    fn build(config: Config, parts: Parts, con: Option<RawConn>) -> Result<Redis> {
         if config.tls.as_ref().is_some_and(|t| t.insecure) {
             warn!(
                 "redis at {}: TLS certificate verification is OFF (insecure mode): use only in tests",
                 config.addr
             );
         }
-        if let Some(topology) = &shared.cluster {
-            topology.set_owner(Arc::downgrade(&shared));
-        }
-        let manager = Manager::new(config.clone(), shared.clone())?;
-        let threads = Arc::new(
-            scheduled_thread_pool::ScheduledThreadPool::builder()
-                .num_threads(2)
-                .thread_name_pattern("redkit-pool-{}")
-                .on_drop_behavior(
-                    scheduled_thread_pool::OnPoolDropBehavior::DiscardPendingScheduled,
-                )
-                .build(),
-        );
-        let pool = r2d2::Pool::builder()
-            .max_size(config.pool.max_size)
-            .min_idle(Some(config.pool.min_idle))
-            .idle_timeout(config.pool.idle_timeout)
-            .max_lifetime(config.pool.max_lifetime)
-            .connection_timeout(config.timeouts.checkout)
-            // Our `is_valid` is two atomic loads, not a PING.
-            .test_on_check_out(true)
-            .thread_pool(threads)
-            .error_handler(Box::new(pool::QuietErrors))
-            .event_handler(Box::new(pool::Events(shared.clone())))
-            .build_unchecked(manager);
+        let Parts {
+            connector,
+            manager,
+            observed,
+            signals,
+        } = parts;
+        let pool = Pool::new(&config, manager.clone());
+        let breaker = Arc::new(Breaker::new(config.breaker));
         let heartbeat = match config.heartbeat.interval {
             Some(_) => Some(HeartbeatThread::spawn(
                 config.heartbeat,
-                heartbeat_manager,
-                shared.clone(),
-                kicks,
+                manager.clone(),
+                breaker.clone(),
+                signals,
                 con,
             )?),
             None => None,
         };
-        let sentinel = match &shared.sentinel {
-            Some(state) => Some(crate::sentinel::SentinelListener::spawn(
-                &shared,
-                state.clone(),
-                config.clone(),
-            )?),
+        let sentinel = match &manager.state().sentinel {
+            Some(state) => Some(crate::sentinel::SentinelListener::spawn(state.clone())?),
             None => None,
         };
         Ok(Redis {
             inner: Arc::new(Inner {
                 sentinel: Mutex::new(sentinel),
-                probe: Manager::new(config.clone(), shared.clone())?,
                 config,
+                connector,
+                manager,
                 pool,
-                shared,
+                observed,
+                breaker,
                 heartbeat: Mutex::new(heartbeat),
                 extensions: Mutex::new(Vec::new()),
             }),
@@ -309,7 +307,8 @@ impl Redis {
     /// before the first discovery, and without Sentinel.
     pub fn sentinel_master(&self) -> Option<crate::config::Addr> {
         self.inner
-            .shared
+            .pool
+            .state()
             .sentinel
             .as_ref()
             .and_then(|s| s.current_addr())
@@ -318,7 +317,7 @@ impl Redis {
     /// With a Cluster topology, every master of the current slot map (each listed once, in
     /// no particular order); empty without Cluster.
     pub fn cluster_masters(&self) -> Vec<crate::config::Addr> {
-        match &self.inner.shared.cluster {
+        match &self.inner.pool.state().cluster {
             Some(topology) => {
                 topology.refresh_if_stale();
                 topology.masters()
@@ -337,8 +336,30 @@ impl Redis {
         self.execute(|| true, |con| script::convert(con.exec_on(addr, &packed)?))
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.inner.shared
+    /// The pool's shared state (topology, closed flag, generation).
+    pub(crate) fn pool_state(&self) -> &Arc<PoolState> {
+        self.inner.pool.state()
+    }
+
+    /// Counters, events and health.
+    pub(crate) fn observed(&self) -> &Arc<Observed> {
+        &self.inner.observed
+    }
+
+    /// Opens connections with this handle's settings.
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.inner.connector
+    }
+
+    /// Opens connections the way the pool does (to the Sentinel master, or a cluster link).
+    pub(crate) fn manager(&self) -> &Manager {
+        &self.inner.manager
+    }
+
+    /// What the server said about itself (`HELLO`'s `server` and `version`) when the handle
+    /// connected; `None` before the first connection of a lazily created handle.
+    pub(crate) fn hello(&self) -> Option<Hello> {
+        self.inner.pool.state().hello()
     }
 
     /// Closes the handle, for every clone: stops the heartbeat thread (waiting for it), closes
@@ -352,7 +373,7 @@ impl Redis {
         match self.inner.shut_down() {
             None => Ok(()),
             Some(panic) => Err(Error::Background {
-                thread: "redkit-heartbeat",
+                thread: heartbeat::THREAD_NAME,
                 reason: panic,
             }),
         }
@@ -365,7 +386,7 @@ impl Redis {
 
     /// Sends an event to every listener.
     pub(crate) fn emit(&self, event: Event) {
-        self.inner.shared.events.emit(event);
+        self.inner.observed.events.emit(event);
     }
 
     /// The handle's extension of type `T`, created with `T::default()` on first use.
@@ -388,7 +409,7 @@ impl Redis {
 
     /// Whether [`Redis::close`] was called.
     pub fn is_closed(&self) -> bool {
-        self.inner.shared.is_closed()
+        self.inner.pool.state().is_closed()
     }
 
     /// A new event listener with room for 256 events (see [`crate::events`]).
@@ -399,12 +420,12 @@ impl Redis {
     /// A new event listener that holds at most `capacity` undelivered events; when it is full
     /// further events are lost for it (counted in [`Stats::events_dropped`]).
     pub fn events_with_capacity(&self, capacity: usize) -> Receiver<Event> {
-        self.inner.shared.events.subscribe(capacity)
+        self.inner.observed.events.subscribe(capacity)
     }
 
     /// The connection's health as the heartbeat sees it.
     pub fn health(&self) -> Health {
-        self.inner.shared.health()
+        self.inner.observed.health()
     }
 
     /// Creates a handle from the `REDIS_URL` environment variable (see [`Redis::connect`]).
@@ -427,11 +448,12 @@ impl Redis {
 
     /// A snapshot of the counters, latencies and states.
     pub fn stats(&self) -> Stats {
-        self.inner.shared.rotate_windows();
-        stats::snapshot(
-            &self.inner.shared,
-            self.inner.pool.state(),
-            self.inner.config.pool.max_size,
+        self.inner.observed.rotate_windows();
+        observe::snapshot(
+            &self.inner.observed,
+            self.inner.breaker.state(),
+            self.inner.pool.r2d2_state(),
+            self.inner.pool.max_size(),
         )
     }
 
@@ -446,12 +468,12 @@ impl Redis {
     /// # Ok::<(), redkit::Error>(())
     /// ```
     pub fn command_metrics(&self) -> Vec<crate::metrics::CommandStats> {
-        self.inner.shared.command_metrics.snapshot()
+        self.inner.observed.command_metrics.snapshot()
     }
 
     /// The circuit breaker's state.
     pub fn breaker_state(&self) -> BreakerState {
-        self.inner.breaker().state()
+        self.inner.breaker.state()
     }
 
     /// Checks a connection out of the pool, waiting at most the configured checkout timeout.
@@ -465,9 +487,9 @@ impl Redis {
     /// connect error (connection refused, authentication, TLS...) while none can be opened.
     pub fn conn_timeout(&self, timeout: Duration) -> Result<PooledConnection> {
         self.check_open()
-            .and_then(|()| self.checkout_quiet(timeout))
+            .and_then(|()| self.inner.pool.checkout(timeout))
             .inspect_err(|e| {
-                self.inner.shared.counters.error(e.class());
+                self.inner.observed.counters.error(e.class());
             })
     }
 
@@ -476,22 +498,14 @@ impl Redis {
         if self.is_closed() {
             return None;
         }
-        self.inner.pool.try_get().map(|c| self.wrap(c))
+        self.inner.pool.try_get()
     }
 
-    fn check_open(&self) -> Result<()> {
-        if self.inner.shared.is_closed() {
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
             return Err(Error::Closed);
         }
         Ok(())
-    }
-
-    fn wrap(&self, conn: r2d2::PooledConnection<Manager>) -> PooledConnection {
-        PooledConnection::new(
-            conn,
-            self.inner.shared.clone(),
-            self.inner.config.timeouts.response,
-        )
     }
 
     /// Runs one command and converts its reply. Retried only when it surely did not run, or
@@ -508,7 +522,16 @@ impl Redis {
 
     fn query_with<T: FromRedisValue>(&self, idempotent: impl Fn() -> bool, cmd: &Cmd) -> Result<T> {
         let packed = cmd.get_packed_command();
+        self.check_shared(&packed)?;
         self.execute(idempotent, |con| script::convert(con.exec_packed(&packed)?))
+    }
+
+    /// Refuses what would change a pooled connection for later callers (see
+    /// [`Error::WrongConnection`]), counting the refusal.
+    fn check_shared(&self, packed: &[u8]) -> Result<()> {
+        crate::conn::state::check_shared(packed).inspect_err(|e| {
+            self.inner.observed.counters.error(e.class());
+        })
     }
 
     /// Runs a closure on a pooled connection, with the breaker and the retry policy. The
@@ -530,6 +553,9 @@ impl Redis {
     /// Runs a [`Pipeline`] (plain or atomic, with scripts), with the breaker and the retry
     /// policy (resent after an unknown fate only when every command is read-only).
     pub fn pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T> {
+        pipe.check_shared().inspect_err(|e| {
+            self.inner.observed.counters.error(e.class());
+        })?;
         self.execute(|| pipe.is_read_only(), |con| pipe.query(con))
     }
 
@@ -576,7 +602,7 @@ impl Redis {
                         Some(v) => return Ok(v),
                         None => {
                             self.inner
-                                .shared
+                                .observed
                                 .counters
                                 .transaction_conflicts
                                 .fetch_add(1, Ordering::Relaxed);
@@ -587,175 +613,13 @@ impl Redis {
             },
         )
     }
+}
 
-    /// The heart of every call: breaker, checkout, attempt, classification, retry.
-    ///
-    /// `idempotent` is asked only when a failure's fate is unknown, so working it out costs
-    /// nothing on the happy path.
-    fn execute<T>(
-        &self,
-        idempotent: impl Fn() -> bool,
-        op: impl FnMut(&mut PooledConnection) -> Result<T>,
-    ) -> Result<T> {
-        let policy: &RetryPolicy = &self.inner.config.retry;
-        let start = Instant::now();
-        let result = self.execute_from(start, idempotent, op, policy);
-        self.inner.shared.command_latency.record(start.elapsed());
-        result
-    }
-
-    fn execute_from<T>(
-        &self,
-        start: Instant,
-        idempotent: impl Fn() -> bool,
-        mut op: impl FnMut(&mut PooledConnection) -> Result<T>,
-        policy: &RetryPolicy,
-    ) -> Result<T> {
-        let deadline = start + policy.max_elapsed;
-        let mut delays = None;
-        let mut attempt = 1;
-        loop {
-            match self.attempt(&mut op, deadline) {
-                Ok(v) => return Ok(v),
-                Err(e) => {
-                    // A replica handle's READONLY is final: the write went to a replica
-                    // on purpose.
-                    let final_read_only = e.class() == crate::ErrorClass::ReadOnly
-                        && self.inner.shared.read_only_expected();
-                    if attempt < policy.max_attempts
-                        && !final_read_only
-                        && RetryPolicy::is_retry_safe_with(&e, &idempotent)
-                    {
-                        let delay = delays
-                            .get_or_insert_with(|| policy.backoff.delays())
-                            .next_delay();
-                        if Instant::now() + delay < deadline {
-                            log::debug!("retrying after {e} in {delay:?} (attempt {attempt})");
-                            std::thread::sleep(delay);
-                            attempt += 1;
-                            self.inner
-                                .shared
-                                .counters
-                                .retries
-                                .fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                    }
-                    self.inner.shared.counters.error(e.class());
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    fn attempt<T>(
-        &self,
-        op: &mut impl FnMut(&mut PooledConnection) -> Result<T>,
-        deadline: Instant,
-    ) -> Result<T> {
-        self.check_open()?;
-        let checkout = self
-            .inner
-            .config
-            .timeouts
-            .checkout
-            .min(deadline.saturating_duration_since(Instant::now()))
-            .max(Duration::from_millis(1));
-        if self.inner.shared.cluster.is_some() {
-            // Each cluster node has a breaker of its own (a dead master must not fail the
-            // others): see `crate::cluster`.
-            return self
-                .checkout_quiet(checkout)
-                .and_then(|mut con| op(&mut con));
-        }
-        let breaker = self.inner.breaker();
-        let (admission, transition) = match breaker.admit() {
-            Ok(a) => a,
-            Err(e) => {
-                let shared = &self.inner.shared;
-                shared
-                    .counters
-                    .breaker_rejected
-                    .fetch_add(1, Ordering::Relaxed);
-                shared.demand();
-                return Err(e);
-            }
-        };
-        self.inner.shared.breaker_changed(transition);
-        // A half-open probe whose closure panics must still be accounted for, or the breaker
-        // would wait for it forever.
-        let mut guard = ProbeGuard {
-            breaker,
-            admission: Some(admission),
-        };
-        let result = self
-            .checkout_quiet(checkout)
-            .and_then(|mut con| op(&mut con));
-        let failed = matches!(&result, Err(e) if e.class().is_infrastructure());
-        if let Some(admission) = guard.admission.take() {
-            self.inner
-                .shared
-                .breaker_changed(breaker.record(admission, failed));
-        }
-        result
-    }
-
-    /// Checkout without counting the error (`execute` counts what reaches the caller).
-    ///
-    /// While connecting fails, a caller does not wait out the checkout timeout for a
-    /// connection that cannot come: it tries one connection itself (on its own thread, within
-    /// the connect timeout) and fails fast with that error, or, when the server is back,
-    /// clears the failing state and gets a fresh connection at once.
-    fn checkout_quiet(&self, timeout: Duration) -> Result<PooledConnection> {
-        let inner = &*self.inner;
-        let c = &inner.shared.counters;
-        // Fast path: an idle connection, no clock, no waiting bookkeeping.
-        if let Some(conn) = inner.pool.try_get() {
-            c.checkouts.fetch_add(1, Ordering::Relaxed);
-            return Ok(self.wrap(conn));
-        }
-        let start = Instant::now();
-        let deadline = start + timeout;
-        c.waiting.fetch_add(1, Ordering::Relaxed);
-        let got = loop {
-            if inner.shared.connect_failing() {
-                if let Some(conn) = inner.pool.try_get() {
-                    break Ok(conn);
-                }
-                if let Err(e) = inner.probe.probe() {
-                    inner.shared.demand();
-                    break Err(e);
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                c.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
-                inner
-                    .shared
-                    .events
-                    .emit(Event::PoolExhausted { waited: timeout });
-                break Err(Error::PoolTimeout { waited: timeout });
-            }
-            // Wait in slices so that a connect failure seen meanwhile ends the wait early.
-            if let Ok(conn) = inner.pool.get_timeout((deadline - now).min(CHECKOUT_SLICE)) {
-                break Ok(conn);
-            }
-        };
-        c.waiting.fetch_sub(1, Ordering::Relaxed);
-        let conn = got?;
-        c.checkout_waited(start.elapsed());
-        Ok(self.wrap(conn))
-    }
-
-    /// On the `ConnectionLike` surface error replies reach the caller as values (the `redis`
-    /// crate turns them into errors later): count them here.
-    fn count_error_replies(&self, values: &[Value]) {
-        for v in values {
-            if let Value::ServerError(e) = v {
-                let e = Error::from_redis(e.clone().into(), Delivery::Answered);
-                self.inner.shared.counters.error(e.class());
-            }
-        }
+impl crate::ScriptCall {
+    /// Runs the call through a [`Redis`] handle, with its breaker and retry policy (a script
+    /// is resent only when it surely did not run).
+    pub fn run<T: FromRedisValue>(&self, redis: &Redis) -> Result<T> {
+        redis.run(|con| self.invoke(con))
     }
 }
 
@@ -763,7 +627,7 @@ impl Redis {
 /// error so that the retry policy sees it; other replies pass through as values.
 fn transient_reply_as_error(value: Value) -> Result<Value> {
     if let Value::ServerError(e) = &value {
-        let err = Error::from_redis(e.clone().into(), Delivery::Answered);
+        let err = Error::from_redis(e.clone().into(), crate::Delivery::Answered);
         if err.is_retryable() {
             return Err(err);
         }
@@ -780,19 +644,6 @@ fn unwatch(con: &mut PooledConnection) {
     }
 }
 
-struct ProbeGuard<'a> {
-    breaker: &'a Breaker,
-    admission: Option<crate::breaker::Admission>,
-}
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(admission) = self.admission.take() {
-            self.breaker.record(admission, true);
-        }
-    }
-}
-
 /// Whether every command in a packed pipeline is one redkit knows to be read-only.
 fn packed_all_read_only(packed: &[u8]) -> bool {
     resp::each_command(packed, |name, _| is_read_only_command(name))
@@ -800,12 +651,13 @@ fn packed_all_read_only(packed: &[u8]) -> bool {
 
 impl ConnectionLike for Redis {
     fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<Value> {
+        self.check_shared(cmd).map_err(to_redis_error)?;
         let read_only = || resp::command_name(cmd).is_some_and(is_read_only_command);
         let value = self
             .execute(read_only, |con| {
                 transient_reply_as_error(con.exec_packed(cmd)?)
             })
-            .map_err(pool::to_redis_error)?;
+            .map_err(to_redis_error)?;
         self.count_error_replies(std::slice::from_ref(&value));
         Ok(value)
     }
@@ -816,10 +668,11 @@ impl ConnectionLike for Redis {
         offset: usize,
         count: usize,
     ) -> redis::RedisResult<Vec<Value>> {
+        self.check_shared(cmd).map_err(to_redis_error)?;
         let read_only = || packed_all_read_only(cmd);
         let values = self
             .execute(read_only, |con| con.exec_pipeline(cmd, offset, count))
-            .map_err(pool::to_redis_error)?;
+            .map_err(to_redis_error)?;
         self.count_error_replies(&values);
         Ok(values)
     }
@@ -833,7 +686,7 @@ impl ConnectionLike for Redis {
     }
 
     fn is_open(&self) -> bool {
-        !self.is_closed() && self.inner.breaker().state() != BreakerState::Open
+        !self.is_closed() && self.inner.breaker.state() != BreakerState::Open
     }
 }
 

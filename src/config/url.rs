@@ -1,0 +1,356 @@
+//! Configs from URLs: `redis://`, `rediss://`, `unix://`, `redis+sentinel://`,
+//! `redis+cluster://`, and the durations and host lists inside them.
+
+use std::time::Duration;
+
+use super::{Addr, ConfigBuilder, Protocol, Secret, SentinelRole};
+use crate::error::{Error, Result};
+use crate::heartbeat::HeartbeatConfig;
+
+impl ConfigBuilder {
+    /// Starts from a URL (see the [module docs](crate::config)).
+    pub fn from_url(url: &str) -> Result<ConfigBuilder> {
+        parse_url(url)
+    }
+
+    /// Starts from the `REDIS_URL` environment variable.
+    pub fn from_env() -> Result<ConfigBuilder> {
+        match std::env::var("REDIS_URL") {
+            Ok(url) => parse_url(&url).map_err(|e| match e {
+                Error::Config { reason, .. } => Error::config("REDIS_URL", reason),
+                other => other,
+            }),
+            Err(std::env::VarError::NotPresent) => Err(Error::config(
+                "REDIS_URL",
+                "the environment variable is not set",
+            )),
+            Err(std::env::VarError::NotUnicode(_)) => Err(Error::config(
+                "REDIS_URL",
+                "the environment variable is not valid UTF-8",
+            )),
+        }
+    }
+}
+
+/// Parses a duration: `250ms`, `2s`, `1m`, `500us`, or plain milliseconds.
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "" | "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "us" => Some(Duration::from_micros(n)),
+        _ => None,
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `redis+cluster://[user:pass@]host1:port1,host2:port2[/][?params]` (and `rediss+cluster`):
+/// the first node parses as a plain URL, every node becomes a cluster seed.
+fn parse_cluster_url(scheme: &str, rest: &str) -> Result<ConfigBuilder> {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let mut seeds = Vec::new();
+    for node in hosts.split(',') {
+        let (host, port) = match node.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') => {
+                let port = p.parse::<u16>().map_err(|_| {
+                    Error::config(
+                        "url",
+                        "a cluster node's port is not a number from 1 to 65535",
+                    )
+                })?;
+                (h, port)
+            }
+            _ => (node, 6379),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(Error::config(
+                "url",
+                "every cluster node needs a host (and a non-zero port)",
+            ));
+        }
+        seeds.push((host.to_owned(), port));
+    }
+    let first = hosts.split(',').next().unwrap_or_default();
+    let b = parse_url(&format!("{scheme}://{userinfo}{first}{tail}"))?;
+    Ok(b.cluster(seeds))
+}
+
+/// The port of a sentinel whose URL gives none.
+const SENTINEL_PORT: u16 = 26379;
+
+/// `redis+sentinel://[user:pass@]host1:port1,host2:port2/master_name[/db][?params]` (and
+/// `rediss+sentinel`): every host is a sentinel (port 26379 when none is given); the user,
+/// password, database, TLS and other parameters are the data nodes', as in a plain URL;
+/// `sentinel_username`, `sentinel_password`, `sentinel_tls` and `sentinel_role` configure the
+/// sentinels and the role. Errors never repeat the URL (it may hold passwords).
+fn parse_sentinel_url(scheme: &str, rest: &str) -> Result<ConfigBuilder> {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let mut sentinels = Vec::new();
+    for node in hosts.split(',') {
+        let (host, port) = match node.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') => {
+                let port = p.parse::<u16>().map_err(|_| {
+                    Error::config("url", "a sentinel's port is not a number from 1 to 65535")
+                })?;
+                (h, port)
+            }
+            _ => (node, SENTINEL_PORT),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(Error::config(
+                "url",
+                "every sentinel needs a host (and a non-zero port)",
+            ));
+        }
+        sentinels.push((host.to_owned(), port));
+    }
+
+    let (tail, fragment) = match tail.split_once('#') {
+        Some((t, f)) => (t, format!("#{f}")),
+        None => (tail, String::new()),
+    };
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
+    let master_name = segments
+        .next()
+        .filter(|n| !n.is_empty())
+        .and_then(percent_decode)
+        .ok_or_else(|| {
+            Error::config(
+                "url",
+                "a sentinel URL names the master: redis+sentinel://host:port,.../master_name",
+            )
+        })?;
+    let db = segments.next().unwrap_or_default();
+    if segments.next().is_some() {
+        return Err(Error::config(
+            "url",
+            "a sentinel URL's path is /master_name[/db]",
+        ));
+    }
+
+    let mut username = None;
+    let mut password = None;
+    let mut tls = None;
+    let mut role = None;
+    let mut others = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !k.starts_with("sentinel_") {
+            others.push(pair);
+            continue;
+        }
+        let v = percent_decode(v)
+            .ok_or_else(|| Error::config("url", format!("parameter `{k}` is not valid UTF-8")))?;
+        match k {
+            "sentinel_username" => username = Some(v),
+            "sentinel_password" => password = Some(v),
+            "sentinel_tls" => {
+                tls = Some(match v.as_str() {
+                    "true" | "yes" | "on" | "1" => true,
+                    "false" | "no" | "off" | "0" => false,
+                    _ => {
+                        return Err(Error::config(
+                            "sentinel.tls",
+                            format!("`{v}` is not true or false"),
+                        ))
+                    }
+                })
+            }
+            "sentinel_role" => role = Some(v.parse::<SentinelRole>()?),
+            other => return Err(Error::config("url", format!("unknown parameter `{other}`"))),
+        }
+    }
+    if username.is_some() && password.is_none() {
+        return Err(Error::config(
+            "sentinel.password",
+            "a sentinel_username needs a sentinel_password",
+        ));
+    }
+
+    // The rest is a plain URL for the first sentinel (the data nodes' settings).
+    let (host, port) = sentinels.first().cloned().unwrap_or_default();
+    let first = Addr::Tcp { host, port };
+    let query = if others.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", others.join("&"))
+    };
+    let mut b = parse_url(&format!(
+        "{scheme}://{userinfo}{first}/{db}{query}{fragment}"
+    ))?
+    .sentinel(master_name, sentinels);
+    // The first sentinel only stood in for the plain URL's host: a Sentinel handle's fixed
+    // address is the builder's default, as with `ConfigBuilder::sentinel`.
+    b.config.addr = ConfigBuilder::default().config.addr;
+    if let Some(password) = password {
+        b = b.sentinel_auth(username, password);
+    }
+    if let Some(tls) = tls {
+        b = b.sentinel_tls(tls);
+    }
+    if let Some(role) = role {
+        b = b.sentinel_role(role);
+    }
+    Ok(b)
+}
+
+pub(super) fn parse_url(url: &str) -> Result<ConfigBuilder> {
+    use redis::IntoConnectionInfo;
+
+    for scheme in ["redis", "rediss"] {
+        if let Some(rest) = url
+            .strip_prefix(scheme)
+            .and_then(|r| r.strip_prefix("+cluster://"))
+        {
+            return parse_cluster_url(scheme, rest);
+        }
+        if let Some(rest) = url
+            .strip_prefix(scheme)
+            .and_then(|r| r.strip_prefix("+sentinel://"))
+        {
+            return parse_sentinel_url(scheme, rest);
+        }
+    }
+
+    // Never echo the URL: it may hold a password.
+    let info = url.into_connection_info().map_err(|e| {
+        let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+        // The `redis` crate's messages name the problem, never the password.
+        Error::config("url", format!("{}{detail}", redact_redis_message(&e)))
+    })?;
+    let mut b = ConfigBuilder::default();
+    let mut tls_insecure = false;
+    b.config.addr = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => Addr::Tcp {
+            host: host.clone(),
+            port: *port,
+        },
+        redis::ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure,
+            ..
+        } => {
+            b = b.tls();
+            tls_insecure = *insecure;
+            Addr::Tcp {
+                host: host.clone(),
+                port: *port,
+            }
+        }
+        redis::ConnectionAddr::Unix(path) => Addr::Unix(path.clone()),
+        _ => return Err(Error::config("url", "unsupported address kind")),
+    };
+    if tls_insecure {
+        b = b.tls_insecure();
+    }
+    let rs = info.redis_settings();
+    b.config.username = rs.username().map(str::to_owned);
+    b.config.password = rs.password().map(|p| Secret(p.to_owned()));
+    b.config.db = rs.db();
+    b.config.protocol = match rs.protocol() {
+        redis::ProtocolVersion::RESP3 => Protocol::Resp3,
+        _ => Protocol::Resp2,
+    };
+
+    let query = url
+        .split_once('?')
+        .map(|(_, q)| q.split_once('#').map_or(q, |(q, _)| q))
+        .unwrap_or("");
+    let is_unix = matches!(b.config.addr, Addr::Unix(_));
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v)
+            .ok_or_else(|| Error::config("url", format!("parameter `{k}` is not valid UTF-8")))?;
+        let duration = |setting: &'static str| {
+            parse_duration(&v).ok_or_else(|| {
+                Error::config(
+                    setting,
+                    format!("`{v}` is not a duration such as 250ms or 2s"),
+                )
+            })
+        };
+        let number = |setting: &'static str| {
+            v.parse::<u32>()
+                .map_err(|_| Error::config(setting, format!("`{v}` is not a whole number")))
+        };
+        match k {
+            "protocol" => {}
+            "db" | "user" | "pass" if is_unix => {}
+            "client_name" => b.config.client_name = Some(v.clone()),
+            "key_prefix" => b.config.key_prefix = Some(v.clone()),
+            "connect_timeout" => b.config.timeouts.connect = duration("timeouts.connect")?,
+            "response_timeout" => b.config.timeouts.response = duration("timeouts.response")?,
+            "write_timeout" => b.config.timeouts.write = duration("timeouts.write")?,
+            "checkout_timeout" => b.config.timeouts.checkout = duration("timeouts.checkout")?,
+            "pool_max_size" => b.config.pool.max_size = number("pool.max_size")?,
+            "max_reply_size" => {
+                b.config.max_reply_size = v.parse::<u64>().map_err(|_| {
+                    Error::config("max_reply_size", format!("`{v}` is not a whole number"))
+                })?
+            }
+            "pool_min_idle" => b.config.pool.min_idle = number("pool.min_idle")?,
+            "heartbeat_interval" if v == "off" => {
+                b.config.heartbeat = HeartbeatConfig {
+                    interval: None,
+                    ..b.config.heartbeat
+                }
+            }
+            "heartbeat_interval" => {
+                b.config.heartbeat.interval = Some(duration("heartbeat.interval")?)
+            }
+            "heartbeat_timeout" => b.config.heartbeat.timeout = duration("heartbeat.timeout")?,
+            other => return Err(Error::config("url", format!("unknown parameter `{other}`"))),
+        }
+    }
+    Ok(b)
+}
+
+fn redact_redis_message(e: &redis::RedisError) -> String {
+    // `RedisError`'s description is a fixed string chosen by the crate (for example "Redis URL
+    // did not parse" or "Invalid database number"); it never includes the input.
+    match e.kind() {
+        redis::ErrorKind::InvalidClientConfig => e.category().to_owned(),
+        _ => "not a valid redis URL".to_owned(),
+    }
+}
