@@ -119,6 +119,26 @@ fn acquisitions_are_confirmed_by_a_replica_and_refused_without_one() -> TestResu
         plain.try_acquire()?.is_some(),
         "the multi-lock took nothing"
     );
+    // An ack timeout longer than the handle's whole call deadline (retry deadline plus a
+    // response timeout: 250 ms here) still waits it out.
+    let short = Redis::connect(
+        builder(&master)
+            .timeouts(redkit::Timeouts::default().response(Duration::from_millis(200)))
+            .retry(redkit::RetryPolicy::default().max_elapsed(Duration::from_millis(50))),
+    )?;
+    let long = Lock::builder(&short, "acked-long")
+        .replica_ack(ReplicaAck::new(1, Duration::from_millis(600)))
+        .build()?;
+    let start = Instant::now();
+    assert!(matches!(
+        long.try_acquire(),
+        Err(Error::NotReplicated { .. })
+    ));
+    assert!(
+        start.elapsed() >= Duration::from_millis(590),
+        "{:?}",
+        start.elapsed()
+    );
 
     // Back: confirmed again.
     replica.restart()?;

@@ -110,9 +110,12 @@ impl ReplicaAck {
                 server: server_version(con),
             });
         }
-        // The reply takes up to the timeout: read it with that much more than usual.
+        // The reply takes up to the timeout: read it with that much more than usual, also
+        // past the call's own cap (the retry deadline), which a long timeout may outlast.
         let response = redis.config().timeouts.response;
-        con.set_response_timeout(Some(response.saturating_add(self.timeout)))?;
+        let read = response.saturating_add(self.timeout);
+        con.set_response_timeout(Some(read))?;
+        con.set_cap(Some(crate::util::time::after(read)));
         let (acknowledged, local_ok) = if self.fsync {
             let v: Vec<i64> = redis::cmd("WAITAOF")
                 .arg(u32::from(self.local))

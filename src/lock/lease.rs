@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use parking_lot::Mutex;
 
-use super::watchdog::Task;
 use super::drift;
+use super::watchdog::Task;
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::Redis;

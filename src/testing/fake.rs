@@ -113,8 +113,12 @@ impl FakeServer {
         let accepted = Arc::new(AtomicU64::new(0));
         let script: Arc<Script> = Arc::new(script);
         let accept = {
-            let (stop, streams, threads, accepted) =
-                (stop.clone(), streams.clone(), threads.clone(), accepted.clone());
+            let (stop, streams, threads, accepted) = (
+                stop.clone(),
+                streams.clone(),
+                threads.clone(),
+                accepted.clone(),
+            );
             std::thread::Builder::new()
                 .name("redkit-fake".into())
                 .spawn(move || {
@@ -221,7 +225,11 @@ fn serve(mut s: TcpStream, script: &Script, stop: &AtomicBool) {
         match s.read(&mut chunk) {
             Ok(0) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return,
         }
     }
@@ -235,7 +243,10 @@ fn parse_command(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
             return None;
         }
         let nl = at + b.get(at..)?.iter().position(|&c| c == b'\n')?;
-        let n = std::str::from_utf8(b.get(at + 1..nl.checked_sub(1)?)?).ok()?.parse().ok()?;
+        let n = std::str::from_utf8(b.get(at + 1..nl.checked_sub(1)?)?)
+            .ok()?
+            .parse()
+            .ok()?;
         Some((n, nl + 1))
     }
     let (count, mut at) = header(buf, 0, b'*')?;
