@@ -1,14 +1,14 @@
 //! The heartbeat thread: `PING` on its own connection, health, and the reconnect loop.
 //!
 //! One thread per [`Redis`](crate::Redis) handle (shared by its clones), named
-//! `redkit-heartbeat`. Every [interval](HeartbeatConfig::interval) it sends `PING` on a
+//! `redkit-heartbt`. Every [interval](HeartbeatConfig::interval) it sends `PING` on a
 //! connection of its own (never a pooled one) and waits at most the
 //! [deadline](HeartbeatConfig::timeout) for the answer, so a server that stopped answering,
 //! even one whose packets vanish without a reset (a half-open connection), is noticed within
 //! interval + deadline instead of after TCP's retransmission minutes. It also runs at once
 //! when a call sees the server drop a connection.
 //!
-//! When a heartbeat fails the thread declares the connection lost ([`Event::Disconnected`],
+//! When a heartbeat fails the thread declares the connection lost ([`Event::Disconnected`](crate::Event::Disconnected),
 //! health `Down`), marks every pooled connection as suspect (each is `PING`ed before its next
 //! use), and reconnects: the first attempt at once, then after each
 //! [backoff](HeartbeatConfig::reconnect_backoff) delay, up to the optional attempt and time
@@ -16,7 +16,7 @@
 //! the server: while calls keep failing, attempts come at least every base delay, and a call
 //! that manages to connect on its own ends the wait at once. On success it retires every pooled
 //! connection made before the outage, closes the circuit breaker and emits
-//! [`Event::Reconnected`] with the downtime: calls from then on run on fresh connections.
+//! [`Event::Reconnected`](crate::Event::Reconnected) with the downtime: calls from then on run on fresh connections.
 
 use std::time::Duration;
 

@@ -150,7 +150,7 @@ pub mod testing;
 mod util;
 
 pub use cache::{Cache, CacheStats};
-pub use client::{DedicatedConnection, IntoConfig, Redis};
+pub use client::{DedicatedConnection, IntoConfig, Redis, CLOSE_BOUND};
 pub use config::{
     Addr, ClusterConfig, Config, ConfigBuilder, PoolConfig, Protocol, SentinelConfig, SentinelRole,
     Timeouts, TlsConfig,

@@ -613,16 +613,19 @@ impl Sampler {
 
     fn shutdown(&mut self) -> Result<()> {
         drop(self.stop.take());
-        let joined = self
-            .thread
-            .take()
-            .map_or(Ok(()), crate::util::threads::join);
+        let joined = self.thread.take().map_or(Ok(()), |t| {
+            crate::util::threads::join_within(t, SAMPLER_STOP_BOUND)
+        });
         joined.map_err(|reason| Error::Background {
             thread: "redkit-monitor",
             reason,
         })
     }
 }
+
+/// How long dropping a [`Sampler`] waits for its thread at most; a sample in flight then
+/// ends by itself within the handle's call deadline.
+pub const SAMPLER_STOP_BOUND: Duration = Duration::from_millis(100);
 
 impl Drop for Sampler {
     fn drop(&mut self) {

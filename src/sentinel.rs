@@ -493,7 +493,12 @@ impl SentinelListener {
     /// connect or response timeout).
     pub(crate) fn stop(&mut self) {
         drop(self.stop.take());
-        if let Some(Err(panic)) = self.thread.take().map(crate::util::threads::join) {
+        let bound = Duration::from_millis(100);
+        if let Some(Err(panic)) = self
+            .thread
+            .take()
+            .map(|t| crate::util::threads::join_within(t, bound))
+        {
             warn!("the redkit-sentinel thread had panicked: {panic}");
         }
     }

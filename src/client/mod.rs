@@ -17,7 +17,7 @@ pub use dedicated::DedicatedConnection;
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::Config;
-use crate::conn::{Connector, Generation, Hello};
+use crate::conn::{Connector, Generation};
 use crate::error::{to_redis_error, Error, Result};
 use crate::events::{self, Event, Health};
 use crate::observe::{self, Observed};
@@ -67,7 +67,7 @@ impl IntoConfig for &String {
 
 /// How long [`Redis::close`] (and dropping the last clone) may take at most, in a black hole
 /// too: background threads busy with a call are left to end it by its own deadline.
-pub(crate) const CLOSE_BOUND: Duration = Duration::from_millis(300);
+pub const CLOSE_BOUND: Duration = Duration::from_millis(300);
 
 struct Inner {
     config: Config,
@@ -177,7 +177,7 @@ impl Parts {
 /// 1. **`redis::Commands` on the handle.** `Redis` implements [`redis::ConnectionLike`], so
 ///    every `redis::Commands` method works on a `&mut Redis` (clone the handle to get one).
 ///    Each command checks a connection out of the pool, passes the circuit breaker and is
-///    retried under the [`RetryPolicy`]. Errors come back as `redis::RedisError`; `?` into
+///    retried under the [`RetryPolicy`](crate::RetryPolicy). Errors come back as `redis::RedisError`; `?` into
 ///    `redkit::Error` recovers the full classification (including pool timeouts and an open
 ///    breaker).
 /// 2. **Typed calls**: [`Redis::query`], [`Redis::run`], [`Redis::pipeline`],
@@ -341,11 +341,6 @@ impl Redis {
         self.inner.pool.state()
     }
 
-    /// Counters, events and health.
-    pub(crate) fn observed(&self) -> &Arc<Observed> {
-        &self.inner.observed
-    }
-
     /// Opens connections with this handle's settings.
     pub(crate) fn connector(&self) -> &Connector {
         &self.inner.connector
@@ -354,12 +349,6 @@ impl Redis {
     /// Opens connections the way the pool does (to the Sentinel master, or a cluster link).
     pub(crate) fn manager(&self) -> &Manager {
         &self.inner.manager
-    }
-
-    /// What the server said about itself (`HELLO`'s `server` and `version`) when the handle
-    /// connected; `None` before the first connection of a lazily created handle.
-    pub(crate) fn hello(&self) -> Option<Hello> {
-        self.inner.pool.state().hello()
     }
 
     /// Closes the handle, for every clone: stops the heartbeat thread (waiting for it), closes
@@ -706,7 +695,6 @@ mod tests {
 
     #[test]
     fn reads_command_names_from_packed_requests() {
-        let get = redis::cmd("GET").arg("k").get_packed_command();
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg("a").cmd("MGET").arg("b").arg("c");
         assert!(packed_all_read_only(&pipe.get_packed_pipeline()));

@@ -336,11 +336,6 @@ impl Topology {
         self.connector.open(addr)
     }
 
-    /// The connector node connections are opened with.
-    pub(crate) fn connector(&self) -> &Connector {
-        &self.connector
-    }
-
     /// The master owning `slot` in the current map, without refreshing it (the subscriber
     /// checks its shard channels against each new map).
     pub(crate) fn owner_in_map(&self, slot: u16) -> Option<Addr> {

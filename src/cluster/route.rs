@@ -153,7 +153,7 @@ pub(crate) fn split_multi_key(args: &[&[u8]]) -> Option<(Combine, Vec<Part>)> {
         return None;
     };
     let rest = &args[1..];
-    if rest.len() < 2 * stride || rest.len() % stride != 0 {
+    if rest.len() < 2 * stride || !rest.len().is_multiple_of(stride) {
         return None;
     }
     let first = slot(rest[0]);

@@ -105,7 +105,6 @@ impl Connector {
             parser: redis::Parser::new(),
             addr: addr.clone(),
             db: config.db,
-            protocol: config.protocol,
             response: Some(config.timeouts.response),
             write: config.timeouts.write,
             max_reply: config.max_reply_size,
@@ -129,7 +128,6 @@ pub(crate) struct Connection {
     parser: redis::Parser,
     addr: Addr,
     db: i64,
-    protocol: Protocol,
     /// How long a reply may take (`None`: forever, for blocking commands).
     response: Option<Duration>,
     write: Duration,
@@ -155,11 +153,6 @@ fn is_push(v: &Value) -> bool {
 }
 
 impl Connection {
-    /// The address this connection reaches.
-    pub(crate) fn addr(&self) -> &Addr {
-        &self.addr
-    }
-
     /// The database selected at set-up.
     pub(crate) fn db(&self) -> i64 {
         self.db
@@ -170,11 +163,6 @@ impl Connection {
         &self.hello
     }
 
-    /// The protocol spoken.
-    pub(crate) fn protocol(&self) -> Protocol {
-        self.protocol
-    }
-
     /// Whether the connection failed and was closed.
     pub(crate) fn is_broken(&self) -> bool {
         self.broken
@@ -183,11 +171,6 @@ impl Connection {
     /// The response timeout of later calls (`None`: wait forever).
     pub(crate) fn set_response_timeout(&mut self, d: Option<Duration>) {
         self.response = d;
-    }
-
-    /// The response timeout of later calls.
-    pub(crate) fn response_timeout(&self) -> Option<Duration> {
-        self.response
     }
 
     /// Closes the connection now.

@@ -51,7 +51,6 @@ pub(crate) struct PoolState {
     /// Pool connections being opened right now (`close` waits for them).
     pub(crate) connecting: AtomicUsize,
     signals: Sender<Signal>,
-    addr: Addr,
     /// Where the master is, with a Sentinel topology.
     pub(crate) sentinel: Option<Arc<SentinelState>>,
     /// The slot map, with a Cluster topology.
@@ -62,7 +61,7 @@ pub(crate) struct PoolState {
 
 impl PoolState {
     pub(crate) fn new(
-        config: &Config,
+        _config: &Config,
         observed: Arc<Observed>,
         generation: Arc<Generation>,
         signals: Sender<Signal>,
@@ -77,7 +76,6 @@ impl PoolState {
             closed: AtomicBool::new(false),
             connecting: AtomicUsize::new(0),
             signals,
-            addr: config.addr.clone(),
             sentinel,
             cluster,
             hello: parking_lot::Mutex::new(None),
@@ -85,6 +83,7 @@ impl PoolState {
     }
 
     /// What the server said about itself (`HELLO`) when a connection was last opened.
+    #[allow(dead_code)] // read by the server version (to come)
     pub(crate) fn hello(&self) -> Option<Hello> {
         self.hello.lock().clone()
     }
@@ -180,12 +179,6 @@ impl PoolState {
             .as_ref()
             .is_some_and(|s| s.reads_from_replica())
     }
-
-    /// The address connections go to (the master found through Sentinel, the config's
-    /// address otherwise; a cluster seed).
-    pub(crate) fn addr(&self) -> &Addr {
-        &self.addr
-    }
 }
 
 /// A connection as the pool holds it.
@@ -225,10 +218,6 @@ impl Manager {
 
     pub(crate) fn state(&self) -> &Arc<PoolState> {
         &self.state
-    }
-
-    pub(crate) fn connector(&self) -> &Connector {
-        &self.connector
     }
 
     /// Opens a connection outside the pool to learn whether the server is reachable again,

@@ -40,6 +40,11 @@ impl Conn {
         self.con.read_frame(time::after(self.tick))
     }
 
+    /// Reads one frame only if it has already arrived (no waiting): `Ok(None)` otherwise.
+    pub(crate) fn read_ready(&mut self) -> Result<Option<Value>> {
+        self.con.read_frame(std::time::Instant::now())
+    }
+
     /// The read timeout between control checks.
     pub(crate) fn tick(&self) -> Duration {
         self.tick

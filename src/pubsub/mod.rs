@@ -1,6 +1,6 @@
 //! Pub/Sub: a subscriber thread that never goes deaf, dispatching over channels.
 //!
-//! A [`Subscriber`] owns one named thread (`redkit-subscriber`) and one dedicated connection
+//! A [`Subscriber`] owns one named thread (`redkit-subscr`) and one dedicated connection
 //! (never a pooled one; on a Cluster, one more per master carrying shard channels: see
 //! [On a Cluster](#on-a-cluster)). Other threads ask it to subscribe over a channel; it serves those
 //! requests between reads (it reads with a short timeout), so subscribing never waits for a
@@ -236,10 +236,10 @@ impl Subscriber {
             main,
         );
         let thread = std::thread::Builder::new()
-            .name("redkit-subscriber".into())
+            .name("redkit-subscr".into())
             .spawn(move || worker.run())
             .map_err(|e| Error::Background {
-                thread: "redkit-subscriber",
+                thread: "redkit-subscr",
                 reason: format!("could not start: {e}"),
             })?;
         Ok(Subscriber {
@@ -443,13 +443,17 @@ impl Subscriber {
         let joined = self
             .thread
             .take()
-            .map_or(Ok(()), crate::util::threads::join);
+            .map_or(Ok(()), |t| crate::util::threads::join_within(t, STOP_BOUND));
         joined.map_err(|reason| Error::Background {
-            thread: "redkit-subscriber",
+            thread: "redkit-subscr",
             reason,
         })
     }
 }
+
+/// How long dropping a [`Subscriber`] (or [`Subscriber::close`]) waits for its thread at
+/// most; a connect in flight then ends by itself within the connect timeout.
+pub const STOP_BOUND: Duration = Duration::from_millis(100);
 
 impl Drop for Subscriber {
     fn drop(&mut self) {

@@ -34,6 +34,8 @@ use crate::retry::BackoffDelays;
 const CHUNK: usize = 512;
 /// Frames read from one connection in a row before the others get their turn.
 const BURST: usize = 256;
+/// The longest a burst of reads on one connection lasts before control requests are served.
+const BURST_TIME: Duration = Duration::from_millis(2);
 /// The shortest read timeout of one connection when the thread polls several.
 const MIN_TICK: Duration = Duration::from_millis(2);
 const SHARD: usize = 2;
@@ -308,6 +310,8 @@ pub(crate) struct Worker {
     /// When the current outage began (a link was lost).
     lost_at: Option<Instant>,
     next_attempt: Instant,
+    /// When the last reconnect attempt started.
+    last_attempt: Instant,
     attempts: u32,
     delays: BackoffDelays,
 }
@@ -347,6 +351,7 @@ impl Worker {
             waiting: Vec::new(),
             lost_at: None,
             next_attempt: Instant::now(),
+            last_attempt: Instant::now(),
             attempts: 0,
             delays,
         }
@@ -455,11 +460,22 @@ impl Worker {
             link.ping_sent = Some(now);
             link.pending.push_back(Pending::Ping(now));
         }
-        for _ in 0..BURST {
+        // The first read waits up to the tick; the rest of the burst takes only what has
+        // already arrived, and for at most BURST_TIME: control requests are served between
+        // bursts, every few milliseconds, whatever the message rate.
+        let burst_end = Instant::now() + BURST_TIME;
+        for i in 0..BURST {
             let Some(link) = self.link_mut(at) else {
                 return;
             };
-            match link.conn.read() {
+            let read = if i == 0 {
+                link.conn.read()
+            } else if Instant::now() >= burst_end {
+                return;
+            } else {
+                link.conn.read_ready()
+            };
+            match read {
                 Ok(Some(value)) => {
                     link.last_rx = Instant::now();
                     self.frame(at, classify(value));
@@ -532,7 +548,7 @@ impl Worker {
                         ..
                     }) if *k == kind
                         && *s == sub
-                        && name.as_ref().map_or(true, |n| names.contains(n)) =>
+                        && name.as_ref().is_none_or(|n| names.contains(n)) =>
                     {
                         *remaining = remaining.saturating_sub(1);
                         if *remaining == 0 {
@@ -763,7 +779,7 @@ impl Worker {
         let delay = self.place_delays.next_delay();
         self.place_at = Instant::now() + delay;
         let failures = self.place_failures;
-        let level = if failures == 1 || failures % 10 == 0 {
+        let level = if failures == 1 || failures.is_multiple_of(10) {
             level
         } else {
             Level::Debug
@@ -1196,6 +1212,14 @@ impl Worker {
     /// Waits for the next attempt (serving requests meanwhile), then tries once.
     fn reconnect_step(&mut self) {
         let now = Instant::now();
+        // The handle's heartbeat reaching the server again (health no longer `Down`) cuts
+        // the backoff short: the subscriber reconnects within a loop of the server's return.
+        let reachable = self.config.heartbeat.interval.is_some()
+            && self.shared.observed.health() != crate::events::Health::Down
+            && now >= self.last_attempt + self.config.heartbeat.reconnect.base();
+        if reachable && now < self.next_attempt {
+            self.next_attempt = now;
+        }
         if now < self.next_attempt {
             if !self.shards.is_empty() {
                 // The shard links' reads pace the loop.
@@ -1210,6 +1234,7 @@ impl Worker {
             return;
         }
         self.attempts += 1;
+        self.last_attempt = now;
         debug!(
             "redis at {}: subscriber reconnect attempt {}",
             self.config.addr, self.attempts

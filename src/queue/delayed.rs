@@ -144,7 +144,7 @@ impl Delayed {
         }
         let delayed = self.clone();
         let periodic = Periodic::spawn(
-            "redkit-queue-scheduler",
+            "redkit-q-sched",
             format!("scheduler for {}", self.key),
             poll,
             move || {
@@ -161,7 +161,7 @@ impl Delayed {
     }
 }
 
-/// A thread (`redkit-queue-scheduler`) moving due jobs to the ready queue; made by
+/// A thread (`redkit-q-sched`) moving due jobs to the ready queue; made by
 /// [`Delayed::scheduler`]. Dropping it stops the thread and waits for it.
 #[must_use = "dropping a Scheduler stops it"]
 pub struct Scheduler {

@@ -286,7 +286,7 @@ impl ListQueue {
 }
 
 impl ListQueue {
-    /// Starts a [`Reaper`] thread (`redkit-queue-reaper`) that runs [`ListQueue::reap`]
+    /// Starts a [`Reaper`] thread (`redkit-q-reaper`) that runs [`ListQueue::reap`]
     /// every `every`. Several reapers (in several processes) are safe.
     pub fn reaper(&self, every: Duration) -> Result<Reaper> {
         if every < Duration::from_millis(1) {
@@ -294,7 +294,7 @@ impl ListQueue {
         }
         let queue = self.clone();
         let periodic = Periodic::spawn(
-            "redkit-queue-reaper",
+            "redkit-q-reaper",
             format!("reaper of list queue {}", self.inner.name),
             every,
             move || Ok((queue.reap()? as u64, every)),

@@ -136,8 +136,8 @@ impl WorkersBuilder {
         self
     }
 
-    /// Starts the reader thread (`redkit-queue-reader`) and the worker threads
-    /// (`redkit-queue-worker-N`). A job is acknowledged when `handler` returns `Ok`; an `Err`
+    /// Starts the reader thread (`redkit-q-reader`) and the worker threads
+    /// (`redkit-q-wk-N`). A job is acknowledged when `handler` returns `Ok`; an `Err`
     /// (or a panic, caught) is retried or dead-lettered per the queue's settings.
     ///
     /// While handlers are fast (under 1 ms on average) and jobs are queued, a worker sends
@@ -181,7 +181,7 @@ impl WorkersBuilder {
             stop: stop.clone(),
             prefetch,
         };
-        workers.reader = Some(spawn("redkit-queue-reader", move || reader.run())?);
+        workers.reader = Some(spawn("redkit-q-reader", move || reader.run())?);
         let shared = Arc::new(WorkerShared {
             queue: self.queue,
             handler,
@@ -193,10 +193,10 @@ impl WorkersBuilder {
         for i in 0..self.threads {
             let shared = shared.clone();
             let t = std::thread::Builder::new()
-                .name(format!("redkit-queue-worker-{i}"))
+                .name(format!("redkit-q-wk-{i}"))
                 .spawn(move || shared.run())
                 .map_err(|e| Error::Background {
-                    thread: "redkit-queue-worker",
+                    thread: "redkit-q-worker",
                     reason: format!("could not start: {e}"),
                 })?;
             workers.threads.push(t);
@@ -527,12 +527,19 @@ impl Workers {
 
     fn shut_down(&mut self) -> Result<ShutdownReport> {
         let start = Instant::now();
-        let deadline = start + self.shutdown_timeout;
+        let deadline = crate::util::time::add(start, self.shutdown_timeout);
         self.done = true;
         self.stop.store(true, Relaxed);
         let mut panicked = None;
-        if let Some(Err(p)) = self.reader.take().map(crate::util::threads::join) {
-            panicked = Some(("redkit-queue-reader", p));
+        // The reader may be blocked in a read (up to the block time plus the response
+        // timeout in a black hole): wait for it within the shutdown timeout; a job it reads
+        // after that stays pending in the group and is claimed later (at-least-once).
+        if let Some(Err(p)) = self
+            .reader
+            .take()
+            .map(|t| crate::util::threads::join_within(t, crate::util::time::left(deadline)))
+        {
+            panicked = Some(("redkit-q-reader", p));
         }
         let mut handed_back = 0;
         while let Ok(job) = self.rx.try_recv() {
@@ -552,7 +559,7 @@ impl Workers {
         }
         for t in self.threads.drain(..) {
             if let Err(p) = crate::util::threads::join(t) {
-                panicked = Some(("redkit-queue-worker", p));
+                panicked = Some(("redkit-q-worker", p));
             }
         }
         // A worker may have handed back a job while stopping; anything still queued too.

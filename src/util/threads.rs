@@ -24,6 +24,33 @@ pub(crate) fn join(thread: JoinHandle<()>) -> Result<(), String> {
     thread.join().map_err(|panic| panic_message(&*panic))
 }
 
+/// Waits at most `bound` for `thread` to end (it was asked to stop); `Err` with the panic
+/// message when it panicked. A thread still busy then (a call in flight, which ends by its
+/// own deadline) is left to finish on its own. Called on that very thread it returns at
+/// once.
+pub(crate) fn join_within(
+    thread: JoinHandle<()>,
+    bound: std::time::Duration,
+) -> Result<(), String> {
+    if thread.thread().id() == std::thread::current().id() {
+        return Ok(());
+    }
+    let deadline = crate::util::time::after(bound);
+    let mut pause = std::time::Duration::from_micros(50);
+    while !thread.is_finished() {
+        if std::time::Instant::now() >= deadline {
+            log::debug!(
+                "thread {} is still finishing a call after {bound:?}; it stops when that call ends",
+                thread.thread().name().unwrap_or("?")
+            );
+            return Ok(());
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(2));
+    }
+    join(thread)
+}
+
 /// A named background thread with a stop channel: it ends when the channel disconnects
 /// (`stop`, or the owner dropped). Its owner waits for it within a bound.
 #[derive(Debug)]
@@ -56,11 +83,6 @@ impl Background {
             done: done_rx,
             thread: Some(thread),
         })
-    }
-
-    /// The thread's name.
-    pub(crate) fn name(&self) -> &'static str {
-        self.name
     }
 
     /// Asks the thread to stop and waits at most `bound` for it. A thread still busy then
