@@ -13,8 +13,9 @@ use redkit::ratelimit::{
 use redkit::Redis;
 use support::*;
 
-/// Long periods: no refill, no window edge during a test.
-const LONG: Duration = Duration::from_secs(3600);
+/// Long periods: no refill during a test, and no window edge (windows are aligned to the
+/// Unix epoch: the next edge of a 3,650-day window is in 2029).
+const LONG: Duration = Duration::from_secs(86_400 * 3650);
 
 fn dump(redis: &Redis, key: &str) -> Option<Vec<u8>> {
     redis.query(redis::cmd("DUMP").arg(key)).expect("DUMP")
