@@ -236,6 +236,18 @@ pub enum Error {
         /// How long the caller waited.
         waited: Duration,
     },
+    /// An acquisition was not confirmed by enough replicas in time (a lock built with a
+    /// [`ReplicaAck`](crate::lock::ReplicaAck)); it was released again.
+    NotReplicated {
+        /// The lock's name.
+        name: String,
+        /// How many replicas confirmed it.
+        acknowledged: u32,
+        /// How many were asked for.
+        wanted: u32,
+        /// How long the server waited for them.
+        waited: Duration,
+    },
     /// A background thread of redkit failed (reported by [`Redis::close`](crate::Redis::close)).
     Background {
         /// The thread's name.
@@ -347,6 +359,7 @@ impl Error {
             Error::Closed => ErrorClass::Closed,
             Error::RateLimited { .. } => ErrorClass::RateLimited,
             Error::LockTimeout { .. } => ErrorClass::LockTimeout,
+            Error::NotReplicated { .. } => ErrorClass::Timeout,
             Error::Background { .. } => ErrorClass::Other,
             Error::Decode { .. } => ErrorClass::Conversion,
             Error::ServerTooOld { .. } | Error::WrongConnection { .. } => ErrorClass::Unsupported,
@@ -366,7 +379,7 @@ impl Error {
     pub fn delivery(&self) -> Delivery {
         match self {
             Error::Redis { delivery, .. } => *delivery,
-            Error::TransactionConflict { .. } => Delivery::Answered,
+            Error::TransactionConflict { .. } | Error::NotReplicated { .. } => Delivery::Answered,
             Error::TooLarge { what: "reply", .. } => Delivery::Unknown,
             _ => Delivery::NotSent,
         }
@@ -562,6 +575,16 @@ impl fmt::Display for Error {
             Error::LockTimeout { waited } => {
                 write!(f, "the lock stayed held by others for {waited:?}")
             }
+            Error::NotReplicated {
+                name,
+                acknowledged,
+                wanted,
+                waited,
+            } => write!(
+                f,
+                "lock {name}: {acknowledged} of {wanted} replicas confirmed the acquisition \
+                 within {waited:?}; it was released"
+            ),
             Error::Background { thread, reason } => {
                 write!(f, "background thread `{thread}` failed: {reason}")
             }
@@ -630,6 +653,18 @@ impl fmt::Debug for Error {
                 .finish(),
             Error::LockTimeout { waited } => f
                 .debug_struct("LockTimeout")
+                .field("waited", waited)
+                .finish(),
+            Error::NotReplicated {
+                name,
+                acknowledged,
+                wanted,
+                waited,
+            } => f
+                .debug_struct("NotReplicated")
+                .field("name", name)
+                .field("acknowledged", acknowledged)
+                .field("wanted", wanted)
                 .field("waited", waited)
                 .finish(),
             Error::Background { thread, reason } => f

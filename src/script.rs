@@ -411,8 +411,18 @@ impl Pipeline {
 ///
 /// ```ignore
 /// static_script!(acquire_script, "acquire.lua");
+/// // A shared prelude (local functions several scripts use), then the script itself:
+/// static_script!(read_script, "rw_lib.lua" + "rw_read.lua");
 /// ```
 macro_rules! static_script {
+    ($name:ident, $lib:literal + $file:literal) => {
+        fn $name() -> &'static $crate::Script {
+            static S: ::std::sync::OnceLock<$crate::Script> = ::std::sync::OnceLock::new();
+            S.get_or_init(|| {
+                $crate::Script::new(concat!(include_str!($lib), "\n", include_str!($file)))
+            })
+        }
+    };
     ($name:ident, $file:literal) => {
         fn $name() -> &'static $crate::Script {
             static S: ::std::sync::OnceLock<$crate::Script> = ::std::sync::OnceLock::new();
