@@ -135,6 +135,7 @@ pub mod metrics;
 pub mod monitor;
 mod observe;
 mod pool;
+pub mod prelude;
 pub mod pubsub;
 pub mod queue;
 pub mod ratelimit;

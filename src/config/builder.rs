@@ -126,9 +126,40 @@ impl ConfigBuilder {
         self
     }
 
-    /// All timeouts at once. Defaults to [`Timeouts::default`].
+    /// All timeouts at once, replacing every one set before (by a URL, for example). To
+    /// change one and keep the others, use [`ConfigBuilder::connect_timeout`] and its
+    /// siblings. Defaults to [`Timeouts::default`].
     pub fn timeouts(mut self, timeouts: Timeouts) -> ConfigBuilder {
         self.config.timeouts = timeouts;
+        self
+    }
+
+    /// How long opening a connection may take, as a whole: resolving, connecting, TLS and the
+    /// handshake (`HELLO`, `SELECT`). Keeps the other timeouts. Defaults to 2 s. URL
+    /// parameter `connect_timeout`.
+    pub fn connect_timeout(mut self, d: Duration) -> ConfigBuilder {
+        self.config.timeouts.connect = d;
+        self
+    }
+
+    /// How long a reply may take, as a whole (a pipeline's replies share one). Keeps the
+    /// other timeouts. Defaults to 3 s. URL parameter `response_timeout`.
+    pub fn response_timeout(mut self, d: Duration) -> ConfigBuilder {
+        self.config.timeouts.response = d;
+        self
+    }
+
+    /// How long writing a command (or a pipeline) may take, as a whole. Keeps the other
+    /// timeouts. Defaults to 3 s. URL parameter `write_timeout`.
+    pub fn write_timeout(mut self, d: Duration) -> ConfigBuilder {
+        self.config.timeouts.write = d;
+        self
+    }
+
+    /// How long a call waits for a pooled connection. Keeps the other timeouts. Defaults to
+    /// 3 s. URL parameter `checkout_timeout`.
+    pub fn checkout_timeout(mut self, d: Duration) -> ConfigBuilder {
+        self.config.timeouts.checkout = d;
         self
     }
 
