@@ -207,8 +207,8 @@ mod util;
 pub use cache::{Cache, CacheStats};
 pub use client::{DedicatedConnection, IntoConfig, Redis, CLOSE_BOUND};
 pub use config::{
-    Addr, ClusterConfig, Config, ConfigBuilder, PoolConfig, Protocol, SentinelConfig, SentinelRole,
-    Timeouts, TlsConfig,
+    Addr, ClusterConfig, Config, ConfigBuilder, MultiplexConfig, PoolConfig, Protocol,
+    SentinelConfig, SentinelRole, Timeouts, TlsConfig,
 };
 pub use config::{BreakerConfig, BreakerState, FailureRate};
 pub use error::{Delivery, Error, ErrorClass, Result};
