@@ -12,9 +12,15 @@
 //!    next to the same hand-off with a fixed 50 ms polling loop (`SET NX PX`, sleep 50 ms)
 //!    as redsync and redis-py do.
 //!
+//! 3. Read-write lock liveness: threads loop acquire / hold 5 ms / release on one
+//!    `ReadWriteLock` for a few seconds; the wait is from the call to its return. With 1 writer
+//!    and 3 readers, the writer's wait p99 (target < 20 ms); with 2 writers and 2 readers, the
+//!    readers' wait p99 (target < 50 ms). Acquisition counts are shown too.
+//!
 //! `cargo bench --bench locks`. `REDKIT_BENCH_OPS` sets the cycles per side (default 10000),
-//! `REDKIT_BENCH_HANDOFFS` the hand-offs per side (default 100). Results go to stdout and to
-//! the `locks` section of `target/redkit-bench.json` (see `benches/common`).
+//! `REDKIT_BENCH_HANDOFFS` the hand-offs per side (default 100), `REDKIT_BENCH_RW_SECS` how
+//! long each read-write scenario runs (default 6). Results go to stdout and to the `locks`
+//! section of `target/redkit-bench.json` (see `benches/common`).
 
 mod common;
 
@@ -23,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redkit::lock::Lock;
+use redkit::lock::{Lock, ReadWriteLock};
 use redkit::testing::RedisServer;
 
 use common::{env_usize, percentile, Report, Target};
@@ -32,6 +38,9 @@ const BLOCK: usize = 250;
 /// The targets from issue 5.
 const TARGET_RATIO: f64 = 0.95;
 const TARGET_P50: Duration = Duration::from_millis(2);
+/// The targets from issue 20.
+const TARGET_WRITER_P99: Duration = Duration::from_millis(20);
+const TARGET_READER_P99: Duration = Duration::from_millis(50);
 /// How long each holder keeps the lock in the hand-off scenario (the other thread is waiting
 /// by then).
 const HOLD: Duration = Duration::from_millis(5);
@@ -40,6 +49,43 @@ type Cycle = common::Op;
 
 fn compare(ours: &mut Cycle, theirs: &mut Cycle, blocks: usize) -> (f64, f64, f64) {
     common::compare_blocks(ours, theirs, blocks, BLOCK)
+}
+
+/// The waits (call to return) of writers and of readers, each sorted, when `writers` and
+/// `readers` threads loop acquire / hold [`HOLD`] / release on one read-write lock for `run`.
+fn rw_waits(
+    redis: &redkit::Redis,
+    name: &str,
+    writers: usize,
+    readers: usize,
+    run: Duration,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let rw = ReadWriteLock::builder(redis, name)
+        .wait(Duration::from_secs(60))
+        .build()
+        .expect("rwlock");
+    let waits = [Mutex::new(Vec::new()), Mutex::new(Vec::new())];
+    let until = Instant::now() + run;
+    std::thread::scope(|s| {
+        for t in 0..writers + readers {
+            let (rw, waits) = (&rw, &waits);
+            s.spawn(move || {
+                let write = t < writers;
+                while Instant::now() < until {
+                    let start = Instant::now();
+                    let g = if write { rw.write() } else { rw.read() }.expect("acquire");
+                    let waited = start.elapsed();
+                    std::thread::sleep(HOLD);
+                    assert!(g.release().expect("release"));
+                    waits[usize::from(!write)].lock().push(waited);
+                }
+            });
+        }
+    });
+    let [mut w, mut r] = waits.map(Mutex::into_inner);
+    w.sort();
+    r.sort();
+    (w, r)
 }
 
 /// Two threads hand one lock back and forth `n` times through `acquire`/`release` closures;
@@ -97,6 +143,7 @@ fn main() {
     let ops = env_usize("REDKIT_BENCH_OPS", 10_000).max(BLOCK);
     let blocks = ops / BLOCK;
     let n_handoffs = env_usize("REDKIT_BENCH_HANDOFFS", 100).max(10);
+    let rw_run = Duration::from_secs(env_usize("REDKIT_BENCH_RW_SECS", 6).max(1) as u64);
     let server = RedisServer::start().expect("start redis-server");
     let redis = common::connect(&server);
     let client = redis::Client::open(server.url()).expect("client");
@@ -152,12 +199,13 @@ fn main() {
         "locks",
         &format!(
             "Lock acquire+release cycles vs raw EVALSHA ({ops} per side in blocks of {BLOCK}, \
-             one thread, median of per-block ratios); hand-off latency vs 50 ms polling"
+             one thread, median of per-block ratios); hand-off latency vs 50 ms polling; read-write lock waits"
         ),
     );
     report.param("cycles_per_side", ops);
     report.param("handoffs_per_side", n_handoffs);
     report.param("hold_ms", HOLD.as_millis() as u64);
+    report.param("rw_secs", rw_run.as_secs());
     let (o, t, r) = compare(&mut ours, &mut raw_lock, blocks);
     report.throughput(
         "uncontended acquire+release vs raw EVALSHA x2",
@@ -232,5 +280,39 @@ fn main() {
         Some(percentile(&poll, 0.99)),
         Target::None,
     );
+
+    // 3. Read-write lock liveness.
+    let (w, r) = rw_waits(&redis, "rw-1w3r", 1, 3, rw_run);
+    report.latency(
+        "rwlock 1 writer + 3 readers: writer wait p99",
+        percentile(&w, 0.99),
+        None,
+        Target::Below(TARGET_WRITER_P99),
+    );
+    report.latency("  writer wait p50", percentile(&w, 0.5), None, Target::None);
+    report.latency(
+        "  reader wait p99",
+        percentile(&r, 0.99),
+        None,
+        Target::None,
+    );
+    report.figure("  writes", w.len() as f64, "acquisitions");
+    report.figure("  reads", r.len() as f64, "acquisitions");
+    let (w, r) = rw_waits(&redis, "rw-2w2r", 2, 2, rw_run);
+    report.latency(
+        "rwlock 2 writers + 2 readers: reader wait p99",
+        percentile(&r, 0.99),
+        None,
+        Target::Below(TARGET_READER_P99),
+    );
+    report.latency("  reader wait p50", percentile(&r, 0.5), None, Target::None);
+    report.latency(
+        "  writer wait p99",
+        percentile(&w, 0.99),
+        None,
+        Target::None,
+    );
+    report.figure("  writes", w.len() as f64, "acquisitions");
+    report.figure("  reads", r.len() as f64, "acquisitions");
     report.finish();
 }

@@ -236,6 +236,18 @@ pub enum Error {
         /// How long the caller waited.
         waited: Duration,
     },
+    /// An acquisition was not confirmed by enough replicas in time (a lock built with a
+    /// [`ReplicaAck`](crate::lock::ReplicaAck)); it was released again.
+    NotReplicated {
+        /// The lock's name.
+        name: String,
+        /// How many replicas confirmed it.
+        acknowledged: u32,
+        /// How many were asked for.
+        wanted: u32,
+        /// How long the server waited for them.
+        waited: Duration,
+    },
     /// A background thread of redkit failed (reported by [`Redis::close`](crate::Redis::close)).
     Background {
         /// The thread's name.
@@ -347,6 +359,7 @@ impl Error {
             Error::Closed => ErrorClass::Closed,
             Error::RateLimited { .. } => ErrorClass::RateLimited,
             Error::LockTimeout { .. } => ErrorClass::LockTimeout,
+            Error::NotReplicated { .. } => ErrorClass::Timeout,
             Error::Background { .. } => ErrorClass::Other,
             Error::Decode { .. } => ErrorClass::Conversion,
             Error::ServerTooOld { .. } | Error::WrongConnection { .. } => ErrorClass::Unsupported,
@@ -366,7 +379,7 @@ impl Error {
     pub fn delivery(&self) -> Delivery {
         match self {
             Error::Redis { delivery, .. } => *delivery,
-            Error::TransactionConflict { .. } => Delivery::Answered,
+            Error::TransactionConflict { .. } | Error::NotReplicated { .. } => Delivery::Answered,
             Error::TooLarge { what: "reply", .. } => Delivery::Unknown,
             _ => Delivery::NotSent,
         }
@@ -562,6 +575,16 @@ impl fmt::Display for Error {
             Error::LockTimeout { waited } => {
                 write!(f, "the lock stayed held by others for {waited:?}")
             }
+            Error::NotReplicated {
+                name,
+                acknowledged,
+                wanted,
+                waited,
+            } => write!(
+                f,
+                "lock {name}: {acknowledged} of {wanted} replicas confirmed the acquisition \
+                 within {waited:?}; it was released"
+            ),
             Error::Background { thread, reason } => {
                 write!(f, "background thread `{thread}` failed: {reason}")
             }
@@ -632,6 +655,18 @@ impl fmt::Debug for Error {
                 .debug_struct("LockTimeout")
                 .field("waited", waited)
                 .finish(),
+            Error::NotReplicated {
+                name,
+                acknowledged,
+                wanted,
+                waited,
+            } => f
+                .debug_struct("NotReplicated")
+                .field("name", name)
+                .field("acknowledged", acknowledged)
+                .field("wanted", wanted)
+                .field("waited", waited)
+                .finish(),
             Error::Background { thread, reason } => f
                 .debug_struct("Background")
                 .field("thread", thread)
@@ -690,10 +725,71 @@ impl From<RedisError> for Error {
     }
 }
 
+impl From<crossbeam_channel::RecvError> for Error {
+    /// A subscription (or event listener) whose sender is gone: the subscriber, handle or
+    /// queue was closed. Lets `?` turn `Subscription::recv` into `redkit::Result`.
+    fn from(_: crossbeam_channel::RecvError) -> Error {
+        Error::Closed
+    }
+}
+
+impl From<crossbeam_channel::RecvTimeoutError> for Error {
+    /// Nothing arrived in time (a [`ErrorClass::Timeout`] error, nothing was sent), or the
+    /// sender is gone ([`Error::Closed`]).
+    fn from(e: crossbeam_channel::RecvTimeoutError) -> Error {
+        match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => Error::io(
+                std::io::ErrorKind::TimedOut,
+                "nothing was received in time",
+                Delivery::NotSent,
+            ),
+            crossbeam_channel::RecvTimeoutError::Disconnected => Error::Closed,
+        }
+    }
+}
+
+impl From<crossbeam_channel::TryRecvError> for Error {
+    /// Nothing is waiting (a [`ErrorClass::Timeout`] error), or the sender is gone
+    /// ([`Error::Closed`]).
+    fn from(e: crossbeam_channel::TryRecvError) -> Error {
+        match e {
+            crossbeam_channel::TryRecvError::Empty => Error::io(
+                std::io::ErrorKind::WouldBlock,
+                "nothing is waiting to be received",
+                Delivery::NotSent,
+            ),
+            crossbeam_channel::TryRecvError::Disconnected => Error::Closed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io;
+
+    #[test]
+    fn receive_errors_convert_with_question_marks() {
+        let f = || -> Result<()> {
+            let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+            drop(tx);
+            rx.recv()?;
+            Ok(())
+        };
+        assert!(matches!(f(), Err(Error::Closed)));
+        let g = || -> Result<()> {
+            let (_tx, rx) = crossbeam_channel::bounded::<()>(1);
+            rx.recv_timeout(std::time::Duration::from_millis(1))?;
+            Ok(())
+        };
+        assert_eq!(g().map_err(|e| e.class()), Err(ErrorClass::Timeout));
+        let h = || -> Result<()> {
+            let (_tx, rx) = crossbeam_channel::bounded::<()>(1);
+            rx.try_recv()?;
+            Ok(())
+        };
+        assert_eq!(h().map_err(|e| e.class()), Err(ErrorClass::Timeout));
+    }
 
     #[test]
     fn redkit_errors_survive_the_connection_like_surface() {

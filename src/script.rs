@@ -294,6 +294,22 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Whether a command may block its connection (`BLPOP`, `XREAD ... BLOCK`...).
+    pub(crate) fn any_blocking(&self) -> bool {
+        self.entries.iter().any(|e| {
+            let args: Vec<&[u8]> = e
+                .cmd
+                .args_iter()
+                .filter_map(|a| match a {
+                    redis::Arg::Simple(b) => Some(b),
+                    _ => None,
+                })
+                .collect();
+            args.first()
+                .is_some_and(|n| crate::conn::state::is_blocking(n, &args[1..]))
+        })
+    }
+
     /// Whether every command is one redkit knows to be read-only.
     pub(crate) fn is_read_only(&self) -> bool {
         self.entries
@@ -411,8 +427,18 @@ impl Pipeline {
 ///
 /// ```ignore
 /// static_script!(acquire_script, "acquire.lua");
+/// // A shared prelude (local functions several scripts use), then the script itself:
+/// static_script!(read_script, "rw_lib.lua" + "rw_read.lua");
 /// ```
 macro_rules! static_script {
+    ($name:ident, $lib:literal + $file:literal) => {
+        fn $name() -> &'static $crate::Script {
+            static S: ::std::sync::OnceLock<$crate::Script> = ::std::sync::OnceLock::new();
+            S.get_or_init(|| {
+                $crate::Script::new(concat!(include_str!($lib), "\n", include_str!($file)))
+            })
+        }
+    };
     ($name:ident, $file:literal) => {
         fn $name() -> &'static $crate::Script {
             static S: ::std::sync::OnceLock<$crate::Script> = ::std::sync::OnceLock::new();

@@ -90,7 +90,7 @@ fn locks_limiters_cache_sessions_and_queues_work_across_slots() -> TestResult {
     let subjects = names_on_distinct_masters(&cluster, "user", |s| gcra.key(s), 3)?;
     for subject in &subjects {
         let allowed = (0..8)
-            .filter(|_| gcra.allow(subject).map(|d| d.allowed > 0).unwrap_or(false))
+            .filter(|_| gcra.allow(subject).map(|d| d.granted > 0).unwrap_or(false))
             .count();
         assert_eq!(allowed, 5, "gcra for {subject}");
         let taken = (0..5)

@@ -27,7 +27,7 @@ fn redlock_needs_a_majority() -> TestResult {
     let key = "redkit:redlock:{job}";
 
     // All up: held on 3, exclusive.
-    let mut guard = lock.acquire()?;
+    let guard = lock.acquire()?;
     assert_eq!(guard.locked_on(), 3);
     let validity = guard.validity();
     assert!(

@@ -80,7 +80,7 @@ fn exact_sequence(
     let d = tb.peek(subject)?;
     assert_eq!(
         (
-            d.allowed,
+            d.granted,
             d.remaining,
             d.retry_after,
             d.reset_after,
@@ -94,7 +94,7 @@ fn exact_sequence(
     let d = tb.allow_n(subject, 10)?;
     assert_eq!(
         (
-            d.allowed,
+            d.granted,
             d.remaining,
             d.retry_after,
             d.reset_after,
@@ -112,7 +112,7 @@ fn exact_sequence(
     if t1 - ts >= SEC_US {
         return Ok(false);
     }
-    assert_eq!((d.allowed, d.remaining, d.limit), (0, 0, 10));
+    assert_eq!((d.granted, d.remaining, d.limit), (0, 0, 10));
     let retry = after_us(d.retry_after);
     assert!(
         retry <= SEC_US + 1 && retry >= SEC_US - (t1 - ts) - 1,
@@ -125,11 +125,11 @@ fn exact_sequence(
     // More than the capacity can never be granted.
     let d = tb.allow_n(subject, 11)?;
     assert_eq!(
-        (d.allowed, d.retry_after, d.limit),
+        (d.granted, d.retry_after, d.limit),
         (0, RetryAfter::Never, 10)
     );
 
-    // A peek reports the same wait and writes nothing.
+    // A peek never asks to wait (zero tokens always fit), says none is left, writes nothing.
     let before: Vec<(String, String)> = admin.hgetall(&key)?;
     let ttl_before: i64 = admin.pttl(&key)?;
     let d = tb.peek(subject)?;
@@ -137,9 +137,10 @@ fn exact_sequence(
     if t2 - ts >= SEC_US {
         return Ok(false);
     }
-    assert_eq!((d.allowed, d.remaining), (0, 0));
-    let retry = after_us(d.retry_after);
-    assert!(retry >= SEC_US - (t2 - ts) - 1 && retry <= SEC_US + 1);
+    assert_eq!(
+        (d.granted, d.remaining, d.retry_after),
+        (0, 0, RetryAfter::Now)
+    );
     let after: Vec<(String, String)> = admin.hgetall(&key)?;
     assert_eq!(before, after);
     assert!(admin.pttl::<_, i64>(&key)? <= ttl_before);
@@ -168,7 +169,7 @@ fn exact_sequence(
 
     // Taking one stores the refilled count less one, at the take's server time.
     let d = tb.allow(subject)?;
-    assert_eq!(d.allowed, 1);
+    assert_eq!(d.granted, 1);
     let (tokens, ts2) = bucket_state(admin, &key);
     let expected = (ts2 - ts) as f64 / SEC_US as f64 - 1.0;
     assert!(
@@ -191,7 +192,7 @@ fn token_bucket_keys_have_ttls() -> TestResult {
     // each thousandth of a token missing), less the time since the take.
     for n in [3, 7] {
         let start = Instant::now();
-        assert_eq!(tb.allow_n("u", n)?.allowed, n);
+        assert_eq!(tb.allow_n("u", n)?.granted, n);
         let pttl: i64 = admin.pttl(&key)?;
         let waited = start.elapsed().as_millis() as i64;
         let (tokens, _) = bucket_state(&mut admin, &key);
@@ -210,7 +211,7 @@ fn token_bucket_keys_have_ttls() -> TestResult {
         BucketLimit::new(3, 3, Duration::from_millis(60)),
     )?;
     let d = fast.allow("u")?;
-    assert_eq!((d.allowed, d.remaining), (1, 2));
+    assert_eq!((d.granted, d.remaining), (1, 2));
     assert!(d.reset_after <= Duration::from_millis(20));
     let pttl: i64 = admin.pttl(fast.key("u"))?;
     assert!(pttl <= 20 && pttl != -1, "pttl {pttl}");
@@ -261,7 +262,7 @@ fn token_bucket_set_limit_keeps_state() -> TestResult {
     assert_eq!((d.remaining, d.limit), (2, 2));
     assert_eq!(tb.allow_n("u", 3)?.retry_after, RetryAfter::Never);
     let d = tb.allow_n("u", 2)?;
-    assert_eq!((d.allowed, d.remaining), (2, 0));
+    assert_eq!((d.granted, d.remaining), (2, 0));
 
     // A faster refill applies to the stored state: 1000 per second refills two tokens in
     // 2 ms (at the old rate of 1 per second it would take 2 s).
@@ -323,7 +324,7 @@ fn token_bucket_blocking_helpers() -> TestResult {
     let start = Instant::now();
     fast.acquire("u", 1)?;
     let d = fast.acquire("u", 1)?;
-    assert_eq!(d.allowed, 1);
+    assert_eq!(d.granted, 1);
     assert!(start.elapsed() >= Duration::from_millis(99));
     Ok(())
 }

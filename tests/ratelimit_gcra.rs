@@ -23,12 +23,12 @@ fn redis_rate_sequence_for_ten_per_second() -> TestResult {
     let gcra = Gcra::new(&redis, "api", GcraLimit::per_second(10).burst(10))?;
     let start = Instant::now();
     let d = gcra.allow("u1")?;
-    assert_eq!((d.allowed, d.remaining, d.limit), (1, 9, 10));
+    assert_eq!((d.granted, d.remaining, d.limit), (1, 9, 10));
     assert_eq!(d.retry_after, RetryAfter::Now);
     assert!((99.0..=100.0).contains(&ms(d.reset_after)), "{d:?}");
     let d = gcra.allow_n("u1", 2)?;
     let elapsed = start.elapsed();
-    assert_eq!(d.allowed, 2);
+    assert_eq!(d.granted, 2);
     // Exact as long as less than one emission interval (100 ms) passed between the calls.
     if elapsed < Duration::from_millis(90) {
         assert_eq!(d.remaining, 7, "{d:?}");
@@ -52,22 +52,22 @@ fn exact_sequence_on_a_slow_clock() -> TestResult {
         GcraLimit::new(10, Duration::from_secs(100)).burst(10),
     )?;
     let d = gcra.allow("s")?;
-    assert_eq!((d.allowed, d.remaining), (1, 9));
+    assert_eq!((d.granted, d.remaining), (1, 9));
     assert!((9_999.0..=10_000.0).contains(&ms(d.reset_after)), "{d:?}");
     let d = gcra.allow_n("s", 2)?;
-    assert_eq!((d.allowed, d.remaining), (2, 7));
+    assert_eq!((d.granted, d.remaining), (2, 7));
     assert!((29_990.0..=30_000.0).contains(&ms(d.reset_after)), "{d:?}");
     // A peek: nothing taken.
     let d = gcra.peek("s")?;
     assert_eq!(
-        (d.allowed, d.remaining, d.retry_after),
+        (d.granted, d.remaining, d.retry_after),
         (0, 7, RetryAfter::Now)
     );
     let d = gcra.allow_n("s", 7)?;
-    assert_eq!((d.allowed, d.remaining), (7, 0));
+    assert_eq!((d.granted, d.remaining), (7, 0));
     // Denied: one unit comes back after one interval (10 s).
     let d = gcra.allow("s")?;
-    assert_eq!((d.allowed, d.remaining), (0, 0));
+    assert_eq!((d.granted, d.remaining), (0, 0));
     let RetryAfter::After(wait) = d.retry_after else {
         panic!("{d:?}")
     };
@@ -76,14 +76,19 @@ fn exact_sequence_on_a_slow_clock() -> TestResult {
     // Larger than the burst: never.
     let d = gcra.allow_n("s", 11)?;
     assert_eq!(d.retry_after, RetryAfter::Never);
-    // A peek when full says how long until one fits.
+    // A peek when exhausted never asks to wait, as go-redis/redis_rate's (zero units always
+    // fit); nothing remains.
     let d = gcra.peek("s")?;
-    assert!(matches!(d.retry_after, RetryAfter::After(_)), "{d:?}");
+    assert_eq!(
+        (d.granted, d.remaining, d.retry_after),
+        (0, 0, RetryAfter::Now),
+        "{d:?}"
+    );
     // The key expires when the limit would be whole again.
     let ttl = pttl(&redis, &gcra.key("s"));
     assert!(ttl > 99_000 && ttl <= 100_000, "{ttl}");
     gcra.reset("s")?;
-    assert_eq!(gcra.allow_n("s", 10)?.allowed, 10);
+    assert_eq!(gcra.allow_n("s", 10)?.granted, 10);
     Ok(())
 }
 
@@ -94,7 +99,7 @@ fn peek_on_a_fresh_subject_writes_nothing() -> TestResult {
     let gcra = Gcra::new(&redis, "peek", GcraLimit::per_minute(5))?;
     let d = gcra.peek("nobody")?;
     assert_eq!(
-        (d.allowed, d.remaining, d.retry_after),
+        (d.granted, d.remaining, d.retry_after),
         (0, 5, RetryAfter::Now)
     );
     let exists: i64 = redis.query(redis::cmd("EXISTS").arg(gcra.key("nobody")))?;
@@ -107,14 +112,14 @@ fn allow_at_most_grants_what_fits() -> TestResult {
     let server = server();
     let redis = redis(&server);
     let gcra = Gcra::new(&redis, "most", GcraLimit::new(10, Duration::from_secs(100)))?;
-    assert_eq!(gcra.allow_n("m", 8)?.allowed, 8);
+    assert_eq!(gcra.allow_n("m", 8)?.granted, 8);
     let d = gcra.allow_at_most("m", 5)?;
     assert_eq!(
-        (d.allowed, d.remaining, d.retry_after),
+        (d.granted, d.remaining, d.retry_after),
         (2, 0, RetryAfter::Now)
     );
     let d = gcra.allow_at_most("m", 1)?;
-    assert_eq!(d.allowed, 0);
+    assert_eq!(d.granted, 0);
     assert!(matches!(d.retry_after, RetryAfter::After(w) if w > Duration::from_secs(9)));
     Ok(())
 }
@@ -129,14 +134,14 @@ fn changing_the_limit_keeps_the_state() -> TestResult {
         GcraLimit::new(10, Duration::from_secs(100)),
     )?;
     let other = gcra.clone();
-    assert_eq!(gcra.allow_n("c", 10)?.allowed, 10);
+    assert_eq!(gcra.allow_n("c", 10)?.granted, 10);
     assert!(!gcra.allow("c")?.is_allowed());
     // Twice the rate and a burst of 30: the 10 taken (100 s of the old spacing, 20 units of
     // the new one) still count; 10 more fit, not 30.
     other.set_limit(GcraLimit::new(20, Duration::from_secs(100)).burst(30))?;
     assert_eq!(gcra.limit().burst_size(), 30, "clones share the limit");
     let d = gcra.allow_n("c", 10)?;
-    assert_eq!((d.allowed, d.remaining), (10, 0));
+    assert_eq!((d.granted, d.remaining), (10, 0));
     assert!(!gcra.allow("c")?.is_allowed());
     assert!(gcra.set_limit(GcraLimit::per_second(0)).is_err());
     Ok(())
@@ -256,7 +261,9 @@ fn several_limits_all_or_nothing() -> TestResult {
         97,
         "the denied call took nothing"
     );
-    assert!(multi.allow_n(&[], 1).is_err());
+    assert!(multi
+        .allow_n::<redkit::ratelimit::LimitPart>(&[], 1)
+        .is_err());
     // Every key has a TTL.
     for key in [per_second.key("u1"), per_hour.key("u1"), tenant.key("acme")] {
         assert!(pttl(&redis, &key) > 0, "{key}");

@@ -209,8 +209,9 @@ impl Beat {
             .events
             .emit(Event::Disconnected { cause: error });
         self.observed.set_health(Health::Down);
-        // Every pooled connection is suspect until proven otherwise.
-        self.state.connection_dropped_quiet();
+        // Every pooled connection is suspect until proven otherwise; multiplexed ones are
+        // closed (their calls in flight fail now, not at their deadlines).
+        self.state.connection_lost();
     }
 
     /// Reconnects with backoff. Returns `false` when the thread must stop.

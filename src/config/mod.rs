@@ -205,6 +205,44 @@ impl Timeouts {
     }
 }
 
+/// Multiplexed connections (see [`ConfigBuilder::multiplexed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MultiplexConfig {
+    pub(crate) connections: u32,
+    pub(crate) max_requests: usize,
+    pub(crate) max_queued_bytes: usize,
+}
+
+impl Default for MultiplexConfig {
+    /// Off (0 connections); when on, at most 4,096 requests queued or in flight and 64 MiB
+    /// queued per connection.
+    fn default() -> Self {
+        MultiplexConfig {
+            connections: 0,
+            max_requests: 4096,
+            max_queued_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl MultiplexConfig {
+    /// How many multiplexed connections the handle shares between its threads (0: none,
+    /// every call uses the pool).
+    pub fn connections(&self) -> u32 {
+        self.connections
+    }
+
+    /// Requests queued or in flight on one connection at most.
+    pub fn max_requests(&self) -> usize {
+        self.max_requests
+    }
+
+    /// Bytes queued (not written yet) on one connection at most.
+    pub fn max_queued_bytes(&self) -> usize {
+        self.max_queued_bytes
+    }
+}
+
 /// Connection pool settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -454,6 +492,8 @@ pub struct Config {
     pub(crate) cluster: Option<ClusterConfig>,
     /// The largest reply one call may read, in bytes.
     pub(crate) max_reply_size: u64,
+    /// Multiplexed connections.
+    pub(crate) multiplex: MultiplexConfig,
 }
 
 /// The default cap on one reply: 512 MiB, the largest value a server accepts by default.
@@ -516,6 +556,16 @@ impl Config {
     /// The timeouts.
     pub fn timeouts(&self) -> &Timeouts {
         &self.timeouts
+    }
+
+    /// The multiplexed connection settings.
+    pub fn multiplex(&self) -> &MultiplexConfig {
+        &self.multiplex
+    }
+
+    /// The largest reply one call may read, in bytes.
+    pub fn max_reply_size(&self) -> u64 {
+        self.max_reply_size
     }
 
     /// The pool settings.

@@ -333,6 +333,18 @@ pub(super) fn parse_url(url: &str) -> Result<ConfigBuilder> {
             "write_timeout" => b.config.timeouts.write = duration("timeouts.write")?,
             "checkout_timeout" => b.config.timeouts.checkout = duration("timeouts.checkout")?,
             "pool_max_size" => b.config.pool.max_size = number("pool.max_size")?,
+            "multiplexed" => {
+                b.config.multiplex.connections = match v.as_str() {
+                    "true" | "yes" | "on" => 1,
+                    "false" | "no" | "off" => 0,
+                    n => n.parse::<u32>().map_err(|_| {
+                        Error::config(
+                            "multiplexed",
+                            format!("`{n}` is not a number of connections (or true/false)"),
+                        )
+                    })?,
+                }
+            }
             "max_reply_size" => {
                 b.config.max_reply_size = v.parse::<u64>().map_err(|_| {
                     Error::config("max_reply_size", format!("`{v}` is not a whole number"))

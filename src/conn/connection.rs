@@ -153,6 +153,11 @@ fn is_push(v: &Value) -> bool {
 }
 
 impl Connection {
+    /// The address this connection reaches.
+    pub(crate) fn addr(&self) -> &Addr {
+        &self.addr
+    }
+
     /// The database selected at set-up.
     pub(crate) fn db(&self) -> i64 {
         self.db
@@ -171,6 +176,12 @@ impl Connection {
     /// The response timeout of later calls (`None`: wait forever).
     pub(crate) fn set_response_timeout(&mut self, d: Option<Duration>) {
         self.response = d;
+    }
+
+    /// A handle that closes this connection's socket from another thread (a call blocked
+    /// on it then fails at once).
+    pub(crate) fn interrupter(&mut self) -> super::socket::Interrupter {
+        self.io.get_mut().interrupter()
     }
 
     /// Closes the connection now.

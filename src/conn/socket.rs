@@ -242,7 +242,53 @@ macro_rules! with_timed {
     };
 }
 
+/// A second handle on a connection's socket that closes it from another thread: a read or
+/// write blocked on it returns at once with an error.
+#[derive(Debug)]
+pub(crate) enum Interrupter {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(std::os::unix::net::UnixStream),
+    None,
+}
+
+impl Interrupter {
+    /// Shuts the socket down (both directions).
+    pub(crate) fn interrupt(&self) {
+        match self {
+            Interrupter::Tcp(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+            #[cfg(unix)]
+            Interrupter::Unix(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+            Interrupter::None => {}
+        }
+    }
+}
+
 impl Stream {
+    /// A handle that can close this stream's socket from another thread.
+    pub(crate) fn interrupter(&mut self) -> Interrupter {
+        match self {
+            Stream::Tcp(t) => t
+                .inner
+                .try_clone()
+                .map_or(Interrupter::None, Interrupter::Tcp),
+            Stream::Tls(s) => s
+                .timed()
+                .inner
+                .try_clone()
+                .map_or(Interrupter::None, Interrupter::Tcp),
+            #[cfg(unix)]
+            Stream::Unix(t) => t
+                .inner
+                .try_clone()
+                .map_or(Interrupter::None, Interrupter::Unix),
+        }
+    }
+
     pub(crate) fn set_read_deadline(&mut self, d: Option<Instant>) {
         with_timed!(self, t => t.set_read_deadline(d))
     }

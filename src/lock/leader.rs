@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 
 use super::wait::millis;
 use super::watchdog::Task;
-use super::{bad_reply, check_name, check_ttl, drift, tagged, DEFAULT_PREFIX};
+use super::{bad_reply, check_name, check_ttl, tagged, DEFAULT_PREFIX};
 use crate::error::{Error, Result};
 use crate::script::static_script;
 use crate::Redis;
@@ -276,7 +276,7 @@ impl MemberState {
         match reply[..] {
             [1, term, _] => {
                 let term = term.unsigned_abs();
-                *self.valid_until.lock() = sent + self.leader_ttl - drift(self.leader_ttl);
+                *self.valid_until.lock() = super::lease::valid_until(sent, self.leader_ttl);
                 self.term.store(term, Ordering::Release);
                 if !self.leader.swap(true, Ordering::AcqRel) {
                     info!("group member {}: elected leader (term {term})", self.id);

@@ -24,8 +24,12 @@ if v then
   return {0, term, redis.call('PTTL', KEYS[2])}
 end
 if ARGV[5] == '1' then
-  local term = redis.call('INCR', KEYS[3])
+  -- max(counter + 1, the server's clock in microseconds), as a lock's fence: terms never go
+  -- back, even when the counter was lost.
+  local term = string.format('%.0f', math.max((tonumber(redis.call('GET', KEYS[3])) or 0) + 1,
+    tonumber(t[1]) * 1000000 + tonumber(t[2])))
+  redis.call('SET', KEYS[3], term)
   redis.call('SET', KEYS[2], term .. ':' .. ARGV[2] .. ':' .. ARGV[1], 'PX', ARGV[3])
-  return {1, term, 0}
+  return {1, tonumber(term), 0}
 end
 return {0, 0, 0}

@@ -3,14 +3,21 @@
 //! | need | pick |
 //! |---|---|
 //! | one holder at a time, with fencing tokens, fast hand-off, optional watchdog | [`Lock`] |
+//! | the same, waiters served in arrival order | [`Lock`] with [`LockBuilder::fair`] |
+//! | several locks at once, all or nothing, no deadlocks | [`MultiLock`] |
 //! | at most N holders at a time, leases that come back when a holder dies | [`Semaphore`] |
-//! | many readers or one writer, writers not starved | [`ReadWriteLock`] |
+//! | many readers or one writer, neither starved | [`ReadWriteLock`] |
 //! | a lock that survives the loss of a minority of independent servers | [`Redlock`] |
 //! | who is alive, and exactly one leader among them | [`Group`] / [`Member`] |
 //!
+//! The whole family works alike: every acquisition carries a [fencing
+//! token](#fencing-tokens), can be renewed by the [watchdog](#the-watchdog) until it is
+//! released, can be confirmed on replicas before it is returned ([`ReplicaAck`]), and is
+//! signalled with one [`LockLost`](crate::Event::LockLost) event when it turns out lost.
+//!
 //! Every operation is a Lua script (one round trip, atomic on the server); every key of one
 //! lock carries the lock's name as a hash tag (`redkit:lock:{name}`, `...:fence`, `...:wake`,
-//! `...:waiting`), so they live in one cluster slot.
+//! `...:waiting`, `...:queue`), so they live in one cluster slot.
 //!
 //! ```no_run
 //! use redkit::Redis;
@@ -35,75 +42,148 @@
 //! ## The safety model
 //!
 //! **A single Redis instance** gives mutual exclusion *as long as every holder finishes (or
-//! renews) within its TTL and the server keeps its data*. Two things break it:
+//! renews) within its TTL and the server keeps its data*. Three things break it:
 //!
 //! - A holder that stalls past its TTL (a GC pause, a swapped-out process, a slow network)
 //!   loses the lock without noticing until it next checks; meanwhile another holder has it.
 //!   Nothing on the client can prevent this; [`LockGuard::is_held`] and the watchdog's
 //!   [`LockLost`](crate::Event::LockLost) event only shorten the window.
+//! - A restart without persistence forgets the lock.
 //! - A failover to a replica that had not yet received the lock key (replication is
-//!   asynchronous), or a restart without persistence, forgets the lock.
+//!   asynchronous) forgets it too.
 //!
-//! **Fencing tokens** close the first hole where it matters: every acquisition gets a number
-//! ([`LockGuard::fencing_token`]) strictly greater than every earlier one for that lock name
-//! (an `INCR` inside the acquire script). Send it with every write to the protected resource
-//! and have the resource reject a number lower than the highest it has seen: a stale holder's
-//! late writes are then refused instead of corrupting a newer holder's work. (The counter key
-//! never expires; a server that loses its data restarts the sequence.)
+//! **Fencing tokens** close all three holes where it matters (see below): send the token with
+//! every write to the protected resource and have the resource refuse a token lower than the
+//! highest it has seen. A stale holder's late writes are then refused instead of corrupting a
+//! newer holder's work, whichever of the three made two holders overlap.
 //!
-//! **Redlock** (over several independent servers) is what protects against the loss of one
-//! server: a lock held on a majority survives any minority failing. It still assumes bounded
-//! pauses and clock drift, so it needs fencing for the same reason.
+//! **Replica acknowledgement** ([`ReplicaAck`]: `WAIT`, or `WAITAOF` on Redis 7.2+) narrows
+//! the failover hole: the guard is returned only once N replicas have the acquisition, so a
+//! failover to one of them keeps the lock. It does not close it: Sentinel or Cluster may
+//! still promote a replica that had not confirmed, and a confirmed write is lost when the
+//! confirming replicas fail too. It does nothing for stalled holders.
+//!
+//! **Redlock** (over several independent servers) is what keeps mutual exclusion when one
+//! server is lost: a lock held on a majority survives any minority failing. It still assumes
+//! bounded pauses and clock drift, so it needs fencing for the same reason.
+//!
+//! What still needs fencing (with any of the above): every holder that can stall past its
+//! TTL, which in practice is every holder. What still needs Redlock (or fencing): exclusion
+//! that must survive losing the one server (or its data) without the resource checking
+//! tokens.
+//!
+//! ## Fencing tokens
+//!
+//! Every acquisition ([`LockGuard::fencing_token`], [`Permit::fencing_token`],
+//! [`RwGuard::fencing_token`], [`RedlockGuard::fencing_token`],
+//! [`MultiLockGuard::fencing_tokens`], and a leader's term) gets a number strictly greater
+//! than every earlier one of that lock name. The acquire script sets it to
+//! `max(counter + 1, the server's clock in microseconds)` and stores it in the lock's
+//! counter key (which never expires).
+//!
+//! **What this guarantees after data loss.** A server that lost the counter (a restart
+//! without persistence, a failover to a replica that had an older counter or none) starts
+//! again from its clock, which is past every token issued before: tokens never go back, so
+//! a fenced resource refuses the old holder and admits the new one, and no number is ever
+//! issued twice. Tokens only run ahead of the clock with more than one acquisition of one
+//! name per microsecond, which a lock cannot do (each acquisition follows a release by at
+//! least a round trip).
+//!
+//! **The assumption that remains: the server's clock does not go back**, and after a
+//! failover the new master's clock is not behind the old one's by more than the time since
+//! the last acquisition it missed (NTP-synchronised servers are, by seconds: a failover takes
+//! at least its down-after time). A clock stepped back by hand, or a replica whose clock is
+//! minutes behind, can issue a token lower than an earlier one.
+//!
+//! Tokens are large (about 1.8 × 10¹⁵ today): store them as 64-bit integers. A semaphore's
+//! permits and a read-write lock's readers share one counter per name with its writers, so
+//! the order of all acquisitions of one name is the order of their tokens.
 //!
 //! ## Waiting
 //!
-//! A waiting [`Lock::acquire`] does not sleep on a fixed poll interval (redsync sleeps
-//! 50-250 ms, redis-py 100 ms). A failed attempt sets a short-lived "someone waits" flag;
-//! the holder's release script then pushes a wake-up token on the lock's wake list, and the
-//! waiter blocks on that list with `BLPOP` on a pooled connection. A release therefore hands
-//! the lock to one waiter within a couple of round trips. The `BLPOP` also ends when the
-//! current holder's TTL runs out (an expiry sends no notification) and at most every 500 ms,
-//! after which the waiter asks again.
+//! A waiting acquire does not sleep on a fixed poll interval (redsync sleeps 50-250 ms,
+//! redis-py 100 ms). A failed attempt leaves a mark, the holder's release pushes a wake-up
+//! token, and the waiter blocks on it with `BLPOP` (on a pooled connection):
+//!
+//! - [`Lock`], [`Semaphore`], [`MultiLock`] (and the
+//!   [`ConcurrencyLimiter`](crate::ratelimit::ConcurrencyLimiter)): the failed attempt sets a
+//!   short-lived "someone waits" flag; the release pushes one token on the lock's wake list,
+//!   which wakes one waiter (a multi-lock waiter blocks on the lists of all its locks). If
+//!   someone else (a `try_acquire`) takes the lock first, the woken waiter goes back to
+//!   waiting; the others wait for the next release.
+//! - A fair [`Lock`] and [`ReadWriteLock`]: each waiter queues (by arrival, on the server's
+//!   clock) and blocks on a wake list of its own; a release wakes exactly the waiters that may
+//!   go now: the first in the queue, or all the readers whose turn it is, or the next writer.
+//!
+//! The `BLPOP` also ends when the current holder's TTL runs out (an expiry sends no
+//! notification) and at most every 500 ms, after which the waiter asks again.
 //!
 //! Limits of this choice, on purpose:
 //!
-//! - A blocked waiter holds a pooled connection. At most half the pool's
-//!   [`max_size`](crate::PoolConfig::max_size) waiters per handle block at once; the others
-//!   poll with jittered sleeps (2 ms doubling to 50 ms), as do waiters when no connection is
-//!   free within 10 ms or `BLPOP` fails.
-//! - One release wakes one waiter. If someone else (a [`Lock::try_acquire`]) takes the lock
-//!   first, the woken waiter goes back to waiting; the others wait for the next release.
+//! - A blocked waiter holds a [dedicated connection](crate::Redis::dedicated), never a
+//!   pooled one: waiting never takes a connection from the handle's callers. The handle
+//!   keeps up to 4 such connections between waits (opened on first need, closed with the
+//!   handle). At most 64 waiters per handle block at once; the others poll with jittered
+//!   sleeps (2 ms doubling to 50 ms), as do waiters whose connection cannot be opened or
+//!   whose `BLPOP` fails.
 //! - It does not use pub/sub, so it works through any proxy that passes `BLPOP`.
+//!
+//! ## Fair locks
+//!
+//! With [`LockBuilder::fair`], waiters are served in arrival order, as Redisson's `FairLock`
+//! does, without its stuck queues (Redisson issue #4661: after a crash, a dead waiter's
+//! entries kept everyone out): a waiter's place lapses 2 s after its last attempt (a live
+//! waiter asks again at least every 500 ms), so a waiter that died holds the queue for at
+//! most 2 s; a waiter that gives up leaves at once and wakes the next. Nobody, not even
+//! [`Lock::try_acquire`], takes the lock past the queue.
 //!
 //! ## The watchdog
 //!
-//! With [`LockBuilder::watchdog`] on, one background thread per [`Redis`] handle
-//! (`redkit-lock-watchdog`, started on first use, joined when the handle is closed or its
-//! last clone dropped) renews every guard of that handle at a third of its TTL. It stops
-//! renewing the moment the guard is released (a renewal still in flight cannot revive it: it
-//! checks the token). When a renewal finds the lock gone or taken over, or the renewals fail
-//! until the TTL has run out, the guard is marked lost ([`LockGuard::is_held`] says `false`)
-//! and a [`LockLost`](crate::Event::LockLost) event goes to the handle's
+//! With `watchdog(true)` on a lock's builder, one background thread per [`Redis`] handle
+//! (`redkit-lockdog`, started on first use, joined when the handle is closed or its last
+//! clone dropped) renews every guard of that handle at a third of its TTL. It stops renewing
+//! the moment the guard is released (a renewal still in flight cannot revive it: it checks
+//! the token).
+//!
+//! A lost lease is signalled within a third of its TTL: a renewal that finds the lock gone
+//! or taken over marks the guard lost at once (renewals are a third of the TTL apart), and
+//! when renewals fail (the server is unreachable) the guard is marked lost the moment its
+//! validity (TTL minus a drift allowance of 1% + 2 ms since the last successful renewal)
+//! runs out: each renewal waits at most until the next is due, so one slow server call
+//! cannot delay it. Whoever notices first (the watchdog, [`LockGuard::extend`], or a release
+//! that finds the lock gone) marks the guard lost ([`LockGuard::is_held`] says `false`) and
+//! sends one [`LockLost`](crate::Event::LockLost) event to the handle's
 //! [listeners](crate::Redis::events). The watchdog renews while the process lives: a holder
 //! stuck forever keeps the lock forever, which is why it is off by default.
+//!
+//! ## Durations
+//!
+//! Waits may be any duration (`Duration::MAX` waits "for ever" and never overflows). TTLs
+//! and leases are at least 1 ms (30 ms with the watchdog) and at most a year; anything else
+//! is an [`Error::Config`] naming the setting.
 
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::Redis;
 
+mod ack;
 mod leader;
+mod lease;
+mod multi;
 mod mutex;
 mod redlock;
 mod rwlock;
 mod semaphore;
-mod wait;
+pub(crate) mod wait;
 mod watchdog;
 
+pub use ack::ReplicaAck;
 pub use leader::{Election, Group, GroupBuilder, Member};
+pub use multi::{MultiLock, MultiLockBuilder, MultiLockGuard};
 pub use mutex::{Lock, LockBuilder, LockGuard};
 pub use redlock::{Redlock, RedlockBuilder, RedlockGuard};
-pub use rwlock::{ReadWriteLock, RwGuard, RwMode};
+pub use rwlock::{ReadWriteLock, RwGuard, RwLockBuilder, RwMode};
 pub use semaphore::{Permit, Semaphore, SemaphoreBuilder};
 pub(crate) use watchdog::HandleLocks;
 
@@ -160,6 +240,18 @@ pub(crate) fn check_name(setting: &'static str, name: &str) -> Result<()> {
         return Err(Error::config(
             setting,
             "must not contain `{` or `}` (the name is the keys' hash tag)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a replica acknowledgement setting (and that the handle can use it).
+pub(crate) fn check_ack(redis: &Redis, setting: &'static str, ack: &ReplicaAck) -> Result<()> {
+    ack.validate(setting)?;
+    if redis.config().cluster.is_some() {
+        return Err(Error::config(
+            setting,
+            "replica acknowledgement is not supported on Redis Cluster",
         ));
     }
     Ok(())

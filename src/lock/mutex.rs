@@ -1,17 +1,17 @@
-//! [`Lock`]: a mutex by name, with tokens, fencing, a watchdog and fast hand-off.
+//! [`Lock`]: a mutex by name, with tokens, fencing, a watchdog, fast hand-off and, on request,
+//! arrival order and replica acknowledgement.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::warn;
-use parking_lot::Mutex;
 
-use super::wait::{millis, Waiter, WAKE_WINDOW};
-use super::watchdog::Task;
-use super::{bad_reply, check_name, check_ttl, drift, tagged, DEFAULT_PREFIX};
+use super::ack::ReplicaAck;
+use super::lease::{call_bounded, Lease, Renew};
+use super::wait::{millis, Waiter, MAX_BLOCK, WAKE_WINDOW};
+use super::{bad_reply, check_name, check_ttl, tagged, DEFAULT_PREFIX};
 use crate::error::{Error, Result};
-use crate::events::Event;
 use crate::script::static_script;
 use crate::Redis;
 
@@ -19,7 +19,13 @@ static_script!(acquire_script, "lock_acquire.lua");
 
 static_script!(release_script, "lock_release.lua");
 
-static_script!(extend_script, "lock_extend.lua");
+static_script!(fair_acquire_script, "fair_acquire.lua");
+
+static_script!(fair_release_script, "fair_release.lua");
+
+static_script!(fair_leave_script, "fair_leave.lua");
+
+static_script!(pub(crate) extend_script, "lock_extend.lua");
 
 static_script!(pttl_script, "lock_pttl.lua");
 
@@ -34,6 +40,12 @@ pub(crate) struct LockKeys {
     pub(crate) wake: String,
     /// Set by waiters: the release leaves a wake-up token only when someone waits.
     pub(crate) waiting: String,
+    /// A fair lock's queue of waiters, by arrival.
+    queue: String,
+    /// When each queued waiter's place lapses.
+    queue_expiry: String,
+    /// A fair lock's waiter blocks on this followed by its token.
+    waiter_wake: String,
 }
 
 impl LockKeys {
@@ -43,6 +55,9 @@ impl LockKeys {
             fence: format!("{lock}:fence"),
             wake: format!("{lock}:wake"),
             waiting: format!("{lock}:waiting"),
+            queue: format!("{lock}:queue"),
+            queue_expiry: format!("{lock}:queue:exp"),
+            waiter_wake: format!("{lock}:wake:"),
             lock,
         }
     }
@@ -58,17 +73,20 @@ pub struct LockBuilder {
     ttl: Duration,
     wait: Duration,
     watchdog: bool,
+    fair: bool,
+    ack: Option<ReplicaAck>,
 }
 
 impl LockBuilder {
     /// How long an acquisition holds the lock unless extended or renewed by the watchdog
-    /// (at least 1 ms; at least 30 ms with the watchdog). Defaults to 30 s.
+    /// (at least 1 ms, at most a year; at least 30 ms with the watchdog). Defaults to 30 s.
     pub fn ttl(mut self, ttl: Duration) -> LockBuilder {
         self.ttl = ttl;
         self
     }
 
-    /// How long [`Lock::acquire`] waits for the lock. Defaults to 10 s.
+    /// How long [`Lock::acquire`] waits for the lock (any duration: a huge one waits "for
+    /// ever", without overflowing). Defaults to 10 s.
     pub fn wait(mut self, wait: Duration) -> LockBuilder {
         self.wait = wait;
         self
@@ -78,6 +96,24 @@ impl LockBuilder {
     /// of its TTL until it is released. Defaults to `false`.
     pub fn watchdog(mut self, on: bool) -> LockBuilder {
         self.watchdog = on;
+        self
+    }
+
+    /// Whether waiters are served in arrival order (a *fair* lock, see
+    /// [Fair locks](super#fair-locks)): a waiter queues on its first failed attempt, a
+    /// release wakes the first in the queue, and nobody (not even
+    /// [`Lock::try_acquire`]) takes the lock past the queue. Every user of one name should
+    /// set the same: a non-fair user can still take the lock first (never at the same time).
+    /// Defaults to `false`.
+    pub fn fair(mut self, on: bool) -> LockBuilder {
+        self.fair = on;
+        self
+    }
+
+    /// Confirms every acquisition on replicas before the guard is returned (see
+    /// [`ReplicaAck`]). Not on Redis Cluster. Defaults to none.
+    pub fn replica_ack(mut self, ack: ReplicaAck) -> LockBuilder {
+        self.ack = Some(ack);
         self
     }
 
@@ -92,6 +128,9 @@ impl LockBuilder {
     pub fn build(self) -> Result<Lock> {
         check_name("lock.name", &self.name)?;
         check_ttl("lock.ttl", self.ttl, self.watchdog)?;
+        if let Some(ack) = &self.ack {
+            super::check_ack(&self.redis, "lock.replica_ack", ack)?;
+        }
         let keys = LockKeys::new(&self.redis, &self.prefix, &self.name);
         Ok(Lock {
             redis: self.redis,
@@ -100,6 +139,8 @@ impl LockBuilder {
             ttl: self.ttl,
             wait: self.wait,
             watchdog: self.watchdog,
+            fair: self.fair,
+            ack: self.ack,
         })
     }
 }
@@ -137,6 +178,16 @@ pub struct Lock {
     ttl: Duration,
     wait: Duration,
     watchdog: bool,
+    fair: bool,
+    ack: Option<ReplicaAck>,
+}
+
+/// The outcome of one acquire attempt.
+enum Attempt {
+    Taken(u64),
+    /// Held by another (or, for a fair lock, our turn has not come): ask again after this
+    /// long at the latest; our arrival in the queue, if queued.
+    Held(Duration, u64),
 }
 
 impl Lock {
@@ -155,6 +206,8 @@ impl Lock {
             ttl: Duration::from_secs(30),
             wait: Duration::from_secs(10),
             watchdog: false,
+            fair: false,
+            ack: None,
         }
     }
 
@@ -168,9 +221,15 @@ impl Lock {
         &self.keys.lock
     }
 
-    /// The key of the fencing counter (it never expires, so tokens keep increasing).
+    /// The key of the fencing counter (it never expires; see
+    /// [Fencing](super#fencing-tokens) for what happens when the server loses it).
     pub fn fence_key(&self) -> &str {
         &self.keys.fence
+    }
+
+    /// The key of a fair lock's queue of waiters (a sorted set of tokens by arrival).
+    pub fn queue_key(&self) -> &str {
+        &self.keys.queue
     }
 
     /// The TTL of each acquisition.
@@ -178,13 +237,19 @@ impl Lock {
         self.ttl
     }
 
-    /// Takes the lock if it is free now; never waits. `None` when another holder has it.
+    /// Whether waiters are served in arrival order ([`LockBuilder::fair`]).
+    pub fn is_fair(&self) -> bool {
+        self.fair
+    }
+
+    /// Takes the lock if it is free now (for a fair lock: and nobody waits for it); never
+    /// waits. `None` when another holder has it.
     pub fn try_acquire(&self) -> Result<Option<LockGuard>> {
         let token = super::new_token();
         let start = Instant::now();
-        match self.attempt(&token, false)? {
-            Ok(fence) => self.guard(token, fence, start).map(Some),
-            Err(_) => Ok(None),
+        match self.attempt(&token, false, 0)? {
+            Attempt::Taken(fence) => self.guard(token, fence, start).map(Some),
+            Attempt::Held(..) => Ok(None),
         }
     }
 
@@ -194,21 +259,34 @@ impl Lock {
     }
 
     /// Takes the lock, waiting at most `timeout`; fails with [`Error::LockTimeout`] when it
-    /// stayed held by others. A release wakes one waiter within a round trip (see the
+    /// stayed held by others. A release wakes a waiter within a round trip (see the
     /// [module docs](super#waiting)); an expiry is noticed when it happens.
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<LockGuard> {
         // One token for every attempt: at most one of them takes the lock.
         let token = super::new_token();
-        let mut waiter = Waiter::new(&self.redis, &self.keys.wake, timeout);
+        let wake = if self.fair {
+            format!("{}{token}", self.keys.waiter_wake)
+        } else {
+            self.keys.wake.clone()
+        };
+        let mut waiter = Waiter::new(&self.redis, vec![wake], timeout);
+        let mut arrival = 0;
         loop {
             let start = Instant::now();
-            match self.attempt(&token, true)? {
-                Ok(fence) => return self.guard(token, fence, start),
-                Err(pttl) => {
+            let outcome = self.attempt(&token, true, arrival);
+            match outcome {
+                Ok(Attempt::Taken(fence)) => return self.guard(token, fence, start),
+                Ok(Attempt::Held(hint, queued)) => {
+                    arrival = queued;
                     if waiter.left().is_zero() {
+                        self.leave(&token);
                         return Err(Error::LockTimeout { waited: timeout });
                     }
-                    waiter.wait(pttl);
+                    waiter.wait(hint);
+                }
+                Err(e) => {
+                    self.leave(&token);
+                    return Err(e);
                 }
             }
         }
@@ -241,158 +319,150 @@ impl Lock {
         Ok(n == 1)
     }
 
-    /// One attempt: `Ok(Ok(fence))` when taken, `Ok(Err(wait_hint))` when held by another.
-    fn attempt(&self, token: &str, waiting: bool) -> Result<std::result::Result<u64, Duration>> {
+    /// One attempt (registering in the queue of a fair lock when `waiting`).
+    fn attempt(&self, token: &str, waiting: bool, arrival: u64) -> Result<Attempt> {
         let window = if waiting { millis(WAKE_WINDOW) } else { 0 };
-        let call = acquire_script()
-            .key(&self.keys.lock)
-            .key(&self.keys.fence)
-            .key(&self.keys.waiting)
-            .arg(token)
-            .arg(millis(self.ttl))
-            .arg(window);
+        let k = &self.keys;
+        let call = if self.fair {
+            fair_acquire_script()
+                .key(&k.lock)
+                .key(&k.fence)
+                .key(&k.queue)
+                .key(&k.queue_expiry)
+                .arg(token)
+                .arg(millis(self.ttl))
+                .arg(window)
+                .arg(arrival)
+        } else {
+            acquire_script()
+                .key(&k.lock)
+                .key(&k.fence)
+                .key(&k.waiting)
+                .arg(token)
+                .arg(millis(self.ttl))
+                .arg(window)
+        };
         // Safe to resend: a second run finds our own token and returns the same fence.
-        let reply: Vec<i64> = self.redis.run_idempotent(|con| call.invoke(con))?;
+        let (reply, confirmed) = self.redis.run_idempotent(|con| {
+            let reply: Vec<i64> = call.invoke(con)?;
+            // On the connection that wrote it; a failure is an answer, not to be retried.
+            let confirmed = match (&self.ack, reply.first()) {
+                (Some(ack), Some(1)) => Some(ack.confirm(&self.redis, con, &self.name)),
+                _ => None,
+            };
+            Ok((reply, confirmed))
+        })?;
+        if let (Some(Err(e)), [1, fence, ..]) = (confirmed, &reply[..]) {
+            if let Err(re) = self.release_value(&format!("{token}:{fence}")) {
+                warn!(
+                    "lock {}: not confirmed by replicas, and the release failed too (it \
+                     expires with its TTL): {re}",
+                    self.name
+                );
+            }
+            return Err(e);
+        }
         match reply[..] {
-            [1, fence] => Ok(Ok(fence.unsigned_abs())),
-            [0, pttl] if pttl > 0 => Ok(Err(Duration::from_millis(pttl.unsigned_abs()))),
-            // No expiry (set by hand), or expired just now: ask again soon.
-            [0, _] => Ok(Err(super::wait::MAX_BLOCK)),
+            [1, fence, ..] => Ok(Attempt::Taken(fence.unsigned_abs())),
+            [0, pttl, ..] => {
+                let queued = reply.get(2).copied().unwrap_or(0).unsigned_abs();
+                let hint = if pttl > 0 {
+                    Duration::from_millis(pttl.unsigned_abs())
+                } else {
+                    // No expiry (set by hand), or expired just now: ask again soon.
+                    MAX_BLOCK
+                };
+                Ok(Attempt::Held(hint, queued))
+            }
             _ => Err(bad_reply("lock", format!("{reply:?}"))),
         }
     }
 
+    fn release_value(&self, value: &str) -> Result<bool> {
+        let k = &self.keys;
+        let call = if self.fair {
+            fair_release_script()
+                .key(&k.lock)
+                .key(&k.queue)
+                .key(&k.queue_expiry)
+                .arg(value)
+                .arg(millis(WAKE_WINDOW))
+                .arg(&k.waiter_wake)
+        } else {
+            release_script()
+                .key(&k.lock)
+                .key(&k.wake)
+                .key(&k.waiting)
+                .arg(value)
+                .arg(millis(WAKE_WINDOW))
+        };
+        let released: i64 = call.run(&self.redis)?;
+        Ok(released == 1)
+    }
+
+    /// A fair lock's waiter that gives up leaves the queue (best-effort: its place lapses
+    /// anyway).
+    fn leave(&self, token: &str) {
+        if !self.fair {
+            return;
+        }
+        let k = &self.keys;
+        let call = fair_leave_script()
+            .key(&k.lock)
+            .key(&k.queue)
+            .key(&k.queue_expiry)
+            .arg(token)
+            .arg(millis(WAKE_WINDOW))
+            .arg(&k.waiter_wake);
+        if let Err(e) = self.redis.run_idempotent(|con| call.invoke::<i64>(con)) {
+            log::debug!("lock {}: could not leave the queue: {e}", self.name);
+        }
+    }
+
     fn guard(&self, token: String, fence: u64, start: Instant) -> Result<LockGuard> {
-        let lease = Arc::new(Lease {
-            name: self.name.clone(),
+        let value = format!("{token}:{fence}");
+        let renew = LockRenew {
             keys: self.keys.clone(),
-            value: format!("{token}:{fence}"),
-            token_len: token.len(),
+            value: value.clone(),
+        };
+        let lease = Arc::new(Lease::new(
+            self.name.clone(),
+            "lock",
             fence,
-            ttl_ms: AtomicU64::new(millis(self.ttl)),
-            valid_until: Mutex::new(start + self.ttl - drift(self.ttl)),
-            state: AtomicU8::new(HELD),
-            holds: AtomicU32::new(1),
-        });
+            self.ttl,
+            start,
+            Box::new(renew),
+        ));
         let guard = LockGuard {
             lease,
-            redis: self.redis.clone(),
+            lock: self.clone(),
+            value,
+            token_len: token.len(),
             done: false,
         };
         if self.watchdog {
-            let task: Arc<dyn Task> = guard.lease.clone();
-            let weak: Weak<dyn Task> = Arc::downgrade(&task);
             // On failure the guard is dropped, which releases the lock.
-            super::handle_locks(&self.redis)?.schedule(&self.redis, weak, self.ttl / 3)?;
+            super::lease::watch(&self.redis, &guard.lease)?;
         }
         Ok(guard)
     }
 }
 
-const HELD: u8 = 0;
-const RELEASED: u8 = 1;
-const LOST: u8 = 2;
-
-/// One acquisition, shared by its guard, its reentrant guards and the watchdog.
-pub(crate) struct Lease {
-    name: Arc<str>,
+/// Renews a [`Lock`]'s key while it holds our value.
+struct LockRenew {
     keys: Arc<LockKeys>,
-    /// `"token:fence"`, the lock key's value while we hold it.
     value: String,
-    token_len: usize,
-    fence: u64,
-    /// The TTL renewals use (changed by `extend`).
-    ttl_ms: AtomicU64,
-    /// Until when we surely hold it, on our clock (time of the request + TTL - drift).
-    valid_until: Mutex<Instant>,
-    state: AtomicU8,
-    /// Guards sharing this acquisition (reentrancy).
-    holds: AtomicU32,
 }
 
-impl Lease {
-    fn token(&self) -> &str {
-        &self.value[..self.token_len]
-    }
-
-    fn is_held(&self) -> bool {
-        self.state.load(Ordering::Acquire) == HELD && Instant::now() < *self.valid_until.lock()
-    }
-
-    fn renewed(&self, sent: Instant, ttl: Duration) {
-        *self.valid_until.lock() = sent + ttl - drift(ttl);
-    }
-
-    /// Marks the lease lost; `true` when it was held until now (not released, not lost).
-    fn mark_lost(&self) -> bool {
-        self.state
-            .compare_exchange(HELD, LOST, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    /// Runs the extend script: whether it was still ours.
-    fn extend(&self, redis: &Redis, ttl: Duration) -> Result<bool> {
+impl Renew for LockRenew {
+    fn renew(&self, redis: &Redis, ttl: Duration, bound: Option<Duration>) -> Result<bool> {
         let call = extend_script()
             .key(&self.keys.lock)
             .arg(&self.value)
             .arg(millis(ttl));
         // Safe to resend: it sets an expiry from now, once or twice.
-        let renewed: i64 = redis.run_idempotent(|con| call.invoke(con))?;
+        let renewed: i64 = call_bounded(redis, bound, |con| call.invoke(con))?;
         Ok(renewed == 1)
-    }
-
-    fn lost(&self, redis: &Redis) {
-        if self.mark_lost() {
-            warn!(
-                "lock {} lost (fencing token {}): it expired or was taken over",
-                self.name, self.fence
-            );
-            redis.emit(Event::LockLost {
-                name: self.name.to_string(),
-                fencing_token: self.fence,
-            });
-        }
-    }
-}
-
-impl Task for Lease {
-    fn run(&self, redis: &Redis) -> Option<Duration> {
-        if self.state.load(Ordering::Acquire) != HELD {
-            return None;
-        }
-        let ttl = Duration::from_millis(self.ttl_ms.load(Ordering::Acquire));
-        let sent = Instant::now();
-        match self.extend(redis, ttl) {
-            Ok(true) => {
-                if self.state.load(Ordering::Acquire) == HELD {
-                    self.renewed(sent, ttl);
-                }
-                Some(ttl / 3)
-            }
-            Ok(false) => {
-                // After a release the lock is gone too: `lost` tells them apart.
-                self.lost(redis);
-                None
-            }
-            Err(Error::Closed) => None,
-            Err(e) => {
-                let left = self
-                    .valid_until
-                    .lock()
-                    .saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    warn!("lock {}: cannot renew it ({e})", self.name);
-                    self.lost(redis);
-                    return None;
-                }
-                log::debug!("lock {}: renewal failed ({e}); trying again", self.name);
-                Some(
-                    (ttl / 10)
-                        .clamp(Duration::from_millis(10), Duration::from_secs(1))
-                        .min(left),
-                )
-            }
-        }
     }
 }
 
@@ -405,7 +475,10 @@ impl Task for Lease {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
     lease: Arc<Lease>,
-    redis: Redis,
+    lock: Lock,
+    /// `"token:fence"`, the lock key's value while we hold it.
+    value: String,
+    token_len: usize,
     done: bool,
 }
 
@@ -427,9 +500,10 @@ impl LockGuard {
     }
 
     /// The fencing token of this acquisition: greater than the token of every earlier
-    /// acquisition of this lock name. Pass it to the protected resource with each write and
-    /// have it reject tokens lower than the highest it has seen: a holder that lost the lock
-    /// (paused past its TTL) cannot then overwrite a newer holder's work.
+    /// acquisition of this lock name, also after the server lost the counter (see
+    /// [Fencing tokens](super#fencing-tokens)). Pass it to the protected resource with each
+    /// write and have it reject tokens lower than the highest it has seen: a holder that lost
+    /// the lock (paused past its TTL) cannot then overwrite a newer holder's work.
     pub fn fencing_token(&self) -> u64 {
         self.lease.fence
     }
@@ -437,7 +511,7 @@ impl LockGuard {
     /// The random 128-bit token (32 hex digits) that identifies this acquisition on the
     /// server. Whoever has it can release the lock: do not log it.
     pub fn token(&self) -> &str {
-        self.lease.token()
+        &self.value[..self.token_len]
     }
 
     /// Whether we still hold the lock, as far as this process knows, without a round trip:
@@ -448,29 +522,25 @@ impl LockGuard {
         self.lease.is_held()
     }
 
-    /// Renews the lock to expire `ttl` from now (at least 1 ms); later watchdog renewals use
-    /// `ttl` too. Returns `false`, and renews nothing, when the lock was no longer ours
-    /// (the guard is then marked lost).
+    /// How long the lock is surely still held (see [`LockGuard::is_held`]); zero once not.
+    pub fn validity(&self) -> Duration {
+        self.lease.validity()
+    }
+
+    /// Renews the lock to expire `ttl` from now (at least 1 ms, at most a year); later
+    /// watchdog renewals use `ttl` too. Returns `false`, and renews nothing, when the lock
+    /// was no longer ours (the guard is then marked lost).
     pub fn extend(&self, ttl: Duration) -> Result<bool> {
         check_ttl("lock.ttl", ttl, false)?;
-        self.lease.ttl_ms.store(millis(ttl), Ordering::Release);
-        let sent = Instant::now();
-        let renewed = self.lease.extend(&self.redis, ttl)?;
-        if renewed {
-            self.lease.renewed(sent, ttl);
-        } else {
-            self.lease.mark_lost();
-        }
-        Ok(renewed)
+        self.lease.set_ttl(ttl);
+        self.lease.extend(&self.lock.redis, ttl)
     }
 
     /// The time left before the lock expires, asked from the server; `None` when it is no
     /// longer ours. `Some(Duration::MAX)` if it has no expiry (someone removed it by hand).
     pub fn remaining(&self) -> Result<Option<Duration>> {
-        let call = pttl_script()
-            .key(&self.lease.keys.lock)
-            .arg(&self.lease.value);
-        let pttl: i64 = self.redis.run_idempotent(|con| call.invoke(con))?;
+        let call = pttl_script().key(&self.lock.keys.lock).arg(&self.value);
+        let pttl: i64 = self.lock.redis.run_idempotent(|con| call.invoke(con))?;
         Ok(match pttl {
             -1 => Some(Duration::MAX),
             p if p >= 0 => Some(Duration::from_millis(p.unsigned_abs())),
@@ -483,27 +553,26 @@ impl LockGuard {
     /// guard for the same acquisition (same token, same fencing token). The lock is released
     /// when the last of the guards is released. `None` when it is no longer ours.
     pub fn reenter(&self) -> Result<Option<LockGuard>> {
-        if self.lease.state.load(Ordering::Acquire) != HELD {
+        if !self.lease.is_active() {
             return Ok(None);
         }
-        let ttl = Duration::from_millis(self.lease.ttl_ms.load(Ordering::Acquire));
-        let sent = Instant::now();
-        if !self.lease.extend(&self.redis, ttl)? {
-            self.lease.mark_lost();
+        if !self.lease.extend(&self.lock.redis, self.lease.ttl())? {
             return Ok(None);
         }
-        self.lease.renewed(sent, ttl);
         self.lease.holds.fetch_add(1, Ordering::AcqRel);
         Ok(Some(LockGuard {
             lease: self.lease.clone(),
-            redis: self.redis.clone(),
+            lock: self.lock.clone(),
+            value: self.value.clone(),
+            token_len: self.token_len,
             done: false,
         }))
     }
 
     /// Releases the lock (or, for a reentrant guard that is not the last, just this hold).
     /// Returns whether we still held it: `false` when it had expired or been taken over, so
-    /// the protected work may have overlapped with another holder's.
+    /// the protected work may have overlapped with another holder's (a
+    /// [`LockLost`](crate::Event::LockLost) event says so too, unless one was sent already).
     pub fn release(mut self) -> Result<bool> {
         self.done = true;
         self.release_hold()
@@ -514,16 +583,13 @@ impl LockGuard {
             return Ok(self.lease.is_held());
         }
         // From here on the watchdog leaves it alone, even with a renewal in flight.
-        self.lease.state.store(RELEASED, Ordering::Release);
-        let keys = &self.lease.keys;
-        let released: i64 = release_script()
-            .key(&keys.lock)
-            .key(&keys.wake)
-            .key(&keys.waiting)
-            .arg(&self.lease.value)
-            .arg(millis(WAKE_WINDOW))
-            .run(&self.redis)?;
-        Ok(released == 1)
+        let was_held = self.lease.mark_released();
+        let released = self.lock.release_value(&self.value)?;
+        if !released && was_held {
+            self.lease
+                .signal_lost(&self.lock.redis, "found expired or taken over at release");
+        }
+        Ok(released)
     }
 }
 
@@ -533,12 +599,11 @@ impl Drop for LockGuard {
             return;
         }
         self.done = true;
-        match self.release_hold() {
-            Ok(_) => {}
-            Err(e) => warn!(
+        if let Err(e) = self.release_hold() {
+            warn!(
                 "could not release lock {} (it expires with its TTL): {e}",
                 self.lease.name
-            ),
+            );
         }
     }
 }

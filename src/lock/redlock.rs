@@ -2,11 +2,13 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::debug;
 
+use super::lease::{Lease, Renew};
 use super::wait::millis;
 use super::{check_name, check_ttl, drift, tagged};
 use crate::error::{Error, Result};
@@ -15,6 +17,8 @@ use crate::script::static_script;
 use crate::Redis;
 
 static_script!(acquire_script, "redlock_acquire.lua");
+
+static_script!(confirm_script, "redlock_confirm.lua");
 
 static_script!(release_script, "redlock_release.lua");
 
@@ -34,10 +38,12 @@ pub struct RedlockBuilder {
     wait: Duration,
     node_timeout: Duration,
     retry_delay: Duration,
+    watchdog: bool,
 }
 
 impl RedlockBuilder {
-    /// How long the lock is held on each server unless extended. Defaults to 30 s.
+    /// How long the lock is held on each server unless extended (at least 1 ms, at most a
+    /// year; at least 30 ms with the watchdog). Defaults to 30 s.
     pub fn ttl(mut self, ttl: Duration) -> RedlockBuilder {
         self.ttl = ttl;
         self
@@ -58,8 +64,8 @@ impl RedlockBuilder {
         self
     }
 
-    /// The largest random delay between two attempts of a waiting acquire. Defaults to
-    /// 50 ms.
+    /// The largest random delay between two attempts of a waiting acquire (at most an hour).
+    /// Defaults to 50 ms.
     pub fn retry_delay(mut self, d: Duration) -> RedlockBuilder {
         self.retry_delay = d;
         self
@@ -71,10 +77,18 @@ impl RedlockBuilder {
         self
     }
 
+    /// Whether the [watchdog](super#the-watchdog) of the first server's handle renews
+    /// every guard on all servers at a third of its TTL until it is released; the guard is
+    /// marked lost when a renewal no longer reaches a majority in time. Defaults to `false`.
+    pub fn watchdog(mut self, on: bool) -> RedlockBuilder {
+        self.watchdog = on;
+        self
+    }
+
     /// Checks the settings.
     pub fn build(self) -> Result<Redlock> {
         check_name("redlock.name", &self.name)?;
-        check_ttl("redlock.ttl", self.ttl, false)?;
+        check_ttl("redlock.ttl", self.ttl, self.watchdog)?;
         if self.nodes.is_empty() {
             return Err(Error::config("redlock.nodes", "needs at least one server"));
         }
@@ -84,25 +98,29 @@ impl RedlockBuilder {
                 "must be greater than zero and smaller than the TTL",
             ));
         }
-        if self.retry_delay.is_zero() {
+        if self.retry_delay.is_zero() || self.retry_delay > Duration::from_secs(3600) {
             return Err(Error::config(
                 "redlock.retry_delay",
-                "must be greater than zero",
+                "must be greater than zero and at most an hour",
             ));
         }
-        let keys = self
+        let keys: Vec<String> = self
             .nodes
             .iter()
             .map(|n| n.key(&tagged(&self.prefix, &self.name)))
             .collect();
+        let fences = keys.iter().map(|k| format!("{k}:fence")).collect();
         Ok(Redlock {
             inner: Arc::new(Inner {
+                name: self.name.into(),
                 nodes: self.nodes,
                 keys,
+                fences,
                 ttl: self.ttl,
                 wait: self.wait,
                 node_timeout: self.node_timeout,
                 retry_delay: self.retry_delay,
+                watchdog: self.watchdog,
             }),
         })
     }
@@ -110,13 +128,17 @@ impl RedlockBuilder {
 
 #[derive(Debug)]
 struct Inner {
+    name: Arc<str>,
     nodes: Vec<Redis>,
     /// The lock's key on each node (each handle may have its own key prefix).
     keys: Vec<String>,
+    /// The fencing counter on each node.
+    fences: Vec<String>,
     ttl: Duration,
     wait: Duration,
     node_timeout: Duration,
     retry_delay: Duration,
+    watchdog: bool,
 }
 
 /// The Redlock algorithm over several **independent** Redis servers (not replicas of each
@@ -131,9 +153,15 @@ struct Inner {
 /// every server (also those that did not answer in time) before trying again after a
 /// random delay.
 ///
-/// It has no fencing token (there is no single counter to take one from): pair it with a
-/// resource that checks its own versions, or use [`Lock`](super::Lock)'s fencing where one
-/// server is enough.
+/// **Fencing tokens**: every server keeps its own counter, and an acquisition takes the next
+/// fence of each server of its majority (as a [`Lock`](super::Lock) does: never below the
+/// server's clock in microseconds). The guard's token is the highest of them, and a second
+/// round writes it back to the servers of the majority (the acquisition counts only when a
+/// majority confirmed it within the validity). Any later holder's majority overlaps ours on
+/// a server whose counter holds our token by then, so its token is greater: tokens strictly
+/// increase across holders, as long as the servers' clocks do not go back (a server that
+/// lost its counter restarts from its clock). The second round costs one more round trip
+/// per server.
 ///
 /// ```no_run
 /// use redkit::{lock::Redlock, Redis};
@@ -171,6 +199,7 @@ impl Redlock {
             wait: Duration::from_secs(10),
             node_timeout: Duration::from_millis(50),
             retry_delay: Duration::from_millis(50),
+            watchdog: false,
         }
     }
 
@@ -183,7 +212,7 @@ impl Redlock {
     /// is released again).
     pub fn try_acquire(&self) -> Result<Option<RedlockGuard>> {
         let token = super::new_token();
-        Ok(self.attempt(&token))
+        self.attempt(&token)
     }
 
     /// Tries until it wins or the configured [wait](RedlockBuilder::wait) has passed.
@@ -197,7 +226,7 @@ impl Redlock {
         let token = super::new_token();
         let mut rng = SplitMix64(RandomState::new().hash_one(&token));
         loop {
-            if let Some(guard) = self.attempt(&token) {
+            if let Some(guard) = self.attempt(&token)? {
                 return Ok(guard);
             }
             let left = timeout.saturating_sub(start.elapsed());
@@ -209,35 +238,128 @@ impl Redlock {
         }
     }
 
-    fn attempt(&self, token: &str) -> Option<RedlockGuard> {
+    fn attempt(&self, token: &str) -> Result<Option<RedlockGuard>> {
         let inner = &*self.inner;
         let start = Instant::now();
-        let mut locked = 0;
-        for (node, key) in inner.nodes.iter().zip(&inner.keys) {
-            let call = acquire_script().key(key).arg(token).arg(millis(inner.ttl));
-            match on_node(node, inner.node_timeout, |con| call.invoke::<i64>(con)) {
-                Ok(1) => locked += 1,
-                Ok(_) => {}
+        let mut locked = Vec::with_capacity(inner.nodes.len());
+        let mut fence = 0u64;
+        for (i, (node, key)) in inner.nodes.iter().zip(&inner.keys).enumerate() {
+            let call = acquire_script()
+                .key(key)
+                .key(&inner.fences[i])
+                .arg(token)
+                .arg(millis(inner.ttl));
+            match on_node(node, inner.node_timeout, |con| call.invoke::<Vec<i64>>(con)) {
+                Ok(r) => {
+                    if let [1, f] = r[..] {
+                        locked.push(i);
+                        fence = fence.max(f.unsigned_abs());
+                    }
+                }
                 Err(e) => debug!("redlock {key}: a server failed: {e}"),
             }
         }
-        let elapsed = start.elapsed();
-        let validity = inner
-            .ttl
-            .saturating_sub(elapsed)
-            .saturating_sub(drift(inner.ttl));
-        if locked >= self.quorum() && !validity.is_zero() {
-            return Some(RedlockGuard {
-                lock: self.clone(),
-                token: token.to_owned(),
-                valid_until: start + inner.ttl - drift(inner.ttl),
-                locked_on: locked,
-                done: false,
-            });
+        if locked.len() >= self.quorum() {
+            // The second round: the fence goes to every server of the majority.
+            let mut confirmed = 0;
+            for &i in &locked {
+                let call = confirm_script()
+                    .key(&inner.keys[i])
+                    .key(&inner.fences[i])
+                    .arg(token)
+                    .arg(fence);
+                match on_node(&inner.nodes[i], inner.node_timeout, |con| {
+                    call.invoke::<i64>(con)
+                }) {
+                    Ok(1) => confirmed += 1,
+                    Ok(_) => {}
+                    Err(e) => debug!("redlock {}: a server failed: {e}", inner.keys[i]),
+                }
+            }
+            let validity = inner
+                .ttl
+                .saturating_sub(start.elapsed())
+                .saturating_sub(drift(inner.ttl));
+            if confirmed >= self.quorum() && !validity.is_zero() {
+                return self.guard(token, fence, confirmed, start).map(Some);
+            }
         }
         // Lost: release everywhere, also where the reply may have been lost.
         release_all(inner, token);
-        None
+        Ok(None)
+    }
+
+    fn guard(
+        &self,
+        token: &str,
+        fence: u64,
+        locked_on: usize,
+        start: Instant,
+    ) -> Result<RedlockGuard> {
+        let locked_on = Arc::new(AtomicUsize::new(locked_on));
+        let renew = RedlockRenew {
+            lock: self.clone(),
+            token: token.to_owned(),
+            locked_on: locked_on.clone(),
+        };
+        let lease = Arc::new(Lease::new(
+            self.inner.name.clone(),
+            "redlock",
+            fence,
+            self.inner.ttl,
+            start,
+            Box::new(renew),
+        ));
+        let guard = RedlockGuard {
+            lock: self.clone(),
+            token: token.to_owned(),
+            lease,
+            locked_on,
+            done: false,
+        };
+        if self.inner.watchdog {
+            if let Some(first) = self.inner.nodes.first() {
+                super::lease::watch(first, &guard.lease)?;
+            }
+        }
+        Ok(guard)
+    }
+
+    /// Extends `token`'s lock to `ttl` from now on every server (each within `bound`, or the
+    /// node timeout); returns on how many it was still ours, or `None` when a majority did
+    /// not renew it within the new validity.
+    fn extend_all(&self, token: &str, ttl: Duration, bound: Option<Duration>) -> Option<usize> {
+        let inner = &*self.inner;
+        let start = Instant::now();
+        let timeout = bound.map_or(inner.node_timeout, |b| b.min(inner.node_timeout));
+        let mut renewed = 0;
+        for (node, key) in inner.nodes.iter().zip(&inner.keys) {
+            let call = extend_script().key(key).arg(token).arg(millis(ttl));
+            if let Ok(1) = on_node(node, timeout, |con| call.invoke::<i64>(con)) {
+                renewed += 1;
+            }
+        }
+        let until = super::lease::valid_until(start, ttl);
+        (renewed >= self.quorum() && Instant::now() < until).then_some(renewed)
+    }
+}
+
+/// Renews a Redlock on every server (the watchdog's and `extend`'s way).
+struct RedlockRenew {
+    lock: Redlock,
+    token: String,
+    locked_on: Arc<AtomicUsize>,
+}
+
+impl Renew for RedlockRenew {
+    fn renew(&self, _: &Redis, ttl: Duration, bound: Option<Duration>) -> Result<bool> {
+        match self.lock.extend_all(&self.token, ttl, bound) {
+            Some(n) => {
+                self.locked_on.store(n, Ordering::Release);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }
 
@@ -272,15 +394,16 @@ fn release_all(inner: &Inner, token: &str) -> usize {
 pub struct RedlockGuard {
     lock: Redlock,
     token: String,
-    valid_until: Instant,
-    locked_on: usize,
+    lease: Arc<Lease>,
+    locked_on: Arc<AtomicUsize>,
     done: bool,
 }
 
 impl std::fmt::Debug for RedlockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedlockGuard")
-            .field("locked_on", &self.locked_on)
+            .field("locked_on", &self.locked_on())
+            .field("fencing_token", &self.lease.fence)
             .field("validity", &self.validity())
             .finish_non_exhaustive()
     }
@@ -288,49 +411,61 @@ impl std::fmt::Debug for RedlockGuard {
 
 impl RedlockGuard {
     /// How long the lock is surely still held (TTL minus the time the acquisition or the last
-    /// extension took minus the drift allowance, counted from then); zero once passed.
+    /// extension took minus the drift allowance, counted from then); zero once passed, or
+    /// once the watchdog found it lost.
     pub fn validity(&self) -> Duration {
-        self.valid_until.saturating_duration_since(Instant::now())
+        self.lease.validity()
     }
 
-    /// Whether the validity has not run out yet.
+    /// Whether the validity has not run out yet (and the lock was not found lost).
     pub fn is_held(&self) -> bool {
-        !self.validity().is_zero()
+        self.lease.is_held()
+    }
+
+    /// The fencing token: greater than that of every earlier holder of this Redlock (see
+    /// the type's docs).
+    pub fn fencing_token(&self) -> u64 {
+        self.lease.fence
     }
 
     /// On how many servers the acquisition (or the last extension) succeeded.
     pub fn locked_on(&self) -> usize {
-        self.locked_on
+        self.locked_on.load(Ordering::Acquire)
     }
 
-    /// Extends the lock to `ttl` from now on every server where it is still ours. `true`
-    /// when a majority renewed it within the new validity (which [`RedlockGuard::validity`]
-    /// then reports).
-    pub fn extend(&mut self, ttl: Duration) -> Result<bool> {
+    /// Extends the lock to `ttl` from now on every server where it is still ours (at least
+    /// 1 ms, at most a year); later watchdog renewals use `ttl` too. `true` when a majority
+    /// renewed it within the new validity (which [`RedlockGuard::validity`] then reports);
+    /// otherwise the guard is marked lost.
+    pub fn extend(&self, ttl: Duration) -> Result<bool> {
         check_ttl("redlock.ttl", ttl, false)?;
-        let inner = &*self.lock.inner;
-        let start = Instant::now();
-        let mut renewed = 0;
-        for (node, key) in inner.nodes.iter().zip(&inner.keys) {
-            let call = extend_script().key(key).arg(&self.token).arg(millis(ttl));
-            if let Ok(1) = on_node(node, inner.node_timeout, |con| call.invoke::<i64>(con)) {
-                renewed += 1;
-            }
+        self.lease.set_ttl(ttl);
+        let first = self.lock.inner.nodes.first().cloned();
+        match first {
+            Some(node) => self.lease.extend(&node, ttl),
+            None => Ok(false),
         }
-        let until = start + ttl - drift(ttl);
-        if renewed >= self.lock.quorum() && Instant::now() < until {
-            self.valid_until = until;
-            self.locked_on = renewed;
-            return Ok(true);
-        }
-        Ok(false)
     }
 
     /// Releases the lock on every server. Returns whether it was still held on a majority.
     pub fn release(mut self) -> Result<bool> {
         self.done = true;
+        Ok(self.release_everywhere())
+    }
+
+    fn release_everywhere(&self) -> bool {
+        let was_held = self.lease.mark_released();
         let released = release_all(&self.lock.inner, &self.token);
-        Ok(released >= self.lock.quorum())
+        let majority = released >= self.lock.quorum();
+        if !majority && was_held {
+            if let Some(node) = self.lock.inner.nodes.first() {
+                self.lease.signal_lost(
+                    node,
+                    &format!("found on only {released} server(s) at release"),
+                );
+            }
+        }
+        majority
     }
 }
 
@@ -340,17 +475,6 @@ impl Drop for RedlockGuard {
             return;
         }
         self.done = true;
-        let released = release_all(&self.lock.inner, &self.token);
-        if released < self.lock.quorum() {
-            warn!(
-                "redlock {}: released on only {released} server(s); the rest expire with the TTL",
-                self.lock
-                    .inner
-                    .keys
-                    .first()
-                    .map(String::as_str)
-                    .unwrap_or("")
-            );
-        }
+        self.release_everywhere();
     }
 }

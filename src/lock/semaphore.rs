@@ -1,10 +1,12 @@
 //! [`Semaphore`]: N permits by name, each a lease with a TTL.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::warn;
 
+use super::ack::ReplicaAck;
+use super::lease::{call_bounded, Lease, Renew};
 use super::wait::{millis, Waiter, MAX_BLOCK, WAKE_WINDOW};
 use super::{bad_reply, check_name, check_ttl, tagged, DEFAULT_PREFIX};
 use crate::error::{Error, Result};
@@ -24,6 +26,7 @@ struct Keys {
     permits: String,
     wake: String,
     waiting: String,
+    fence: String,
 }
 
 /// Configures a [`Semaphore`]; made by [`Semaphore::builder`].
@@ -36,11 +39,14 @@ pub struct SemaphoreBuilder {
     prefix: String,
     lease: Duration,
     wait: Duration,
+    watchdog: bool,
+    ack: Option<ReplicaAck>,
 }
 
 impl SemaphoreBuilder {
-    /// How long a permit is leased for unless extended (at least 1 ms): a holder that
-    /// crashes gives its permit back after this long. Defaults to 30 s.
+    /// How long a permit is leased for unless extended (at least 1 ms, at most a year; at
+    /// least 30 ms with the watchdog): a holder that crashes gives its permit back after this
+    /// long. Defaults to 30 s.
     pub fn lease(mut self, ttl: Duration) -> SemaphoreBuilder {
         self.lease = ttl;
         self
@@ -58,12 +64,29 @@ impl SemaphoreBuilder {
         self
     }
 
+    /// Whether the [watchdog](super#the-watchdog) renews every permit at a third of its
+    /// lease until it is given back. Defaults to `false`.
+    pub fn watchdog(mut self, on: bool) -> SemaphoreBuilder {
+        self.watchdog = on;
+        self
+    }
+
+    /// Confirms every acquisition on replicas before the permit is returned (see
+    /// [`ReplicaAck`]). Defaults to none.
+    pub fn replica_ack(mut self, ack: ReplicaAck) -> SemaphoreBuilder {
+        self.ack = Some(ack);
+        self
+    }
+
     /// Checks the settings.
     pub fn build(self) -> Result<Semaphore> {
         check_name("semaphore.name", &self.name)?;
-        check_ttl("semaphore.lease", self.lease, false)?;
+        check_ttl("semaphore.lease", self.lease, self.watchdog)?;
         if self.permits == 0 {
             return Err(Error::config("semaphore.permits", "must be at least 1"));
+        }
+        if let Some(ack) = &self.ack {
+            super::check_ack(&self.redis, "semaphore.replica_ack", ack)?;
         }
         let permits = self
             .redis
@@ -72,12 +95,16 @@ impl SemaphoreBuilder {
             keys: Arc::new(Keys {
                 wake: format!("{permits}:wake"),
                 waiting: format!("{permits}:waiting"),
+                fence: format!("{permits}:fence"),
                 permits,
             }),
+            name: self.name.into(),
             redis: self.redis,
             permits: self.permits,
             lease: self.lease,
             wait: self.wait,
+            watchdog: self.watchdog,
+            ack: self.ack,
         })
     }
 }
@@ -105,10 +132,13 @@ impl SemaphoreBuilder {
 #[derive(Debug, Clone)]
 pub struct Semaphore {
     redis: Redis,
+    name: Arc<str>,
     keys: Arc<Keys>,
     permits: u64,
     lease: Duration,
     wait: Duration,
+    watchdog: bool,
+    ack: Option<ReplicaAck>,
 }
 
 impl Semaphore {
@@ -126,6 +156,8 @@ impl Semaphore {
             prefix: DEFAULT_PREFIX.to_owned(),
             lease: Duration::from_secs(30),
             wait: Duration::from_secs(10),
+            watchdog: false,
+            ack: None,
         }
     }
 
@@ -153,10 +185,11 @@ impl Semaphore {
     /// Takes a permit if one is free now; never waits.
     pub fn try_acquire(&self) -> Result<Option<Permit>> {
         let id = super::new_token();
-        Ok(match self.attempt(&id, false)? {
-            Ok(()) => Some(self.permit(id)),
-            Err(_) => None,
-        })
+        let start = Instant::now();
+        match self.attempt(&id, false)? {
+            Ok(fence) => self.permit(id, fence, start).map(Some),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Takes a permit, waiting at most the configured [wait](SemaphoreBuilder::wait).
@@ -169,10 +202,11 @@ impl Semaphore {
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<Permit> {
         // One id for every attempt: at most one of them takes a permit.
         let id = super::new_token();
-        let mut waiter = Waiter::new(&self.redis, &self.keys.wake, timeout);
+        let mut waiter = Waiter::new(&self.redis, vec![self.keys.wake.clone()], timeout);
         loop {
+            let start = Instant::now();
             match self.attempt(&id, true)? {
-                Ok(()) => return Ok(self.permit(id)),
+                Ok(fence) => return self.permit(id, fence, start),
                 Err(hint) => {
                     if waiter.left().is_zero() {
                         return Err(Error::LockTimeout { waited: timeout });
@@ -183,19 +217,38 @@ impl Semaphore {
         }
     }
 
-    fn attempt(&self, id: &str, waiting: bool) -> Result<std::result::Result<(), Duration>> {
+    /// One attempt: `Ok(Ok(fence))` when taken, `Ok(Err(wait_hint))` when all are held.
+    fn attempt(&self, id: &str, waiting: bool) -> Result<std::result::Result<u64, Duration>> {
         let window = if waiting { millis(WAKE_WINDOW) } else { 0 };
         let call = acquire_script()
             .key(&self.keys.permits)
             .key(&self.keys.waiting)
+            .key(&self.keys.fence)
             .arg(self.permits)
             .arg(millis(self.lease))
             .arg(id)
             .arg(window);
         // Safe to resend: a second run finds our own lease and renews it.
-        let reply: Vec<i64> = self.redis.run_idempotent(|con| call.invoke(con))?;
+        let (reply, confirmed) = self.redis.run_idempotent(|con| {
+            let reply: Vec<i64> = call.invoke(con)?;
+            let confirmed = match (&self.ack, reply.first()) {
+                (Some(ack), Some(1)) => Some(ack.confirm(&self.redis, con, &self.name)),
+                _ => None,
+            };
+            Ok((reply, confirmed))
+        })?;
+        if let Some(Err(e)) = confirmed {
+            if let Err(re) = give_back(&self.redis, &self.keys, id) {
+                warn!(
+                    "semaphore {}: not confirmed by replicas, and giving the permit back \
+                     failed too (it expires with its lease): {re}",
+                    self.name
+                );
+            }
+            return Err(e);
+        }
         match reply[..] {
-            [1, _] => Ok(Ok(())),
+            [1, _, fence] => Ok(Ok(fence.unsigned_abs())),
             [0, wait] => Ok(Err(
                 Duration::from_millis(wait.unsigned_abs()).min(MAX_BLOCK)
             )),
@@ -203,14 +256,60 @@ impl Semaphore {
         }
     }
 
-    fn permit(&self, id: String) -> Permit {
-        Permit {
+    fn permit(&self, id: String, fence: u64, start: Instant) -> Result<Permit> {
+        let renew = PermitRenew {
+            keys: self.keys.clone(),
+            id: id.clone(),
+        };
+        let lease = Arc::new(Lease::new(
+            self.name.clone(),
+            "semaphore permit",
+            fence,
+            self.lease,
+            start,
+            Box::new(renew),
+        ));
+        let permit = Permit {
             redis: self.redis.clone(),
             keys: self.keys.clone(),
+            lease,
             id,
             done: false,
+        };
+        if self.watchdog {
+            // On failure the permit is dropped, which gives it back.
+            super::lease::watch(&self.redis, &permit.lease)?;
         }
+        Ok(permit)
     }
+}
+
+/// Renews a permit's lease while it is held.
+struct PermitRenew {
+    keys: Arc<Keys>,
+    id: String,
+}
+
+impl Renew for PermitRenew {
+    fn renew(&self, redis: &Redis, ttl: Duration, bound: Option<Duration>) -> Result<bool> {
+        let call = extend_script()
+            .key(&self.keys.permits)
+            .arg(millis(ttl))
+            .arg(&self.id);
+        let renewed: i64 = call_bounded(redis, bound, |con| call.invoke(con))?;
+        Ok(renewed == 1)
+    }
+}
+
+fn give_back(redis: &Redis, keys: &Keys, id: &str) -> Result<bool> {
+    let released: i64 = release_script()
+        .key(&keys.permits)
+        .key(&keys.wake)
+        .key(&keys.waiting)
+        .arg(id)
+        .arg(millis(WAKE_WINDOW))
+        .run(redis)?;
+    Ok(released == 1)
 }
 
 /// A permit of a [`Semaphore`], held until released or dropped (best-effort, logged on
@@ -220,6 +319,7 @@ impl Semaphore {
 pub struct Permit {
     redis: Redis,
     keys: Arc<Keys>,
+    lease: Arc<Lease>,
     id: String,
     done: bool,
 }
@@ -228,21 +328,38 @@ impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
             .field("key", &self.keys.permits)
+            .field("fencing_token", &self.lease.fence)
+            .field("held", &self.lease.is_held())
             .finish_non_exhaustive()
     }
 }
 
 impl Permit {
-    /// Renews the lease to expire `ttl` from now (at least 1 ms). `false`, and nothing
-    /// renewed, when it had already expired.
+    /// The fencing token of this acquisition: greater than that of every earlier permit of
+    /// this semaphore (see [Fencing tokens](super#fencing-tokens)). A resource that admits
+    /// at most N holders can refuse a token below the N-th highest it has seen.
+    pub fn fencing_token(&self) -> u64 {
+        self.lease.fence
+    }
+
+    /// Whether the permit is still held, as far as this process knows, without a round
+    /// trip (as [`LockGuard::is_held`](super::LockGuard::is_held)).
+    pub fn is_held(&self) -> bool {
+        self.lease.is_held()
+    }
+
+    /// How long the permit is surely still held; zero once not.
+    pub fn validity(&self) -> Duration {
+        self.lease.validity()
+    }
+
+    /// Renews the lease to expire `ttl` from now (at least 1 ms, at most a year); later
+    /// watchdog renewals use `ttl` too. `false`, and nothing renewed, when it had already
+    /// expired (the permit is then marked lost).
     pub fn extend(&self, ttl: Duration) -> Result<bool> {
         check_ttl("semaphore.lease", ttl, false)?;
-        let call = extend_script()
-            .key(&self.keys.permits)
-            .arg(millis(ttl))
-            .arg(&self.id);
-        let renewed: i64 = self.redis.run_idempotent(|con| call.invoke(con))?;
-        Ok(renewed == 1)
+        self.lease.set_ttl(ttl);
+        self.lease.extend(&self.redis, ttl)
     }
 
     /// Gives the permit back. Returns whether it was still held: `false` when the lease had
@@ -253,14 +370,13 @@ impl Permit {
     }
 
     fn give_back(&self) -> Result<bool> {
-        let released: i64 = release_script()
-            .key(&self.keys.permits)
-            .key(&self.keys.wake)
-            .key(&self.keys.waiting)
-            .arg(&self.id)
-            .arg(millis(WAKE_WINDOW))
-            .run(&self.redis)?;
-        Ok(released == 1)
+        let was_held = self.lease.mark_released();
+        let released = give_back(&self.redis, &self.keys, &self.id)?;
+        if !released && was_held {
+            self.lease
+                .signal_lost(&self.redis, "found expired at release");
+        }
+        Ok(released)
     }
 }
 

@@ -6,7 +6,7 @@
 //! neither a guard nor the handle is kept alive by it: a task whose owner is gone is simply
 //! forgotten at its next due time.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Weak;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 use crate::Redis;
 
 /// The watchdog thread's name.
-pub(crate) const THREAD_NAME: &str = "redkit-lock-watchdog";
+/// (At most 15 characters: Linux cuts longer thread names.)
+pub(crate) const THREAD_NAME: &str = "redkit-lockdog";
 
 /// Work the watchdog runs from time to time.
 pub(crate) trait Task: Send + Sync {
@@ -39,8 +40,12 @@ struct Entry {
 pub(crate) struct HandleLocks {
     watchdog: Mutex<Option<Watchdog>>,
     closed: AtomicBool,
-    /// Waiters blocked in `BLPOP` on a pooled connection (see `wait.rs`).
+    /// Waiters blocked in `BLPOP` right now, each on a dedicated connection (see `wait.rs`).
     pub(crate) blocking_waiters: AtomicUsize,
+    /// Dedicated connections of finished waits, kept for the next waiters.
+    pub(crate) idle_waiters: Mutex<Vec<crate::DedicatedConnection>>,
+    /// Whether the server knows `WAITAOF`: 0 not asked yet, 1 no, 2 yes (see `ack.rs`).
+    waitaof: AtomicU8,
 }
 
 impl std::fmt::Debug for HandleLocks {
@@ -74,13 +79,27 @@ impl HandleLocks {
         watchdog
             .tasks
             .send(Entry {
-                due: Instant::now() + after,
+                due: crate::util::time::add(Instant::now(), after),
                 task,
             })
             .map_err(|_| Error::Background {
                 thread: THREAD_NAME,
                 reason: "the watchdog thread has stopped".into(),
             })
+    }
+
+    /// Whether the server knows `WAITAOF`, if asked already.
+    pub(crate) fn waitaof(&self) -> Option<bool> {
+        match self.waitaof.load(Ordering::Acquire) {
+            1 => Some(false),
+            2 => Some(true),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn set_waitaof(&self, known: bool) {
+        self.waitaof
+            .store(if known { 2 } else { 1 }, Ordering::Release);
     }
 
     /// Whether the watchdog thread is running.
@@ -91,6 +110,7 @@ impl HandleLocks {
     /// Stops the watchdog thread and waits for it (unless called on that very thread).
     pub(crate) fn shut_down(&self) {
         self.closed.store(true, Ordering::Release);
+        self.idle_waiters.lock().clear();
         let watchdog = self.watchdog.lock().take();
         if let Some(mut w) = watchdog {
             if let Err(panic) = w.stop() {
@@ -187,7 +207,7 @@ fn run(redis: WeakRedis, tasks: Receiver<Entry>, stop: Receiver<()>) {
             }
             if let Some(after) = task.run(&handle) {
                 kept.push(Entry {
-                    due: Instant::now() + after,
+                    due: crate::util::time::add(Instant::now(), after),
                     task: entry.task,
                 });
             }

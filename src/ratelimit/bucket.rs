@@ -44,12 +44,13 @@ impl BucketLimit {
         self.per
     }
 
-    /// Checks the limit: capacity and refill at least 1, a period of at least 1 ms.
+    /// Checks the limit: capacity and refill at least 1, a period of at least 1 ms and at
+    /// most ten years, and a bucket that refills within ten years.
     pub fn validate(&self) -> Result<()> {
         positive("ratelimit.capacity", self.capacity)?;
         positive("ratelimit.refill", self.refill)?;
         period("ratelimit.per", self.per)?;
-        Ok(())
+        super::refill_span("ratelimit.capacity", self.capacity, self.refill, self.per)
     }
 
     /// The script arguments: capacity, refill, period in microseconds.
@@ -150,6 +151,12 @@ impl TokenBucket {
     pub fn key(&self, subject: &str) -> String {
         self.redis
             .key(&subject_key(&self.prefix, &self.name, subject))
+    }
+}
+
+impl super::MultiPart for TokenBucket {
+    fn part(&self, subject: &str) -> super::LimitPart {
+        super::LimitPart::new(self.key(subject), "b", self.limit().args())
     }
 }
 

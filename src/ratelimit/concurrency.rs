@@ -1,15 +1,13 @@
 //! Concurrency limits: at most N at the same time per subject, each slot a lease with a TTL.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 
-use super::{micros, period, positive, subject_key, DEFAULT_PREFIX};
+use super::{lease_ttl, micros, positive, subject_key, DEFAULT_PREFIX};
 use crate::error::{Error, Result};
-use crate::retry::SplitMix64;
+use crate::lock::wait::{millis, Waiter, WAKE_WINDOW};
 use crate::script::static_script;
 use crate::Redis;
 
@@ -20,11 +18,6 @@ static_script!(release_script, "concurrency_release.lua");
 static_script!(extend_script, "concurrency_extend.lua");
 
 static_script!(count_script, "concurrency_count.lua");
-
-/// The first sleep between attempts of a waiting acquire; it doubles up to [`MAX_POLL`].
-const FIRST_POLL: Duration = Duration::from_millis(5);
-/// The longest sleep between attempts of a waiting acquire.
-const MAX_POLL: Duration = Duration::from_millis(100);
 
 /// Limits how many holders of one subject run at the same time (requests in flight to a
 /// backend, jobs per tenant), across any number of processes.
@@ -71,7 +64,8 @@ pub struct ConcurrencyLimiter {
 
 impl ConcurrencyLimiter {
     /// A limiter named `name` (part of its keys) that lets at most `max_in_flight` hold a slot
-    /// of one subject at the same time; each slot is leased for `lease_ttl` (at least 1 ms).
+    /// of one subject at the same time; each slot is leased for `lease_ttl` (at least 1 ms,
+    /// at most a year).
     pub fn new(
         redis: &Redis,
         name: &str,
@@ -79,7 +73,7 @@ impl ConcurrencyLimiter {
         lease_ttl: Duration,
     ) -> Result<ConcurrencyLimiter> {
         positive("ratelimit.max_in_flight", max_in_flight)?;
-        period("ratelimit.lease_ttl", lease_ttl)?;
+        self::lease_ttl("ratelimit.lease_ttl", lease_ttl)?;
         Ok(ConcurrencyLimiter {
             redis: redis.unprefixed(),
             name: name.to_owned(),
@@ -97,7 +91,8 @@ impl ConcurrencyLimiter {
         self
     }
 
-    /// How long [`ConcurrencyLimiter::acquire`] waits at most. Defaults to 10 s.
+    /// How long [`ConcurrencyLimiter::acquire`] waits at most (any duration: a huge one
+    /// waits "for ever", without overflowing). Defaults to 10 s.
     pub fn max_wait(mut self, d: Duration) -> ConcurrencyLimiter {
         self.max_wait = d;
         self
@@ -134,11 +129,11 @@ impl ConcurrencyLimiter {
         self.redis.run_idempotent(|con| call.invoke(con))
     }
 
-    /// Takes a slot if one is free now; never waits.
+    /// Takes a slot if one is free now; never waits. One round trip.
     pub fn try_acquire(&self, subject: &str) -> Result<Option<Slot>> {
         let key = self.key(subject);
         let id = lease_id();
-        Ok(match self.attempt(&key, &id)? {
+        Ok(match self.attempt(&key, &id, false)? {
             Ok(()) => Some(self.slot(key, id)),
             Err(_) => None,
         })
@@ -152,42 +147,43 @@ impl ConcurrencyLimiter {
     /// Takes a slot, waiting for one at most `timeout`; fails with [`Error::RateLimited`]
     /// (with the time until a held lease expires) when none came free in time.
     ///
-    /// While waiting it asks again after short sleeps with jitter (5 ms doubling up to
-    /// 100 ms, never past the deadline), and wakes when the earliest lease expires if that
-    /// is sooner.
+    /// A release wakes a waiter within a round trip or two (see the type's docs); the next
+    /// lease's expiry is noticed when it happens.
     pub fn acquire_timeout(&self, subject: &str, timeout: Duration) -> Result<Slot> {
-        let deadline = Instant::now() + timeout;
         let key = self.key(subject);
         // One id for every attempt: at most one of them takes the slot.
         let id = lease_id();
-        let mut rng = SplitMix64(RandomState::new().hash_one(&id));
-        let mut poll = FIRST_POLL;
+        let mut waiter = Waiter::new(&self.redis, vec![wake_key(&key)], timeout);
         loop {
-            let until_expiry = match self.attempt(&key, &id)? {
+            let until_expiry = match self.attempt(&key, &id, true)? {
                 Ok(()) => return Ok(self.slot(key, id)),
                 Err(wait) => wait,
             };
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if waiter.left().is_zero() {
                 return Err(Error::RateLimited {
                     retry_after: Some(until_expiry),
                 });
             }
-            // Half fixed, half random, so waiters spread out.
-            let jittered = poll / 2 + (poll / 2).mul_f64(rng.next_f64());
-            std::thread::sleep(jittered.min(until_expiry).min(left));
-            poll = (poll * 2).min(MAX_POLL);
+            waiter.wait(until_expiry);
         }
     }
 
     /// One acquire attempt: `Ok(Ok(()))` when the lease was taken, `Ok(Err(wait))` when the
     /// subject is full and its next lease expires in `wait`.
-    fn attempt(&self, key: &str, id: &str) -> Result<std::result::Result<(), Duration>> {
+    fn attempt(
+        &self,
+        key: &str,
+        id: &str,
+        waiting: bool,
+    ) -> Result<std::result::Result<(), Duration>> {
+        let window = if waiting { millis(WAKE_WINDOW) } else { 0 };
         let call = acquire_script()
             .key(key)
+            .key(waiting_key(key))
             .arg(self.max_in_flight())
             .arg(micros(self.lease_ttl))
-            .arg(id);
+            .arg(id)
+            .arg(window);
         // Safe to resend: a second run finds the lease the first one took.
         let reply: Vec<i64> = self.redis.run_idempotent(|con| call.invoke(con))?;
         match reply[..] {
@@ -205,6 +201,16 @@ impl ConcurrencyLimiter {
             released: false,
         }
     }
+}
+
+/// The list a release pushes a wake-up token on (same hash tag as the subject's key).
+fn wake_key(key: &str) -> String {
+    format!("{key}:wake")
+}
+
+/// The "someone waits" flag of a subject.
+fn waiting_key(key: &str) -> String {
+    format!("{key}:waiting")
 }
 
 fn bad_reply(detail: String) -> Error {
@@ -248,10 +254,10 @@ impl Slot {
         self.release_lease()
     }
 
-    /// Renews the lease to expire `ttl` from now (at least 1 ms). Returns `false`, and renews
-    /// nothing, when the lease had already expired or was released.
+    /// Renews the lease to expire `ttl` from now (at least 1 ms, at most a year). Returns
+    /// `false`, and renews nothing, when the lease had already expired or was released.
     pub fn extend(&self, ttl: Duration) -> Result<bool> {
-        period("ratelimit.lease_ttl", ttl)?;
+        lease_ttl("ratelimit.lease_ttl", ttl)?;
         let call = extend_script()
             .key(&self.key)
             .arg(micros(ttl))
@@ -264,7 +270,10 @@ impl Slot {
     fn release_lease(&self) -> Result<bool> {
         let released: i64 = release_script()
             .key(&self.key)
+            .key(wake_key(&self.key))
+            .key(waiting_key(&self.key))
             .arg(&self.id)
+            .arg(millis(WAKE_WINDOW))
             .run(&self.redis)?;
         Ok(released == 1)
     }

@@ -35,21 +35,13 @@ if n > limit then
   return {0, remaining, -1, reset, limit}
 end
 if n == 0 then
-  local retry = 0
-  if count >= limit then
-    retry = window_end - now
-  end
-  return {0, remaining, retry, reset, limit}
+  -- A peek: never a wait (zero units always fit); `remaining` tells whether one would.
+  return {0, remaining, 0, reset, limit}
 end
 if count + n > limit then
   return {0, remaining, window_end - now, reset, limit}
 end
 
-if count > 0 then
-  redis.call('HINCRBY', key, 'count', n)
-  redis.call('HSET', key, 'last', now)
-else
-  redis.call('HSET', key, 'last', now, 'count', n)
-end
+redis.call('HSET', key, 'last', now, 'count', count + n)
 redis.call('PEXPIRE', key, math.ceil((window_end - now) / 1000))
 return {n, limit - count - n, 0, window_end - now, limit}

@@ -20,12 +20,9 @@ end
 local fits = math.floor((now - (tat - burst_offset)) / interval + 1e-6)
 
 if cost == 0 then
-  -- A pure peek: no write.
-  local retry = 0
-  if fits < 1 then
-    retry = math.ceil(tat - burst_offset + interval - now)
-  end
-  return {0, math.max(fits, 0), retry, math.ceil(tat - now), burst}
+  -- A pure peek: no write, and never a wait (zero units always fit; go-redis/redis_rate's
+  -- peek says the same). `remaining` tells whether the next unit would.
+  return {0, math.max(fits, 0), 0, math.ceil(tat - now), burst}
 end
 
 if at_most then

@@ -70,7 +70,7 @@ impl GcraLimit {
         positive("ratelimit.rate", self.rate)?;
         positive("ratelimit.burst", self.burst)?;
         period("ratelimit.period", self.period)?;
-        Ok(())
+        super::refill_span("ratelimit.burst", self.burst, self.rate, self.period)
     }
 
     /// The script arguments: burst, rate, period in microseconds.
@@ -168,6 +168,12 @@ impl Gcra {
         let flag = if at_most { "1" } else { "0" };
         let args = self.limit().args();
         decide(&self.redis, script(), self.key(subject), &args, n, &[flag])
+    }
+}
+
+impl super::MultiPart for Gcra {
+    fn part(&self, subject: &str) -> super::LimitPart {
+        super::LimitPart::new(self.key(subject), "g", self.limit().args())
     }
 }
 

@@ -5,9 +5,11 @@
 //! The keys of one limited subject carry a hash tag (`{subject}`), so they live in one
 //! cluster slot, and every key gets a TTL so idle subjects cost nothing.
 //!
-//! Every decision is a [`Decision`]: how many were allowed, how many remain, when to retry
-//! ([`RetryAfter::Never`] when the request is larger than the limit can ever grant, instead of
-//! a made-up wait), and when the limit is fully reset.
+//! Every decision is a [`Decision`]: how many units were granted, how many remain, when to
+//! retry ([`RetryAfter::Never`] when the request is larger than the limit can ever grant,
+//! instead of a made-up wait), and when the limit is fully reset. A peek (`n = 0`) never asks
+//! to wait: zero units always fit (go-redis/redis_rate's GCRA peek says the same);
+//! `remaining` tells whether the next unit would.
 //!
 //! | need | pick |
 //! |---|---|
@@ -16,16 +18,20 @@
 //! | N per window, smoothed across window edges, O(1) memory | [`SlidingWindow`] |
 //! | N per calendar window (per minute, per hour), cheapest | [`FixedWindow`] |
 //! | a bucket of tokens refilled at a rate, taking several at once | [`TokenBucket`] |
-//! | at most N at the same time (in flight), with leases | [`ConcurrencyLimiter`] |
-//! | several limits at once, all or nothing | [`MultiLimit`] |
+//! | at most N at the same time (in flight), with leases, waiters woken by releases | [`ConcurrencyLimiter`] |
+//! | several limits of any of these kinds at once, all or nothing, one round trip | [`MultiLimit`] |
 //!
 //! Limits can be changed at run time (`set_limit`): the new parameters apply to the stored
 //! state from the next decision on; nothing is reset by accident. Each limiter's docs say
 //! what a change does to the current window.
 //!
 //! Worker threads use the blocking helpers of [`RateLimiter`]: [`RateLimiter::acquire`]
-//! sleeps for the retry-after until allowed or the deadline passes, [`RateLimiter::try_acquire`]
-//! never sleeps.
+//! sleeps for the retry-after until allowed or the deadline passes (any timeout works,
+//! `Duration::MAX` included), [`RateLimiter::try_acquire`] never sleeps.
+//!
+//! Settings are checked when a limiter is made or changed: periods of at least 1 ms and at
+//! most ten years, lease TTLs of at most a year, and bursts or capacities that refill within
+//! ten years; anything else is an [`Error::Config`] naming the setting.
 
 use std::time::{Duration, Instant};
 
@@ -40,7 +46,7 @@ mod window;
 pub use bucket::{BucketLimit, TokenBucket};
 pub use concurrency::{ConcurrencyLimiter, Slot};
 pub use gcra::{Gcra, GcraLimit};
-pub use multi::{MultiDecision, MultiLimit};
+pub use multi::{LimitPart, MultiDecision, MultiLimit, MultiPart, ToLimitPart};
 pub use window::{FixedWindow, SlidingLog, SlidingWindow, WindowLimit};
 
 /// When a denied request may succeed.
@@ -70,11 +76,15 @@ impl RetryAfter {
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
-    /// How many units were granted (0 when denied).
+    /// How many units were granted (0 when denied, and for a peek).
+    pub granted: u64,
+    /// How many units were granted: the old name of [`granted`](Decision::granted).
+    #[deprecated(since = "0.2.0", note = "a count, not a yes/no: use `granted`")]
     pub allowed: u64,
     /// How many more units would be granted right now.
     pub remaining: u64,
-    /// When a denied request may succeed ([`RetryAfter::Now`] when it was allowed).
+    /// When a denied request may succeed ([`RetryAfter::Now`] when it was allowed, and for a
+    /// peek).
     pub retry_after: RetryAfter,
     /// When the limit will be back to its full capacity if nothing more is taken.
     pub reset_after: Duration,
@@ -85,7 +95,7 @@ pub struct Decision {
 impl Decision {
     /// Whether at least one unit was granted.
     pub fn is_allowed(&self) -> bool {
-        self.allowed > 0
+        self.granted > 0
     }
 
     /// Parses the scripts' reply: `{allowed, remaining, retry_after_us, reset_after_us, limit}`
@@ -95,7 +105,9 @@ impl Decision {
             return Err(bad_reply(format!("expected 5 integers, got {v:?}")));
         };
         let non_neg = |x: i64| u64::try_from(x).unwrap_or(0);
+        #[allow(deprecated)]
         Ok(Decision {
+            granted: non_neg(*allowed),
             allowed: non_neg(*allowed),
             remaining: non_neg(*remaining),
             retry_after: RetryAfter::from_micros(*retry),
@@ -132,14 +144,17 @@ pub trait RateLimiter {
         self.allow_n(subject, 1)
     }
 
-    /// Looks without taking anything.
+    /// Looks without taking anything (`allow_n(subject, 0)`): `remaining` says how many units
+    /// would be granted now, and `retry_after` is always [`RetryAfter::Now`], since zero
+    /// units always fit; go-redis/redis_rate's peek says the same. To learn how long until a
+    /// unit fits, ask for one ([`RateLimiter::allow`]: it takes it if it fits).
     fn peek(&self, subject: &str) -> Result<Decision> {
         self.allow_n(subject, 0)
     }
 
     /// Takes `n` units if they fit now; never sleeps.
     fn try_acquire(&self, subject: &str, n: u64) -> Result<bool> {
-        Ok(self.allow_n(subject, n)?.allowed >= n.max(1))
+        Ok(self.allow_n(subject, n)?.granted >= n.max(1))
     }
 
     /// Takes `n` units, sleeping for the retry-after until they fit, at most
@@ -151,8 +166,10 @@ pub trait RateLimiter {
     /// Takes `n` units, sleeping for the retry-after until they fit, at most `timeout`. Fails
     /// with [`Error::RateLimited`] when the deadline would pass first, or at once when the
     /// request can never fit.
+    ///
+    /// Any `timeout` works, `Duration::MAX` included (it waits "for ever", without overflowing).
     fn acquire_timeout(&self, subject: &str, n: u64, timeout: Duration) -> Result<Decision> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::util::time::add(Instant::now(), timeout);
         loop {
             let d = self.allow_n(subject, n)?;
             let wait = match d.retry_after {
@@ -160,8 +177,7 @@ pub trait RateLimiter {
                 RetryAfter::Never => return Err(Error::RateLimited { retry_after: None }),
                 RetryAfter::After(w) => w,
             };
-            let now = Instant::now();
-            if now + wait > deadline {
+            if wait > deadline.saturating_duration_since(Instant::now()) {
                 return Err(Error::RateLimited {
                     retry_after: Some(wait),
                 });
@@ -215,12 +231,48 @@ pub(crate) fn positive(setting: &'static str, v: u64) -> Result<u64> {
     Ok(v)
 }
 
-/// Checks a period.
+/// The longest period (and the longest time a limit may take to fill up again): ten years.
+/// Keys' TTLs must stay representable, and the scripts' arithmetic exact.
+pub(crate) const MAX_SPAN: Duration = Duration::from_secs(86_400 * 365 * 10);
+
+/// Checks a period: at least 1 ms, at most ten years.
 pub(crate) fn period(setting: &'static str, d: Duration) -> Result<Duration> {
     if d < Duration::from_millis(1) {
         return Err(Error::config(setting, "must be at least 1 ms"));
     }
+    if d > MAX_SPAN {
+        return Err(Error::config(setting, "must be at most ten years"));
+    }
     Ok(d)
+}
+
+/// Checks a lease TTL: at least 1 ms, at most a year (as a lock's TTL).
+pub(crate) fn lease_ttl(setting: &'static str, d: Duration) -> Result<Duration> {
+    if d < Duration::from_millis(1) {
+        return Err(Error::config(setting, "must be at least 1 ms"));
+    }
+    if d > Duration::from_secs(86_400 * 365) {
+        return Err(Error::config(setting, "must be at most a year"));
+    }
+    Ok(d)
+}
+
+/// Checks that `units` units at `rate` per `per` come back within [`MAX_SPAN`] (the longest
+/// a key may live): `per * units / rate`.
+pub(crate) fn refill_span(
+    setting: &'static str,
+    units: u64,
+    rate: u64,
+    per: Duration,
+) -> Result<()> {
+    let span = per.as_secs_f64() * units as f64 / rate.max(1) as f64;
+    if span > MAX_SPAN.as_secs_f64() {
+        return Err(Error::config(
+            setting,
+            "too large for the rate: refilling it would take more than ten years",
+        ));
+    }
+    Ok(())
 }
 
 /// A duration in whole microseconds for the scripts.

@@ -37,11 +37,8 @@ if n > limit then
   return {0, remaining, -1, reset_after(), limit}
 end
 if n == 0 then
-  local retry = 0
-  if count >= limit then
-    retry = leaves(count - limit + 1)
-  end
-  return {0, remaining, retry, reset_after(), limit}
+  -- A peek: never a wait (zero units always fit); `remaining` tells whether one would.
+  return {0, remaining, 0, reset_after(), limit}
 end
 if count + n > limit then
   -- All or nothing: n fit once the (count + n - limit)-th oldest admission has left.
@@ -49,25 +46,31 @@ if count + n > limit then
 end
 
 redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', now - period))
--- Members at this very time are "<now>-0" .. "<now>-(c-1)"; continue after them (and skip any
--- name that is taken, should the clock have gone back onto an older time).
-local seq = redis.call('ZCOUNT', key, now, now)
-local batch = {}
-for _ = 1, n do
-  local member
-  repeat
-    member = string.format('%d-%d', now, seq)
+-- Members are "<now>-<seq>"; ZADD NX skips a name that is taken (several units at one time,
+-- or a clock that went back onto an older time).
+local seq = count
+if n == 1 then
+  while redis.call('ZADD', key, 'NX', now, string.format('%d-%d', now, seq)) == 0 do
     seq = seq + 1
-  until not redis.call('ZSCORE', key, member)
-  batch[#batch + 1] = now
-  batch[#batch + 1] = member
-  if #batch >= 1000 then
-    redis.call('ZADD', key, unpack(batch))
-    batch = {}
   end
-end
-if #batch > 0 then
-  redis.call('ZADD', key, unpack(batch))
+else
+  local batch = {}
+  for _ = 1, n do
+    local member
+    repeat
+      member = string.format('%d-%d', now, seq)
+      seq = seq + 1
+    until not redis.call('ZSCORE', key, member)
+    batch[#batch + 1] = now
+    batch[#batch + 1] = member
+    if #batch >= 1000 then
+      redis.call('ZADD', key, unpack(batch))
+      batch = {}
+    end
+  end
+  if #batch > 0 then
+    redis.call('ZADD', key, unpack(batch))
+  end
 end
 local reset = reset_after()
 redis.call('PEXPIRE', key, math.max(1, math.ceil(reset / 1000)))

@@ -69,11 +69,8 @@ if n > limit then
   return {0, fits(), -1, reset_after(), limit}
 end
 if n == 0 then
-  local retry = 0
-  if fits() < 1 then
-    retry = wait_for(1)
-  end
-  return {0, fits(), retry, reset_after(), limit}
+  -- A peek: never a wait (zero units always fit); `remaining` tells whether one would.
+  return {0, fits(), 0, reset_after(), limit}
 end
 if count + n > limit + eps then
   return {0, fits(), wait_for(n), reset_after(), limit}

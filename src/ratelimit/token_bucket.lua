@@ -38,12 +38,9 @@ end
 local whole = math.floor(tokens + eps)
 
 if n == 0 then
-  -- A pure peek: no write. Retry-after: until one token is there.
-  local retry = 0
-  if whole < 1 then
-    retry = math.max(1, until_holds(tokens, 1))
-  end
-  return {0, whole, retry, until_holds(tokens, capacity), capacity}
+  -- A pure peek: no write, and never a wait (zero tokens always fit); `remaining` tells
+  -- whether one would.
+  return {0, whole, 0, until_holds(tokens, capacity), capacity}
 end
 if n > capacity then
   return {0, whole, -1, until_holds(tokens, capacity), capacity}

@@ -71,6 +71,7 @@ macro_rules! window_limiter {
         $(#[$doc:meta])*
         pub struct $name:ident;
         script = $file:literal;
+        kind = $kind:literal;
         $(#[$set_limit_doc:meta])*
         fn set_limit;
     ) => {
@@ -131,6 +132,13 @@ macro_rules! window_limiter {
             crate::script::static_script!(script, $file);
         }
 
+        impl super::MultiPart for $name {
+            fn part(&self, subject: &str) -> super::LimitPart {
+                let [limit, period] = self.limit().args();
+                super::LimitPart::new(self.key(subject), $kind, [limit, period, 0])
+            }
+        }
+
         impl RateLimiter for $name {
             fn allow_n(&self, subject: &str, n: u64) -> Result<Decision> {
                 let args = self.limit().args();
@@ -162,9 +170,8 @@ window_limiter! {
     /// until enough old admissions have left the window for `n` to fit (the
     /// `(count + n - limit)`-th oldest admission's time plus the period); a request larger than
     /// the limit gets [`RetryAfter::Never`](super::RetryAfter::Never). The reset-after is the
-    /// time until the newest admission leaves the window. `n = 0` only looks (it writes
-    /// nothing): retry-after [`Now`](super::RetryAfter::Now) when one unit fits, otherwise the
-    /// wait for one.
+    /// time until the newest admission leaves the window. `n = 0` only looks (see
+    /// [`RateLimiter::peek`]): it writes nothing and never asks to wait.
     ///
     /// An admission prunes what left the window and sets the key's TTL to the time until the
     /// newest admission leaves it (at most one period).
@@ -190,6 +197,7 @@ window_limiter! {
     /// ```
     pub struct SlidingLog;
     script = "sliding_log.lua";
+    kind = "l";
     /// Changes the limit for every clone of this limiter, keeping the log.
     ///
     /// A new limit applies at once to the admissions in the log: a lower one denies until
@@ -235,11 +243,12 @@ window_limiter! {
     /// let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
     /// let api = SlidingWindow::new(&redis, "api", WindowLimit::per_minute(600))?;
     /// let d = api.allow_n("tenant:acme", 5)?;
-    /// println!("{} allowed, {} remaining", d.allowed, d.remaining);
+    /// println!("{} granted, {} remaining", d.granted, d.remaining);
     /// # Ok::<(), redkit::Error>(())
     /// ```
     pub struct SlidingWindow;
     script = "sliding_window.lua";
+    kind = "s";
     /// Changes the limit for every clone of this limiter, keeping the counts.
     ///
     /// A new limit applies at once to the weighted count: a lower one may deny the rest of the
@@ -258,7 +267,7 @@ window_limiter! {
     /// The fixed window: at most `limit` units per calendar window, windows aligned to the
     /// Unix epoch (`floor(now / period)`: a per-minute limit resets on the minute, a per-hour
     /// one on the hour, in UTC). The cheapest limiter: one small hash per subject (the last
-    /// admission's time and the window's count, increased with `HINCRBY`), O(1) memory,
+    /// admission's time and the window's count), O(1) memory,
     /// expiring when the window ends. It allows bursts of up to twice the limit across a
     /// window edge (the end of one window and the start of the next); [`SlidingWindow`]
     /// smooths that.
@@ -283,6 +292,7 @@ window_limiter! {
     /// ```
     pub struct FixedWindow;
     script = "fixed_window.lua";
+    kind = "f";
     /// Changes the limit for every clone of this limiter, keeping the count of the window in
     /// progress.
     ///

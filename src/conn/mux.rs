@@ -1,0 +1,441 @@
+//! One connection shared by any number of threads: callers submit packed requests, whatever
+//! is queued goes out in one write, replies are matched to callers in order.
+//!
+//! There is no I/O thread. A caller that finds nobody *driving* the connection drives it
+//! itself: it writes everything queued (its own request and any that arrived meanwhile, in
+//! one write), then reads replies, handing each to its caller, until its own has come; it
+//! then hands the driving over to a caller still waiting (or stops when none waits). A
+//! caller alone therefore writes and reads its own request like on a plain connection (no
+//! thread hand-off), and under load the writes batch by themselves: no timers, no added
+//! latency.
+//!
+//! Each caller waits with its own deadline. A caller whose deadline passes gets a timeout:
+//! `NotSent` when its request was still queued (it is taken out, never written), `Unknown`
+//! once written (its reply, when it comes, is read and dropped). Replies never go to the
+//! wrong caller: they are matched by position, and a caller that gave up keeps its place.
+//! When the connection fails, every caller in flight fails at once (`Unknown`) and every
+//! queued one with `NotSent`.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use redis::Value;
+
+use super::{Connection, Interrupter};
+use crate::config::Addr;
+use crate::error::{Delivery, Error, Result};
+use crate::util::time;
+
+/// What bounds one multiplexed connection's memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Requests queued or in flight at most.
+    pub(crate) requests: usize,
+    /// Bytes queued (not yet written) at most; a single larger request waits until the
+    /// queue is empty, then goes alone.
+    pub(crate) bytes: usize,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Submitted, not written yet.
+    Queued,
+    /// Written; `got` replies of `expect` read so far.
+    Written,
+    /// Replied (or failed): the result waits for its caller.
+    Done(Result<Vec<Value>>),
+    /// Its caller gave up (deadline): its replies are read and dropped.
+    Abandoned,
+    /// The result was taken by its caller.
+    Taken,
+}
+
+#[derive(Debug)]
+struct SlotState {
+    phase: Phase,
+    values: Vec<Value>,
+    /// The caller is asked to drive the connection.
+    drive: bool,
+}
+
+/// One caller's request.
+#[derive(Debug)]
+struct Slot {
+    /// Replies expected (`offset + count`), and how many of the first to drop.
+    expect: usize,
+    offset: usize,
+    len: usize,
+    st: Mutex<SlotState>,
+    cv: Condvar,
+}
+
+impl Slot {
+    fn new(expect: usize, offset: usize, len: usize) -> Arc<Slot> {
+        Arc::new(Slot {
+            expect,
+            offset,
+            len,
+            st: Mutex::new(SlotState {
+                phase: Phase::Queued,
+                values: Vec::new(),
+                drive: false,
+            }),
+            cv: Condvar::new(),
+        })
+    }
+
+    fn finish(&self, result: Result<Vec<Value>>) {
+        let mut st = self.st.lock();
+        match st.phase {
+            Phase::Queued | Phase::Written => {
+                st.phase = Phase::Done(result);
+                self.cv.notify_one();
+            }
+            // Nobody waits for it any more.
+            Phase::Abandoned => st.phase = Phase::Taken,
+            Phase::Done(_) | Phase::Taken => {}
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    buf: Vec<u8>,
+    slots: Vec<Arc<Slot>>,
+    /// Someone drives the connection (writes the queue, reads replies).
+    driving: bool,
+    /// Requests queued or in flight.
+    requests: usize,
+    /// Set when the connection failed: every later call fails with it.
+    failed: Option<Error>,
+}
+
+#[derive(Debug)]
+struct Core {
+    conn: Connection,
+    in_flight: VecDeque<Arc<Slot>>,
+}
+
+/// One multiplexed connection.
+#[derive(Debug)]
+pub(crate) struct Mux {
+    queue: Mutex<Queue>,
+    /// Signalled when capacity frees up.
+    space: Condvar,
+    core: Mutex<Core>,
+    interrupter: Interrupter,
+    broken: AtomicBool,
+    addr: Addr,
+    limits: Limits,
+    write_timeout: Duration,
+    /// The stamp of the generation it was opened in.
+    pub(crate) generation: u64,
+}
+
+fn failure(addr: &Addr, what: &str, delivery: Delivery) -> Error {
+    Error::io(
+        io::ErrorKind::ConnectionAborted,
+        format!("multiplexed connection to {addr} {what}"),
+        delivery,
+    )
+}
+
+impl Mux {
+    /// Shares `conn` (a connection in the configured state).
+    pub(crate) fn new(
+        mut conn: Connection,
+        limits: Limits,
+        write_timeout: Duration,
+        generation: u64,
+    ) -> Mux {
+        let interrupter = conn.interrupter();
+        let addr = conn_addr(&conn);
+        Mux {
+            queue: Mutex::new(Queue::default()),
+            space: Condvar::new(),
+            core: Mutex::new(Core {
+                conn,
+                in_flight: VecDeque::new(),
+            }),
+            interrupter,
+            broken: AtomicBool::new(false),
+            addr,
+            limits,
+            write_timeout,
+            generation,
+        }
+    }
+
+    /// Whether the connection failed (every call now fails at once).
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// Closes the socket from outside (a black hole the heartbeat noticed): a driver blocked
+    /// on it fails at once, and with it every caller in flight.
+    pub(crate) fn interrupt(&self) {
+        self.broken.store(true, Ordering::Release);
+        self.interrupter.interrupt();
+    }
+
+    /// Sends `packed` (`offset + count` commands) and returns the last `count` replies, all
+    /// by `deadline`.
+    pub(crate) fn call(
+        &self,
+        packed: &[u8],
+        offset: usize,
+        count: usize,
+        deadline: Instant,
+    ) -> Result<Vec<Value>> {
+        let slot = Slot::new(offset + count, offset, packed.len());
+        let start = Instant::now();
+        let drive = {
+            let mut q = self.queue.lock();
+            loop {
+                if let Some(e) = &q.failed {
+                    return Err(e.clone().with_delivery(Delivery::NotSent));
+                }
+                let fits = q.requests < self.limits.requests
+                    && (q.buf.is_empty() || q.buf.len() + packed.len() <= self.limits.bytes);
+                if fits {
+                    break;
+                }
+                if self.space.wait_until(&mut q, deadline).timed_out() {
+                    return Err(Error::PoolTimeout {
+                        waited: start.elapsed(),
+                    });
+                }
+            }
+            q.buf.extend_from_slice(packed);
+            q.slots.push(slot.clone());
+            q.requests += 1;
+            let drive = !q.driving;
+            q.driving = true;
+            drive
+        };
+        if drive {
+            self.drive(&slot, deadline);
+        }
+        self.wait(&slot, deadline)
+    }
+
+    /// Waits for `slot`'s result, driving when asked to.
+    fn wait(&self, slot: &Arc<Slot>, deadline: Instant) -> Result<Vec<Value>> {
+        loop {
+            let mut st = slot.st.lock();
+            loop {
+                if matches!(st.phase, Phase::Done(_)) {
+                    let asked_to_drive = std::mem::take(&mut st.drive);
+                    let result = match std::mem::replace(&mut st.phase, Phase::Taken) {
+                        Phase::Done(result) => result,
+                        _ => Err(failure(&self.addr, "lost a reply", Delivery::Unknown)),
+                    };
+                    drop(st);
+                    if asked_to_drive {
+                        self.pass_on(slot);
+                    }
+                    return result;
+                }
+                if Instant::now() >= deadline {
+                    let asked_to_drive = std::mem::take(&mut st.drive);
+                    drop(st);
+                    let e = self.give_up(slot);
+                    if asked_to_drive {
+                        self.pass_on(slot);
+                    }
+                    return Err(e);
+                }
+                if st.drive {
+                    st.drive = false;
+                    break;
+                }
+                slot.cv.wait_until(&mut st, deadline);
+            }
+            drop(st);
+            self.drive(slot, deadline);
+        }
+    }
+
+    /// Hands the driving (given to `me`, who will not drive) to someone else.
+    fn pass_on(&self, me: &Arc<Slot>) {
+        let core = self.core.lock();
+        self.hand_over(&core, me);
+    }
+
+    /// The caller of `slot` gives up at its deadline: taken out of the queue if it was not
+    /// written yet, left in place (its replies dropped) otherwise.
+    fn give_up(&self, slot: &Arc<Slot>) -> Error {
+        let removed = {
+            let mut q = self.queue.lock();
+            match q.slots.iter().position(|s| Arc::ptr_eq(s, slot)) {
+                Some(i) => {
+                    // Its bytes: after those of the slots before it.
+                    let start: usize = q.slots[..i].iter().map(|s| s.len).sum();
+                    let end = (start + slot.len).min(q.buf.len());
+                    q.buf.drain(start.min(end)..end);
+                    q.slots.remove(i);
+                    q.requests = q.requests.saturating_sub(1);
+                    self.space.notify_all();
+                    true
+                }
+                None => false,
+            }
+        };
+        let mut st = slot.st.lock();
+        st.phase = match st.phase {
+            // Written and still unanswered: its replies are read and dropped.
+            Phase::Written if !removed => Phase::Abandoned,
+            _ => Phase::Taken,
+        };
+        let delivery = if removed {
+            Delivery::NotSent
+        } else {
+            Delivery::Unknown
+        };
+        Error::io(
+            io::ErrorKind::TimedOut,
+            format!("no reply from {} in time (multiplexed)", self.addr),
+            delivery,
+        )
+    }
+
+    /// Drives the connection until `mine` is done or its deadline passes, then hands over.
+    fn drive(&self, mine: &Arc<Slot>, deadline: Instant) {
+        let mut core = self.core.lock();
+        loop {
+            // Everything queued, in one write.
+            let (buf, slots) = {
+                let mut q = self.queue.lock();
+                (std::mem::take(&mut q.buf), std::mem::take(&mut q.slots))
+            };
+            if !slots.is_empty() {
+                for s in &slots {
+                    let mut st = s.st.lock();
+                    if let Phase::Queued = st.phase {
+                        st.phase = Phase::Written;
+                    }
+                }
+                self.space.notify_all();
+                let write_by = time::after(self.write_timeout);
+                if let Err(e) = core.conn.send(&buf, Some(write_by), false) {
+                    // Nothing written (`NotSent`) or part of it (`Unknown`).
+                    for s in &slots {
+                        s.finish(Err(e.clone()));
+                    }
+                    self.fail(&mut core, e);
+                    return;
+                }
+                core.in_flight.extend(slots);
+            }
+            let done = {
+                let st = mine.st.lock();
+                !matches!(st.phase, Phase::Queued | Phase::Written)
+            };
+            if done || core.in_flight.is_empty() {
+                break;
+            }
+            match core.conn.read_frame(deadline) {
+                Ok(Some(Value::Push { .. })) => {}
+                Ok(Some(v)) => self.reply(&mut core, v),
+                // Our deadline passed: the caller gives up; someone else drives.
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail(&mut core, e);
+                    return;
+                }
+            }
+        }
+        self.hand_over(&core, mine);
+    }
+
+    /// One reply: to the oldest request in flight.
+    fn reply(&self, core: &mut Core, v: Value) {
+        let Some(front) = core.in_flight.front() else {
+            // A reply nobody asked for: the stream is out of step.
+            let e = failure(
+                &self.addr,
+                "got a reply nobody asked for",
+                Delivery::Unknown,
+            );
+            self.fail(core, e);
+            return;
+        };
+        let complete = {
+            let mut st = front.st.lock();
+            st.values.push(v);
+            st.values.len() >= front.expect
+        };
+        if complete {
+            if let Some(slot) = core.in_flight.pop_front() {
+                let values = {
+                    let mut st = slot.st.lock();
+                    let mut values = std::mem::take(&mut st.values);
+                    values.drain(..slot.offset.min(values.len()));
+                    values
+                };
+                slot.finish(Ok(values));
+                let mut q = self.queue.lock();
+                q.requests = q.requests.saturating_sub(1);
+                drop(q);
+                self.space.notify_all();
+            }
+        }
+    }
+
+    /// Gives the driving to a caller still waiting (the oldest other than `me`), or stops
+    /// driving.
+    fn hand_over(&self, core: &Core, me: &Arc<Slot>) {
+        let mut q = self.queue.lock();
+        let next = core
+            .in_flight
+            .iter()
+            .chain(q.slots.iter())
+            .filter(|s| !Arc::ptr_eq(s, me))
+            .find(|s| matches!(s.st.lock().phase, Phase::Queued | Phase::Written))
+            .cloned();
+        match next {
+            Some(s) => {
+                let mut st = s.st.lock();
+                st.drive = true;
+                s.cv.notify_one();
+            }
+            None => q.driving = false,
+        }
+    }
+
+    /// The connection failed: every caller in flight fails (`Unknown`), every queued one too
+    /// (`NotSent`), and so does every later call.
+    fn fail(&self, core: &mut Core, e: Error) {
+        self.broken.store(true, Ordering::Release);
+        core.conn.close();
+        let queued = {
+            let mut q = self.queue.lock();
+            q.failed = Some(e.clone());
+            q.buf.clear();
+            q.driving = false;
+            q.requests = 0;
+            std::mem::take(&mut q.slots)
+        };
+        self.space.notify_all();
+        for s in core.in_flight.drain(..) {
+            s.finish(Err(e.clone().with_delivery(Delivery::Unknown)));
+        }
+        for s in queued {
+            s.finish(Err(e.clone().with_delivery(Delivery::NotSent)));
+        }
+    }
+}
+
+fn conn_addr(conn: &Connection) -> Addr {
+    conn.addr().clone()
+}
+
+impl Drop for Mux {
+    fn drop(&mut self) {
+        self.interrupter.interrupt();
+    }
+}
