@@ -133,6 +133,7 @@ pub mod heartbeat;
 pub mod lock;
 pub mod metrics;
 pub mod monitor;
+pub mod near;
 mod observe;
 mod pool;
 pub mod pubsub;

@@ -1,0 +1,899 @@
+//! The in-process level: a sharded map bounded by entries and bytes, with a TTL cap, CLOCK
+//! (second chance) eviction, and the bookkeeping that keeps it coherent:
+//!
+//! - **Epochs.** Every flush (a flush notice from the server, a lost connection) bumps the
+//!   store's epoch and then clears every shard (or, with stale-if-error, marks its contents
+//!   stale). A read that began in an older epoch is never stored.
+//! - **Reads in flight.** A read registers its Redis key before it is sent; an invalidation
+//!   of that key arriving while the read is in flight bumps the key's flight generation, and
+//!   the read's reply is then not stored (the classic race).
+//! - **Freshness.** Hits are served only before `valid_until`, which the tracking threads
+//!   move forward each time every connection the cache depends on has been heard from.
+//!
+//! Pure logic, no I/O: unit tests below.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redis::Value;
+
+/// What one entry costs beyond its key and value bytes: the slot (56 bytes), its place in
+/// the hash map (about 40 bytes with the table's spare room), the two allocations' headers
+/// and rounding (about 40 bytes). Measured with `benches/nearcache.rs` ("memory per entry").
+pub(crate) const ENTRY_OVERHEAD: usize = 136;
+/// The extra cost of an entry keyed by a whole command (its place in the per-key index).
+const INDEX_OVERHEAD: usize = 48;
+
+/// A cached reply, kept compact: most replies are a bulk string or nil.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Cached {
+    Nil,
+    Bytes(Box<[u8]>),
+    Other(Box<Value>),
+}
+
+impl Cached {
+    pub(crate) fn from_value(v: &Value) -> Cached {
+        match v {
+            Value::Nil => Cached::Nil,
+            Value::BulkString(b) => Cached::Bytes(b.clone().into_boxed_slice()),
+            other => Cached::Other(Box::new(other.clone())),
+        }
+    }
+
+    pub(crate) fn to_value(&self) -> Value {
+        match self {
+            Cached::Nil => Value::Nil,
+            Cached::Bytes(b) => Value::BulkString(b.to_vec()),
+            Cached::Other(v) => (**v).clone(),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Cached::Nil => 0,
+            Cached::Bytes(b) => b.len(),
+            Cached::Other(v) => value_size(v),
+        }
+    }
+}
+
+/// About how many bytes a reply holds in memory.
+fn value_size(v: &Value) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    NODE + match v {
+        Value::BulkString(b) | Value::BigNumber(b) => b.len(),
+        Value::SimpleString(s) => s.len(),
+        Value::VerbatimString { text, .. } => text.len(),
+        Value::Array(a) | Value::Set(a) | Value::Push { data: a, .. } => {
+            a.iter().map(value_size).sum()
+        }
+        Value::Map(m) => m.iter().map(|(k, v)| value_size(k) + value_size(v)).sum(),
+        Value::Attribute { data, attributes } => {
+            value_size(data)
+                + attributes
+                    .iter()
+                    .map(|(k, v)| value_size(k) + value_size(v))
+                    .sum::<usize>()
+        }
+        _ => 0,
+    }
+}
+
+/// The bounds of the store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_entries: usize,
+    pub(crate) max_bytes: usize,
+    pub(crate) ttl: Duration,
+    /// Stale-if-error: how long after the last confirmation a value may still be served
+    /// when Redis fails (`None`: off, contents are cleared on a loss).
+    pub(crate) stale_for: Option<Duration>,
+}
+
+/// Why the store is flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlushKind {
+    /// The server said every key may have changed (a null invalidation: `FLUSHALL`,
+    /// `FLUSHDB`): nothing is kept, not even for stale-if-error.
+    Server,
+    /// A connection the cache depends on was lost: invalidations may have been missed.
+    /// With stale-if-error the contents are kept as stale values.
+    Lost,
+}
+
+/// The store's counters (see `NearStats` for their meaning).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) stored: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) expirations: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) races: AtomicU64,
+    pub(crate) stale_served: AtomicU64,
+    pub(crate) too_large: AtomicU64,
+    pub(crate) entries: AtomicUsize,
+    pub(crate) bytes: AtomicUsize,
+}
+
+struct Slot {
+    /// The map key: a Redis key (a `GET`), or a whole packed command. `None`: free.
+    key: Option<Arc<[u8]>>,
+    value: Cached,
+    /// When it expires (nanoseconds after the store's base).
+    expires: u64,
+    size: u32,
+    /// Keyed by a packed command (and listed in `index` under its Redis key).
+    command: bool,
+    referenced: bool,
+}
+
+/// A read in flight for one Redis key.
+#[derive(Debug, Clone, Copy)]
+struct Flight {
+    count: u32,
+    gen: u64,
+}
+
+struct Shard {
+    /// The epoch this shard's contents belong to.
+    epoch: u64,
+    /// `Some(since)`: the contents are stale (a connection was lost), known current until
+    /// `since`; kept only for stale-if-error.
+    stale_since: Option<u64>,
+    map: HashMap<Arc<[u8]>, u32>,
+    /// Redis key -> the packed commands cached for it (replies other than `GET`'s).
+    index: HashMap<Box<[u8]>, Vec<Arc<[u8]>>>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    hand: usize,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+    flights: HashMap<Box<[u8]>, Flight>,
+    next_gen: u64,
+}
+
+/// The outcome of an insert.
+enum Insert {
+    Stored,
+    TooLarge,
+}
+
+impl Shard {
+    fn new(max_entries: usize, max_bytes: usize) -> Shard {
+        Shard {
+            epoch: 1,
+            stale_since: None,
+            map: HashMap::new(),
+            index: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            hand: 0,
+            bytes: 0,
+            max_entries,
+            max_bytes,
+            flights: HashMap::new(),
+            next_gen: 1,
+        }
+    }
+
+    fn entries(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Drops every entry (reads in flight stay registered).
+    fn clear(&mut self, counters: &Counters) {
+        counters.entries.fetch_sub(self.map.len(), Relaxed);
+        counters.bytes.fetch_sub(self.bytes, Relaxed);
+        self.map = HashMap::new();
+        self.index = HashMap::new();
+        self.slots = Vec::new();
+        self.free = Vec::new();
+        self.hand = 0;
+        self.bytes = 0;
+        self.stale_since = None;
+    }
+
+    fn lookup(&self, key: &[u8]) -> Option<&Slot> {
+        let i = *self.map.get(key)?;
+        self.slots.get(i as usize)
+    }
+
+    /// Removes the slot `i` (from the map, the index, the byte count).
+    fn remove_slot(&mut self, i: usize, counters: &Counters) {
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        let Some(key) = slot.key.take() else {
+            return;
+        };
+        let size = slot.size as usize;
+        let command = slot.command;
+        slot.value = Cached::Nil;
+        self.map.remove(&key);
+        self.bytes -= size;
+        counters.entries.fetch_sub(1, Relaxed);
+        counters.bytes.fetch_sub(size, Relaxed);
+        self.free.push(i as u32);
+        if command {
+            if let Some(rkey) = command_key(&key) {
+                if let Some(list) = self.index.get_mut(rkey) {
+                    list.retain(|k| **k != *key);
+                    if list.is_empty() {
+                        self.index.remove(rkey);
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove_key(&mut self, key: &[u8], counters: &Counters) -> bool {
+        match self.map.get(key) {
+            Some(&i) => {
+                self.remove_slot(i as usize, counters);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes everything cached for the Redis key `rkey`; whether anything was.
+    fn remove_all_of(&mut self, rkey: &[u8], counters: &Counters) -> bool {
+        let mut removed = self.remove_key(rkey, counters);
+        if let Some(list) = self.index.remove(rkey) {
+            for k in list {
+                removed |= self.remove_key(&k, counters);
+            }
+        }
+        removed
+    }
+
+    /// Makes room for `size` more bytes and one more entry, CLOCK style: expired entries go
+    /// first, a referenced entry gets a second chance. At most two sweeps.
+    fn make_room(&mut self, size: usize, now: u64, counters: &Counters) {
+        let mut budget = self.slots.len() * 2 + 1;
+        while (self.entries() >= self.max_entries || self.bytes + size > self.max_bytes)
+            && self.entries() > 0
+            && budget > 0
+        {
+            budget -= 1;
+            if self.hand >= self.slots.len() {
+                self.hand = 0;
+            }
+            let i = self.hand;
+            self.hand += 1;
+            let Some(slot) = self.slots.get_mut(i) else {
+                continue;
+            };
+            if slot.key.is_none() {
+                continue;
+            }
+            if slot.expires <= now {
+                self.remove_slot(i, counters);
+                counters.expirations.fetch_add(1, Relaxed);
+            } else if slot.referenced {
+                slot.referenced = false;
+            } else {
+                self.remove_slot(i, counters);
+                counters.evictions.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn insert(
+        &mut self,
+        key: &[u8],
+        command: bool,
+        value: Cached,
+        expires: u64,
+        now: u64,
+        counters: &Counters,
+    ) -> Insert {
+        let extra = if command { INDEX_OVERHEAD } else { 0 };
+        let size = key.len() + value.size() + ENTRY_OVERHEAD + extra;
+        if size > self.max_bytes || self.max_entries == 0 || size > u32::MAX as usize {
+            // Replace nothing with a value that can never fit: drop the old one.
+            self.remove_key(key, counters);
+            return Insert::TooLarge;
+        }
+        self.remove_key(key, counters);
+        self.make_room(size, now, counters);
+        let key: Arc<[u8]> = Arc::from(key);
+        let slot = Slot {
+            key: Some(key.clone()),
+            value,
+            expires,
+            size: size as u32,
+            command,
+            referenced: false,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                if let Some(s) = self.slots.get_mut(i as usize) {
+                    *s = slot;
+                }
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        if command {
+            if let Some(rkey) = command_key(&key) {
+                self.index
+                    .entry(Box::from(rkey))
+                    .or_default()
+                    .push(key.clone());
+            }
+        }
+        self.map.insert(key, i);
+        self.bytes += size;
+        counters.entries.fetch_add(1, Relaxed);
+        counters.bytes.fetch_add(size, Relaxed);
+        Insert::Stored
+    }
+}
+
+/// The Redis key of a cached packed command (its first argument after the name).
+fn command_key(packed: &[u8]) -> Option<&[u8]> {
+    let (args, _) = crate::util::resp::split_command(packed)?;
+    args.get(1).copied()
+}
+
+/// Where a cached reply is kept: under its Redis key (a `GET`) or under the whole command.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Place<'a> {
+    /// `GET key`: kept under the key.
+    Get,
+    /// Another read of the key: kept under the packed command.
+    Command(&'a [u8]),
+}
+
+/// A registered read: complete it with [`Store::complete`] or drop it (then nothing is
+/// stored).
+#[derive(Debug)]
+pub(crate) struct Ticket<'a> {
+    store: &'a Store,
+    rkey: Box<[u8]>,
+    shard: usize,
+    epoch: u64,
+    gen: u64,
+    done: bool,
+}
+
+impl Ticket<'_> {
+    /// The Redis key the read is for.
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.rkey
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut shard = self.store.shards[self.shard].lock();
+            release(&mut shard, &self.rkey);
+        }
+    }
+}
+
+/// One read of `rkey` ends: forget it when it was the last one in flight.
+fn release(shard: &mut Shard, rkey: &[u8]) -> Option<Flight> {
+    let flight = shard.flights.get_mut(rkey)?;
+    let seen = *flight;
+    flight.count = flight.count.saturating_sub(1);
+    if flight.count == 0 {
+        shard.flights.remove(rkey);
+    }
+    Some(seen)
+}
+
+/// The in-process level.
+pub(crate) struct Store {
+    shards: Box<[Mutex<Shard>]>,
+    mask: usize,
+    hasher: RandomState,
+    base: Instant,
+    limits: Limits,
+    epoch: AtomicU64,
+    /// Hits are served only before this moment (nanoseconds after `base`).
+    valid_until: AtomicU64,
+    /// The last moment every connection was confirmed (nanoseconds after `base`).
+    confirmed: AtomicU64,
+    /// Held by a flush while it goes over the shards.
+    flushing: Mutex<()>,
+    pub(crate) counters: Counters,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("shards", &self.shards.len())
+            .field("limits", &self.limits)
+            .field("epoch", &self.epoch.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many shards for these limits: up to 64, each with room for at least 256 entries and
+/// 64 KiB (fewer for small caches, at least one).
+fn shard_count(limits: &Limits) -> usize {
+    let by_entries = (limits.max_entries / 256).max(1);
+    let by_bytes = (limits.max_bytes / 65_536).max(1);
+    let n = by_entries.min(by_bytes).min(64);
+    // The largest power of two not above n.
+    1 << (usize::BITS - 1 - n.leading_zeros())
+}
+
+impl Store {
+    pub(crate) fn new(limits: Limits) -> Store {
+        let n = shard_count(&limits);
+        let per_entries = limits.max_entries / n;
+        let per_bytes = limits.max_bytes / n;
+        let shards = (0..n)
+            .map(|_| Mutex::new(Shard::new(per_entries, per_bytes)))
+            .collect();
+        Store {
+            shards,
+            mask: n - 1,
+            hasher: RandomState::new(),
+            base: Instant::now(),
+            limits,
+            epoch: AtomicU64::new(1),
+            valid_until: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
+            flushing: Mutex::new(()),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Nanoseconds after the store's base.
+    pub(crate) fn now(&self) -> u64 {
+        self.at(Instant::now())
+    }
+
+    /// `t` in nanoseconds after the store's base (0 before it).
+    pub(crate) fn at(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn shard_of(&self, rkey: &[u8]) -> usize {
+        (self.hasher.hash_one(rkey) as usize) & self.mask
+    }
+
+    fn map_key<'k>(rkey: &'k [u8], slot: Place<'k>) -> (&'k [u8], bool) {
+        match slot {
+            Place::Get => (rkey, false),
+            Place::Command(packed) => (packed, true),
+        }
+    }
+
+    /// The current epoch.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(SeqCst)
+    }
+
+    /// Every connection was heard from at `at` (nanoseconds): hits may be served until
+    /// `at + silence`.
+    pub(crate) fn confirm(&self, at: u64, silence: Duration) {
+        let silence = u64::try_from(silence.as_nanos()).unwrap_or(u64::MAX);
+        self.confirmed.store(at, SeqCst);
+        self.valid_until.store(at.saturating_add(silence), SeqCst);
+    }
+
+    /// No hit is served until the next confirmation.
+    pub(crate) fn suspend(&self) {
+        self.valid_until.store(0, SeqCst);
+    }
+
+    /// A cached reply for `rkey`, counted as a hit, or `None` (counted as a miss when
+    /// `count_miss`).
+    pub(crate) fn get(&self, rkey: &[u8], slot: Place<'_>, count_miss: bool) -> Option<Value> {
+        let (key, _) = Self::map_key(rkey, slot);
+        let now = self.now();
+        let found = if now < self.valid_until.load(SeqCst) {
+            let epoch = self.epoch();
+            let mut shard = self.shards[self.shard_of(rkey)].lock();
+            if shard.epoch == epoch && shard.stale_since.is_none() {
+                match shard.map.get(key).copied() {
+                    Some(i) => match shard.slots.get_mut(i as usize) {
+                        Some(s) if s.expires > now => {
+                            s.referenced = true;
+                            Some(s.value.to_value())
+                        }
+                        Some(_) => {
+                            shard.remove_slot(i as usize, &self.counters);
+                            self.counters.expirations.fetch_add(1, Relaxed);
+                            None
+                        }
+                        None => None,
+                    },
+                    None => None,
+                }
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        match &found {
+            Some(_) => self.counters.hits.fetch_add(1, Relaxed),
+            None if count_miss => self.counters.misses.fetch_add(1, Relaxed),
+            None => 0,
+        };
+        found
+    }
+
+    /// A stale value of `rkey` for stale-if-error: kept from before a lost connection, known
+    /// current at most the configured staleness ago, and not past its TTL cap.
+    pub(crate) fn get_stale(&self, rkey: &[u8], slot: Place<'_>) -> Option<Value> {
+        let max = self.limits.stale_for?;
+        let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        let (key, _) = Self::map_key(rkey, slot);
+        let now = self.now();
+        let shard = self.shards[self.shard_of(rkey)].lock();
+        let since = match shard.stale_since {
+            Some(since) => since,
+            // Live contents while Redis fails: current as of the last confirmation.
+            None if shard.epoch == self.epoch() => self.confirmed.load(SeqCst),
+            None => return None,
+        };
+        if now.saturating_sub(since) > max {
+            return None;
+        }
+        let value = shard
+            .lookup(key)
+            .filter(|s| s.expires > now)
+            .map(|s| s.value.to_value())?;
+        self.counters.stale_served.fetch_add(1, Relaxed);
+        Some(value)
+    }
+
+    /// Registers a read of `rkey` about to be sent.
+    pub(crate) fn begin(&self, rkey: &[u8]) -> Ticket<'_> {
+        let shard_i = self.shard_of(rkey);
+        let epoch = self.epoch();
+        let mut shard = self.shards[shard_i].lock();
+        let gen = match shard.flights.get_mut(rkey) {
+            Some(f) => {
+                f.count += 1;
+                f.gen
+            }
+            None => {
+                let gen = shard.next_gen;
+                shard.flights.insert(Box::from(rkey), Flight { count: 1, gen });
+                gen
+            }
+        };
+        Ticket {
+            store: self,
+            rkey: Box::from(rkey),
+            shard: shard_i,
+            epoch,
+            gen,
+            done: false,
+        }
+    }
+
+    /// Stores the reply of a registered read, unless the key was invalidated (or the store
+    /// flushed) since the read was registered. Whether it was stored.
+    pub(crate) fn complete(&self, mut ticket: Ticket<'_>, slot: Place<'_>, value: &Value) -> bool {
+        ticket.done = true;
+        let (key, command) = Self::map_key(&ticket.rkey, slot);
+        let now = self.now();
+        let ttl = u64::try_from(self.limits.ttl.as_nanos()).unwrap_or(u64::MAX);
+        let mut shard = self.shards[ticket.shard].lock();
+        let seen = release(&mut shard, &ticket.rkey);
+        let epoch = self.epoch();
+        let current = seen.is_some_and(|f| f.gen == ticket.gen)
+            && ticket.epoch == epoch
+            && shard.epoch == epoch;
+        if !current {
+            self.counters.races.fetch_add(1, Relaxed);
+            return false;
+        }
+        if shard.stale_since.is_some() {
+            shard.clear(&self.counters);
+        }
+        match shard.insert(
+            key,
+            command,
+            Cached::from_value(value),
+            now.saturating_add(ttl),
+            now,
+            &self.counters,
+        ) {
+            Insert::Stored => {
+                self.counters.stored.fetch_add(1, Relaxed);
+                true
+            }
+            Insert::TooLarge => {
+                self.counters.too_large.fetch_add(1, Relaxed);
+                false
+            }
+        }
+    }
+
+    /// The server invalidated `rkey` (`server`), or this process wrote it: removes what is
+    /// cached for it and spoils the reads of it in flight.
+    pub(crate) fn invalidate(&self, rkey: &[u8], server: bool) {
+        let mut shard = self.shards[self.shard_of(rkey)].lock();
+        shard.next_gen += 1;
+        let gen = shard.next_gen;
+        if let Some(f) = shard.flights.get_mut(rkey) {
+            f.gen = gen;
+        }
+        // Stale contents of this key are known to have changed too.
+        shard.remove_all_of(rkey, &self.counters);
+        drop(shard);
+        if server {
+            self.counters.invalidations.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Bumps the epoch (nothing cached so far is served again, no read in flight is stored),
+    /// then clears every shard, or with stale-if-error and a lost connection keeps the
+    /// contents as stale values.
+    pub(crate) fn flush(&self, kind: FlushKind) {
+        let _one_at_a_time = self.flushing.lock();
+        let epoch = self.epoch.fetch_add(1, SeqCst) + 1;
+        self.counters.flushes.fetch_add(1, Relaxed);
+        let keep = kind == FlushKind::Lost && self.limits.stale_for.is_some();
+        let since = self.confirmed.load(SeqCst);
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            if keep {
+                if shard.stale_since.is_none() {
+                    shard.stale_since = Some(since);
+                }
+            } else {
+                shard.clear(&self.counters);
+            }
+            shard.epoch = epoch;
+        }
+    }
+
+    /// Entries and bytes now.
+    pub(crate) fn size(&self) -> (usize, usize) {
+        (
+            self.counters.entries.load(Relaxed),
+            self.counters.bytes.load(Relaxed),
+        )
+    }
+
+    /// How many shards the store has.
+    #[cfg(test)]
+    fn shards(&self) -> usize {
+        self.shards.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(entries: usize, bytes: usize) -> Limits {
+        Limits {
+            max_entries: entries,
+            max_bytes: bytes,
+            ttl: Duration::from_secs(60),
+            stale_for: None,
+        }
+    }
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn live(store: &Store) {
+        store.confirm(store.now(), Duration::from_secs(60));
+    }
+
+    fn fill(store: &Store, key: &str, value: &str) -> bool {
+        let t = store.begin(key.as_bytes());
+        store.complete(t, Place::Get, &bulk(value))
+    }
+
+    #[test]
+    fn hit_after_a_read_and_miss_after_invalidation() {
+        let store = Store::new(limits(1000, 1 << 20));
+        live(&store);
+        assert_eq!(store.get(b"k", Place::Get, true), None);
+        assert!(fill(&store, "k", "v1"));
+        assert_eq!(store.get(b"k", Place::Get, true), Some(bulk("v1")));
+        store.invalidate(b"k", true);
+        assert_eq!(store.get(b"k", Place::Get, true), None);
+        let c = &store.counters;
+        assert_eq!(c.hits.load(Relaxed), 1);
+        assert_eq!(c.misses.load(Relaxed), 2);
+        assert_eq!(c.invalidations.load(Relaxed), 1);
+        assert_eq!(store.size(), (0, 0));
+    }
+
+    #[test]
+    fn a_read_in_flight_when_its_key_is_invalidated_is_not_stored() {
+        let store = Store::new(limits(1000, 1 << 20));
+        live(&store);
+        let t = store.begin(b"k");
+        // A second read of the same key in flight, registered before the invalidation too.
+        let t2 = store.begin(b"k");
+        store.invalidate(b"k", true);
+        // A read registered after the invalidation may be stored.
+        let t3 = store.begin(b"k");
+        assert!(!store.complete(t, Place::Get, &bulk("old")));
+        assert!(!store.complete(t2, Place::Get, &bulk("old")));
+        assert_eq!(store.get(b"k", Place::Get, false), None);
+        assert!(store.complete(t3, Place::Get, &bulk("new")));
+        assert_eq!(store.get(b"k", Place::Get, false), Some(bulk("new")));
+        assert_eq!(store.counters.races.load(Relaxed), 2);
+        // Every flight was released.
+        for s in store.shards.iter() {
+            assert!(s.lock().flights.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_read_in_flight_across_a_flush_is_not_stored_and_nothing_survives_it() {
+        let store = Store::new(limits(1000, 1 << 20));
+        live(&store);
+        assert!(fill(&store, "a", "1"));
+        let t = store.begin(b"b");
+        store.flush(FlushKind::Lost);
+        assert!(!store.complete(t, Place::Get, &bulk("2")));
+        assert_eq!(store.get(b"a", Place::Get, false), None);
+        assert_eq!(store.size(), (0, 0));
+    }
+
+    #[test]
+    fn a_dropped_ticket_releases_its_flight() {
+        let store = Store::new(limits(1000, 1 << 20));
+        live(&store);
+        drop(store.begin(b"k"));
+        for s in store.shards.iter() {
+            assert!(s.lock().flights.is_empty());
+        }
+    }
+
+    #[test]
+    fn no_hit_after_the_confirmation_lapses() {
+        let store = Store::new(limits(1000, 1 << 20));
+        live(&store);
+        assert!(fill(&store, "k", "v"));
+        store.confirm(store.now(), Duration::ZERO);
+        assert_eq!(store.get(b"k", Place::Get, false), None);
+        store.confirm(store.now(), Duration::from_secs(1));
+        assert_eq!(store.get(b"k", Place::Get, false), Some(bulk("v")));
+        store.suspend();
+        assert_eq!(store.get(b"k", Place::Get, false), None);
+    }
+
+    #[test]
+    fn bounded_by_entries_and_bytes() {
+        let store = Store::new(limits(1000, 1 << 30));
+        live(&store);
+        for i in 0..10_000 {
+            fill(&store, &format!("key:{i}"), "v");
+        }
+        let (entries, bytes) = store.size();
+        assert!(entries <= 1000, "{entries}");
+        assert!(entries >= 900, "{entries}");
+        assert!(store.counters.evictions.load(Relaxed) >= 9000);
+        let real: usize = store.shards.iter().map(|s| s.lock().bytes).sum();
+        assert_eq!(real, bytes);
+
+        let cap = 64 * 1024;
+        let store = Store::new(limits(1_000_000, cap));
+        live(&store);
+        for i in 0..10_000 {
+            fill(&store, &format!("key:{i}"), &"x".repeat(100));
+        }
+        let (entries, bytes) = store.size();
+        assert!(bytes <= cap, "{bytes}");
+        assert!(entries > 100, "{entries}");
+        // A value that can never fit is not stored (and counted).
+        assert!(!fill(&store, "huge", &"x".repeat(cap)));
+        assert_eq!(store.counters.too_large.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn second_chance_keeps_referenced_entries() {
+        let store = Store::new(limits(100, 1 << 30));
+        assert_eq!(store.shards(), 1);
+        live(&store);
+        for i in 0..100 {
+            fill(&store, &format!("k{i}"), "v");
+        }
+        // Touch the first ten: they survive the next evictions.
+        for i in 0..10 {
+            assert!(store.get(format!("k{i}").as_bytes(), Place::Get, false).is_some());
+        }
+        for i in 100..150 {
+            fill(&store, &format!("k{i}"), "v");
+        }
+        for i in 0..10 {
+            assert!(
+                store.get(format!("k{i}").as_bytes(), Place::Get, false).is_some(),
+                "k{i} was evicted"
+            );
+        }
+    }
+
+    #[test]
+    fn expired_entries_are_misses() {
+        let store = Store::new(Limits {
+            ttl: Duration::ZERO,
+            ..limits(100, 1 << 20)
+        });
+        live(&store);
+        assert!(fill(&store, "k", "v"));
+        assert_eq!(store.get(b"k", Place::Get, false), None);
+        assert_eq!(store.counters.expirations.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn commands_are_invalidated_with_their_key() {
+        let store = Store::new(limits(1000, 1 << 20));
+        live(&store);
+        let hget = redis::cmd("HGET").arg("h").arg("f").get_packed_command();
+        let hgetall = redis::cmd("HGETALL").arg("h").get_packed_command();
+        let t = store.begin(b"h");
+        assert!(store.complete(t, Place::Command(&hget), &bulk("1")));
+        let t = store.begin(b"h");
+        let all = Value::Array(vec![bulk("f"), bulk("1")]);
+        assert!(store.complete(t, Place::Command(&hgetall), &all));
+        assert_eq!(store.get(b"h", Place::Command(&hget), false), Some(bulk("1")));
+        assert_eq!(store.get(b"h", Place::Command(&hgetall), false), Some(all));
+        assert_eq!(store.get(b"h", Place::Get, false), None);
+        store.invalidate(b"h", true);
+        assert_eq!(store.get(b"h", Place::Command(&hget), false), None);
+        assert_eq!(store.get(b"h", Place::Command(&hgetall), false), None);
+        assert_eq!(store.size(), (0, 0));
+        for s in store.shards.iter() {
+            assert!(s.lock().index.is_empty());
+        }
+    }
+
+    #[test]
+    fn stale_values_after_a_loss_within_the_bound_only() {
+        let store = Store::new(Limits {
+            stale_for: Some(Duration::from_secs(3600)),
+            ..limits(1000, 1 << 20)
+        });
+        live(&store);
+        assert!(fill(&store, "k", "v"));
+        store.flush(FlushKind::Lost);
+        // Never a hit, but a stale value for stale-if-error.
+        assert_eq!(store.get(b"k", Place::Get, false), None);
+        assert_eq!(store.get_stale(b"k", Place::Get), Some(bulk("v")));
+        // A flush notice from the server drops stale values too.
+        store.flush(FlushKind::Server);
+        assert_eq!(store.get_stale(b"k", Place::Get), None);
+
+        let store = Store::new(Limits {
+            stale_for: Some(Duration::ZERO),
+            ..limits(1000, 1 << 20)
+        });
+        live(&store);
+        assert!(fill(&store, "k", "v"));
+        store.flush(FlushKind::Lost);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(store.get_stale(b"k", Place::Get), None);
+    }
+
+    #[test]
+    fn shard_counts_fit_the_limits() {
+        assert_eq!(shard_count(&limits(10, 1 << 30)), 1);
+        assert_eq!(shard_count(&limits(100_000, 1 << 30)), 64);
+        assert_eq!(shard_count(&limits(100_000, 256 * 1024)), 4);
+        assert_eq!(shard_count(&limits(0, 0)), 1);
+    }
+}
