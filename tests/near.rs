@@ -47,7 +47,10 @@ fn hits_then_invalidation(protocol: Protocol, tracking: Protocol, bcast: bool) -
     assert_eq!(v.as_deref(), Some("a"));
     wait_cached(&near, "user:1", "a")?;
     let s = near.stats();
-    assert!(s.hits >= 1 && s.misses >= 1 && s.stored >= 1 && s.entries == 1, "{s:?}");
+    assert!(
+        s.hits >= 1 && s.misses >= 1 && s.stored >= 1 && s.entries == 1,
+        "{s:?}"
+    );
     assert!(s.bytes > 0);
 
     // A write on another connection invalidates it.
@@ -67,7 +70,10 @@ fn hits_then_invalidation(protocol: Protocol, tracking: Protocol, bcast: bool) -
     })?;
     admin.set::<_, _, ()>("user:none", "now")?;
     wait_until(WAIT, "the new key to be seen", || {
-        near.get::<Option<String>>("user:none").expect("get").as_deref() == Some("now")
+        near.get::<Option<String>>("user:none")
+            .expect("get")
+            .as_deref()
+            == Some("now")
     })?;
 
     if bcast {
@@ -129,13 +135,17 @@ fn cacheable_commands_and_refusals() -> TestResult {
     assert_eq!(l, ["x", "y", "z"]);
     wait_until(WAIT, "the hash to be cached", || {
         let before = near.stats().hits;
-        let _: Option<String> = near.query(redis::cmd("HGET").arg("h").arg("a")).expect("hget");
+        let _: Option<String> = near
+            .query(redis::cmd("HGET").arg("h").arg("a"))
+            .expect("hget");
         near.stats().hits > before
     })?;
     // A change of the hash invalidates every command cached for it.
     admin.hset::<_, _, _, ()>("h", "a", "9")?;
     wait_until(WAIT, "the hash's invalidation", || {
-        let a: Option<String> = near.query(redis::cmd("HGET").arg("h").arg("a")).expect("hget");
+        let a: Option<String> = near
+            .query(redis::cmd("HGET").arg("h").arg("a"))
+            .expect("hget");
         let all: std::collections::HashMap<String, String> =
             near.query(redis::cmd("HGETALL").arg("h")).expect("hgetall");
         a.as_deref() == Some("9") && all.get("a").map(String::as_str) == Some("9")
@@ -215,7 +225,9 @@ fn the_race_of_a_read_and_an_invalidation_is_forced_and_lost_by_the_stale_reply(
             let near = near.clone();
             std::thread::spawn(move || near.get::<Option<String>>("race"))
         };
-        wait_until(WAIT, "the read to hold its reply", || held.load(Ordering::SeqCst))?;
+        wait_until(WAIT, "the read to hold its reply", || {
+            held.load(Ordering::SeqCst)
+        })?;
         let invalidations = near.stats().invalidations;
         admin.set::<_, _, ()>("race", "new")?;
         wait_until(WAIT, "the invalidation to be applied", || {
@@ -241,7 +253,11 @@ fn the_race_of_a_read_and_an_invalidation_is_forced_and_lost_by_the_stale_reply(
 #[test]
 fn killing_the_tracking_or_a_reader_connection_clears_the_cache() -> TestResult {
     let server = server();
-    let redis = Redis::connect(builder(&server).protocol(Protocol::Resp3).client_name("app"))?;
+    let redis = Redis::connect(
+        builder(&server)
+            .protocol(Protocol::Resp3)
+            .client_name("app"),
+    )?;
     let near = NearCache::new(&redis)?;
     let mut admin = admin(&server);
     admin.set::<_, _, ()>("k", "v")?;
@@ -263,7 +279,9 @@ fn killing_the_tracking_or_a_reader_connection_clears_the_cache() -> TestResult 
         .arg("ID")
         .arg(tracker_id)
         .exec(&mut admin)?;
-    wait_until(WAIT, "the loss to be noticed", || near.stats().flushes > flushes)?;
+    wait_until(WAIT, "the loss to be noticed", || {
+        near.stats().flushes > flushes
+    })?;
     assert_eq!(near.stats().entries, 0);
     wait_until(WAIT, "tracking to come back", || {
         near.is_tracking() && near.stats().connects > connects
@@ -272,21 +290,31 @@ fn killing_the_tracking_or_a_reader_connection_clears_the_cache() -> TestResult 
     admin.set::<_, _, ()>("k", "w")?;
     wait_cached(&near, "k", "w")?;
     admin.set::<_, _, ()>("k", "x")?;
-    wait_until(WAIT, "the invalidation on the new tracking connection", || {
-        near.get::<Option<String>>("k").expect("get").as_deref() == Some("x")
-    })?;
+    wait_until(
+        WAIT,
+        "the invalidation on the new tracking connection",
+        || near.get::<Option<String>>("k").expect("get").as_deref() == Some("x"),
+    )?;
 
     // A reader killed: the keys it read are no longer tracked, so the cache is cleared
     // (noticed by the tracking thread's ping of idle readers, or by the next read).
     wait_cached(&near, "k", "x")?;
     let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin)?;
     let flushes = near.stats().flushes;
-    for id in clients.lines().filter(|l| l.contains("flags=t")).filter_map(|l| {
-        l.split_whitespace()
-            .find_map(|f| f.strip_prefix("id="))
-            .and_then(|r| r.parse::<i64>().ok())
-    }) {
-        redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).exec(&mut admin)?;
+    for id in clients
+        .lines()
+        .filter(|l| l.contains("flags=t"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("id="))
+                .and_then(|r| r.parse::<i64>().ok())
+        })
+    {
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .exec(&mut admin)?;
     }
     wait_until(WAIT, "the reader's loss to be noticed", || {
         near.stats().flushes > flushes
@@ -368,6 +396,8 @@ fn dropping_the_near_cache_closes_its_connections() -> TestResult {
     let started = std::time::Instant::now();
     drop(near);
     assert!(started.elapsed() < redkit::CLOSE_BOUND + Duration::from_millis(100));
-    wait_until(WAIT, "the connections to close", || count(&mut admin) == before)?;
+    wait_until(WAIT, "the connections to close", || {
+        count(&mut admin) == before
+    })?;
     Ok(())
 }

@@ -319,7 +319,9 @@ impl NearCacheBuilder {
         match near.wait_tracking(wait) {
             Ok(()) => Ok(near),
             Err(e) if e.class().is_infrastructure() => {
-                log::warn!("near cache: tracking is not up yet ({e}); reading from Redis until it is");
+                log::warn!(
+                    "near cache: tracking is not up yet ({e}); reading from Redis until it is"
+                );
                 Ok(near)
             }
             Err(e) => Err(e),
@@ -683,7 +685,10 @@ impl NearCache {
                 node.checkin(reader);
                 if let Value::ServerError(e) = &value {
                     drop(ticket);
-                    if matches!(e.kind(), Some(ServerErrorKind::Moved | ServerErrorKind::Ask)) {
+                    if matches!(
+                        e.kind(),
+                        Some(ServerErrorKind::Moved | ServerErrorKind::Ask)
+                    ) {
                         if let Topo::Cluster(topo) = &shared.topo {
                             topo.mark_stale();
                         }
@@ -710,11 +715,7 @@ impl NearCache {
 
     /// A read through the handle (its retries and breaker); nothing is kept.
     fn uncached(&self, packed: &[u8]) -> Result<Value> {
-        self.inner
-            .shared
-            .counters
-            .uncached
-            .fetch_add(1, Relaxed);
+        self.inner.shared.counters.uncached.fetch_add(1, Relaxed);
         self.inner
             .redis
             .execute(|| true, |con| con.exec_packed(packed))

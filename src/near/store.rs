@@ -570,7 +570,9 @@ impl Store {
             }
             None => {
                 let gen = shard.next_gen;
-                shard.flights.insert(Box::from(rkey), Flight { count: 1, gen });
+                shard
+                    .flights
+                    .insert(Box::from(rkey), Flight { count: 1, gen });
                 gen
             }
         };
@@ -814,14 +816,18 @@ mod tests {
         }
         // Touch the first ten: they survive the next evictions.
         for i in 0..10 {
-            assert!(store.get(format!("k{i}").as_bytes(), Place::Get, false).is_some());
+            assert!(store
+                .get(format!("k{i}").as_bytes(), Place::Get, false)
+                .is_some());
         }
         for i in 100..150 {
             fill(&store, &format!("k{i}"), "v");
         }
         for i in 0..10 {
             assert!(
-                store.get(format!("k{i}").as_bytes(), Place::Get, false).is_some(),
+                store
+                    .get(format!("k{i}").as_bytes(), Place::Get, false)
+                    .is_some(),
                 "k{i} was evicted"
             );
         }
@@ -850,7 +856,10 @@ mod tests {
         let t = store.begin(b"h");
         let all = Value::Array(vec![bulk("f"), bulk("1")]);
         assert!(store.complete(t, Place::Command(&hgetall), &all));
-        assert_eq!(store.get(b"h", Place::Command(&hget), false), Some(bulk("1")));
+        assert_eq!(
+            store.get(b"h", Place::Command(&hget), false),
+            Some(bulk("1"))
+        );
         assert_eq!(store.get(b"h", Place::Command(&hgetall), false), Some(all));
         assert_eq!(store.get(b"h", Place::Get, false), None);
         store.invalidate(b"h", true);

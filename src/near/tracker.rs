@@ -182,15 +182,14 @@ impl Shared {
         let node = Arc::new(Node::new(addr.cloned()));
         let weak = Arc::downgrade(self);
         let for_thread = node.clone();
-        let thread = match Background::spawn(THREAD_NAME, move |stop| {
-            track(&weak, &for_thread, &stop)
-        }) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                warn!("near cache: cannot start a tracking thread: {e}");
-                return None;
-            }
-        };
+        let thread =
+            match Background::spawn(THREAD_NAME, move |stop| track(&weak, &for_thread, &stop)) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    warn!("near cache: cannot start a tracking thread: {e}");
+                    return None;
+                }
+            };
         nodes.push(NodeSlot {
             node: node.clone(),
             thread,
@@ -559,7 +558,10 @@ fn track(shared: &Weak<Shared>, node: &Arc<Node>, stop: &Receiver<()>) {
                     }
                     End::Lost(ref e) | End::Retired(ref e) => {
                         if !s.is_closed() {
-                            info!("near cache: tracking of {} lost ({e}); clearing the near cache", link.addr);
+                            info!(
+                                "near cache: tracking of {} lost ({e}); clearing the near cache",
+                                link.addr
+                            );
                         }
                         s.counters.losses.fetch_add(1, Relaxed);
                         s.flush(FlushKind::Lost);
@@ -687,11 +689,7 @@ fn connect(shared: &Shared, node: &Node) -> Result<Link> {
 
 /// `CLIENT TRACKING` needs Redis 6.0 (or Valkey).
 fn check_version(hello: &crate::conn::Hello) -> Result<()> {
-    let major: Option<u32> = hello
-        .version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok());
+    let major: Option<u32> = hello.version.split('.').next().and_then(|m| m.parse().ok());
     match major {
         Some(m) if m < 6 && hello.server != "valkey" => Err(Error::ServerTooOld {
             feature: "CLIENT TRACKING (the near cache)",
@@ -785,7 +783,9 @@ fn serve(shared: &Shared, node: &Node, link: &mut Link, stop: &Receiver<()>) -> 
             Frame::Error(e) => {
                 return End::Lost(Error::from_redis(e.clone().into(), Delivery::Answered))
             }
-            Frame::Other => debug!("near cache: an unexpected frame on the tracking connection: {frame:?}"),
+            Frame::Other => {
+                debug!("near cache: an unexpected frame on the tracking connection: {frame:?}")
+            }
         }
     }
 }
@@ -863,12 +863,18 @@ mod tests {
             kind: PushKind::Invalidate,
             data: vec![Value::Array(vec![bulk("k")])],
         };
-        assert!(matches!(classify(&push, false), Frame::Invalidate(Value::Array(_))));
+        assert!(matches!(
+            classify(&push, false),
+            Frame::Invalidate(Value::Array(_))
+        ));
         let flush = Value::Push {
             kind: PushKind::Invalidate,
             data: vec![Value::Nil],
         };
-        assert!(matches!(classify(&flush, false), Frame::Invalidate(Value::Nil)));
+        assert!(matches!(
+            classify(&flush, false),
+            Frame::Invalidate(Value::Nil)
+        ));
         let msg = Value::Array(vec![
             bulk("message"),
             bulk("__redis__:invalidate"),
