@@ -84,7 +84,7 @@
 //! keys are cached too (a nil is tracked like a value). Error replies are never cached.
 //!
 //! The in-process level is bounded by [`max_entries`](NearCacheBuilder::max_entries) and
-//! [`max_bytes`](NearCacheBuilder::max_bytes) (keys, values and about 136 bytes of
+//! [`max_bytes`](NearCacheBuilder::max_bytes) (keys, values and about 112 bytes of
 //! bookkeeping per entry); when full it evicts with CLOCK (second chance: an entry read
 //! since the hand last passed survives one more round). A reply larger than a
 //! shard's share of the bytes (up to 1/64 of `max_bytes`) is not kept.
@@ -152,7 +152,7 @@ impl NearCacheBuilder {
         self
     }
 
-    /// The most bytes kept: keys, values and about 136 bytes of bookkeeping per entry.
+    /// The most bytes kept: keys, values and about 112 bytes of bookkeeping per entry.
     /// Defaults to 64 MiB.
     pub fn max_bytes(mut self, n: usize) -> NearCacheBuilder {
         self.limits.max_bytes = n;
@@ -697,9 +697,9 @@ impl NearCache {
                     return Ok(value);
                 }
                 if let Some(h) = &shared.hooks.reply {
-                    h(ticket.key());
+                    h(rkey);
                 }
-                shared.store.complete(ticket, place, &value);
+                shared.store.complete(ticket, rkey, place, &value);
                 Ok(value)
             }
             Err(e) => {
@@ -813,15 +813,33 @@ impl NearCache {
             node.checkin(reader);
             return self.mget_uncached(rkeys, idx);
         }
-        let mut pipe = redis::pipe();
-        for &i in idx {
-            pipe.cmd("GET").arg(rkeys[i].as_slice());
-        }
+        // One MGET on a single server; on a cluster the keys of one node may sit in several
+        // slots, which MGET refuses: a pipeline of GETs.
+        let cluster = matches!(shared.topo, Topo::Cluster(_));
         let sent = shared.store.now();
-        match reader
-            .con
-            .pipeline(&pipe.get_packed_pipeline(), 0, idx.len(), None)
-        {
+        let replies = if cluster {
+            let mut pipe = redis::pipe();
+            for &i in idx {
+                pipe.cmd("GET").arg(rkeys[i].as_slice());
+            }
+            reader
+                .con
+                .pipeline(&pipe.get_packed_pipeline(), 0, idx.len(), None)
+        } else {
+            let mut cmd = redis::cmd("MGET");
+            for &i in idx {
+                cmd.arg(rkeys[i].as_slice());
+            }
+            reader
+                .con
+                .exec(&cmd.get_packed_command(), None)
+                .map(|v| match v {
+                    Value::Array(values) if values.len() == idx.len() => values,
+                    // An error reply (or a surprise) for every key.
+                    other => vec![other; idx.len()],
+                })
+        };
+        match replies {
             Ok(values) => {
                 reader.confirm(sent);
                 node.checkin(reader);
@@ -836,14 +854,14 @@ impl NearCache {
                     }
                     return self.mget_uncached(rkeys, idx);
                 }
-                for (ticket, v) in tickets.into_iter().zip(&values) {
+                for ((ticket, &i), v) in tickets.into_iter().zip(idx).zip(&values) {
                     if matches!(v, Value::ServerError(_)) {
                         continue;
                     }
                     if let Some(h) = &shared.hooks.reply {
-                        h(ticket.key());
+                        h(&rkeys[i]);
                     }
-                    shared.store.complete(ticket, Place::Get, v);
+                    shared.store.complete(ticket, &rkeys[i], Place::Get, v);
                 }
                 Ok(values)
             }

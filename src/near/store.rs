@@ -15,51 +15,30 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hashbrown::HashTable;
 use parking_lot::Mutex;
 use redis::Value;
 
-/// What one entry costs beyond its key and value bytes: the slot (56 bytes), its place in
-/// the hash map (about 40 bytes with the table's spare room), the two allocations' headers
-/// and rounding (about 40 bytes). Measured with `benches/nearcache.rs` ("memory per entry").
-pub(crate) const ENTRY_OVERHEAD: usize = 136;
+/// What one entry costs beyond its key and value bytes: its slot (56 bytes, and the slab's
+/// spare room), its place in the table (5 bytes a bucket, the table 44-88% full), its one
+/// allocation's header and rounding (about 24 bytes), and the allocator's fragmentation under
+/// eviction. Measured resident memory per entry: see `tests/near_memory.rs` and
+/// `benches/nearcache.rs`.
+pub(crate) const ENTRY_OVERHEAD: usize = 112;
 /// The extra cost of an entry keyed by a whole command (its place in the per-key index).
 const INDEX_OVERHEAD: usize = 48;
 
 /// A cached reply, kept compact: most replies are a bulk string or nil.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Cached {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Free,
     Nil,
-    Bytes(Box<[u8]>),
-    Other(Box<Value>),
-}
-
-impl Cached {
-    pub(crate) fn from_value(v: &Value) -> Cached {
-        match v {
-            Value::Nil => Cached::Nil,
-            Value::BulkString(b) => Cached::Bytes(b.clone().into_boxed_slice()),
-            other => Cached::Other(Box::new(other.clone())),
-        }
-    }
-
-    pub(crate) fn to_value(&self) -> Value {
-        match self {
-            Cached::Nil => Value::Nil,
-            Cached::Bytes(b) => Value::BulkString(b.to_vec()),
-            Cached::Other(v) => (**v).clone(),
-        }
-    }
-
-    fn size(&self) -> usize {
-        match self {
-            Cached::Nil => 0,
-            Cached::Bytes(b) => b.len(),
-            Cached::Other(v) => value_size(v),
-        }
-    }
+    /// A bulk string, kept after the key in the slot's bytes.
+    Bytes,
+    /// Any other reply, kept in `other`.
+    Other,
 }
 
 /// About how many bytes a reply holds in memory.
@@ -99,7 +78,7 @@ pub(crate) struct Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FlushKind {
     /// The server said every key may have changed (a null invalidation: `FLUSHALL`,
-    /// `FLUSHDB`): nothing is kept, not even for stale-if-error.
+    /// `FLUSHDB`), or the user cleared it: nothing is kept, not even for stale-if-error.
     Server,
     /// A connection the cache depends on was lost: invalidations may have been missed.
     /// With stale-if-error the contents are kept as stale values.
@@ -123,19 +102,60 @@ pub(crate) struct Counters {
     pub(crate) bytes: AtomicUsize,
 }
 
+/// One entry: its key and (for a bulk string) its value in one allocation.
 struct Slot {
-    /// The map key: a Redis key (a `GET`), or a whole packed command. `None`: free.
-    key: Option<Arc<[u8]>>,
-    value: Cached,
+    /// The map key (a Redis key for a `GET`, or a whole packed command), then the value's
+    /// bytes for [`Kind::Bytes`].
+    data: Box<[u8]>,
+    /// The reply, for [`Kind::Other`].
+    other: Option<Box<Value>>,
     /// When it expires (nanoseconds after the store's base).
     expires: u64,
+    /// The map key's hash.
+    hash: u64,
     size: u32,
+    key_len: u32,
+    kind: Kind,
     /// Keyed by a packed command (and listed in `index` under its Redis key).
     command: bool,
     referenced: bool,
 }
 
-/// A read in flight for one Redis key.
+impl Slot {
+    fn free() -> Slot {
+        Slot {
+            data: Box::default(),
+            other: None,
+            expires: 0,
+            hash: 0,
+            size: 0,
+            key_len: 0,
+            kind: Kind::Free,
+            command: false,
+            referenced: false,
+        }
+    }
+
+    fn key(&self) -> &[u8] {
+        self.data.get(..self.key_len as usize).unwrap_or_default()
+    }
+
+    fn value(&self) -> Value {
+        match self.kind {
+            Kind::Free | Kind::Nil => Value::Nil,
+            Kind::Bytes => Value::BulkString(
+                self.data
+                    .get(self.key_len as usize..)
+                    .unwrap_or_default()
+                    .to_vec(),
+            ),
+            Kind::Other => self.other.as_deref().cloned().unwrap_or(Value::Nil),
+        }
+    }
+}
+
+/// A read in flight for Redis keys of one hash (two keys sharing a hash share it: an
+/// invalidation of one spoils the other's read, which is only a missed store).
 #[derive(Debug, Clone, Copy)]
 struct Flight {
     count: u32,
@@ -148,16 +168,18 @@ struct Shard {
     /// `Some(since)`: the contents are stale (a connection was lost), known current until
     /// `since`; kept only for stale-if-error.
     stale_since: Option<u64>,
-    map: HashMap<Arc<[u8]>, u32>,
-    /// Redis key -> the packed commands cached for it (replies other than `GET`'s).
-    index: HashMap<Box<[u8]>, Vec<Arc<[u8]>>>,
+    /// Slot numbers, by their map key.
+    table: HashTable<u32>,
+    /// Redis key -> the slots of packed commands cached for it (replies other than `GET`'s).
+    index: HashMap<Box<[u8]>, Vec<u32>>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     hand: usize,
     bytes: usize,
     max_entries: usize,
     max_bytes: usize,
-    flights: HashMap<Box<[u8]>, Flight>,
+    /// Reads in flight, by the hash of their Redis key.
+    flights: HashMap<u64, Flight>,
     next_gen: u64,
 }
 
@@ -172,7 +194,7 @@ impl Shard {
         Shard {
             epoch: 1,
             stale_since: None,
-            map: HashMap::new(),
+            table: HashTable::new(),
             index: HashMap::new(),
             slots: Vec::new(),
             free: Vec::new(),
@@ -186,14 +208,14 @@ impl Shard {
     }
 
     fn entries(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     /// Drops every entry (reads in flight stay registered).
     fn clear(&mut self, counters: &Counters) {
-        counters.entries.fetch_sub(self.map.len(), Relaxed);
+        counters.entries.fetch_sub(self.table.len(), Relaxed);
         counters.bytes.fetch_sub(self.bytes, Relaxed);
-        self.map = HashMap::new();
+        self.table = HashTable::new();
         self.index = HashMap::new();
         self.slots = Vec::new();
         self.free = Vec::new();
@@ -202,31 +224,38 @@ impl Shard {
         self.stale_since = None;
     }
 
-    fn lookup(&self, key: &[u8]) -> Option<&Slot> {
-        let i = *self.map.get(key)?;
-        self.slots.get(i as usize)
+    fn find(&self, hash: u64, key: &[u8]) -> Option<usize> {
+        let slots = &self.slots;
+        self.table
+            .find(hash, |&i| {
+                slots
+                    .get(i as usize)
+                    .is_some_and(|s| s.kind != Kind::Free && s.key() == key)
+            })
+            .map(|&i| i as usize)
     }
 
-    /// Removes the slot `i` (from the map, the index, the byte count).
+    /// Removes the slot `i` (from the table, the index, the byte count).
     fn remove_slot(&mut self, i: usize, counters: &Counters) {
         let Some(slot) = self.slots.get_mut(i) else {
             return;
         };
-        let Some(key) = slot.key.take() else {
+        if slot.kind == Kind::Free {
             return;
-        };
+        }
+        let slot = std::mem::replace(slot, Slot::free());
+        if let Ok(entry) = self.table.find_entry(slot.hash, |&j| j as usize == i) {
+            entry.remove();
+        }
         let size = slot.size as usize;
-        let command = slot.command;
-        slot.value = Cached::Nil;
-        self.map.remove(&key);
         self.bytes -= size;
         counters.entries.fetch_sub(1, Relaxed);
         counters.bytes.fetch_sub(size, Relaxed);
         self.free.push(i as u32);
-        if command {
-            if let Some(rkey) = command_key(&key) {
+        if slot.command {
+            if let Some(rkey) = command_key(slot.key()) {
                 if let Some(list) = self.index.get_mut(rkey) {
-                    list.retain(|k| **k != *key);
+                    list.retain(|&j| j as usize != i);
                     if list.is_empty() {
                         self.index.remove(rkey);
                     }
@@ -235,25 +264,16 @@ impl Shard {
         }
     }
 
-    fn remove_key(&mut self, key: &[u8], counters: &Counters) -> bool {
-        match self.map.get(key) {
-            Some(&i) => {
-                self.remove_slot(i as usize, counters);
-                true
-            }
-            None => false,
+    /// Removes everything cached for the Redis key `rkey` (its hash `hash`).
+    fn remove_all_of(&mut self, hash: u64, rkey: &[u8], counters: &Counters) {
+        if let Some(i) = self.find(hash, rkey) {
+            self.remove_slot(i, counters);
         }
-    }
-
-    /// Removes everything cached for the Redis key `rkey`; whether anything was.
-    fn remove_all_of(&mut self, rkey: &[u8], counters: &Counters) -> bool {
-        let mut removed = self.remove_key(rkey, counters);
         if let Some(list) = self.index.remove(rkey) {
-            for k in list {
-                removed |= self.remove_key(&k, counters);
+            for i in list {
+                self.remove_slot(i as usize, counters);
             }
         }
-        removed
     }
 
     /// Makes room for `size` more bytes and one more entry, CLOCK style: expired entries go
@@ -273,7 +293,7 @@ impl Shard {
             let Some(slot) = self.slots.get_mut(i) else {
                 continue;
             };
-            if slot.key.is_none() {
+            if slot.kind == Kind::Free {
                 continue;
             }
             if slot.expires <= now {
@@ -288,30 +308,48 @@ impl Shard {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn insert(
         &mut self,
+        hash: u64,
         key: &[u8],
         command: bool,
-        value: Cached,
+        value: &Value,
         expires: u64,
         now: u64,
+        hasher: &RandomState,
         counters: &Counters,
     ) -> Insert {
+        let (kind, bytes, other): (Kind, &[u8], Option<Box<Value>>) = match value {
+            Value::Nil => (Kind::Nil, &[], None),
+            Value::BulkString(b) => (Kind::Bytes, b, None),
+            v => (Kind::Other, &[], Some(Box::new(v.clone()))),
+        };
+        let value_len = match &other {
+            Some(v) => value_size(v),
+            None => bytes.len(),
+        };
         let extra = if command { INDEX_OVERHEAD } else { 0 };
-        let size = key.len() + value.size() + ENTRY_OVERHEAD + extra;
-        if size > self.max_bytes || self.max_entries == 0 || size > u32::MAX as usize {
-            // Replace nothing with a value that can never fit: drop the old one.
-            self.remove_key(key, counters);
+        let size = key.len() + value_len + ENTRY_OVERHEAD + extra;
+        if let Some(i) = self.find(hash, key) {
+            self.remove_slot(i, counters);
+        }
+        if size > self.max_bytes || self.max_entries == 0 || key.len() > u32::MAX as usize {
+            // A value that can never fit.
             return Insert::TooLarge;
         }
-        self.remove_key(key, counters);
         self.make_room(size, now, counters);
-        let key: Arc<[u8]> = Arc::from(key);
+        let mut data = Vec::with_capacity(key.len() + bytes.len());
+        data.extend_from_slice(key);
+        data.extend_from_slice(bytes);
         let slot = Slot {
-            key: Some(key.clone()),
-            value,
+            data: data.into_boxed_slice(),
+            other,
             expires,
+            hash,
             size: size as u32,
+            key_len: key.len() as u32,
+            kind,
             command,
             referenced: false,
         };
@@ -323,19 +361,25 @@ impl Shard {
                 i
             }
             None => {
+                if self.slots.len() == self.slots.capacity() {
+                    // Grow by an eighth, not twice over: the bound counts what is used.
+                    self.slots.reserve_exact((self.slots.len() / 8).max(16));
+                }
                 self.slots.push(slot);
                 (self.slots.len() - 1) as u32
             }
         };
         if command {
-            if let Some(rkey) = command_key(&key) {
-                self.index
-                    .entry(Box::from(rkey))
-                    .or_default()
-                    .push(key.clone());
+            if let Some(rkey) = command_key(key) {
+                self.index.entry(Box::from(rkey)).or_default().push(i);
             }
         }
-        self.map.insert(key, i);
+        let slots = &self.slots;
+        self.table.insert_unique(hash, i, |&j| {
+            slots
+                .get(j as usize)
+                .map_or_else(|| hasher.hash_one(b""), |s| s.hash)
+        });
         self.bytes += size;
         counters.entries.fetch_add(1, Relaxed);
         counters.bytes.fetch_add(size, Relaxed);
@@ -363,36 +407,30 @@ pub(crate) enum Place<'a> {
 #[derive(Debug)]
 pub(crate) struct Ticket<'a> {
     store: &'a Store,
-    rkey: Box<[u8]>,
+    /// The hash of the Redis key.
+    hash: u64,
     shard: usize,
     epoch: u64,
     gen: u64,
     done: bool,
 }
 
-impl Ticket<'_> {
-    /// The Redis key the read is for.
-    pub(crate) fn key(&self) -> &[u8] {
-        &self.rkey
-    }
-}
-
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if !self.done {
             let mut shard = self.store.shards[self.shard].lock();
-            release(&mut shard, &self.rkey);
+            release(&mut shard, self.hash);
         }
     }
 }
 
-/// One read of `rkey` ends: forget it when it was the last one in flight.
-fn release(shard: &mut Shard, rkey: &[u8]) -> Option<Flight> {
-    let flight = shard.flights.get_mut(rkey)?;
+/// One read ends: forget its flight when it was the last one in flight.
+fn release(shard: &mut Shard, hash: u64) -> Option<Flight> {
+    let flight = shard.flights.get_mut(&hash)?;
     let seen = *flight;
     flight.count = flight.count.saturating_sub(1);
     if flight.count == 0 {
-        shard.flights.remove(rkey);
+        shard.flights.remove(&hash);
     }
     Some(seen)
 }
@@ -466,14 +504,21 @@ impl Store {
         u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn shard_of(&self, rkey: &[u8]) -> usize {
-        (self.hasher.hash_one(rkey) as usize) & self.mask
+    fn hash(&self, bytes: &[u8]) -> u64 {
+        self.hasher.hash_one(bytes)
     }
 
-    fn map_key<'k>(rkey: &'k [u8], slot: Place<'k>) -> (&'k [u8], bool) {
-        match slot {
-            Place::Get => (rkey, false),
-            Place::Command(packed) => (packed, true),
+    fn shard_of(&self, hash: u64) -> usize {
+        // The table uses the hash's top bits (control bytes) and low bits (buckets): the
+        // shard takes bits from the middle.
+        ((hash >> 20) as usize) & self.mask
+    }
+
+    /// The map key of a place, and its hash (`rhash`: the Redis key's).
+    fn map_key<'k>(&self, rkey: &'k [u8], rhash: u64, place: Place<'k>) -> (&'k [u8], u64, bool) {
+        match place {
+            Place::Get => (rkey, rhash, false),
+            Place::Command(packed) => (packed, self.hash(packed), true),
         }
     }
 
@@ -497,21 +542,22 @@ impl Store {
 
     /// A cached reply for `rkey`, counted as a hit, or `None` (counted as a miss when
     /// `count_miss`).
-    pub(crate) fn get(&self, rkey: &[u8], slot: Place<'_>, count_miss: bool) -> Option<Value> {
-        let (key, _) = Self::map_key(rkey, slot);
+    pub(crate) fn get(&self, rkey: &[u8], place: Place<'_>, count_miss: bool) -> Option<Value> {
         let now = self.now();
         let found = if now < self.valid_until.load(SeqCst) {
+            let rhash = self.hash(rkey);
+            let (key, hash, _) = self.map_key(rkey, rhash, place);
             let epoch = self.epoch();
-            let mut shard = self.shards[self.shard_of(rkey)].lock();
+            let mut shard = self.shards[self.shard_of(rhash)].lock();
             if shard.epoch == epoch && shard.stale_since.is_none() {
-                match shard.map.get(key).copied() {
-                    Some(i) => match shard.slots.get_mut(i as usize) {
+                match shard.find(hash, key) {
+                    Some(i) => match shard.slots.get_mut(i) {
                         Some(s) if s.expires > now => {
                             s.referenced = true;
-                            Some(s.value.to_value())
+                            Some(s.value())
                         }
                         Some(_) => {
-                            shard.remove_slot(i as usize, &self.counters);
+                            shard.remove_slot(i, &self.counters);
                             self.counters.expirations.fetch_add(1, Relaxed);
                             None
                         }
@@ -535,12 +581,13 @@ impl Store {
 
     /// A stale value of `rkey` for stale-if-error: kept from before a lost connection, known
     /// current at most the configured staleness ago, and not past its TTL cap.
-    pub(crate) fn get_stale(&self, rkey: &[u8], slot: Place<'_>) -> Option<Value> {
+    pub(crate) fn get_stale(&self, rkey: &[u8], place: Place<'_>) -> Option<Value> {
         let max = self.limits.stale_for?;
         let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
-        let (key, _) = Self::map_key(rkey, slot);
+        let rhash = self.hash(rkey);
+        let (key, hash, _) = self.map_key(rkey, rhash, place);
         let now = self.now();
-        let shard = self.shards[self.shard_of(rkey)].lock();
+        let shard = self.shards[self.shard_of(rhash)].lock();
         let since = match shard.stale_since {
             Some(since) => since,
             // Live contents while Redis fails: current as of the last confirmation.
@@ -551,34 +598,30 @@ impl Store {
             return None;
         }
         let value = shard
-            .lookup(key)
+            .find(hash, key)
+            .and_then(|i| shard.slots.get(i))
             .filter(|s| s.expires > now)
-            .map(|s| s.value.to_value())?;
+            .map(Slot::value)?;
         self.counters.stale_served.fetch_add(1, Relaxed);
         Some(value)
     }
 
     /// Registers a read of `rkey` about to be sent.
     pub(crate) fn begin(&self, rkey: &[u8]) -> Ticket<'_> {
-        let shard_i = self.shard_of(rkey);
+        let hash = self.hash(rkey);
+        let shard_i = self.shard_of(hash);
         let epoch = self.epoch();
         let mut shard = self.shards[shard_i].lock();
-        let gen = match shard.flights.get_mut(rkey) {
-            Some(f) => {
-                f.count += 1;
-                f.gen
-            }
-            None => {
-                let gen = shard.next_gen;
-                shard
-                    .flights
-                    .insert(Box::from(rkey), Flight { count: 1, gen });
-                gen
-            }
-        };
+        let next = shard.next_gen;
+        let flight = shard.flights.entry(hash).or_insert(Flight {
+            count: 0,
+            gen: next,
+        });
+        flight.count += 1;
+        let gen = flight.gen;
         Ticket {
             store: self,
-            rkey: Box::from(rkey),
+            hash,
             shard: shard_i,
             epoch,
             gen,
@@ -586,15 +629,21 @@ impl Store {
         }
     }
 
-    /// Stores the reply of a registered read, unless the key was invalidated (or the store
-    /// flushed) since the read was registered. Whether it was stored.
-    pub(crate) fn complete(&self, mut ticket: Ticket<'_>, slot: Place<'_>, value: &Value) -> bool {
+    /// Stores the reply of a registered read of `rkey`, unless the key was invalidated (or
+    /// the store flushed) since the read was registered. Whether it was stored.
+    pub(crate) fn complete(
+        &self,
+        mut ticket: Ticket<'_>,
+        rkey: &[u8],
+        place: Place<'_>,
+        value: &Value,
+    ) -> bool {
         ticket.done = true;
-        let (key, command) = Self::map_key(&ticket.rkey, slot);
+        let (key, hash, command) = self.map_key(rkey, ticket.hash, place);
         let now = self.now();
         let ttl = u64::try_from(self.limits.ttl.as_nanos()).unwrap_or(u64::MAX);
         let mut shard = self.shards[ticket.shard].lock();
-        let seen = release(&mut shard, &ticket.rkey);
+        let seen = release(&mut shard, ticket.hash);
         let epoch = self.epoch();
         let current = seen.is_some_and(|f| f.gen == ticket.gen)
             && ticket.epoch == epoch
@@ -606,14 +655,17 @@ impl Store {
         if shard.stale_since.is_some() {
             shard.clear(&self.counters);
         }
-        match shard.insert(
+        let stored = shard.insert(
+            hash,
             key,
             command,
-            Cached::from_value(value),
+            value,
             now.saturating_add(ttl),
             now,
+            &self.hasher,
             &self.counters,
-        ) {
+        );
+        match stored {
             Insert::Stored => {
                 self.counters.stored.fetch_add(1, Relaxed);
                 true
@@ -628,14 +680,15 @@ impl Store {
     /// The server invalidated `rkey` (`server`), or this process wrote it: removes what is
     /// cached for it and spoils the reads of it in flight.
     pub(crate) fn invalidate(&self, rkey: &[u8], server: bool) {
-        let mut shard = self.shards[self.shard_of(rkey)].lock();
+        let hash = self.hash(rkey);
+        let mut shard = self.shards[self.shard_of(hash)].lock();
         shard.next_gen += 1;
         let gen = shard.next_gen;
-        if let Some(f) = shard.flights.get_mut(rkey) {
+        if let Some(f) = shard.flights.get_mut(&hash) {
             f.gen = gen;
         }
         // Stale contents of this key are known to have changed too.
-        shard.remove_all_of(rkey, &self.counters);
+        shard.remove_all_of(hash, rkey, &self.counters);
         drop(shard);
         if server {
             self.counters.invalidations.fetch_add(1, Relaxed);
@@ -702,7 +755,7 @@ mod tests {
 
     fn fill(store: &Store, key: &str, value: &str) -> bool {
         let t = store.begin(key.as_bytes());
-        store.complete(t, Place::Get, &bulk(value))
+        store.complete(t, key.as_bytes(), Place::Get, &bulk(value))
     }
 
     #[test]
@@ -731,10 +784,10 @@ mod tests {
         store.invalidate(b"k", true);
         // A read registered after the invalidation may be stored.
         let t3 = store.begin(b"k");
-        assert!(!store.complete(t, Place::Get, &bulk("old")));
-        assert!(!store.complete(t2, Place::Get, &bulk("old")));
+        assert!(!store.complete(t, b"k", Place::Get, &bulk("old")));
+        assert!(!store.complete(t2, b"k", Place::Get, &bulk("old")));
         assert_eq!(store.get(b"k", Place::Get, false), None);
-        assert!(store.complete(t3, Place::Get, &bulk("new")));
+        assert!(store.complete(t3, b"k", Place::Get, &bulk("new")));
         assert_eq!(store.get(b"k", Place::Get, false), Some(bulk("new")));
         assert_eq!(store.counters.races.load(Relaxed), 2);
         // Every flight was released.
@@ -750,7 +803,7 @@ mod tests {
         assert!(fill(&store, "a", "1"));
         let t = store.begin(b"b");
         store.flush(FlushKind::Lost);
-        assert!(!store.complete(t, Place::Get, &bulk("2")));
+        assert!(!store.complete(t, b"b", Place::Get, &bulk("2")));
         assert_eq!(store.get(b"a", Place::Get, false), None);
         assert_eq!(store.size(), (0, 0));
     }
@@ -852,10 +905,10 @@ mod tests {
         let hget = redis::cmd("HGET").arg("h").arg("f").get_packed_command();
         let hgetall = redis::cmd("HGETALL").arg("h").get_packed_command();
         let t = store.begin(b"h");
-        assert!(store.complete(t, Place::Command(&hget), &bulk("1")));
+        assert!(store.complete(t, b"h", Place::Command(&hget), &bulk("1")));
         let t = store.begin(b"h");
         let all = Value::Array(vec![bulk("f"), bulk("1")]);
-        assert!(store.complete(t, Place::Command(&hgetall), &all));
+        assert!(store.complete(t, b"h", Place::Command(&hgetall), &all));
         assert_eq!(
             store.get(b"h", Place::Command(&hget), false),
             Some(bulk("1"))
