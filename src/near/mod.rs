@@ -606,11 +606,6 @@ impl NearCache {
         self.miss(rkey, Place::Get, &packed)
     }
 
-    /// A stale value of the full key `rkey` for stale-if-error (the cache's degradation).
-    pub(crate) fn stale_value(&self, rkey: &[u8]) -> Option<Value> {
-        self.inner.shared.store.get_stale(rkey, Place::Get)
-    }
-
     /// A read of `rkey` through the near cache: a hit, or the miss path.
     fn read(&self, rkey: &[u8], place: Place<'_>, packed: &[u8]) -> Result<Value> {
         if let Some(v) = self.inner.shared.store.get(rkey, place, true) {
