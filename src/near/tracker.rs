@@ -197,9 +197,14 @@ impl Shared {
         Some(node)
     }
 
-    /// Every node's state: (address, up).
+    /// Every node still tracked.
     pub(crate) fn nodes(&self) -> Vec<Arc<Node>> {
-        self.nodes.lock().iter().map(|s| s.node.clone()).collect()
+        self.nodes
+            .lock()
+            .iter()
+            .filter(|s| !s.node.retired.load(SeqCst))
+            .map(|s| s.node.clone())
+            .collect()
     }
 
     /// Stops every tracking thread, waiting at most `bound` in all.
@@ -578,6 +583,16 @@ fn track(shared: &Weak<Shared>, node: &Arc<Node>, stop: &Receiver<()>) {
             Err(e) => {
                 debug!("near cache: cannot set tracking up: {e}");
                 *s.last_error.lock() = Some(e);
+                if let (Topo::Cluster(topo), Some(addr)) = (&s.topo, &node.fixed) {
+                    topo.mark_stale();
+                    topo.refresh_if_stale();
+                    let masters = topo.masters();
+                    if !masters.is_empty() && !masters.contains(addr) {
+                        debug!("near cache: {addr} is no longer a master; its tracking ends");
+                        node.retired.store(true, SeqCst);
+                        return;
+                    }
+                }
                 let wait = delays
                     .get_or_insert_with(|| s.tracking.config().heartbeat.reconnect.delays())
                     .next_delay()
