@@ -72,15 +72,22 @@ impl std::fmt::Debug for Topo {
     }
 }
 
+/// A hook called with a key and a flag.
+pub(crate) type KeyHook = Arc<dyn Fn(&[u8], bool) + Send + Sync>;
+/// A hook called with a flag.
+pub(crate) type FlagHook = Arc<dyn Fn(bool) + Send + Sync>;
+/// A hook called with a key.
+pub(crate) type ReplyHook = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 /// Test hooks (the `testing` feature): called by the tracking threads and the read path.
 #[derive(Clone, Default)]
 pub(crate) struct Hooks {
     /// Called with the key before (`false`) and after (`true`) an invalidation is applied.
-    pub(crate) invalidate: Option<Arc<dyn Fn(&[u8], bool) + Send + Sync>>,
+    pub(crate) invalidate: Option<KeyHook>,
     /// Called before (`false`) and after (`true`) the store is flushed.
-    pub(crate) flush: Option<Arc<dyn Fn(bool) + Send + Sync>>,
+    pub(crate) flush: Option<FlagHook>,
     /// Called with the key after a read's reply arrived, before it is stored.
-    pub(crate) reply: Option<Arc<dyn Fn(&[u8]) + Send + Sync>>,
+    pub(crate) reply: Option<ReplyHook>,
 }
 
 impl std::fmt::Debug for Hooks {
