@@ -404,3 +404,24 @@ fn dropping_the_near_cache_closes_its_connections() -> TestResult {
     })?;
     Ok(())
 }
+
+/// Closing the handle stops the near cache too: its threads end, reads fail with `Closed`.
+#[test]
+fn closing_the_handle_stops_tracking() -> TestResult {
+    let server = server();
+    let redis = redis(&server);
+    let near = NearCache::new(&redis)?;
+    let mut admin = admin(&server);
+    admin.set::<_, _, ()>("k", "v")?;
+    wait_cached(&near, "k", "v")?;
+    redis.close()?;
+    wait_until(WAIT, "tracking to stop", || !near.is_tracking())?;
+    assert!(matches!(
+        near.get::<Option<String>>("k"),
+        Err(Error::Closed)
+    ));
+    // Closing the near cache itself (twice) is fine.
+    near.close();
+    near.close();
+    Ok(())
+}

@@ -298,6 +298,7 @@ impl NearCacheBuilder {
             tracking,
             self.redis.connector().clone(),
             self.hooks,
+            state.clone(),
         ));
         let near = NearCache {
             inner: Arc::new(Inner {

@@ -248,7 +248,7 @@ impl Shard {
             entry.remove();
         }
         let size = slot.size as usize;
-        self.bytes -= size;
+        self.bytes = self.bytes.saturating_sub(size);
         counters.entries.fetch_sub(1, Relaxed);
         counters.bytes.fetch_sub(size, Relaxed);
         self.free.push(i as u32);
@@ -334,7 +334,7 @@ impl Shard {
         if let Some(i) = self.find(hash, key) {
             self.remove_slot(i, counters);
         }
-        if size > self.max_bytes || self.max_entries == 0 || key.len() > u32::MAX as usize {
+        if size > self.max_bytes || self.max_entries == 0 || size > u32::MAX as usize {
             // A value that can never fit.
             return Insert::TooLarge;
         }

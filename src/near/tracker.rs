@@ -33,6 +33,7 @@ use crate::cluster::Topology;
 use crate::config::{Addr, Protocol};
 use crate::conn::{Connection, Connector};
 use crate::error::{Delivery, Error, Result};
+use crate::pool::PoolState;
 use crate::sentinel::SentinelState;
 use crate::util::threads::Background;
 use crate::util::time;
@@ -127,6 +128,8 @@ pub(crate) struct Shared {
     pub(crate) hooks: Hooks,
     nodes: Mutex<Vec<NodeSlot>>,
     closed: AtomicBool,
+    /// The handle's pool state: once the handle is closed, tracking stops.
+    pool: Arc<PoolState>,
     /// Why the last connection attempt failed.
     pub(crate) last_error: Mutex<Option<Error>>,
 }
@@ -153,6 +156,7 @@ impl Shared {
         tracking: Connector,
         reading: Connector,
         hooks: Hooks,
+        pool: Arc<PoolState>,
     ) -> Shared {
         Shared {
             store,
@@ -164,12 +168,14 @@ impl Shared {
             hooks,
             nodes: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            pool,
             last_error: Mutex::new(None),
         }
     }
 
+    /// Whether the near cache, or its handle, was closed.
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(SeqCst)
+        self.closed.load(SeqCst) || self.pool.is_closed()
     }
 
     /// The node for `addr` (`None`: the single node, or the Sentinel master), its tracking
@@ -216,9 +222,7 @@ impl Shared {
 
     /// Stops every tracking thread, waiting at most `bound` in all.
     pub(crate) fn shut_down(&self, bound: Duration) {
-        if self.closed.swap(true, SeqCst) {
-            return;
-        }
+        self.closed.store(true, SeqCst);
         let deadline = time::after(bound);
         let slots = std::mem::take(&mut *self.nodes.lock());
         for mut slot in slots {
@@ -411,7 +415,9 @@ impl Node {
                     Ok(r) => return Some(r),
                     Err(e) => {
                         debug!("near cache: cannot open a reader connection: {e}");
-                        self.readers.lock().open -= 1;
+                        let mut readers = self.readers.lock();
+                        readers.open = readers.open.saturating_sub(1);
+                        drop(readers);
                         self.returned.notify_one();
                         return None;
                     }
