@@ -101,7 +101,7 @@ impl MuxSet {
         if state.is_closed() {
             return Err(Error::Closed);
         }
-        let m = Arc::new(Mux::new(conn, self.limits, self.write_timeout, generation));
+        let m = Arc::new(Mux::new(conn, self.limits, self.write_timeout, generation)?);
         *slot = Some(m.clone());
         Ok(m)
     }

@@ -178,6 +178,12 @@ impl Connection {
         self.response = d;
     }
 
+    /// A write half for another thread (TCP and unix only): after this, the connection is
+    /// only read from.
+    pub(crate) fn write_half(&mut self) -> Option<super::socket::WriteHalf> {
+        self.io.get_mut().write_half()
+    }
+
     /// A handle that closes this connection's socket from another thread (a call blocked
     /// on it then fails at once).
     pub(crate) fn interrupter(&mut self) -> super::socket::Interrupter {
