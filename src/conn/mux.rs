@@ -444,7 +444,7 @@ pub(crate) struct Mux {
 #[derive(Debug)]
 enum Kind {
     Split(Split),
-    Driven(Driven),
+    Driven(Box<Driven>),
 }
 
 impl Mux {
@@ -457,7 +457,7 @@ impl Mux {
     ) -> Result<Mux> {
         let kind = match conn.write_half() {
             Some(w) => Kind::Split(Split::start(conn, w, limits, write_timeout)?),
-            None => Kind::Driven(Driven::new(conn, limits, write_timeout)),
+            None => Kind::Driven(Box::new(Driven::new(conn, limits, write_timeout))),
         };
         Ok(Mux { kind, generation })
     }
@@ -685,7 +685,7 @@ impl SplitInner {
             while !slot.done.load(Ordering::Acquire) {
                 std::hint::spin_loop();
                 n = n.wrapping_add(1);
-                if n % 64 == 0 && Instant::now() >= spin_until {
+                if n.is_multiple_of(64) && Instant::now() >= spin_until {
                     break;
                 }
             }
