@@ -388,3 +388,31 @@ fn tls_connections_multiplex_too() -> TestResult {
     });
     Ok(())
 }
+
+#[test]
+fn a_multiplexed_sentinel_handle_follows_a_failover() -> TestResult {
+    let setup = redkit::testing::SentinelSetup::start()?;
+    let redis = Redis::connect(
+        redkit::Config::builder()
+            .sentinel(setup.master_name(), setup.sentinel_addrs())
+            .multiplexed(1)
+            .connect_timeout(Duration::from_secs(1))
+            .response_timeout(Duration::from_secs(1)),
+    )?;
+    let events = redis.events();
+    let old = redis.sentinel_master().ok_or("no master")?;
+    let mut r = redis.clone();
+    r.set::<_, _, ()>("before", 1)?;
+    let new_master = setup.failover()?;
+    // Writes reach the new master without user action.
+    redkit::testing::wait_until(Duration::from_secs(20), "a write on the new master", || {
+        r.set::<_, _, ()>("after", 2).is_ok() && redis.sentinel_master().is_some_and(|m| m != old)
+    })?;
+    let mut admin = setup.node(new_master).admin()?;
+    let v: Option<i64> = admin.get("after")?;
+    assert_eq!(v, Some(2), "the write landed on the new master");
+    let saw_failover = std::iter::from_fn(|| events.try_recv().ok())
+        .any(|e| matches!(e, redkit::Event::FailoverDetected { .. }));
+    assert!(saw_failover, "FailoverDetected was sent");
+    Ok(())
+}
