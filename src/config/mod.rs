@@ -494,10 +494,14 @@ pub struct Config {
     pub(crate) max_reply_size: u64,
     /// Multiplexed connections.
     pub(crate) multiplex: MultiplexConfig,
+    /// The largest argument one command may carry, in bytes.
+    pub(crate) max_value_size: u64,
 }
 
 /// The default cap on one reply: 512 MiB, the largest value a server accepts by default.
 pub(crate) const DEFAULT_MAX_REPLY_SIZE: u64 = 512 * 1024 * 1024;
+/// The default cap on one argument: 512 MiB, the server's default `proto-max-bulk-len`.
+pub(crate) const DEFAULT_MAX_VALUE_SIZE: u64 = 512 * 1024 * 1024;
 
 impl Config {
     /// A builder with every default: `127.0.0.1:6379`, db 0, RESP2, no TLS.
@@ -561,6 +565,11 @@ impl Config {
     /// The multiplexed connection settings.
     pub fn multiplex(&self) -> &MultiplexConfig {
         &self.multiplex
+    }
+
+    /// The largest argument one command may carry, in bytes.
+    pub fn max_value_size(&self) -> u64 {
+        self.max_value_size
     }
 
     /// The largest reply one call may read, in bytes.

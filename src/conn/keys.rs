@@ -27,7 +27,9 @@ pub(crate) fn key_indices(args: &[&[u8]]) -> Vec<usize> {
     };
     let n = args.len();
     let all_from = |start: usize| (start..n).collect::<Vec<_>>();
-    let range = |start: usize, count: usize| (start..(start + count).min(n)).collect::<Vec<_>>();
+    let range = |start: usize, count: usize| {
+        (start..start.saturating_add(count).min(n)).collect::<Vec<_>>()
+    };
     let upper = name.to_ascii_uppercase();
     match upper.as_slice() {
         // No keys.

@@ -439,6 +439,7 @@ pub(crate) struct Mux {
     kind: Kind,
     /// The stamp of the generation it was opened in.
     pub(crate) generation: u64,
+    max_value: u64,
 }
 
 #[derive(Debug)]
@@ -455,11 +456,16 @@ impl Mux {
         write_timeout: Duration,
         generation: u64,
     ) -> Result<Mux> {
+        let max_value = conn.max_value();
         let kind = match conn.write_half() {
             Some(w) => Kind::Split(Split::start(conn, w, limits, write_timeout)?),
             None => Kind::Driven(Box::new(Driven::new(conn, limits, write_timeout))),
         };
-        Ok(Mux { kind, generation })
+        Ok(Mux {
+            kind,
+            generation,
+            max_value,
+        })
     }
 
     /// Whether the connection failed (every call now fails at once).
@@ -488,6 +494,7 @@ impl Mux {
         count: usize,
         deadline: Instant,
     ) -> Result<Vec<Value>> {
+        super::connection::check_sizes(packed, self.max_value)?;
         match &self.kind {
             Kind::Split(s) => s.inner.call(packed, offset, count, deadline),
             Kind::Driven(d) => d.call(packed, offset, count, deadline),

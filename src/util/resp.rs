@@ -100,6 +100,26 @@ pub(crate) fn each_command<'a>(
     true
 }
 
+/// The length of the largest argument in a packed command or pipeline, when it is over
+/// `limit` (`None`: every argument fits). Cheap when the whole request fits.
+pub(crate) fn oversized_argument(packed: &[u8], limit: u64) -> Option<u64> {
+    if packed.len() as u64 <= limit {
+        return None;
+    }
+    let mut rest = packed;
+    let mut largest = 0u64;
+    while !rest.is_empty() {
+        let (count, mut at) = header(rest, b'*')?;
+        for _ in 0..count {
+            let (len, after) = header(at, b'$')?;
+            largest = largest.max(len as u64);
+            at = after.get(len..)?.strip_prefix(b"\r\n")?;
+        }
+        rest = at;
+    }
+    (largest > limit).then_some(largest)
+}
+
 /// Packs arguments as one command, the way the `redis` crate does.
 #[allow(dead_code)] // used in tests
 pub(crate) fn pack(args: &[&[u8]]) -> Vec<u8> {
@@ -153,6 +173,18 @@ mod tests {
             true
         }));
         assert_eq!(names, vec![b"GET".to_vec(), b"MGET".to_vec()]);
+    }
+
+    #[test]
+    fn finds_oversized_arguments() {
+        let cmd = redis::cmd("SET")
+            .arg("k")
+            .arg(vec![b'x'; 2000])
+            .get_packed_command();
+        assert_eq!(oversized_argument(&cmd, 1024), Some(2000));
+        assert_eq!(oversized_argument(&cmd, 4096), None);
+        let small = redis::cmd("SET").arg("k").arg("v").get_packed_command();
+        assert_eq!(oversized_argument(&small, 4), None);
     }
 
     #[test]
