@@ -1047,4 +1047,77 @@ mod tests {
             ));
         }
     }
+
+    mod properties {
+        use super::super::url::parse_duration;
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::util::property_cases()))]
+
+            #[test]
+            fn durations_parse_or_refuse(n in any::<u64>(), unit in prop_oneof![Just(""), Just("ms"), Just("s"), Just("m"), Just("us"), Just("h"), Just("x")]) {
+                let text = format!("{n}{unit}");
+                let parsed = parse_duration(&text);
+                match unit {
+                    "" | "ms" => prop_assert_eq!(parsed, Some(std::time::Duration::from_millis(n))),
+                    "s" => prop_assert_eq!(parsed, Some(std::time::Duration::from_secs(n))),
+                    _ => {}
+                }
+            }
+
+            #[test]
+            fn any_text_is_a_url_or_a_config_error(url in "\\PC{0,60}") {
+                if let Err(e) = Config::from_url(&url) {
+                    prop_assert_eq!(e.class(), crate::ErrorClass::Config);
+                }
+            }
+
+            #[test]
+            fn urls_of_every_scheme_read_back(
+                scheme in prop_oneof![Just("redis"), Just("rediss"), Just("valkey"), Just("valkeys")],
+                host in "[a-z][a-z0-9]{0,10}",
+                port in 1u16..,
+                db in 0i64..16,
+                name in "[a-z]{1,8}",
+                response_ms in 1u64..100_000,
+            ) {
+                let url = format!("{scheme}://:secret@{host}:{port}/{db}?client_name={name}&response_timeout={response_ms}ms");
+                let c = Config::from_url(&url).expect("valid");
+                prop_assert_eq!(c.addr(), &Addr::Tcp { host: host.clone(), port });
+                prop_assert_eq!(c.db(), db);
+                prop_assert_eq!(c.client_name(), Some(name.as_str()));
+                prop_assert_eq!(c.timeouts().response_timeout(), std::time::Duration::from_millis(response_ms));
+                prop_assert_eq!(c.tls().is_some(), scheme == "rediss" || scheme == "valkeys");
+                let shown = format!("{c} {c:?}");
+                prop_assert!(!shown.contains("secret"));
+            }
+
+            #[test]
+            fn sentinel_and_cluster_urls_read_back(
+                hosts in proptest::collection::vec(("[a-z]{1,6}", proptest::option::of(1u16..)), 1..5),
+                cluster in any::<bool>(),
+            ) {
+                let list: Vec<String> = hosts.iter().map(|(h, p)| match p {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.clone(),
+                }).collect();
+                let url = if cluster {
+                    format!("redis+cluster://{}", list.join(","))
+                } else {
+                    format!("redis+sentinel://{}/mymaster", list.join(","))
+                };
+                let c = Config::from_url(&url).expect("valid");
+                let got: Vec<(String, u16)> = if cluster {
+                    c.cluster().expect("cluster").seeds().to_vec()
+                } else {
+                    c.sentinel().expect("sentinel").addrs().to_vec()
+                };
+                let default = if cluster { 6379 } else { 26379 };
+                let want: Vec<(String, u16)> = hosts.iter().map(|(h, p)| (h.clone(), p.unwrap_or(default))).collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
 }

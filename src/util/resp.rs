@@ -197,4 +197,49 @@ mod tests {
         assert!(split_command(b"*2\r\n$1\r\na\r\n").is_none());
         assert_eq!(command_name(b"*0\r\n"), None);
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::util::property_cases()))]
+
+            #[test]
+            fn any_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let _ = split_command(&bytes);
+                let _ = split_pipeline(&bytes);
+                let _ = command_words(&bytes);
+                let _ = command_name(&bytes);
+                let _ = skip_command(&bytes);
+                let _ = each_command(&bytes, |_, _| true);
+                let _ = oversized_argument(&bytes, 4);
+            }
+
+            #[test]
+            fn packed_commands_read_back(
+                cmds in proptest::collection::vec(
+                    proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6),
+                    1..5,
+                ),
+            ) {
+                let mut packed = Vec::new();
+                for args in &cmds {
+                    let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                    pack_into(&mut packed, &refs);
+                }
+                let got = split_pipeline(&packed).expect("parses");
+                prop_assert_eq!(got.len(), cmds.len());
+                for ((_, args), want) in got.iter().zip(&cmds) {
+                    let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+                    prop_assert_eq!(&args, want);
+                }
+                prop_assert_eq!(command_name(&packed), Some(cmds[0][0].as_slice()));
+                // A truncated request never parses as a whole one.
+                if packed.len() > 1 {
+                    prop_assert!(split_pipeline(&packed[..packed.len() - 1]).is_none());
+                }
+            }
+        }
+    }
 }
