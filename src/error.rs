@@ -462,7 +462,17 @@ fn carried(e: &RedisError) -> Option<Error> {
 /// redkit-only errors recoverable by [`Error::from`].
 pub(crate) fn to_redis_error(e: Error) -> RedisError {
     match e {
-        Error::Redis { source, .. } => source,
+        // A redis error that converts back to the same class and delivery travels as is
+        // (callers of the `redis` crate see its own kind); others are carried whole.
+        Error::Redis {
+            class,
+            delivery,
+            source,
+        } if Error::from(source.clone()).class() == class
+            && Error::from(source.clone()).delivery() == delivery =>
+        {
+            source
+        }
         other => {
             let kind = if other.is_timeout() {
                 std::io::ErrorKind::TimedOut
@@ -725,10 +735,71 @@ impl From<RedisError> for Error {
     }
 }
 
+impl From<crossbeam_channel::RecvError> for Error {
+    /// A subscription (or event listener) whose sender is gone: the subscriber, handle or
+    /// queue was closed. Lets `?` turn `Subscription::recv` into `redkit::Result`.
+    fn from(_: crossbeam_channel::RecvError) -> Error {
+        Error::Closed
+    }
+}
+
+impl From<crossbeam_channel::RecvTimeoutError> for Error {
+    /// Nothing arrived in time (a [`ErrorClass::Timeout`] error, nothing was sent), or the
+    /// sender is gone ([`Error::Closed`]).
+    fn from(e: crossbeam_channel::RecvTimeoutError) -> Error {
+        match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => Error::io(
+                std::io::ErrorKind::TimedOut,
+                "nothing was received in time",
+                Delivery::NotSent,
+            ),
+            crossbeam_channel::RecvTimeoutError::Disconnected => Error::Closed,
+        }
+    }
+}
+
+impl From<crossbeam_channel::TryRecvError> for Error {
+    /// Nothing is waiting (a [`ErrorClass::Timeout`] error), or the sender is gone
+    /// ([`Error::Closed`]).
+    fn from(e: crossbeam_channel::TryRecvError) -> Error {
+        match e {
+            crossbeam_channel::TryRecvError::Empty => Error::io(
+                std::io::ErrorKind::WouldBlock,
+                "nothing is waiting to be received",
+                Delivery::NotSent,
+            ),
+            crossbeam_channel::TryRecvError::Disconnected => Error::Closed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io;
+
+    #[test]
+    fn receive_errors_convert_with_question_marks() {
+        let f = || -> Result<()> {
+            let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+            drop(tx);
+            rx.recv()?;
+            Ok(())
+        };
+        assert!(matches!(f(), Err(Error::Closed)));
+        let g = || -> Result<()> {
+            let (_tx, rx) = crossbeam_channel::bounded::<()>(1);
+            rx.recv_timeout(std::time::Duration::from_millis(1))?;
+            Ok(())
+        };
+        assert_eq!(g().map_err(|e| e.class()), Err(ErrorClass::Timeout));
+        let h = || -> Result<()> {
+            let (_tx, rx) = crossbeam_channel::bounded::<()>(1);
+            rx.try_recv()?;
+            Ok(())
+        };
+        assert_eq!(h().map_err(|e| e.class()), Err(ErrorClass::Timeout));
+    }
 
     #[test]
     fn redkit_errors_survive_the_connection_like_surface() {

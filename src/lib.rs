@@ -65,6 +65,71 @@
 //! makes calls fail fast with [`Error::CircuitOpen`] while open, then lets probe calls
 //! through. A connection that saw an unrecoverable error is closed, never handed out again.
 //!
+//! ## Deadlines
+//!
+//! Every call ends by a deadline that holds whatever the server does (nothing at all, a
+//! reply dripping a byte at a time, garbage): each read waits at most the time left.
+//!
+//! - **Opening a connection** (resolve, connect, TLS, `HELLO`/`AUTH`, `SELECT`) takes at
+//!   most the connect timeout, as a whole.
+//! - **One command**: its write at most the write timeout, its reply at most the response
+//!   timeout, each as a whole. **A pipeline** or transaction: the same, the replies of all
+//!   its commands sharing one response timeout.
+//! - **A call through the handle**, retries and backoff included, ends by its retry
+//!   deadline ([`RetryPolicy::max_elapsed`](crate::RetryPolicy::max_elapsed)) plus one
+//!   response timeout at most: no attempt starts after the retry deadline and no read or
+//!   write of any attempt goes past it plus one response timeout.
+//! - A connection that passed a deadline mid-reply (or saw a reset, a corrupt reply, a
+//!   reply over [`max_reply_size`](ConfigBuilder::max_reply_size)) is closed, never reused
+//!   out of sync; the error says whether the command may have run ([`Delivery`]).
+//! - [`Redis::close`] and dropping the last clone return within [`CLOSE_BOUND`] (300 ms),
+//!   in a black hole too; a [`Subscriber`](pubsub::Subscriber) within
+//!   [`pubsub::STOP_BOUND`], a [`Sampler`](monitor::Sampler) within
+//!   [`monitor::SAMPLER_STOP_BOUND`], a worker pool within its shutdown timeout. A
+//!   background thread still finishing a call then ends by that call's own deadline.
+//!
+//! ## Connections, and state that never leaks
+//!
+//! | kind | get it with | for |
+//! |---|---|---|
+//! | pooled | `redis::Commands` on the handle, [`Redis::query`], [`Redis::pipeline`], [`Redis::transaction`], [`Redis::run`], [`Redis::conn`] | short commands, pipelines, transactions |
+//! | multiplexed | the same handle with [`ConfigBuilder::multiplexed`] (`?multiplexed=1`) | many threads doing short commands over one socket: their commands go out together, each gets its own reply |
+//! | dedicated | [`Redis::dedicated`] | blocking loops (`BLPOP`, `XREAD BLOCK`, `WAIT`), `MONITOR`, state across calls (`SELECT`, `CLIENT TRACKING`, `WATCH` by hand) |
+//! | subscriber | [`Subscriber::new`](pubsub::Subscriber::new) | pub/sub |
+//!
+//! Which to pick: the pool (the default) for a few threads, transactions and per-call
+//! connections; the multiplexed connection when many threads (dozens and more) share a
+//! handle: one socket instead of one per thread, no queue for a pool slot, and commands of
+//! all threads written together. On it, blocking commands, [`Redis::transaction`],
+//! [`Redis::run`] and [`Redis::conn`] still use the pool. A command's reply waits behind the
+//! replies written before it on the same connection (the head-of-line effect: a 100 MB
+//! value being read delays the callers behind it by its transfer time, at most their
+//! response timeout); each caller keeps its own deadline. A dedicated connection for
+//! anything that blocks or keeps state.
+//!
+//! A pooled connection always reaches the next caller in the configured state (database,
+//! protocol, client name, no subscription, no `MULTI`, no `WATCH`, no tracking, replies on).
+//! Through the handle, commands that would change it (`SELECT`, `(P|S)SUBSCRIBE`,
+//! `MONITOR`, lone `MULTI`/`EXEC`/`DISCARD`/`WATCH`, `CLIENT TRACKING`/`REPLY`/`SETNAME`/
+//! `NO-EVICT`/`NO-TOUCH`, `READONLY`, `READWRITE`, `HELLO`, `AUTH`, `RESET`, `QUIT`) are
+//! refused before anything is sent with [`Error::WrongConnection`], which says what to use
+//! instead (whole transactions, atomic pipelines and `UNWATCH` go through). On a connection
+//! checked out with [`Redis::conn`] anything may be sent; if it leaves the connection changed
+//! (or inside `MULTI`, or with a `WATCH` in force) the connection is closed instead of
+//! returned.
+//!
+//! ## Key prefix
+//!
+//! A handle with a [`key_prefix`](ConfigBuilder::key_prefix) puts it in front of every key
+//! of every command it sends (commands, pipelines, transactions and their `WATCH`, script
+//! and function `KEYS`, every key of multi-key commands), pooled and dedicated
+//! connections alike, from a table of where each command keeps its keys. Not prefixed:
+//! patterns (`SCAN MATCH`, `KEYS`, `SORT BY`/`GET`), channels, module commands redkit does
+//! not know, and replies (a `KEYS` or `BLPOP` reply shows full names).
+//! [`ScanIter::keys`](scan::ScanIter::keys) on a prefixed handle scans that handle's keys
+//! and yields them without the prefix. Helpers (locks, limiters, caches, sessions, queues)
+//! put the prefix in front of their keys once ([`Redis::key`]).
+//!
 //! ## Resilience
 //!
 //! Each handle runs one [`heartbeat`] thread that `PING`s the server on its own
@@ -136,6 +201,7 @@ pub mod monitor;
 pub mod near;
 mod observe;
 mod pool;
+pub mod prelude;
 pub mod pubsub;
 pub mod queue;
 pub mod ratelimit;
@@ -153,8 +219,8 @@ mod util;
 pub use cache::{Cache, CacheStats};
 pub use client::{DedicatedConnection, IntoConfig, Redis, CLOSE_BOUND};
 pub use config::{
-    Addr, ClusterConfig, Config, ConfigBuilder, PoolConfig, Protocol, SentinelConfig, SentinelRole,
-    Timeouts, TlsConfig,
+    Addr, ClusterConfig, Config, ConfigBuilder, MultiplexConfig, PoolConfig, Protocol,
+    SentinelConfig, SentinelRole, Timeouts, TlsConfig,
 };
 pub use config::{BreakerConfig, BreakerState, FailureRate};
 pub use error::{Delivery, Error, ErrorClass, Result};

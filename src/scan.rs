@@ -297,18 +297,20 @@ impl<T: FromRedisValue> ScanIter<T> {
             (Target::Keys, Some(p)) => Some(p.clone()),
             _ => None,
         };
-        items
-            .into_iter()
-            .map(|v| {
-                let v = match (&prefix, v) {
-                    (Some(p), Value::BulkString(b)) if b.starts_with(p) => {
+        let items = match prefix {
+            None => items,
+            Some(p) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::BulkString(b) if b.starts_with(&p) => {
                         Value::BulkString(b[p.len()..].to_vec())
                     }
-                    (_, v) => v,
-                };
-                crate::script::convert(v)
-            })
-            .collect()
+                    v => v,
+                })
+                .collect(),
+        };
+        // As one array: pairs (`HSCAN`, `ZSCAN`) convert from a flat reply.
+        crate::script::convert(Value::Array(items))
     }
 }
 

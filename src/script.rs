@@ -294,6 +294,22 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Whether a command may block its connection (`BLPOP`, `XREAD ... BLOCK`...).
+    pub(crate) fn any_blocking(&self) -> bool {
+        self.entries.iter().any(|e| {
+            let args: Vec<&[u8]> = e
+                .cmd
+                .args_iter()
+                .filter_map(|a| match a {
+                    redis::Arg::Simple(b) => Some(b),
+                    _ => None,
+                })
+                .collect();
+            args.first()
+                .is_some_and(|n| crate::conn::state::is_blocking(n, &args[1..]))
+        })
+    }
+
     /// Whether every command is one redkit knows to be read-only.
     pub(crate) fn is_read_only(&self) -> bool {
         self.entries

@@ -202,9 +202,15 @@ impl CacheBuilder {
     }
 }
 
+/// The longest TTL a cache entry may have (the server would refuse an expiry far beyond).
+const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 fn ttl_ms(setting: &'static str, d: Duration) -> Result<u64> {
     if d < Duration::from_millis(1) {
         return Err(Error::config(setting, "must be at least 1 ms"));
+    }
+    if d > MAX_TTL {
+        return Err(Error::config(setting, "must be at most 10 years"));
     }
     Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
@@ -710,7 +716,7 @@ impl Cache {
     {
         let ms = self.ttl_or_default(ttl)?;
         let full = self.key(key);
-        let deadline = Instant::now() + self.inner.settings.lock_wait;
+        let deadline = crate::util::time::after(self.inner.settings.lock_wait);
         // 1. A read; with early refresh, also the time to live.
         if let Some((bytes, pttl)) = self.read(&full)? {
             self.count(true);

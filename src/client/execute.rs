@@ -1,16 +1,17 @@
-//! How a call through the handle runs: breaker, checkout, attempt, classification, retry,
-//! all within one deadline.
+//! How a call through the handle runs: breaker, connection (pooled or multiplexed), attempt,
+//! classification, retry, all within one deadline.
 //!
 //! A call ends by its retry deadline ([`RetryPolicy::max_elapsed`] after it started) plus
 //! one response timeout, attempts, checkouts and backoff sleeps included: no attempt starts
 //! after the retry deadline, and no read or write of any attempt goes past the retry
-//! deadline plus one response timeout (the *cap* every pooled connection is given).
+//! deadline plus one response timeout (the *cap* every connection is given).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use redis::Value;
+use redis::{ConnectionLike, Value};
 
+use super::mux::MuxCall;
 use super::Redis;
 use crate::breaker::Breaker;
 use crate::error::{Delivery, Error, ErrorClass, Result};
@@ -18,43 +19,80 @@ use crate::pool::PooledConnection;
 use crate::retry::RetryPolicy;
 use crate::util::time;
 
+/// What a call's commands run on: a pooled connection or the multiplexed connection.
+pub(crate) trait Calls: ConnectionLike {
+    /// One packed command and its reply (an error reply as a value).
+    fn exec_packed(&mut self, cmd: &[u8]) -> Result<Value>;
+    /// A packed pipeline: `offset + count` replies read, the last `count` returned.
+    fn exec_pipeline(&mut self, cmd: &[u8], offset: usize, count: usize) -> Result<Vec<Value>>;
+}
+
+impl Calls for PooledConnection {
+    fn exec_packed(&mut self, cmd: &[u8]) -> Result<Value> {
+        PooledConnection::exec_packed(self, cmd)
+    }
+
+    fn exec_pipeline(&mut self, cmd: &[u8], offset: usize, count: usize) -> Result<Vec<Value>> {
+        PooledConnection::exec_pipeline(self, cmd, offset, count)
+    }
+}
+
 impl Redis {
-    /// The heart of every call: breaker, checkout, attempt, classification, retry.
+    /// The heart of every call on a pooled connection: breaker, checkout, attempt,
+    /// classification, retry.
     ///
     /// `idempotent` is asked only when a failure's fate is unknown, so working it out costs
     /// nothing on the happy path.
     pub(crate) fn execute<T>(
         &self,
         idempotent: impl Fn() -> bool,
-        op: impl FnMut(&mut PooledConnection) -> Result<T>,
+        mut op: impl FnMut(&mut PooledConnection) -> Result<T>,
+    ) -> Result<T> {
+        self.execute_with(idempotent, |deadline, cap| {
+            self.on_pool(&mut op, deadline, cap)
+        })
+    }
+
+    /// A call whose commands may share the multiplexed connection (when the handle has one
+    /// and `muxable` says the commands can share a connection); otherwise like
+    /// [`Redis::execute`].
+    pub(crate) fn execute_call<T>(
+        &self,
+        idempotent: impl Fn() -> bool,
+        muxable: bool,
+        mut op: impl FnMut(&mut dyn Calls) -> Result<T>,
+    ) -> Result<T> {
+        match (&self.inner.mux, muxable) {
+            (Some(mux), true) => self.execute_with(idempotent, |_, cap| {
+                let mut call = MuxCall::new(self, mux, cap)?;
+                op(&mut call)
+            }),
+            _ => self.execute_with(idempotent, |deadline, cap| {
+                self.on_pool(&mut |con: &mut PooledConnection| op(con), deadline, cap)
+            }),
+        }
+    }
+
+    fn execute_with<T>(
+        &self,
+        idempotent: impl Fn() -> bool,
+        mut attempt: impl FnMut(Instant, Instant) -> Result<T>,
     ) -> Result<T> {
         let policy: &RetryPolicy = &self.inner.config.retry;
         let start = Instant::now();
-        let result = self.execute_from(start, idempotent, op, policy);
-        self.inner.observed.command_latency.record(start.elapsed());
-        result
-    }
-
-    fn execute_from<T>(
-        &self,
-        start: Instant,
-        idempotent: impl Fn() -> bool,
-        mut op: impl FnMut(&mut PooledConnection) -> Result<T>,
-        policy: &RetryPolicy,
-    ) -> Result<T> {
         let deadline = time::add(start, policy.max_elapsed);
         let cap = time::add(deadline, self.inner.config.timeouts.response);
         let mut delays = None;
-        let mut attempt = 1;
-        loop {
-            match self.attempt(&mut op, deadline, cap) {
-                Ok(v) => return Ok(v),
+        let mut n = 1;
+        let result = loop {
+            match self.guarded(|| attempt(deadline, cap)) {
+                Ok(v) => break Ok(v),
                 Err(e) => {
                     // A replica handle's READONLY is final: the write went to a replica
                     // on purpose.
                     let final_read_only = e.class() == ErrorClass::ReadOnly
                         && self.inner.pool.state().read_only_expected();
-                    if attempt < policy.max_attempts
+                    if n < policy.max_attempts
                         && !final_read_only
                         && RetryPolicy::is_retry_safe_with(&e, &idempotent)
                     {
@@ -62,9 +100,9 @@ impl Redis {
                             .get_or_insert_with(|| policy.backoff.delays())
                             .next_delay();
                         if time::after(delay) < deadline {
-                            log::debug!("retrying after {e} in {delay:?} (attempt {attempt})");
+                            log::debug!("retrying after {e} in {delay:?} (attempt {n})");
                             std::thread::sleep(delay);
-                            attempt += 1;
+                            n += 1;
                             self.inner
                                 .observed
                                 .counters
@@ -74,40 +112,20 @@ impl Redis {
                         }
                     }
                     self.inner.observed.counters.error(e.class());
-                    return Err(e);
+                    break Err(e);
                 }
             }
-        }
+        };
+        self.inner.observed.command_latency.record(start.elapsed());
+        result
     }
 
-    fn attempt<T>(
-        &self,
-        op: &mut impl FnMut(&mut PooledConnection) -> Result<T>,
-        deadline: Instant,
-        cap: Instant,
-    ) -> Result<T> {
+    /// One attempt through the circuit breaker (a cluster's nodes have breakers of their
+    /// own: a dead master must not fail the others, see `crate::cluster`).
+    fn guarded<T>(&self, attempt: impl FnOnce() -> Result<T>) -> Result<T> {
         self.check_open()?;
-        let checkout = self
-            .inner
-            .config
-            .timeouts
-            .checkout
-            .min(time::left(deadline))
-            .max(Duration::from_millis(1));
-        let prefix = self.auto_prefix().cloned();
-        let mut run = |con: &mut PooledConnection| {
-            con.set_cap(Some(cap));
-            con.set_prefix(prefix.clone());
-            op(con)
-        };
         if self.inner.pool.state().cluster.is_some() {
-            // Each cluster node has a breaker of its own (a dead master must not fail the
-            // others): see `crate::cluster`.
-            return self
-                .inner
-                .pool
-                .checkout(checkout)
-                .and_then(|mut con| run(&mut con));
+            return attempt();
         }
         let breaker = &*self.inner.breaker;
         let (admission, transition) = match breaker.admit() {
@@ -129,18 +147,34 @@ impl Redis {
             breaker,
             admission: Some(admission),
         };
-        let result = self
-            .inner
-            .pool
-            .checkout(checkout)
-            .and_then(|mut con| run(&mut con));
-        let failed = matches!(&result, Err(e) if counts_against_breaker(e));
+        let result = attempt();
+        let failed = matches!(&result, Err(e) if e.class().is_infrastructure());
         if let Some(admission) = guard.admission.take() {
             self.inner
                 .observed
                 .breaker_changed(breaker.record(admission, failed));
         }
         result
+    }
+
+    /// Runs `op` on a pooled connection checked out by `deadline`, capped at `cap`.
+    fn on_pool<T>(
+        &self,
+        op: &mut impl FnMut(&mut PooledConnection) -> Result<T>,
+        deadline: Instant,
+        cap: Instant,
+    ) -> Result<T> {
+        let checkout = self
+            .inner
+            .config
+            .timeouts
+            .checkout
+            .min(time::left(deadline))
+            .max(Duration::from_millis(1));
+        let mut con = self.inner.pool.checkout(checkout)?;
+        con.set_cap(Some(cap));
+        con.set_prefix(self.auto_prefix().cloned());
+        op(&mut con)
     }
 
     /// On the `ConnectionLike` surface error replies reach the caller as values (the `redis`
@@ -153,12 +187,6 @@ impl Redis {
             }
         }
     }
-}
-
-/// Whether a failure says the server (or the path to it) is unwell: a value or reply over a
-/// size limit says nothing about the server.
-fn counts_against_breaker(e: &Error) -> bool {
-    e.class().is_infrastructure()
 }
 
 struct ProbeGuard<'a> {

@@ -209,8 +209,9 @@ impl Beat {
             .events
             .emit(Event::Disconnected { cause: error });
         self.observed.set_health(Health::Down);
-        // Every pooled connection is suspect until proven otherwise.
-        self.state.connection_dropped_quiet();
+        // Every pooled connection is suspect until proven otherwise; multiplexed ones are
+        // closed (their calls in flight fail now, not at their deadlines).
+        self.state.connection_lost();
     }
 
     /// Reconnects with backoff. Returns `false` when the thread must stop.
@@ -223,6 +224,10 @@ impl Beat {
             attempt += 1;
             let delay = if attempt == 1 {
                 Duration::ZERO
+            } else if self.breaker.state() != BreakerState::Closed {
+                // Calls are being refused: find out within an interval that the server is
+                // back, so that the breaker closes then (not after a long backoff).
+                delays.next_delay().min(self.interval)
             } else {
                 delays.next_delay()
             };

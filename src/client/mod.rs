@@ -12,6 +12,7 @@ use redis::{Cmd, ConnectionLike, FromRedisValue, ToRedisArgs, Value};
 mod dedicated;
 mod execute;
 mod heartbeat;
+mod mux;
 
 pub use dedicated::DedicatedConnection;
 
@@ -76,6 +77,8 @@ struct Inner {
     /// Opens connections the way the pool does (Sentinel, Cluster): dedicated connections.
     manager: Manager,
     pool: Pool,
+    /// The multiplexed connections, when the config asks for them.
+    mux: Option<Arc<mux::MuxSet>>,
     observed: Arc<Observed>,
     breaker: Arc<Breaker>,
     heartbeat: Mutex<Option<HeartbeatThread>>,
@@ -109,6 +112,9 @@ impl Inner {
         let listener = self.sentinel.lock().take();
         if let Some(mut listener) = listener {
             listener.stop();
+        }
+        if let Some(m) = &self.mux {
+            m.interrupt_all();
         }
         self.pool.drain(time::left(deadline));
         self.observed.events.close();
@@ -278,6 +284,17 @@ impl Redis {
             signals,
         } = parts;
         let pool = Pool::new(&config, manager.clone());
+        let mux = (config.multiplex.connections > 0)
+            .then(|| Arc::new(mux::MuxSet::new(&config, manager.clone())));
+        if let Some(m) = &mux {
+            // A black hole the heartbeat notices fails every call in flight at once.
+            let weak = Arc::downgrade(m);
+            manager.state().on_lost(Box::new(move || {
+                if let Some(m) = weak.upgrade() {
+                    m.interrupt_all();
+                }
+            }));
+        }
         let breaker = Arc::new(Breaker::new(config.breaker));
         let heartbeat = match config.heartbeat.interval {
             Some(_) => Some(HeartbeatThread::spawn(
@@ -306,6 +323,7 @@ impl Redis {
                 connector,
                 manager,
                 pool,
+                mux,
                 observed,
                 breaker,
                 heartbeat: Mutex::new(heartbeat),
@@ -546,7 +564,10 @@ impl Redis {
     fn query_with<T: FromRedisValue>(&self, idempotent: impl Fn() -> bool, cmd: &Cmd) -> Result<T> {
         let packed = cmd.get_packed_command();
         self.check_shared(&packed)?;
-        self.execute(idempotent, |con| script::convert(con.exec_packed(&packed)?))
+        let muxable = !crate::conn::state::any_blocking(&packed);
+        self.execute_call(idempotent, muxable, |con| {
+            script::convert(con.exec_packed(&packed)?)
+        })
     }
 
     /// Refuses what would change a pooled connection for later callers (see
@@ -579,7 +600,8 @@ impl Redis {
         pipe.check_shared().inspect_err(|e| {
             self.inner.observed.counters.error(e.class());
         })?;
-        self.execute(|| pipe.is_read_only(), |con| pipe.query(con))
+        let muxable = !pipe.any_blocking();
+        self.execute_call(|| pipe.is_read_only(), muxable, |con| pipe.query(con))
     }
 
     /// An optimistic transaction: `WATCH`es `keys`, lets `build` read what it needs and fill
@@ -642,7 +664,7 @@ impl crate::ScriptCall {
     /// Runs the call through a [`Redis`] handle, with its breaker and retry policy (a script
     /// is resent only when it surely did not run).
     pub fn run<T: FromRedisValue>(&self, redis: &Redis) -> Result<T> {
-        redis.run(|con| self.invoke(con))
+        redis.execute_call(|| false, true, |con| self.invoke(con))
     }
 }
 
@@ -676,8 +698,9 @@ impl ConnectionLike for Redis {
     fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<Value> {
         self.check_shared(cmd).map_err(to_redis_error)?;
         let read_only = || resp::command_name(cmd).is_some_and(is_read_only_command);
+        let muxable = !crate::conn::state::any_blocking(cmd);
         let value = self
-            .execute(read_only, |con| {
+            .execute_call(read_only, muxable, |con| {
                 transient_reply_as_error(con.exec_packed(cmd)?)
             })
             .map_err(to_redis_error)?;
@@ -693,8 +716,11 @@ impl ConnectionLike for Redis {
     ) -> redis::RedisResult<Vec<Value>> {
         self.check_shared(cmd).map_err(to_redis_error)?;
         let read_only = || packed_all_read_only(cmd);
+        let muxable = !crate::conn::state::any_blocking(cmd);
         let values = self
-            .execute(read_only, |con| con.exec_pipeline(cmd, offset, count))
+            .execute_call(read_only, muxable, |con| {
+                con.exec_pipeline(cmd, offset, count)
+            })
             .map_err(to_redis_error)?;
         self.count_error_replies(&values);
         Ok(values)

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    Addr, BreakerConfig, ClusterConfig, Config, PoolConfig, Protocol, Secret, SentinelConfig,
-    SentinelRole, Timeouts, TlsConfig, DEFAULT_MAX_REPLY_SIZE,
+    Addr, BreakerConfig, ClusterConfig, Config, MultiplexConfig, PoolConfig, Protocol, Secret,
+    SentinelConfig, SentinelRole, Timeouts, TlsConfig, DEFAULT_MAX_REPLY_SIZE,
+    DEFAULT_MAX_VALUE_SIZE,
 };
 use crate::error::{Error, Result};
 use crate::heartbeat::HeartbeatConfig;
@@ -59,6 +60,8 @@ impl Default for ConfigBuilder {
                 sentinel: None,
                 cluster: None,
                 max_reply_size: DEFAULT_MAX_REPLY_SIZE,
+                multiplex: MultiplexConfig::default(),
+                max_value_size: DEFAULT_MAX_VALUE_SIZE,
             },
             tls_files: TlsFiles::default(),
         }
@@ -126,9 +129,40 @@ impl ConfigBuilder {
         self
     }
 
-    /// All timeouts at once. Defaults to [`Timeouts::default`].
+    /// All timeouts at once, replacing every one set before (by a URL, for example). To
+    /// change one and keep the others, use [`ConfigBuilder::connect_timeout`] and its
+    /// siblings. Defaults to [`Timeouts::default`].
     pub fn timeouts(mut self, timeouts: Timeouts) -> ConfigBuilder {
         self.config.timeouts = timeouts;
+        self
+    }
+
+    /// How long opening a connection may take, as a whole: resolving, connecting, TLS and the
+    /// handshake (`HELLO`, `SELECT`). Keeps the other timeouts. Defaults to 2 s. URL
+    /// parameter `connect_timeout`.
+    pub fn connect_timeout(mut self, d: Duration) -> ConfigBuilder {
+        self.config.timeouts.connect = d;
+        self
+    }
+
+    /// How long a reply may take, as a whole (a pipeline's replies share one). Keeps the
+    /// other timeouts. Defaults to 3 s. URL parameter `response_timeout`.
+    pub fn response_timeout(mut self, d: Duration) -> ConfigBuilder {
+        self.config.timeouts.response = d;
+        self
+    }
+
+    /// How long writing a command (or a pipeline) may take, as a whole. Keeps the other
+    /// timeouts. Defaults to 3 s. URL parameter `write_timeout`.
+    pub fn write_timeout(mut self, d: Duration) -> ConfigBuilder {
+        self.config.timeouts.write = d;
+        self
+    }
+
+    /// How long a call waits for a pooled connection. Keeps the other timeouts. Defaults to
+    /// 3 s. URL parameter `checkout_timeout`.
+    pub fn checkout_timeout(mut self, d: Duration) -> ConfigBuilder {
+        self.config.timeouts.checkout = d;
         self
     }
 
@@ -360,6 +394,45 @@ impl ConfigBuilder {
         self
     }
 
+    /// Shares `connections` multiplexed connections between every thread of the handle,
+    /// instead of a pooled connection per call: commands from all threads are written
+    /// together (whatever is queued goes out in one write) and replies are matched back in
+    /// order. `0` turns it off. Defaults to 0 (the pool). URL parameter `multiplexed`
+    /// (a number, or `true` for 1).
+    ///
+    /// What runs on it: `redis::Commands` on the handle, [`Redis::query`](crate::Redis::query),
+    /// [`Redis::pipeline`](crate::Redis::pipeline) (atomic ones too) and script calls, from
+    /// any number of threads. What still uses the pool: blocking commands (`BLPOP`,
+    /// `XREAD ... BLOCK`, `WAIT`...), [`Redis::transaction`](crate::Redis::transaction),
+    /// [`Redis::run`](crate::Redis::run) and [`Redis::conn`](crate::Redis::conn); commands
+    /// that change a connection's state are refused as on the pool (see
+    /// [`Error::WrongConnection`]). Pick it for many threads doing short commands; a pool
+    /// is as fast for a few threads. Not available on a Cluster yet.
+    pub fn multiplexed(mut self, connections: u32) -> ConfigBuilder {
+        self.config.multiplex.connections = connections;
+        self
+    }
+
+    /// The memory bound of each multiplexed connection: at most `requests` queued or in
+    /// flight and `bytes` queued (not written yet); a caller beyond either waits for room,
+    /// at most until its deadline, then fails with [`Error::PoolTimeout`]. Defaults to
+    /// 4,096 requests and 64 MiB.
+    pub fn multiplex_limits(mut self, requests: usize, bytes: usize) -> ConfigBuilder {
+        self.config.multiplex.max_requests = requests;
+        self.config.multiplex.max_queued_bytes = bytes;
+        self
+    }
+
+    /// The largest argument (a value, a key) one command may carry, in bytes: a command with
+    /// a larger one fails at once with [`Error::TooLarge`], before anything is sent, is
+    /// never resent and does not count against the circuit breaker. Defaults to 512 MiB, the
+    /// server's default `proto-max-bulk-len` (which refuses larger ones by closing the
+    /// connection); raise both together. URL parameter `max_value_size` (bytes).
+    pub fn max_value_size(mut self, bytes: u64) -> ConfigBuilder {
+        self.config.max_value_size = bytes;
+        self
+    }
+
     /// The largest reply one call may read, in bytes: a reply that grows past it fails with
     /// [`Error::TooLarge`] while it is read (the connection is closed, memory stays bounded).
     /// Defaults to 512 MiB. URL parameter `max_reply_size` (bytes).
@@ -393,7 +466,30 @@ fn read_file(setting: &'static str, path: &Path) -> Result<Vec<u8>> {
         .map_err(|e| Error::config(setting, format!("cannot read {}: {e}", path.display())))
 }
 
+/// The largest pool: beyond it r2d2's bookkeeping grows for nothing (a server serves at
+/// most 10,000 clients by default).
+const MAX_POOL: u32 = 10_000;
+
 fn validate(c: &Config) -> Result<()> {
+    let m = &c.multiplex;
+    if m.connections > 64 {
+        return Err(Error::config(
+            "multiplexed",
+            "at most 64 multiplexed connections (2 to 4 are plenty on most machines)",
+        ));
+    }
+    if m.connections > 0 && (m.max_requests == 0 || m.max_queued_bytes < 1024) {
+        return Err(Error::config(
+            "multiplex_limits",
+            "needs room for at least 1 request and 1024 bytes",
+        ));
+    }
+    if m.connections > 0 && c.cluster.is_some() {
+        return Err(Error::config(
+            "multiplexed",
+            "multiplexed connections are not available on a Cluster yet: use the pool",
+        ));
+    }
     if c.max_reply_size < 1024 {
         return Err(Error::config(
             "max_reply_size",
@@ -482,6 +578,21 @@ fn validate(c: &Config) -> Result<()> {
     c.timeouts.validate()?;
     if c.pool.max_size == 0 {
         return Err(Error::config("pool.max_size", "must be at least 1"));
+    }
+    if c.pool.max_size > MAX_POOL {
+        return Err(Error::config(
+            "pool.max_size",
+            format!(
+                "({}) must be at most {MAX_POOL} (for many threads, use the multiplexed connection)",
+                c.pool.max_size
+            ),
+        ));
+    }
+    if c.max_value_size < 1024 {
+        return Err(Error::config(
+            "max_value_size",
+            "must be at least 1024 bytes",
+        ));
     }
     if c.pool.min_idle > c.pool.max_size {
         return Err(Error::config(

@@ -19,6 +19,7 @@
 
 mod connection;
 pub(crate) mod keys;
+pub(crate) mod mux;
 mod socket;
 pub(crate) mod state;
 mod tls;
@@ -26,6 +27,7 @@ mod tls;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) use connection::{Connection, Connector, Hello};
+pub(crate) use socket::Interrupter;
 
 /// A generation counter: connections opened before the current generation are retired
 /// (closed when next seen). Bumped on failover and after an outage.

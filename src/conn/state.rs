@@ -103,6 +103,41 @@ fn client(sub: Option<&[u8]>) -> Effect {
     }
 }
 
+/// Whether a command may block its connection for long on the server (`BLPOP` and the other
+/// blocking pops, `XREAD`/`XREADGROUP ... BLOCK`, `WAIT`, `WAITAOF`): such a command must not
+/// share a connection with others, whose replies would wait behind it.
+pub(crate) fn is_blocking(args_name: &[u8], args: &[&[u8]]) -> bool {
+    let blocking = [
+        "BLPOP",
+        "BRPOP",
+        "BLMOVE",
+        "BRPOPLPUSH",
+        "BZPOPMIN",
+        "BZPOPMAX",
+        "BLMPOP",
+        "BZMPOP",
+        "WAIT",
+        "WAITAOF",
+    ];
+    if blocking.iter().any(|b| is(args_name, b.as_bytes())) {
+        return true;
+    }
+    (is(args_name, b"XREAD") || is(args_name, b"XREADGROUP"))
+        && args.iter().any(|a| is(a, b"BLOCK"))
+}
+
+/// Whether any command of a packed request may block its connection (see [`is_blocking`]);
+/// a request that does not parse counts as blocking.
+pub(crate) fn any_blocking(packed: &[u8]) -> bool {
+    match resp::split_pipeline(packed) {
+        Some(cmds) => cmds.iter().any(|(_, args)| {
+            args.first()
+                .is_some_and(|name| is_blocking(name, &args[1..]))
+        }),
+        None => true,
+    }
+}
+
 /// The state a connection is left in by the commands sent on it so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Left {
@@ -237,6 +272,25 @@ mod tests {
             left.apply_packed(&packed(cmd));
             assert!(!left.is_dirty(), "{cmd:?}");
         }
+    }
+
+    #[test]
+    fn blocking_commands_are_known() {
+        assert!(any_blocking(&packed(&["BLPOP", "q", "1"])));
+        assert!(any_blocking(&packed(&[
+            "xreadgroup",
+            "GROUP",
+            "g",
+            "c",
+            "BLOCK",
+            "5",
+            "STREAMS",
+            "s",
+            ">"
+        ])));
+        assert!(!any_blocking(&packed(&["XREAD", "STREAMS", "s", "0"])));
+        assert!(!any_blocking(&packed(&["GET", "k"])));
+        assert!(any_blocking(b"garbage"));
     }
 
     #[test]

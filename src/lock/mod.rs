@@ -120,10 +120,12 @@
 //!
 //! Limits of this choice, on purpose:
 //!
-//! - A blocked waiter holds a pooled connection. At most half the pool's
-//!   [`max_size`](crate::PoolConfig::max_size) waiters per handle block at once; the others
-//!   poll with jittered sleeps (2 ms doubling to 50 ms), as do waiters when no connection is
-//!   free within 10 ms or `BLPOP` fails.
+//! - A blocked waiter holds a [dedicated connection](crate::Redis::dedicated), never a
+//!   pooled one: waiting never takes a connection from the handle's callers. The handle
+//!   keeps up to 4 such connections between waits (opened on first need, closed with the
+//!   handle). At most 64 waiters per handle block at once; the others poll with jittered
+//!   sleeps (2 ms doubling to 50 ms), as do waiters whose connection cannot be opened or
+//!   whose `BLPOP` fails.
 //! - It does not use pub/sub, so it works through any proxy that passes `BLPOP`.
 //!
 //! ## Fair locks

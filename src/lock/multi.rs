@@ -152,10 +152,10 @@ struct Inner {
 /// // Move money between two accounts: both locked, or neither.
 /// let both = MultiLock::new(&redis, &["account:17", "account:42"])?;
 /// let guard = both.acquire()?;
-/// let fences = guard.fencing_tokens(); // one per account, in order
+/// let fences = guard.fencing_tokens().to_vec(); // one per account, in order
 /// // ... debit 17 and credit 42, each write fenced by its account's token ...
-/// guard.release()?;
 /// # let _ = fences;
+/// guard.release()?;
 /// # Ok::<(), redkit::Error>(())
 /// ```
 #[derive(Debug, Clone)]

@@ -2,17 +2,19 @@
 //! the module docs' "Waiting" section). Used by every lock of the family and by the
 //! [`ConcurrencyLimiter`](crate::ratelimit::ConcurrencyLimiter).
 //!
-//! The connection a waiter blocks on comes from one function, [`blocking_connection`], so
-//! that moving waiters off the pool is a change in one place.
+//! A waiter blocks on a [dedicated connection](crate::Redis::dedicated), never a pooled one
+//! (a blocked waiter must not take a connection from the handle's callers); the handle keeps
+//! a few of them between waits. At most 64 waiters per handle block at once; more poll.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::HandleLocks;
 use crate::error::Result;
 use crate::retry::SplitMix64;
-use crate::{PooledConnection, Redis};
+use crate::{DedicatedConnection, Redis};
 
 /// The longest single `BLPOP` (or sleep): a waiter asks again at least this often, so it also
 /// sees expiries it was not told about.
@@ -21,22 +23,39 @@ pub(crate) const MAX_BLOCK: Duration = Duration::from_millis(500);
 /// longer than the gap between a waiter's failed attempt and its next `BLPOP`, and than one
 /// `BLPOP`.
 pub(crate) const WAKE_WINDOW: Duration = Duration::from_millis(2000);
-/// The first polling sleep when no connection can be spared for `BLPOP`.
+/// The first polling sleep when a waiter cannot block in `BLPOP`.
 const FIRST_POLL: Duration = Duration::from_millis(2);
 /// The longest polling sleep.
 const MAX_POLL: Duration = Duration::from_millis(50);
-/// How long a waiter waits for a connection to block on before it polls instead.
-const CHECKOUT: Duration = Duration::from_millis(10);
 
 /// A duration in whole milliseconds (at least 1) for the scripts.
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// The connection a waiter blocks on, waiting at most `checkout` for one. (A pooled one
-/// today; a connection outside the pool later.)
-fn blocking_connection(redis: &Redis, checkout: Duration) -> Result<PooledConnection> {
-    redis.conn_timeout(checkout)
+/// Waiters that may block on connections of their own at once, per handle; more poll.
+const MAX_BLOCKING: usize = 64;
+/// Dedicated connections kept for the next waiters, per handle.
+const MAX_IDLE: usize = 4;
+
+/// A dedicated connection for a waiter to block on (never a pooled one: a blocked waiter must
+/// not take a connection from the callers), reused from earlier waits when one is idle.
+fn blocking_connection(redis: &Redis, locks: &HandleLocks) -> Result<DedicatedConnection> {
+    if let Some(con) = locks.idle_waiters.lock().pop() {
+        return Ok(con);
+    }
+    redis.dedicated()
+}
+
+/// Gives a waiter's connection back for the next one (closed when enough are kept).
+fn return_connection(locks: &HandleLocks, con: DedicatedConnection) {
+    if !con.is_open() {
+        return;
+    }
+    let mut idle = locks.idle_waiters.lock();
+    if idle.len() < MAX_IDLE {
+        idle.push(con);
+    }
 }
 
 /// One caller waiting for a lock (or permit, or slot) until a deadline.
@@ -94,18 +113,17 @@ impl<'a> Waiter<'a> {
         let Ok(locks) = super::handle_locks(self.redis) else {
             return false;
         };
-        let cap = (self.redis.config().pool.max_size() / 2).max(1) as usize;
-        if locks.blocking_waiters.fetch_add(1, Ordering::AcqRel) >= cap {
+        if locks.blocking_waiters.fetch_add(1, Ordering::AcqRel) >= MAX_BLOCKING {
             locks.blocking_waiters.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
-        let blocked = self.blpop_on_a_connection(block);
+        let blocked = self.blpop_on_a_connection(&locks, block);
         locks.blocking_waiters.fetch_sub(1, Ordering::AcqRel);
         blocked
     }
 
-    fn blpop_on_a_connection(&self, block: Duration) -> bool {
-        let Ok(mut con) = blocking_connection(self.redis, CHECKOUT.min(block)) else {
+    fn blpop_on_a_connection(&self, locks: &HandleLocks, block: Duration) -> bool {
+        let Ok(mut con) = blocking_connection(self.redis, locks) else {
             return false;
         };
         let read_timeout = block.saturating_add(self.redis.config().timeouts.response);
@@ -117,7 +135,10 @@ impl<'a> Waiter<'a> {
             .arg(format!("{:.3}", block.as_secs_f64()))
             .query(&mut con);
         match reply {
-            Ok(_) => true,
+            Ok(_) => {
+                return_connection(locks, con);
+                true
+            }
             Err(e) => {
                 log::debug!("lock waiter: BLPOP on {:?} failed: {e}", self.wake_keys);
                 false

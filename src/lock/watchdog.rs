@@ -40,8 +40,10 @@ struct Entry {
 pub(crate) struct HandleLocks {
     watchdog: Mutex<Option<Watchdog>>,
     closed: AtomicBool,
-    /// Waiters blocked in `BLPOP` on a pooled connection (see `wait.rs`).
+    /// Waiters blocked in `BLPOP` right now, each on a dedicated connection (see `wait.rs`).
     pub(crate) blocking_waiters: AtomicUsize,
+    /// Dedicated connections of finished waits, kept for the next waiters.
+    pub(crate) idle_waiters: Mutex<Vec<crate::DedicatedConnection>>,
     /// Whether the server knows `WAITAOF`: 0 not asked yet, 1 no, 2 yes (see `ack.rs`).
     waitaof: AtomicU8,
 }
@@ -108,6 +110,7 @@ impl HandleLocks {
     /// Stops the watchdog thread and waits for it (unless called on that very thread).
     pub(crate) fn shut_down(&self) {
         self.closed.store(true, Ordering::Release);
+        self.idle_waiters.lock().clear();
         let watchdog = self.watchdog.lock().take();
         if let Some(mut w) = watchdog {
             if let Err(panic) = w.stop() {

@@ -57,7 +57,23 @@ pub(crate) struct PoolState {
     pub(crate) cluster: Option<Arc<Topology>>,
     /// What the server said about itself in the last handshake of a new connection.
     hello: parking_lot::Mutex<Option<Hello>>,
+    /// Run when the heartbeat declares the connection lost (see [`PoolState::on_lost`]).
+    lost_hooks: LostHooks,
 }
+
+/// The hooks run on loss.
+#[derive(Default)]
+struct LostHooks(parking_lot::Mutex<Vec<LostHook>>);
+
+impl std::fmt::Debug for LostHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LostHooks({})", self.0.lock().len())
+    }
+}
+
+/// Something to do when the heartbeat finds the server gone (close the multiplexed
+/// connections, so that the calls in flight fail at once).
+pub(crate) type LostHook = Box<dyn Fn() + Send + Sync>;
 
 impl PoolState {
     pub(crate) fn new(
@@ -79,6 +95,21 @@ impl PoolState {
             sentinel,
             cluster,
             hello: parking_lot::Mutex::new(None),
+            lost_hooks: LostHooks::default(),
+        }
+    }
+
+    /// Runs `hook` whenever the heartbeat declares the connection lost.
+    pub(crate) fn on_lost(&self, hook: LostHook) {
+        self.lost_hooks.0.lock().push(hook);
+    }
+
+    /// The heartbeat found the server gone: every pooled connection is suspect, and the
+    /// hooks run.
+    pub(crate) fn connection_lost(&self) {
+        self.connection_dropped_quiet();
+        for hook in self.lost_hooks.0.lock().iter() {
+            hook();
         }
     }
 

@@ -130,6 +130,17 @@ impl std::error::Error for DecodeError {
     }
 }
 
+impl From<DecodeError> for Error {
+    /// An [`Error::Decode`] naming the channel, so that `?` works in a function returning
+    /// `redkit::Result`.
+    fn from(e: DecodeError) -> Error {
+        Error::Decode {
+            key: e.message.channel_str().into_owned(),
+            reason: e.error.to_string(),
+        }
+    }
+}
+
 /// A subscription to a [`Topic`]: yields decoded values, or a [`DecodeError`] with the raw
 /// message for a payload that does not decode (never dropped silently).
 #[must_use = "dropping a TopicSubscription unsubscribes"]
