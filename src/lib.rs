@@ -12,7 +12,7 @@
 //! tags and pattern invalidation, [sessions](session), [monitoring](monitor) with per-command
 //! metrics, named connections ([`Registry`]) and [batch helpers](scan) for CLI jobs.
 //!
-//! A [near cache](near): reads answered in process (about a microsecond), kept coherent by
+//! A [near cache](near): reads answered in process (in well under a microsecond), kept coherent by
 //! the server's invalidations (`CLIENT TRACKING`, RESP3 or RESP2, default or broadcast
 //! mode), cleared whenever the connection that carries them is lost; on its own or as the
 //! in-process level of a [`Cache`], which also keeps answering with its loader while Redis

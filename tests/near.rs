@@ -425,3 +425,80 @@ fn closing_the_handle_stops_tracking() -> TestResult {
     near.close();
     Ok(())
 }
+
+/// A server without `CLIENT TRACKING` is refused at build with a typed error.
+#[test]
+fn a_server_without_tracking_is_refused() -> TestResult {
+    use redkit::testing::{Action, FakeServer};
+    init_logs();
+    let fake = FakeServer::start(|cmd| {
+        let name = cmd
+            .first()
+            .map(|n| n.to_ascii_uppercase())
+            .unwrap_or_default();
+        let sub = cmd
+            .get(1)
+            .map(|n| n.to_ascii_uppercase())
+            .unwrap_or_default();
+        match (name.as_slice(), sub.as_slice()) {
+            (b"HELLO", _) => Action::Reply(b"-ERR unknown command 'HELLO'\r\n".to_vec()),
+            (b"CLIENT", b"ID") => Action::Reply(b":7\r\n".to_vec()),
+            (b"CLIENT", b"TRACKING") => Action::Reply(
+                b"-ERR Unknown subcommand or wrong number of arguments for 'TRACKING'. Try CLIENT HELP\r\n"
+                    .to_vec(),
+            ),
+            _ => Action::handshake(cmd).unwrap_or(Action::Reply(b"$-1\r\n".to_vec())),
+        }
+    })?;
+    let redis = Redis::connect(
+        redkit::Config::builder()
+            .host(fake.host())
+            .port(fake.port())
+            .timeouts(redkit::Timeouts::default().connect(Duration::from_secs(1))),
+    )?;
+    match NearCache::new(&redis) {
+        Err(Error::ServerTooOld { .. }) => Ok(()),
+        other => Err(format!("{other:?}").into()),
+    }
+}
+
+/// A server that never answers the tracking set-up: build returns within the connect
+/// timeout, reads go to Redis through the handle (nothing kept), drop is prompt.
+#[test]
+fn a_silent_tracking_set_up_bounds_build_and_reads_still_work() -> TestResult {
+    use redkit::testing::{Action, FakeServer};
+    init_logs();
+    let fake = FakeServer::start(|cmd| {
+        let name = cmd
+            .first()
+            .map(|n| n.to_ascii_uppercase())
+            .unwrap_or_default();
+        match name.as_slice() {
+            b"CLIENT" => Action::Silent,
+            b"GET" => Action::Reply(b"$1\r\nx\r\n".to_vec()),
+            _ => Action::handshake(cmd).unwrap_or(Action::Reply(b"$-1\r\n".to_vec())),
+        }
+    })?;
+    let connect = Duration::from_millis(500);
+    let redis = Redis::connect(
+        redkit::Config::builder()
+            .host(fake.host())
+            .port(fake.port())
+            .timeouts(redkit::Timeouts::default().connect(connect)),
+    )?;
+    let started = std::time::Instant::now();
+    let near = NearCache::new(&redis)?;
+    let took = started.elapsed();
+    assert!(took < connect * 2 + Duration::from_millis(300), "{took:?}");
+    assert!(!near.is_tracking());
+    for _ in 0..3 {
+        assert_eq!(near.get::<Option<String>>("k")?.as_deref(), Some("x"));
+    }
+    let s = near.stats();
+    assert_eq!((s.hits, s.stored), (0, 0), "{s:?}");
+    assert!(s.uncached >= 3);
+    let started = std::time::Instant::now();
+    drop(near);
+    assert!(started.elapsed() < redkit::CLOSE_BOUND + Duration::from_millis(200));
+    Ok(())
+}

@@ -10,7 +10,7 @@
 //!     .max_bytes(64 * 1024 * 1024)
 //!     .build()?;
 //!
-//! // The first read goes to Redis; later ones are answered in process (about a
+//! // The first read goes to Redis; later ones are answered in process (well under a
 //! // microsecond) until someone changes the key.
 //! let name: Option<String> = near.get("user:42:name")?;
 //! let profile: std::collections::HashMap<String, String> =
@@ -451,8 +451,12 @@ impl NearCache {
     /// # Ok::<(), redkit::Error>(())
     /// ```
     pub fn get<T: FromRedisValue>(&self, key: impl AsRef<[u8]>) -> Result<T> {
-        let rkey = self.full_key(key.as_ref());
-        crate::script::convert(self.get_value(&rkey)?)
+        let key = key.as_ref();
+        let value = match &self.inner.prefix {
+            Some(p) => self.get_value(&[p.as_ref(), key].concat())?,
+            None => self.get_value(key)?,
+        };
+        crate::script::convert(value)
     }
 
     /// The values of `keys` (`GET` each; the misses in one round trip per node), in order.

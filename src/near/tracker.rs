@@ -673,6 +673,16 @@ fn connect(shared: &Shared, node: &Node) -> Result<Link> {
         }
     };
     let resp2 = config.protocol == Protocol::Resp2;
+    if shared.settings.mode == Mode::Default {
+        // A no-op that fails on a server without tracking (before the readers find out).
+        let off = redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("off")
+            .get_packed_command();
+        if let Value::ServerError(e) = con.exec(&off, cap)? {
+            return Err(too_old_or(e));
+        }
+    }
     if let Mode::Broadcast(prefixes) = &shared.settings.mode {
         let mut cmd = redis::cmd("CLIENT");
         cmd.arg("TRACKING").arg("on").arg("BCAST");
