@@ -103,6 +103,9 @@ struct Counts {
 
 struct Scenario {
     protocol: Protocol,
+    /// The handle's timeouts: short in the fault scenarios (reads into a black hole fail
+    /// fast), roomy otherwise (a loaded machine).
+    timeout: Duration,
     through_proxy: bool,
     child: bool,
     run: Duration,
@@ -173,9 +176,9 @@ fn run(
     let proxy = FaultProxy::start_for(server)?;
     let mut b = builder(server).protocol(s.protocol).timeouts(
         redkit::Timeouts::default()
-            .connect(Duration::from_millis(500))
-            .response(Duration::from_millis(500))
-            .checkout(Duration::from_millis(500)),
+            .connect(s.timeout)
+            .response(s.timeout)
+            .checkout(s.timeout),
     );
     if s.through_proxy {
         b = b.host(proxy.host()).port(proxy.port());
@@ -383,6 +386,7 @@ fn coherence_under_load_resp3() -> TestResult {
     let mut server = server();
     let s = Scenario {
         protocol: Protocol::Resp3,
+        timeout: Duration::from_secs(2),
         through_proxy: false,
         child: true,
         run: Duration::from_secs(3),
@@ -400,6 +404,7 @@ fn coherence_under_load_resp2() -> TestResult {
     let mut server = server();
     let s = Scenario {
         protocol: Protocol::Resp2,
+        timeout: Duration::from_secs(2),
         through_proxy: false,
         child: true,
         run: Duration::from_secs(2),
@@ -416,6 +421,7 @@ fn coherence_across_a_server_restart() -> TestResult {
     let mut server = server();
     let s = Scenario {
         protocol: Protocol::Resp3,
+        timeout: Duration::from_millis(500),
         through_proxy: false,
         child: false,
         run: Duration::from_secs(3),
@@ -443,6 +449,7 @@ fn coherence_across_a_kill_of_the_tracking_connection() -> TestResult {
     let mut admin = admin(&server);
     let s = Scenario {
         protocol: Protocol::Resp2,
+        timeout: Duration::from_millis(500),
         through_proxy: false,
         child: true,
         run: Duration::from_secs(3),
@@ -492,6 +499,7 @@ fn coherence_across_a_black_hole() -> TestResult {
     let mut server = server();
     let s = Scenario {
         protocol: Protocol::Resp3,
+        timeout: Duration::from_millis(500),
         through_proxy: true,
         child: false,
         run: Duration::from_secs(3),
