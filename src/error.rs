@@ -462,7 +462,17 @@ fn carried(e: &RedisError) -> Option<Error> {
 /// redkit-only errors recoverable by [`Error::from`].
 pub(crate) fn to_redis_error(e: Error) -> RedisError {
     match e {
-        Error::Redis { source, .. } => source,
+        // A redis error that converts back to the same class and delivery travels as is
+        // (callers of the `redis` crate see its own kind); others are carried whole.
+        Error::Redis {
+            class,
+            delivery,
+            source,
+        } if Error::from(source.clone()).class() == class
+            && Error::from(source.clone()).delivery() == delivery =>
+        {
+            source
+        }
         other => {
             let kind = if other.is_timeout() {
                 std::io::ErrorKind::TimedOut

@@ -12,6 +12,12 @@
 //! tags and pattern invalidation, [sessions](session), [monitoring](monitor) with per-command
 //! metrics, named connections ([`Registry`]) and [batch helpers](scan) for CLI jobs.
 //!
+//! A [near cache](near): reads answered in process (in well under a microsecond), kept coherent by
+//! the server's invalidations (`CLIENT TRACKING`, RESP3 or RESP2, default or broadcast
+//! mode), cleared whenever the connection that carries them is lost; on its own or as the
+//! in-process level of a [`Cache`], which also keeps answering with its loader while Redis
+//! is down.
+//!
 //! [Distributed locks](lock): a mutex with fencing tokens, fast hand-off and a watchdog, a
 //! semaphore, a read-write lock, Redlock over several servers, and leader election.
 //!
@@ -96,8 +102,19 @@
 //! | kind | get it with | for |
 //! |---|---|---|
 //! | pooled | `redis::Commands` on the handle, [`Redis::query`], [`Redis::pipeline`], [`Redis::transaction`], [`Redis::run`], [`Redis::conn`] | short commands, pipelines, transactions |
+//! | multiplexed | the same handle with [`ConfigBuilder::multiplexed`] (`?multiplexed=1`) | many threads doing short commands over one socket: their commands go out together, each gets its own reply |
 //! | dedicated | [`Redis::dedicated`] | blocking loops (`BLPOP`, `XREAD BLOCK`, `WAIT`), `MONITOR`, state across calls (`SELECT`, `CLIENT TRACKING`, `WATCH` by hand) |
 //! | subscriber | [`Subscriber::new`](pubsub::Subscriber::new) | pub/sub |
+//!
+//! Which to pick: the pool (the default) for a few threads, transactions and per-call
+//! connections; the multiplexed connection when many threads (dozens and more) share a
+//! handle: one socket instead of one per thread, no queue for a pool slot, and commands of
+//! all threads written together. On it, blocking commands, [`Redis::transaction`],
+//! [`Redis::run`] and [`Redis::conn`] still use the pool. A command's reply waits behind the
+//! replies written before it on the same connection (the head-of-line effect: a 100 MB
+//! value being read delays the callers behind it by its transfer time, at most their
+//! response timeout); each caller keeps its own deadline. A dedicated connection for
+//! anything that blocks or keeps state.
 //!
 //! A pooled connection always reaches the next caller in the configured state (database,
 //! protocol, client name, no subscription, no `MULTI`, no `WATCH`, no tracking, replies on).
@@ -190,6 +207,7 @@ pub mod heartbeat;
 pub mod lock;
 pub mod metrics;
 pub mod monitor;
+pub mod near;
 mod observe;
 mod pool;
 pub mod prelude;

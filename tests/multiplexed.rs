@@ -110,7 +110,10 @@ fn a_server_stall_times_out_the_callers_in_flight_and_then_every_caller_gets_its
                     seq += 1;
                     let key = format!("s:{t}");
                     let value = format!("{t}:{seq}");
-                    match r.set::<_, _, ()>(&key, &value).and_then(|()| r.get::<_, String>(&key)) {
+                    match r
+                        .set::<_, _, ()>(&key, &value)
+                        .and_then(|()| r.get::<_, String>(&key))
+                    {
                         Ok(got) => {
                             assert_eq!(got, value, "thread {t}: its own reply");
                             if stall_done.load(Ordering::Relaxed) {
@@ -138,7 +141,10 @@ fn a_server_stall_times_out_the_callers_in_flight_and_then_every_caller_gets_its
             });
         }
         std::thread::sleep(Duration::from_millis(200));
-        let _: () = redis::cmd("DEBUG").arg("SLEEP").arg("1").query(&mut admin)?;
+        let _: () = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("1")
+            .query(&mut admin)?;
         stall_done.store(true, Ordering::Relaxed);
         Ok(())
     })?;
@@ -178,7 +184,9 @@ fn connections_killed_under_load_never_apply_an_incr_twice_and_recover() -> Test
                             match e.delivery() {
                                 Delivery::Unknown => unknown.fetch_add(1, Ordering::Relaxed),
                                 Delivery::NotSent => not_sent.fetch_add(1, Ordering::Relaxed),
-                                Delivery::Answered => panic!("a connection loss is not an answer: {e}"),
+                                Delivery::Answered => {
+                                    panic!("a connection loss is not an answer: {e}")
+                                }
                                 _ => 0,
                             }
                         }
@@ -206,7 +214,10 @@ fn connections_killed_under_load_never_apply_an_incr_twice_and_recover() -> Test
     })?;
     let counter: u64 = redis::cmd("GET").arg("counter").query(&mut admin)?;
     let (ok, unknown) = (ok.load(Ordering::Relaxed), unknown.load(Ordering::Relaxed));
-    assert!(counter >= ok, "every acknowledged INCR applied: {counter} < {ok}");
+    assert!(
+        counter >= ok,
+        "every acknowledged INCR applied: {counter} < {ok}"
+    );
     assert!(
         counter <= ok + unknown,
         "no INCR applied twice: {counter} > {ok} acknowledged + {unknown} unknown"
@@ -244,7 +255,11 @@ fn a_black_hole_fails_the_calls_in_flight_within_heartbeat_interval_plus_deadlin
             .multiplexed(1)
             .timeouts(Timeouts::default().response(Duration::from_secs(20)))
             .retry(redkit::RetryPolicy::default().max_attempts(1))
-            .heartbeat(HeartbeatConfig::default().interval(interval).timeout(deadline)),
+            .heartbeat(
+                HeartbeatConfig::default()
+                    .interval(interval)
+                    .timeout(deadline),
+            ),
     )?;
     let _: () = redis.query(redis::cmd("SET").arg("a").arg(1))?;
     proxy.set_mode(redkit::testing::ProxyMode::BlackHole);
@@ -260,7 +275,10 @@ fn a_black_hole_fails_the_calls_in_flight_within_heartbeat_interval_plus_deadlin
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("caller")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("caller"))
+            .collect()
     });
     for (took, e) in &results {
         assert!(
@@ -306,22 +324,34 @@ fn what_cannot_share_a_connection_goes_elsewhere_or_is_refused() -> TestResult {
     // A blocking command runs on a pooled connection: the shared one keeps serving others.
     let blocker = {
         let r = redis.clone();
-        std::thread::spawn(move || r.query::<Option<(String, String)>>(redis::cmd("BLPOP").arg("q").arg("1")))
+        std::thread::spawn(move || {
+            r.query::<Option<(String, String)>>(redis::cmd("BLPOP").arg("q").arg("1"))
+        })
     };
     let start = Instant::now();
     for i in 0..50 {
         r.set::<_, _, ()>("x", i)?;
     }
-    assert!(start.elapsed() < Duration::from_millis(900), "not stuck behind BLPOP");
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "not stuck behind BLPOP"
+    );
     assert_eq!(blocker.join().expect("blocker")?, None);
     // Transactions still work; state changes are refused as on the pool.
     let (n,): (i64,) = redis.transaction(&["t"], |con, pipe| {
         let n: Option<i64> = con.get("t")?;
-        pipe.cmd("SET").arg("t").arg(n.unwrap_or(0) + 1).ignore().cmd("GET").arg("t");
+        pipe.cmd("SET")
+            .arg("t")
+            .arg(n.unwrap_or(0) + 1)
+            .ignore()
+            .cmd("GET")
+            .arg("t");
         Ok(())
     })?;
     assert_eq!(n, 1);
-    let e = redis.query::<()>(redis::cmd("SELECT").arg(1)).expect_err("refused");
+    let e = redis
+        .query::<()>(redis::cmd("SELECT").arg(1))
+        .expect_err("refused");
     assert_eq!(e.class(), ErrorClass::Unsupported);
     // An atomic pipeline shares the connection (MULTI..EXEC go out together).
     let mut pipe = Pipeline::new();
@@ -357,5 +387,33 @@ fn tls_connections_multiplex_too() -> TestResult {
             });
         }
     });
+    Ok(())
+}
+
+#[test]
+fn a_multiplexed_sentinel_handle_follows_a_failover() -> TestResult {
+    let setup = redkit::testing::SentinelSetup::start()?;
+    let redis = Redis::connect(
+        redkit::Config::builder()
+            .sentinel(setup.master_name(), setup.sentinel_addrs())
+            .multiplexed(1)
+            .connect_timeout(Duration::from_secs(1))
+            .response_timeout(Duration::from_secs(1)),
+    )?;
+    let events = redis.events();
+    let old = redis.sentinel_master().ok_or("no master")?;
+    let mut r = redis.clone();
+    r.set::<_, _, ()>("before", 1)?;
+    let new_master = setup.failover()?;
+    // Writes reach the new master without user action.
+    redkit::testing::wait_until(Duration::from_secs(20), "a write on the new master", || {
+        r.set::<_, _, ()>("after", 2).is_ok() && redis.sentinel_master().is_some_and(|m| m != old)
+    })?;
+    let mut admin = setup.node(new_master).admin()?;
+    let v: Option<i64> = admin.get("after")?;
+    assert_eq!(v, Some(2), "the write landed on the new master");
+    let saw_failover = std::iter::from_fn(|| events.try_recv().ok())
+        .any(|e| matches!(e, redkit::Event::FailoverDetected { .. }));
+    assert!(saw_failover, "FailoverDetected was sent");
     Ok(())
 }

@@ -224,6 +224,10 @@ impl Beat {
             attempt += 1;
             let delay = if attempt == 1 {
                 Duration::ZERO
+            } else if self.breaker.state() != BreakerState::Closed {
+                // Calls are being refused: find out within an interval that the server is
+                // back, so that the breaker closes then (not after a long backoff).
+                delays.next_delay().min(self.interval)
             } else {
                 delays.next_delay()
             };

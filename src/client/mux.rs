@@ -11,7 +11,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use redis::{ConnectionLike, Value};
 
-use super::execute::Calls;
+use super::calls::Calls;
 use super::Redis;
 use crate::config::Config;
 use crate::conn::mux::{Limits, Mux};
@@ -101,7 +101,7 @@ impl MuxSet {
         if state.is_closed() {
             return Err(Error::Closed);
         }
-        let m = Arc::new(Mux::new(conn, self.limits, self.write_timeout, generation));
+        let m = Arc::new(Mux::new(conn, self.limits, self.write_timeout, generation)?);
         *slot = Some(m.clone());
         Ok(m)
     }

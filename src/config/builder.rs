@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{
     Addr, BreakerConfig, ClusterConfig, Config, MultiplexConfig, PoolConfig, Protocol, Secret,
     SentinelConfig, SentinelRole, Timeouts, TlsConfig, DEFAULT_MAX_REPLY_SIZE,
+    DEFAULT_MAX_VALUE_SIZE,
 };
 use crate::error::{Error, Result};
 use crate::heartbeat::HeartbeatConfig;
@@ -60,6 +61,7 @@ impl Default for ConfigBuilder {
                 cluster: None,
                 max_reply_size: DEFAULT_MAX_REPLY_SIZE,
                 multiplex: MultiplexConfig::default(),
+                max_value_size: DEFAULT_MAX_VALUE_SIZE,
             },
             tls_files: TlsFiles::default(),
         }
@@ -421,6 +423,16 @@ impl ConfigBuilder {
         self
     }
 
+    /// The largest argument (a value, a key) one command may carry, in bytes: a command with
+    /// a larger one fails at once with [`Error::TooLarge`], before anything is sent, is
+    /// never resent and does not count against the circuit breaker. Defaults to 512 MiB, the
+    /// server's default `proto-max-bulk-len` (which refuses larger ones by closing the
+    /// connection); raise both together. URL parameter `max_value_size` (bytes).
+    pub fn max_value_size(mut self, bytes: u64) -> ConfigBuilder {
+        self.config.max_value_size = bytes;
+        self
+    }
+
     /// The largest reply one call may read, in bytes: a reply that grows past it fails with
     /// [`Error::TooLarge`] while it is read (the connection is closed, memory stays bounded).
     /// Defaults to 512 MiB. URL parameter `max_reply_size` (bytes).
@@ -453,6 +465,10 @@ fn read_file(setting: &'static str, path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path)
         .map_err(|e| Error::config(setting, format!("cannot read {}: {e}", path.display())))
 }
+
+/// The largest pool: beyond it r2d2's bookkeeping grows for nothing (a server serves at
+/// most 10,000 clients by default).
+const MAX_POOL: u32 = 10_000;
 
 fn validate(c: &Config) -> Result<()> {
     let m = &c.multiplex;
@@ -562,6 +578,21 @@ fn validate(c: &Config) -> Result<()> {
     c.timeouts.validate()?;
     if c.pool.max_size == 0 {
         return Err(Error::config("pool.max_size", "must be at least 1"));
+    }
+    if c.pool.max_size > MAX_POOL {
+        return Err(Error::config(
+            "pool.max_size",
+            format!(
+                "({}) must be at most {MAX_POOL} (for many threads, use the multiplexed connection)",
+                c.pool.max_size
+            ),
+        ));
+    }
+    if c.max_value_size < 1024 {
+        return Err(Error::config(
+            "max_value_size",
+            "must be at least 1024 bytes",
+        ));
     }
     if c.pool.min_idle > c.pool.max_size {
         return Err(Error::config(

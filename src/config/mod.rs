@@ -26,11 +26,22 @@
 //! ## URL forms
 //! `redis://[user[:password]@]host[:port][/db][?params]`, `rediss://...` (TLS with the system
 //! roots; `rediss://...#insecure` skips verification) and `unix:///path/to/socket[?db=N]`.
+//! `valkey://` and `valkeys://` are the same as `redis://` and `rediss://`, `redis+unix://`
+//! the same as `unix://`; any other scheme is an error naming it.
 //! redkit reads these query parameters: `protocol` (`2`/`resp2`, `3`/`resp3`), `client_name`,
 //! `connect_timeout`, `response_timeout`, `write_timeout`, `checkout_timeout` (durations such as
-//! `250ms`, `2s`, or plain milliseconds), `pool_max_size`, `pool_min_idle`, `key_prefix`,
-//! `heartbeat_interval` (a duration, or `off`), `heartbeat_timeout`, and for unix sockets `db`,
-//! `user`, `pass`. Any other parameter is an error.
+//! `250ms`, `2s`, or plain milliseconds), `pool_max_size` (1 to 10,000), `pool_min_idle`,
+//! `key_prefix`, `heartbeat_interval` (a duration, or `off`), `heartbeat_timeout`,
+//! `multiplexed` (a number of connections, or `true`), `max_value_size` and `max_reply_size`
+//! (bytes), and for unix sockets `db`, `user`, `pass`. Any other parameter is an error. An
+//! error names the part at fault (the scheme, the port, the database, the parameter and its
+//! value), never the password.
+//!
+//! ## Limits
+//! Durations may be as large as `Duration::MAX` (they saturate: "never" is about thirty
+//! years). Sizes and counts are checked by `build()` and refused with the setting's name when
+//! out of range: `pool_max_size` 1 to 10,000, `pool_min_idle` at most `pool_max_size`,
+//! `max_value_size` and `max_reply_size` at least 1 KiB, at most 64 multiplexed connections.
 //!
 //! Redis Sentinel: `redis+sentinel://[user[:password]@]host1[:port1],host2[:port2]/master_name[/db][?params]`
 //! (`rediss+sentinel://` for TLS). Each host is a sentinel (port 26379 when left out); the
@@ -494,10 +505,14 @@ pub struct Config {
     pub(crate) max_reply_size: u64,
     /// Multiplexed connections.
     pub(crate) multiplex: MultiplexConfig,
+    /// The largest argument one command may carry, in bytes.
+    pub(crate) max_value_size: u64,
 }
 
 /// The default cap on one reply: 512 MiB, the largest value a server accepts by default.
 pub(crate) const DEFAULT_MAX_REPLY_SIZE: u64 = 512 * 1024 * 1024;
+/// The default cap on one argument: 512 MiB, the server's default `proto-max-bulk-len`.
+pub(crate) const DEFAULT_MAX_VALUE_SIZE: u64 = 512 * 1024 * 1024;
 
 impl Config {
     /// A builder with every default: `127.0.0.1:6379`, db 0, RESP2, no TLS.
@@ -561,6 +576,11 @@ impl Config {
     /// The multiplexed connection settings.
     pub fn multiplex(&self) -> &MultiplexConfig {
         &self.multiplex
+    }
+
+    /// The largest argument one command may carry, in bytes.
+    pub fn max_value_size(&self) -> u64 {
+        self.max_value_size
     }
 
     /// The largest reply one call may read, in bytes.
@@ -1036,6 +1056,79 @@ mod tests {
                     ..
                 }
             ));
+        }
+    }
+
+    mod properties {
+        use super::super::url::parse_duration;
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::util::property_cases()))]
+
+            #[test]
+            fn durations_parse_or_refuse(n in any::<u64>(), unit in prop_oneof![Just(""), Just("ms"), Just("s"), Just("m"), Just("us"), Just("h"), Just("x")]) {
+                let text = format!("{n}{unit}");
+                let parsed = parse_duration(&text);
+                match unit {
+                    "" | "ms" => prop_assert_eq!(parsed, Some(std::time::Duration::from_millis(n))),
+                    "s" => prop_assert_eq!(parsed, Some(std::time::Duration::from_secs(n))),
+                    _ => {}
+                }
+            }
+
+            #[test]
+            fn any_text_is_a_url_or_a_config_error(url in "\\PC{0,60}") {
+                if let Err(e) = Config::from_url(&url) {
+                    prop_assert_eq!(e.class(), crate::ErrorClass::Config);
+                }
+            }
+
+            #[test]
+            fn urls_of_every_scheme_read_back(
+                scheme in prop_oneof![Just("redis"), Just("rediss"), Just("valkey"), Just("valkeys")],
+                host in "[a-z][a-z0-9]{0,10}",
+                port in 1u16..,
+                db in 0i64..16,
+                name in "[a-z]{1,8}",
+                response_ms in 1u64..100_000,
+            ) {
+                let url = format!("{scheme}://:secret@{host}:{port}/{db}?client_name={name}&response_timeout={response_ms}ms");
+                let c = Config::from_url(&url).expect("valid");
+                prop_assert_eq!(c.addr(), &Addr::Tcp { host: host.clone(), port });
+                prop_assert_eq!(c.db(), db);
+                prop_assert_eq!(c.client_name(), Some(name.as_str()));
+                prop_assert_eq!(c.timeouts().response_timeout(), std::time::Duration::from_millis(response_ms));
+                prop_assert_eq!(c.tls().is_some(), scheme == "rediss" || scheme == "valkeys");
+                let shown = format!("{c} {c:?}");
+                prop_assert!(!shown.contains("secret"));
+            }
+
+            #[test]
+            fn sentinel_and_cluster_urls_read_back(
+                hosts in proptest::collection::vec(("[a-z]{1,6}", proptest::option::of(1u16..)), 1..5),
+                cluster in any::<bool>(),
+            ) {
+                let list: Vec<String> = hosts.iter().map(|(h, p)| match p {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h.clone(),
+                }).collect();
+                let url = if cluster {
+                    format!("redis+cluster://{}", list.join(","))
+                } else {
+                    format!("redis+sentinel://{}/mymaster", list.join(","))
+                };
+                let c = Config::from_url(&url).expect("valid");
+                let got: Vec<(String, u16)> = if cluster {
+                    c.cluster().expect("cluster").seeds().to_vec()
+                } else {
+                    c.sentinel().expect("sentinel").addrs().to_vec()
+                };
+                let default = if cluster { 6379 } else { 26379 };
+                let want: Vec<(String, u16)> = hosts.iter().map(|(h, p)| (h.clone(), p.unwrap_or(default))).collect();
+                prop_assert_eq!(got, want);
+            }
         }
     }
 }

@@ -206,7 +206,12 @@ fn parse_sentinel_url(scheme: &str, rest: &str) -> Result<ConfigBuilder> {
                 })
             }
             "sentinel_role" => role = Some(v.parse::<SentinelRole>()?),
-            other => return Err(Error::config("url", format!("unknown parameter `{other}`"))),
+            other => {
+                return Err(Error::config(
+                    "url",
+                    format!("unknown parameter `{other}` (see the config module docs for the ones redkit reads)"),
+                ))
+            }
         }
     }
     if username.is_some() && password.is_none() {
@@ -243,6 +248,71 @@ fn parse_sentinel_url(scheme: &str, rest: &str) -> Result<ConfigBuilder> {
     Ok(b)
 }
 
+/// The schemes redkit reads (and the ones it reads as the same: `valkey` for `redis`,
+/// `valkeys` for `rediss`, `redis+unix` for `unix`).
+const SCHEMES: &str = "redis, rediss, valkey, valkeys, unix, redis+unix, redis+sentinel, \
+     rediss+sentinel, redis+cluster, rediss+cluster";
+
+/// Checks the parts the `redis` crate's parser reports only as "invalid client config"
+/// (scheme, port, database), naming the part at fault; returns the URL with the alias
+/// schemes replaced. Never echoes the password.
+fn precheck(url: &str) -> Result<String> {
+    if url.trim().is_empty() {
+        return Err(Error::config("url", "the URL is empty"));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(Error::config(
+            "url",
+            format!("no scheme (`redis://...`); redkit reads: {SCHEMES}"),
+        ));
+    };
+    let lower = scheme.to_ascii_lowercase();
+    let scheme = match lower.as_str() {
+        "redis" | "rediss" | "unix" => lower.clone(),
+        "valkey" => "redis".to_owned(),
+        "valkeys" => "rediss".to_owned(),
+        "redis+unix" => "unix".to_owned(),
+        other => {
+            return Err(Error::config(
+                "url",
+                format!("unsupported scheme `{other}` (the URL's scheme); redkit reads: {SCHEMES}"),
+            ))
+        }
+    };
+    if scheme != "unix" {
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let port = match hostport.rsplit_once(':') {
+            Some((host, port))
+                if !host.ends_with(':') && (!host.starts_with('[') || host.ends_with(']')) =>
+            {
+                Some(port)
+            }
+            _ => None,
+        };
+        if let Some(port) = port {
+            if port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(Error::config(
+                    "url",
+                    format!("the port `{port}` is not a number from 1 to 65535 (the URL's port)"),
+                ));
+            }
+        }
+        let path = tail.split(['?', '#']).next().unwrap_or("");
+        let db = path.trim_start_matches('/');
+        if !db.is_empty() && db.parse::<i64>().is_err() {
+            return Err(Error::config(
+                "url",
+                format!(
+                    "the database `{db}` is not a number (the URL's path, /0 to /15 by default)"
+                ),
+            ));
+        }
+    }
+    Ok(format!("{scheme}://{rest}"))
+}
+
 pub(super) fn parse_url(url: &str) -> Result<ConfigBuilder> {
     use redis::IntoConnectionInfo;
 
@@ -261,6 +331,8 @@ pub(super) fn parse_url(url: &str) -> Result<ConfigBuilder> {
         }
     }
 
+    let checked = precheck(url)?;
+    let url = checked.as_str();
     // Never echo the URL: it may hold a password.
     let info = url.into_connection_info().map_err(|e| {
         let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
@@ -328,11 +400,11 @@ pub(super) fn parse_url(url: &str) -> Result<ConfigBuilder> {
             "db" | "user" | "pass" if is_unix => {}
             "client_name" => b.config.client_name = Some(v.clone()),
             "key_prefix" => b.config.key_prefix = Some(v.clone()),
-            "connect_timeout" => b.config.timeouts.connect = duration("timeouts.connect")?,
-            "response_timeout" => b.config.timeouts.response = duration("timeouts.response")?,
-            "write_timeout" => b.config.timeouts.write = duration("timeouts.write")?,
-            "checkout_timeout" => b.config.timeouts.checkout = duration("timeouts.checkout")?,
-            "pool_max_size" => b.config.pool.max_size = number("pool.max_size")?,
+            "connect_timeout" => b.config.timeouts.connect = duration("connect_timeout")?,
+            "response_timeout" => b.config.timeouts.response = duration("response_timeout")?,
+            "write_timeout" => b.config.timeouts.write = duration("write_timeout")?,
+            "checkout_timeout" => b.config.timeouts.checkout = duration("checkout_timeout")?,
+            "pool_max_size" => b.config.pool.max_size = number("pool_max_size")?,
             "multiplexed" => {
                 b.config.multiplex.connections = match v.as_str() {
                     "true" | "yes" | "on" => 1,
@@ -345,12 +417,17 @@ pub(super) fn parse_url(url: &str) -> Result<ConfigBuilder> {
                     })?,
                 }
             }
+            "max_value_size" => {
+                b.config.max_value_size = v.parse::<u64>().map_err(|_| {
+                    Error::config("max_value_size", format!("`{v}` is not a whole number"))
+                })?
+            }
             "max_reply_size" => {
                 b.config.max_reply_size = v.parse::<u64>().map_err(|_| {
                     Error::config("max_reply_size", format!("`{v}` is not a whole number"))
                 })?
             }
-            "pool_min_idle" => b.config.pool.min_idle = number("pool.min_idle")?,
+            "pool_min_idle" => b.config.pool.min_idle = number("pool_min_idle")?,
             "heartbeat_interval" if v == "off" => {
                 b.config.heartbeat = HeartbeatConfig {
                     interval: None,
@@ -358,10 +435,15 @@ pub(super) fn parse_url(url: &str) -> Result<ConfigBuilder> {
                 }
             }
             "heartbeat_interval" => {
-                b.config.heartbeat.interval = Some(duration("heartbeat.interval")?)
+                b.config.heartbeat.interval = Some(duration("heartbeat_interval")?)
             }
-            "heartbeat_timeout" => b.config.heartbeat.timeout = duration("heartbeat.timeout")?,
-            other => return Err(Error::config("url", format!("unknown parameter `{other}`"))),
+            "heartbeat_timeout" => b.config.heartbeat.timeout = duration("heartbeat_timeout")?,
+            other => {
+                return Err(Error::config(
+                    "url",
+                    format!("unknown parameter `{other}` (see the config module docs for the ones redkit reads)"),
+                ))
+            }
         }
     }
     Ok(b)

@@ -108,6 +108,7 @@ impl Connector {
             response: Some(config.timeouts.response),
             write: config.timeouts.write,
             max_reply: config.max_reply_size,
+            max_value: config.max_value_size,
             broken: false,
             hello: Hello::default(),
         };
@@ -132,6 +133,7 @@ pub(crate) struct Connection {
     response: Option<Duration>,
     write: Duration,
     max_reply: u64,
+    max_value: u64,
     broken: bool,
     hello: Hello,
 }
@@ -153,6 +155,11 @@ fn is_push(v: &Value) -> bool {
 }
 
 impl Connection {
+    /// The largest argument a command may carry.
+    pub(crate) fn max_value(&self) -> u64 {
+        self.max_value
+    }
+
     /// The address this connection reaches.
     pub(crate) fn addr(&self) -> &Addr {
         &self.addr
@@ -176,6 +183,12 @@ impl Connection {
     /// The response timeout of later calls (`None`: wait forever).
     pub(crate) fn set_response_timeout(&mut self, d: Option<Duration>) {
         self.response = d;
+    }
+
+    /// A write half for another thread (TCP and unix only): after this, the connection is
+    /// only read from.
+    pub(crate) fn write_half(&mut self) -> Option<super::socket::WriteHalf> {
+        self.io.get_mut().write_half()
     }
 
     /// A handle that closes this connection's socket from another thread (a call blocked
@@ -221,6 +234,7 @@ impl Connection {
         if self.broken {
             return Err(self.stale());
         }
+        check_sizes(packed, self.max_value)?;
         let deadline = self.write_deadline(cap);
         let stream = self.io.get_mut();
         stream.set_write_deadline(deadline);
@@ -492,6 +506,19 @@ impl Connection {
         self.send(packed, cap, false)
             .and_then(|()| self.recv(count, cap))
             .map_err(|e| e.with_delivery(Delivery::NotSent))
+    }
+}
+
+/// Refuses a request with an argument over `limit` bytes before anything is sent (the server
+/// would close the connection on it).
+pub(crate) fn check_sizes(packed: &[u8], limit: u64) -> Result<()> {
+    match crate::util::resp::oversized_argument(packed, limit) {
+        None => Ok(()),
+        Some(size) => Err(Error::TooLarge {
+            what: "value",
+            size: Some(size),
+            limit,
+        }),
     }
 }
 

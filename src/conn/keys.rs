@@ -27,7 +27,9 @@ pub(crate) fn key_indices(args: &[&[u8]]) -> Vec<usize> {
     };
     let n = args.len();
     let all_from = |start: usize| (start..n).collect::<Vec<_>>();
-    let range = |start: usize, count: usize| (start..(start + count).min(n)).collect::<Vec<_>>();
+    let range = |start: usize, count: usize| {
+        (start..start.saturating_add(count).min(n)).collect::<Vec<_>>()
+    };
     let upper = name.to_ascii_uppercase();
     match upper.as_slice() {
         // No keys.
@@ -349,5 +351,47 @@ mod tests {
             .arg("p:b");
         assert_eq!(out, want.get_packed_pipeline());
         assert!(prefixed(&redis::cmd("PING").get_packed_command(), b"p:").is_none());
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn word() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("GET".to_owned()),
+                Just("MSET".to_owned()),
+                Just("EVAL".to_owned()),
+                Just("ZUNIONSTORE".to_owned()),
+                Just("XREAD".to_owned()),
+                Just("STREAMS".to_owned()),
+                Just("BLPOP".to_owned()),
+                Just("SORT".to_owned()),
+                Just("STORE".to_owned()),
+                Just("BLMPOP".to_owned()),
+                Just("99999999999999999999".to_owned()),
+                "[0-9]{1,3}",
+                "[a-z]{0,6}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::util::property_cases()))]
+
+            #[test]
+            fn key_positions_stay_inside_the_command(words in proptest::collection::vec(word(), 0..12)) {
+                let args: Vec<&[u8]> = words.iter().map(|w| w.as_bytes()).collect();
+                let keys = key_indices(&args);
+                prop_assert!(keys.iter().all(|&i| i > 0 && i < args.len()), "{:?} -> {:?}", words, keys);
+                let packed = crate::util::resp::pack(&args);
+                if let Some(out) = prefixed(&packed, b"p:") {
+                    let (new, _) = crate::util::resp::split_command(&out).expect("packed");
+                    prop_assert_eq!(new.len(), args.len());
+                    for &i in &keys {
+                        prop_assert!(new[i].starts_with(b"p:"));
+                    }
+                }
+            }
+        }
     }
 }

@@ -25,10 +25,14 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use redis::Value;
 
+use super::socket::WriteHalf;
 use super::{Connection, Interrupter};
 use crate::config::Addr;
 use crate::error::{Delivery, Error, Result};
 use crate::util::time;
+
+/// How long a caller alone on a connection spins for its reply before sleeping.
+const SPIN: Duration = Duration::from_micros(50);
 
 /// What bounds one multiplexed connection's memory.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +75,8 @@ struct Slot {
     len: usize,
     st: Mutex<SlotState>,
     cv: Condvar,
+    /// Set with the result (a caller alone spins on it briefly instead of sleeping).
+    done: AtomicBool,
 }
 
 impl Slot {
@@ -85,6 +91,7 @@ impl Slot {
                 drive: false,
             }),
             cv: Condvar::new(),
+            done: AtomicBool::new(false),
         })
     }
 
@@ -93,6 +100,7 @@ impl Slot {
         match st.phase {
             Phase::Queued | Phase::Written => {
                 st.phase = Phase::Done(result);
+                self.done.store(true, Ordering::Release);
                 self.cv.notify_one();
             }
             // Nobody waits for it any more.
@@ -120,9 +128,10 @@ struct Core {
     in_flight: VecDeque<Arc<Slot>>,
 }
 
-/// One multiplexed connection.
+/// One multiplexed connection driven by its callers (TLS: one session cannot be read and
+/// written from two threads at once).
 #[derive(Debug)]
-pub(crate) struct Mux {
+struct Driven {
     queue: Mutex<Queue>,
     /// Signalled when capacity frees up.
     space: Condvar,
@@ -132,8 +141,6 @@ pub(crate) struct Mux {
     addr: Addr,
     limits: Limits,
     write_timeout: Duration,
-    /// The stamp of the generation it was opened in.
-    pub(crate) generation: u64,
 }
 
 fn failure(addr: &Addr, what: &str, delivery: Delivery) -> Error {
@@ -144,17 +151,11 @@ fn failure(addr: &Addr, what: &str, delivery: Delivery) -> Error {
     )
 }
 
-impl Mux {
-    /// Shares `conn` (a connection in the configured state).
-    pub(crate) fn new(
-        mut conn: Connection,
-        limits: Limits,
-        write_timeout: Duration,
-        generation: u64,
-    ) -> Mux {
+impl Driven {
+    fn new(mut conn: Connection, limits: Limits, write_timeout: Duration) -> Driven {
         let interrupter = conn.interrupter();
-        let addr = conn_addr(&conn);
-        Mux {
+        let addr = conn.addr().clone();
+        Driven {
             queue: Mutex::new(Queue::default()),
             space: Condvar::new(),
             core: Mutex::new(Core {
@@ -166,25 +167,20 @@ impl Mux {
             addr,
             limits,
             write_timeout,
-            generation,
         }
     }
 
     /// Whether the connection failed (every call now fails at once).
-    pub(crate) fn is_broken(&self) -> bool {
+    fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Acquire)
     }
 
-    /// Closes the socket from outside (a black hole the heartbeat noticed): a driver blocked
-    /// on it fails at once, and with it every caller in flight.
-    pub(crate) fn interrupt(&self) {
+    fn interrupt(&self) {
         self.broken.store(true, Ordering::Release);
         self.interrupter.interrupt();
     }
 
-    /// Sends `packed` (`offset + count` commands) and returns the last `count` replies, all
-    /// by `deadline`.
-    pub(crate) fn call(
+    fn call(
         &self,
         packed: &[u8],
         offset: usize,
@@ -430,12 +426,405 @@ impl Mux {
     }
 }
 
-fn conn_addr(conn: &Connection) -> Addr {
-    conn.addr().clone()
-}
-
-impl Drop for Mux {
+impl Drop for Driven {
     fn drop(&mut self) {
         self.interrupter.interrupt();
+    }
+}
+
+/// One multiplexed connection: a plain (TCP or unix) one, read by a thread of its own and
+/// written by its callers, or a TLS one, driven by its callers (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Mux {
+    kind: Kind,
+    /// The stamp of the generation it was opened in.
+    pub(crate) generation: u64,
+    max_value: u64,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Split(Split),
+    Driven(Box<Driven>),
+}
+
+impl Mux {
+    /// Shares `conn` (a connection in the configured state).
+    pub(crate) fn new(
+        mut conn: Connection,
+        limits: Limits,
+        write_timeout: Duration,
+        generation: u64,
+    ) -> Result<Mux> {
+        let max_value = conn.max_value();
+        let kind = match conn.write_half() {
+            Some(w) => Kind::Split(Split::start(conn, w, limits, write_timeout)?),
+            None => Kind::Driven(Box::new(Driven::new(conn, limits, write_timeout))),
+        };
+        Ok(Mux {
+            kind,
+            generation,
+            max_value,
+        })
+    }
+
+    /// Whether the connection failed (every call now fails at once).
+    pub(crate) fn is_broken(&self) -> bool {
+        match &self.kind {
+            Kind::Split(s) => s.inner.broken.load(Ordering::Acquire),
+            Kind::Driven(d) => d.is_broken(),
+        }
+    }
+
+    /// Closes the socket from outside (a black hole the heartbeat noticed): every caller in
+    /// flight fails at once.
+    pub(crate) fn interrupt(&self) {
+        match &self.kind {
+            Kind::Split(s) => s.inner.interrupt(),
+            Kind::Driven(d) => d.interrupt(),
+        }
+    }
+
+    /// Sends `packed` (`offset + count` commands) and returns the last `count` replies, all
+    /// by `deadline`.
+    pub(crate) fn call(
+        &self,
+        packed: &[u8],
+        offset: usize,
+        count: usize,
+        deadline: Instant,
+    ) -> Result<Vec<Value>> {
+        super::connection::check_sizes(packed, self.max_value)?;
+        match &self.kind {
+            Kind::Split(s) => s.inner.call(packed, offset, count, deadline),
+            Kind::Driven(d) => d.call(packed, offset, count, deadline),
+        }
+    }
+}
+
+/// The write side of a split connection.
+#[derive(Debug, Default)]
+struct Outbox {
+    buf: Vec<u8>,
+    slots: Vec<Arc<Slot>>,
+    /// A caller is writing (the others only queue).
+    writing: bool,
+    /// Set when the connection failed: every later call fails with it.
+    failed: Option<Error>,
+}
+
+struct SplitInner {
+    out: Mutex<Outbox>,
+    /// Signalled when capacity frees up.
+    space: Condvar,
+    /// Only the caller that set `Outbox::writing` touches it.
+    writer: Mutex<WriteHalf>,
+    /// Written and waiting for replies, in order.
+    pending: Mutex<VecDeque<Arc<Slot>>>,
+    /// Requests queued or in flight.
+    requests: std::sync::atomic::AtomicUsize,
+    interrupter: Interrupter,
+    broken: AtomicBool,
+    addr: Addr,
+    limits: Limits,
+    write_timeout: Duration,
+}
+
+impl std::fmt::Debug for SplitInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplitInner")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A plain connection: callers write (whoever finds nobody writing writes everything
+/// queued, in one write), one thread (`redkit-mux-rd`) reads and hands out replies.
+#[derive(Debug)]
+struct Split {
+    inner: Arc<SplitInner>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Split {
+    fn start(
+        conn: Connection,
+        writer: WriteHalf,
+        limits: Limits,
+        write_timeout: Duration,
+    ) -> Result<Split> {
+        let mut conn = conn;
+        let inner = Arc::new(SplitInner {
+            out: Mutex::new(Outbox::default()),
+            space: Condvar::new(),
+            writer: Mutex::new(writer),
+            pending: Mutex::new(VecDeque::new()),
+            requests: std::sync::atomic::AtomicUsize::new(0),
+            interrupter: conn.interrupter(),
+            broken: AtomicBool::new(false),
+            addr: conn.addr().clone(),
+            limits,
+            write_timeout,
+        });
+        let reading = inner.clone();
+        let reader = std::thread::Builder::new()
+            .name("redkit-mux-rd".into())
+            .spawn(move || reading.read_loop(conn))
+            .map_err(|e| {
+                Error::io(
+                    e.kind(),
+                    format!("cannot start a reader thread: {e}"),
+                    Delivery::NotSent,
+                )
+            })?;
+        Ok(Split {
+            inner,
+            reader: Some(reader),
+        })
+    }
+}
+
+impl Drop for Split {
+    fn drop(&mut self) {
+        self.inner.interrupt();
+        if let Some(t) = self.reader.take() {
+            if let Err(panic) = crate::util::threads::join_within(t, Duration::from_millis(100)) {
+                log::warn!("the multiplexed reader thread had panicked: {panic}");
+            }
+        }
+    }
+}
+
+impl SplitInner {
+    fn interrupt(&self) {
+        self.broken.store(true, Ordering::Release);
+        self.interrupter.interrupt();
+    }
+
+    fn call(
+        &self,
+        packed: &[u8],
+        offset: usize,
+        count: usize,
+        deadline: Instant,
+    ) -> Result<Vec<Value>> {
+        let slot = Slot::new(offset + count, offset, packed.len());
+        let start = Instant::now();
+        let mut out = self.out.lock();
+        loop {
+            if let Some(e) = &out.failed {
+                return Err(e.clone().with_delivery(Delivery::NotSent));
+            }
+            let fits = self.requests.load(Ordering::Acquire) < self.limits.requests
+                && (out.buf.is_empty() || out.buf.len() + packed.len() <= self.limits.bytes);
+            if fits {
+                break;
+            }
+            if self.space.wait_until(&mut out, deadline).timed_out() {
+                return Err(Error::PoolTimeout {
+                    waited: start.elapsed(),
+                });
+            }
+        }
+        out.buf.extend_from_slice(packed);
+        out.slots.push(slot.clone());
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        if !out.writing {
+            out.writing = true;
+            self.write_out(out);
+        } else {
+            drop(out);
+        }
+        self.wait(&slot, deadline)
+    }
+
+    /// Writes everything queued, again while more comes, then stops writing.
+    fn write_out<'a>(&'a self, mut out: parking_lot::MutexGuard<'a, Outbox>) {
+        loop {
+            let buf = std::mem::take(&mut out.buf);
+            let slots = std::mem::take(&mut out.slots);
+            if slots.is_empty() {
+                out.writing = false;
+                return;
+            }
+            for s in &slots {
+                let mut st = s.st.lock();
+                if let Phase::Queued = st.phase {
+                    st.phase = Phase::Written;
+                }
+            }
+            // In the order of the bytes: the reader matches replies to this queue.
+            self.pending.lock().extend(slots.iter().cloned());
+            drop(out);
+            self.space.notify_all();
+            let written = self
+                .writer
+                .lock()
+                .write_all_by(&buf, time::after(self.write_timeout));
+            out = self.out.lock();
+            if let Err((n, e)) = written {
+                let delivery = if n == 0 {
+                    Delivery::NotSent
+                } else {
+                    Delivery::Unknown
+                };
+                let e = crate::conn::socket::io_error(&self.addr, "cannot write to", &e, delivery);
+                out.writing = false;
+                drop(out);
+                // The reader sees the socket fail and fails everything in flight; these
+                // just written fail with the write's own delivery.
+                for s in &slots {
+                    s.finish(Err(e.clone()));
+                }
+                self.interrupt();
+                return;
+            }
+        }
+    }
+
+    /// Waits for `slot`'s result by `deadline`. A caller alone on the connection spins for a
+    /// few tens of microseconds first (a reply on loopback comes that fast; sleeping and
+    /// being woken would cost as much again).
+    fn wait(&self, slot: &Arc<Slot>, deadline: Instant) -> Result<Vec<Value>> {
+        if self.requests.load(Ordering::Acquire) <= 1 {
+            let spin_until = Instant::now() + SPIN;
+            let mut n = 0u32;
+            while !slot.done.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+                n = n.wrapping_add(1);
+                if n.is_multiple_of(64) && Instant::now() >= spin_until {
+                    break;
+                }
+            }
+        }
+        let mut st = slot.st.lock();
+        loop {
+            if matches!(st.phase, Phase::Done(_)) {
+                return match std::mem::replace(&mut st.phase, Phase::Taken) {
+                    Phase::Done(result) => result,
+                    _ => Err(failure(&self.addr, "lost a reply", Delivery::Unknown)),
+                };
+            }
+            if Instant::now() >= deadline {
+                drop(st);
+                return Err(self.give_up(slot));
+            }
+            slot.cv.wait_until(&mut st, deadline);
+        }
+    }
+
+    /// The caller of `slot` gives up at its deadline (see [`Driven::give_up`]).
+    fn give_up(&self, slot: &Arc<Slot>) -> Error {
+        let removed = {
+            let mut out = self.out.lock();
+            match out.slots.iter().position(|s| Arc::ptr_eq(s, slot)) {
+                Some(i) => {
+                    let start: usize = out.slots[..i].iter().map(|s| s.len).sum();
+                    let end = (start + slot.len).min(out.buf.len());
+                    out.buf.drain(start.min(end)..end);
+                    out.slots.remove(i);
+                    self.requests.fetch_sub(1, Ordering::AcqRel);
+                    self.space.notify_all();
+                    true
+                }
+                None => false,
+            }
+        };
+        let mut st = slot.st.lock();
+        let was_done = matches!(st.phase, Phase::Done(_));
+        st.phase = match st.phase {
+            Phase::Written if !removed => Phase::Abandoned,
+            _ => Phase::Taken,
+        };
+        let delivery = if removed {
+            Delivery::NotSent
+        } else {
+            Delivery::Unknown
+        };
+        let _ = was_done;
+        Error::io(
+            io::ErrorKind::TimedOut,
+            format!("no reply from {} in time (multiplexed)", self.addr),
+            delivery,
+        )
+    }
+
+    /// The reader thread: replies to callers in order, until the connection fails.
+    fn read_loop(&self, mut conn: Connection) {
+        loop {
+            match conn.read_frame(time::after(Duration::from_secs(60))) {
+                Ok(None) => {
+                    if self.broken.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+                Ok(Some(Value::Push { .. })) => {}
+                Ok(Some(v)) => {
+                    if !self.reply(v) {
+                        let e = failure(
+                            &self.addr,
+                            "got a reply nobody asked for",
+                            Delivery::Unknown,
+                        );
+                        self.fail(&mut conn, e);
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.fail(&mut conn, e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One reply, to the oldest request in flight; `false` when there is none.
+    fn reply(&self, v: Value) -> bool {
+        let mut pending = self.pending.lock();
+        let Some(front) = pending.front() else {
+            return false;
+        };
+        let complete = {
+            let mut st = front.st.lock();
+            st.values.push(v);
+            st.values.len() >= front.expect
+        };
+        if complete {
+            if let Some(slot) = pending.pop_front() {
+                drop(pending);
+                let values = {
+                    let mut st = slot.st.lock();
+                    let mut values = std::mem::take(&mut st.values);
+                    values.drain(..slot.offset.min(values.len()));
+                    values
+                };
+                slot.finish(Ok(values));
+                self.requests.fetch_sub(1, Ordering::AcqRel);
+                self.space.notify_all();
+            }
+        }
+        true
+    }
+
+    /// The connection failed: every caller in flight fails (`Unknown`), every queued one
+    /// (`NotSent`), and every later call.
+    fn fail(&self, conn: &mut Connection, e: Error) {
+        self.broken.store(true, Ordering::Release);
+        conn.close();
+        let queued = {
+            let mut out = self.out.lock();
+            out.failed = Some(e.clone());
+            out.buf.clear();
+            std::mem::take(&mut out.slots)
+        };
+        let in_flight: Vec<_> = self.pending.lock().drain(..).collect();
+        self.requests.store(0, Ordering::Release);
+        self.space.notify_all();
+        for s in in_flight {
+            s.finish(Err(e.clone().with_delivery(Delivery::Unknown)));
+        }
+        for s in queued {
+            s.finish(Err(e.clone().with_delivery(Delivery::NotSent)));
+        }
     }
 }

@@ -242,6 +242,44 @@ macro_rules! with_timed {
     };
 }
 
+/// The write half of a plain (TCP or unix) stream, for a writer on another thread than the
+/// reader; every write waits at most the time left before its deadline.
+pub(crate) enum WriteHalf {
+    Tcp(Timed<TcpStream>),
+    #[cfg(unix)]
+    Unix(Timed<std::os::unix::net::UnixStream>),
+}
+
+impl WriteHalf {
+    /// Writes all of `buf` by `deadline`: `Err((bytes written, error))` otherwise.
+    pub(crate) fn write_all_by(
+        &mut self,
+        buf: &[u8],
+        deadline: Instant,
+    ) -> std::result::Result<(), (usize, io::Error)> {
+        let w: &mut dyn Write = match self {
+            WriteHalf::Tcp(t) => {
+                t.set_write_deadline(Some(deadline));
+                t
+            }
+            #[cfg(unix)]
+            WriteHalf::Unix(t) => {
+                t.set_write_deadline(Some(deadline));
+                t
+            }
+        };
+        let mut written = 0;
+        while written < buf.len() {
+            match w.write(&buf[written..]) {
+                Ok(0) => return Err((written, io::Error::from(io::ErrorKind::WriteZero))),
+                Ok(n) => written += n,
+                Err(e) => return Err((written, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A second handle on a connection's socket that closes it from another thread: a read or
 /// write blocked on it returns at once with an error.
 #[derive(Debug)]
@@ -269,6 +307,25 @@ impl Interrupter {
 }
 
 impl Stream {
+    /// A write half on its own socket handle (TCP and unix; `None` for TLS, whose session
+    /// cannot be split).
+    pub(crate) fn write_half(&mut self) -> Option<WriteHalf> {
+        match self {
+            Stream::Tcp(t) => t
+                .inner
+                .try_clone()
+                .ok()
+                .map(|s| WriteHalf::Tcp(Timed::new(s))),
+            Stream::Tls(_) => None,
+            #[cfg(unix)]
+            Stream::Unix(t) => t
+                .inner
+                .try_clone()
+                .ok()
+                .map(|s| WriteHalf::Unix(Timed::new(s))),
+        }
+    }
+
     /// A handle that can close this stream's socket from another thread.
     pub(crate) fn interrupter(&mut self) -> Interrupter {
         match self {

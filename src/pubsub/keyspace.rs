@@ -144,4 +144,26 @@ mod tests {
         assert_eq!(e.key, b"user:1");
         assert_eq!(e.event, "set");
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::util::property_cases()))]
+
+            #[test]
+            fn keyspace_flags_merge_into_one_set(current in "[KEg$lshzxeAtmdn]{0,12}", classes in "[KEg$lshzxeAtmdn]{0,12}") {
+                // What the server holds has no duplicates.
+                let mut once = std::collections::HashSet::new();
+                let current: String = current.chars().filter(|c| once.insert(*c)).collect();
+                let merged = merge_flags(&current, &classes);
+                for c in current.chars().chain(classes.chars()) {
+                    prop_assert!(merged.contains(c), "{} + {} -> {}", current, classes, merged);
+                }
+                let mut seen = std::collections::HashSet::new();
+                prop_assert!(merged.chars().all(|c| seen.insert(c)), "no duplicates: {}", merged);
+            }
+        }
+    }
 }

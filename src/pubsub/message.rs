@@ -159,6 +159,8 @@ impl Default for SubscriptionOptions {
 impl SubscriptionOptions {
     /// The queue length between the subscriber thread and the reader. Defaults to 4096.
     /// Memory held by a subscription whose reader stopped is at most this many messages.
+    /// At most [`MAX_CAPACITY`](crate::pubsub::MAX_CAPACITY); a larger one is refused with a
+    /// config error when subscribing.
     pub fn capacity(mut self, messages: usize) -> Self {
         self.capacity = messages;
         self

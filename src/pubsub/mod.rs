@@ -336,6 +336,12 @@ impl Subscriber {
         if options.capacity == 0 {
             return Err(Error::config("subscription.capacity", "must be at least 1"));
         }
+        if options.capacity > MAX_CAPACITY {
+            return Err(Error::config(
+                "subscription.capacity",
+                format!("must be at most {MAX_CAPACITY} messages"),
+            ));
+        }
         if self.redis.is_closed() {
             return Err(Error::Closed);
         }
@@ -457,6 +463,9 @@ impl Subscriber {
         })
     }
 }
+
+/// The largest queue a subscription may have, in messages ([`SubscriptionOptions::capacity`]).
+pub const MAX_CAPACITY: usize = 1 << 24;
 
 /// How long dropping a [`Subscriber`] (or [`Subscriber::close`]) waits for its thread at
 /// most; a connect in flight then ends by itself within the connect timeout.

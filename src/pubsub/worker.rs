@@ -777,7 +777,7 @@ impl Worker {
     fn placement_failed(&mut self, why: &str, level: Level) {
         self.place_failures = self.place_failures.saturating_add(1);
         let delay = self.place_delays.next_delay();
-        self.place_at = Instant::now() + delay;
+        self.place_at = crate::util::time::after(delay);
         let failures = self.place_failures;
         let level = if failures == 1 || failures.is_multiple_of(10) {
             level
@@ -1264,7 +1264,7 @@ impl Worker {
                     "redis at {}: subscriber reconnect attempt {} failed: {e}; next in {delay:?}",
                     self.config.addr, self.attempts
                 );
-                self.next_attempt = Instant::now() + delay;
+                self.next_attempt = crate::util::time::after(delay);
             }
         }
     }

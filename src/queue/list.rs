@@ -363,7 +363,7 @@ impl ListConsumer {
 
     /// The next item, waiting at most `timeout`.
     pub fn pop_timeout(&mut self, timeout: Duration) -> Result<Option<ListJob>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::util::time::after(timeout);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if let Some(job) = self.take(left.min(SLICE))? {

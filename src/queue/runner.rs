@@ -217,7 +217,7 @@ fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<JoinHa
 
 /// Sleeps up to `d` in ticks; `true` when a stop was requested meanwhile.
 fn nap(stop: &AtomicBool, d: Duration) -> bool {
-    let until = Instant::now() + d;
+    let until = crate::util::time::after(d);
     loop {
         if stop.load(Relaxed) {
             return true;

@@ -767,7 +767,7 @@ impl StreamConsumer {
     /// The next job, waiting at most `timeout` (in reads of at most the queue's
     /// [`block`](StreamQueueBuilder::block)).
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Job>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::util::time::after(timeout);
         loop {
             if let Some(job) = self.buffer.pop_front() {
                 return Ok(Some(job));
@@ -822,12 +822,12 @@ impl StreamConsumer {
         let s = &queue.inner.s;
         let now = Instant::now();
         if now >= self.next_due {
-            self.next_due = now + s.block;
+            self.next_due = crate::util::time::add(now, s.block);
             let call = self.delayed.due_call(s.batch);
             let (_moved, _next): (i64, i64) = self.conn.invoke(&call)?;
         }
         if now >= self.next_claim {
-            self.next_claim = now + s.claim_interval;
+            self.next_claim = crate::util::time::add(now, s.claim_interval);
             let claimed = self.claim(max)?;
             if !claimed.is_empty() {
                 return Ok(claimed);

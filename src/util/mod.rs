@@ -19,6 +19,16 @@ pub(crate) fn glob_escape(s: &str) -> String {
     out
 }
 
+/// How many cases each property test runs: 256 in the normal test run,
+/// `REDKIT_FUZZ_CASES` for a longer run (`scripts/fuzz.sh`).
+#[cfg(test)]
+pub(crate) fn property_cases() -> u32 {
+    std::env::var("REDKIT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

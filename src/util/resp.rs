@@ -100,6 +100,26 @@ pub(crate) fn each_command<'a>(
     true
 }
 
+/// The length of the largest argument in a packed command or pipeline, when it is over
+/// `limit` (`None`: every argument fits). Cheap when the whole request fits.
+pub(crate) fn oversized_argument(packed: &[u8], limit: u64) -> Option<u64> {
+    if packed.len() as u64 <= limit {
+        return None;
+    }
+    let mut rest = packed;
+    let mut largest = 0u64;
+    while !rest.is_empty() {
+        let (count, mut at) = header(rest, b'*')?;
+        for _ in 0..count {
+            let (len, after) = header(at, b'$')?;
+            largest = largest.max(len as u64);
+            at = after.get(len..)?.strip_prefix(b"\r\n")?;
+        }
+        rest = at;
+    }
+    (largest > limit).then_some(largest)
+}
+
 /// Packs arguments as one command, the way the `redis` crate does.
 #[allow(dead_code)] // used in tests
 pub(crate) fn pack(args: &[&[u8]]) -> Vec<u8> {
@@ -156,6 +176,18 @@ mod tests {
     }
 
     #[test]
+    fn finds_oversized_arguments() {
+        let cmd = redis::cmd("SET")
+            .arg("k")
+            .arg(vec![b'x'; 2000])
+            .get_packed_command();
+        assert_eq!(oversized_argument(&cmd, 1024), Some(2000));
+        assert_eq!(oversized_argument(&cmd, 4096), None);
+        let small = redis::cmd("SET").arg("k").arg("v").get_packed_command();
+        assert_eq!(oversized_argument(&small, 4), None);
+    }
+
+    #[test]
     fn rejects_garbage() {
         assert_eq!(command_name(b"garbage"), None);
         assert!(split_pipeline(b"*1\r\n$3\r\nGE").is_none());
@@ -164,5 +196,50 @@ mod tests {
         assert!(split_command(b"*-1\r\n").is_none());
         assert!(split_command(b"*2\r\n$1\r\na\r\n").is_none());
         assert_eq!(command_name(b"*0\r\n"), None);
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::util::property_cases()))]
+
+            #[test]
+            fn any_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let _ = split_command(&bytes);
+                let _ = split_pipeline(&bytes);
+                let _ = command_words(&bytes);
+                let _ = command_name(&bytes);
+                let _ = skip_command(&bytes);
+                let _ = each_command(&bytes, |_, _| true);
+                let _ = oversized_argument(&bytes, 4);
+            }
+
+            #[test]
+            fn packed_commands_read_back(
+                cmds in proptest::collection::vec(
+                    proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6),
+                    1..5,
+                ),
+            ) {
+                let mut packed = Vec::new();
+                for args in &cmds {
+                    let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                    pack_into(&mut packed, &refs);
+                }
+                let got = split_pipeline(&packed).expect("parses");
+                prop_assert_eq!(got.len(), cmds.len());
+                for ((_, args), want) in got.iter().zip(&cmds) {
+                    let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+                    prop_assert_eq!(&args, want);
+                }
+                prop_assert_eq!(command_name(&packed), Some(cmds[0][0].as_slice()));
+                // A truncated request never parses as a whole one.
+                if packed.len() > 1 {
+                    prop_assert!(split_pipeline(&packed[..packed.len() - 1]).is_none());
+                }
+            }
+        }
     }
 }
