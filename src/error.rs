@@ -286,6 +286,14 @@ pub enum Error {
         /// What to use instead.
         instead: &'static str,
     },
+    /// Something asked for by name is not on the server (a queue that was never created,
+    /// for an operator's tool that must not create it). Nothing was changed.
+    NotFound {
+        /// What kind of thing (for example `"stream queue"`).
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
     /// A stored value could not be decoded (a cache entry or session written in another
     /// format, or by another program). Never turned into a silent miss.
     Decode {
@@ -362,6 +370,7 @@ impl Error {
             Error::NotReplicated { .. } => ErrorClass::Timeout,
             Error::Background { .. } => ErrorClass::Other,
             Error::Decode { .. } => ErrorClass::Conversion,
+            Error::NotFound { .. } => ErrorClass::Command,
             Error::ServerTooOld { .. } | Error::WrongConnection { .. } => ErrorClass::Unsupported,
             Error::TooLarge { .. } => ErrorClass::TooLarge,
         }
@@ -601,6 +610,7 @@ impl fmt::Display for Error {
             Error::Decode { key, reason } => {
                 write!(f, "the value at `{key}` could not be decoded: {reason}")
             }
+            Error::NotFound { what, name } => write!(f, "no {what} named `{name}` on the server"),
             Error::ServerTooOld {
                 feature,
                 needs,
@@ -686,6 +696,11 @@ impl fmt::Debug for Error {
                 .debug_struct("Decode")
                 .field("key", key)
                 .field("reason", reason)
+                .finish(),
+            Error::NotFound { what, name } => f
+                .debug_struct("NotFound")
+                .field("what", what)
+                .field("name", name)
                 .finish(),
             Error::ServerTooOld {
                 feature,

@@ -18,8 +18,11 @@ static SCHEDULE: &str = include_str!("schedule.lua");
 /// Where due jobs go.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
-    /// A stream queue's stream (`XADD`).
-    Stream { key: String, max_len: Option<u64> },
+    /// A stream queue's streams, one per priority level (`XADD`).
+    Stream {
+        keys: Vec<String>,
+        max_len: Option<u64>,
+    },
     /// A list queue's ready list (`LPUSH`).
     List { key: String },
 }
@@ -110,13 +113,13 @@ impl Delayed {
     }
 
     pub(crate) fn due_call(&self, limit: usize) -> ScriptCall {
-        let (kind, key, max_len) = match &self.target {
-            Target::Stream { key, max_len } => ("stream", key, max_len.unwrap_or(0)),
-            Target::List { key } => ("list", key, 0),
+        let (kind, keys, max_len) = match &self.target {
+            Target::Stream { keys, max_len } => ("stream", keys.as_slice(), max_len.unwrap_or(0)),
+            Target::List { key } => ("list", std::slice::from_ref(key), 0),
         };
         self.due
             .key(&self.key)
-            .key(key)
+            .key(keys)
             .arg(kind)
             .arg(limit)
             .arg(max_len)

@@ -70,69 +70,20 @@ use crate::client::Redis;
 use crate::error::{Delivery, Error, Result};
 
 mod delayed;
+mod job;
 mod list;
 mod runner;
 mod stream;
 
 pub use delayed::{Delayed, Scheduler};
+pub use job::{decode_headers, encode_headers, Job, NewJob, Produced};
+pub(crate) use job::{member, Lease, Member};
 pub use list::{ListConsumer, ListJob, ListQueue, ListQueueBuilder, Reaper};
 pub use runner::{ShutdownReport, Workers, WorkersBuilder};
 pub use stream::{
-    DeadLetter, QueueStats, Settled, StreamConsumer, StreamQueue, StreamQueueBuilder,
+    next_id, ConsumerInfo, DeadLetter, PendingJob, PriorityMode, QueueStats, Settled,
+    StreamConsumer, StreamQueue, StreamQueueBuilder, MAX_PRIORITIES,
 };
-
-/// One job taken from a [`StreamQueue`].
-#[derive(Clone, PartialEq, Eq)]
-pub struct Job {
-    pub(crate) id: String,
-    pub(crate) origin: Option<String>,
-    pub(crate) attempt: u32,
-    pub(crate) payload: Vec<u8>,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("id", &self.id)
-            .field("origin", &self.origin())
-            .field("attempt", &self.attempt)
-            .field("payload_len", &self.payload.len())
-            .finish()
-    }
-}
-
-impl Job {
-    /// The stream entry id this job was read from.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// The job's identity across retries and hand-backs: the stream id it was first produced
-    /// with (a retried job is a new stream entry with a new [`id`](Job::id)).
-    pub fn origin(&self) -> &str {
-        self.origin.as_deref().unwrap_or(&self.id)
-    }
-
-    /// How many times this job failed before (0 on its first run).
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// The payload.
-    pub fn payload(&self) -> &[u8] {
-        &self.payload
-    }
-
-    /// The payload as UTF-8, if it is.
-    pub fn payload_str(&self) -> Option<&str> {
-        std::str::from_utf8(&self.payload).ok()
-    }
-
-    /// Takes the payload.
-    pub fn into_payload(self) -> Vec<u8> {
-        self.payload
-    }
-}
 
 /// A connection owned by one queue consumer (for blocking reads), outside the pool: a
 /// [`DedicatedConnection`](crate::DedicatedConnection) opened on first use, whose reads wait
@@ -269,17 +220,6 @@ pub(crate) fn token() -> String {
     format!("d{}", crate::util::ids::token())
 }
 
-/// The member of a delayed set: `<origin>\n<attempt>\n<payload>`.
-pub(crate) fn member(origin: &str, attempt: u32, payload: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(origin.len() + payload.len() + 12);
-    m.extend_from_slice(origin.as_bytes());
-    m.push(b'\n');
-    m.extend_from_slice(attempt.to_string().as_bytes());
-    m.push(b'\n');
-    m.extend_from_slice(payload);
-    m
-}
-
 fn bad_reply(what: &str, v: &Value) -> Error {
     let e = redis::RedisError::from((
         redis::ErrorKind::UnexpectedReturnType,
@@ -304,7 +244,7 @@ fn string(v: &Value) -> Option<String> {
 
 /// Parses stream entries (`[[id, [field, value, ...]], ...]`, fields as an array or a RESP3
 /// map) into jobs. Entries deleted meanwhile (nil fields) are skipped.
-pub(crate) fn parse_entries(v: &Value) -> Result<Vec<Job>> {
+pub(crate) fn parse_entries(v: &Value, level: u8) -> Result<Vec<Job>> {
     let Value::Array(entries) = v else {
         return match v {
             Value::Nil => Ok(Vec::new()),
@@ -332,12 +272,7 @@ pub(crate) fn parse_entries(v: &Value) -> Result<Vec<Job>> {
             Value::Nil => continue,
             other => return Err(bad_reply("stream fields", other)),
         };
-        let mut job = Job {
-            id,
-            origin: None,
-            attempt: 0,
-            payload: Vec::new(),
-        };
+        let mut job = Job::new(id, level);
         for (k, v) in fields {
             match bytes(k) {
                 Some(b"p") => job.payload = bytes(v).map(<[u8]>::to_vec).unwrap_or_default(),
@@ -345,6 +280,10 @@ pub(crate) fn parse_entries(v: &Value) -> Result<Vec<Job>> {
                 Some(b"a") => {
                     job.attempt = string(v).and_then(|s| s.parse().ok()).unwrap_or(0);
                 }
+                Some(b"h") => {
+                    job.headers = bytes(v).and_then(decode_headers).unwrap_or_default();
+                }
+                Some(b"i") => job.unique = string(v).filter(|s| !s.is_empty()),
                 _ => {}
             }
         }
@@ -355,18 +294,41 @@ pub(crate) fn parse_entries(v: &Value) -> Result<Vec<Job>> {
 
 /// Parses an `XREADGROUP` reply for one stream (RESP2 array or RESP3 map).
 pub(crate) fn parse_read(v: &Value) -> Result<Vec<Job>> {
-    match v {
-        Value::Nil => Ok(Vec::new()),
-        Value::Array(streams) => match streams.first() {
-            Some(Value::Array(pair)) => pair.get(1).map_or_else(|| Ok(Vec::new()), parse_entries),
-            None => Ok(Vec::new()),
-            Some(other) => Err(bad_reply("XREADGROUP", other)),
-        },
-        Value::Map(streams) => streams
-            .first()
-            .map_or_else(|| Ok(Vec::new()), |(_, entries)| parse_entries(entries)),
-        other => Err(bad_reply("XREADGROUP", other)),
+    parse_read_levels(v, |_| Some(0))
+}
+
+/// Parses an `XREADGROUP` reply for several streams; `level` names each stream's priority
+/// level (a stream it does not know is an error).
+pub(crate) fn parse_read_levels(
+    v: &Value,
+    level: impl Fn(&[u8]) -> Option<u8>,
+) -> Result<Vec<Job>> {
+    let streams: Vec<(&Value, &Value)> = match v {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => {
+            let mut out = Vec::with_capacity(streams.len());
+            for s in streams {
+                match s {
+                    Value::Array(pair) => match pair.as_slice() {
+                        [name, entries] => out.push((name, entries)),
+                        _ => return Err(bad_reply("XREADGROUP", s)),
+                    },
+                    other => return Err(bad_reply("XREADGROUP", other)),
+                }
+            }
+            out
+        }
+        Value::Map(streams) => streams.iter().map(|(k, v)| (k, v)).collect(),
+        other => return Err(bad_reply("XREADGROUP", other)),
+    };
+    let mut jobs = Vec::new();
+    for (name, entries) in streams {
+        let l = bytes(name)
+            .and_then(&level)
+            .ok_or_else(|| bad_reply("XREADGROUP stream", name))?;
+        jobs.extend(parse_entries(entries, l)?);
     }
+    Ok(jobs)
 }
 
 /// What a claim returned.
@@ -384,7 +346,7 @@ pub(crate) struct Claimed {
 /// Parses an `XAUTOCLAIM` reply (or the claim script's, shaped alike): `[next cursor,
 /// entries, deleted ids]`. 6.2 has no third element, and nil entries in the second: those are
 /// skipped.
-pub(crate) fn parse_autoclaim(v: &Value) -> Result<Claimed> {
+pub(crate) fn parse_autoclaim(v: &Value, level: u8) -> Result<Claimed> {
     let Value::Array(parts) = v else {
         return Err(bad_reply("XAUTOCLAIM", v));
     };
@@ -393,7 +355,7 @@ pub(crate) fn parse_autoclaim(v: &Value) -> Result<Claimed> {
         .and_then(string)
         .ok_or_else(|| bad_reply("XAUTOCLAIM cursor", v))?;
     let jobs = match parts.get(1) {
-        Some(entries) => parse_entries(entries)?,
+        Some(entries) => parse_entries(entries, level)?,
         None => Vec::new(),
     };
     let deleted = match parts.get(2) {
@@ -453,7 +415,7 @@ mod tests {
         assert_eq!(parse_read(&read3).unwrap(), jobs);
         assert!(parse_read(&Value::Nil).unwrap().is_empty());
         let deleted = Value::Array(vec![Value::Array(vec![bulk("2-0"), Value::Nil])]);
-        assert!(parse_entries(&deleted).unwrap().is_empty());
+        assert!(parse_entries(&deleted, 0).unwrap().is_empty());
     }
 
     #[test]
@@ -466,7 +428,7 @@ mod tests {
             bulk("0-0"),
             Value::Array(vec![entry("1-0", "a"), Value::Nil, entry("3-0", "c")]),
         ]);
-        let c = parse_autoclaim(&v62).unwrap();
+        let c = parse_autoclaim(&v62, 0).unwrap();
         assert_eq!(c.cursor, "0-0");
         let payloads: Vec<&[u8]> = c.jobs.iter().map(Job::payload).collect();
         assert_eq!(payloads, [b"a", b"c"]);
@@ -477,12 +439,12 @@ mod tests {
             Value::Array(vec![entry("3-0", "c")]),
             Value::Array(vec![bulk("2-0"), bulk("4-0")]),
         ]);
-        let c = parse_autoclaim(&v7).unwrap();
+        let c = parse_autoclaim(&v7, 0).unwrap();
         assert_eq!((c.cursor.as_str(), c.jobs.len()), ("5-0", 1));
         assert_eq!(c.deleted, ["2-0", "4-0"]);
-        assert!(parse_autoclaim(&Value::Nil).is_err());
+        assert!(parse_autoclaim(&Value::Nil, 0).is_err());
         let bad = Value::Array(vec![bulk("0-0"), Value::Array(vec![]), Value::Int(3)]);
-        assert!(parse_autoclaim(&bad).is_err());
+        assert!(parse_autoclaim(&bad, 0).is_err());
     }
 
     #[test]
@@ -490,6 +452,5 @@ mod tests {
         assert!(check_name("name", "jobs").is_ok());
         assert!(check_name("name", "").is_err());
         assert!(check_name("name", "a{b}").is_err());
-        assert_eq!(member("1-0", 3, b"x"), b"1-0\n3\nx".to_vec());
     }
 }
