@@ -304,7 +304,7 @@ fn shutdown_finishes_running_jobs_and_hands_back_the_rest() -> TestResult {
     )?;
     let report = workers.shutdown()?;
     assert_eq!(report.handed_back, 4, "{report:?}");
-    assert_eq!(report.overran, 0);
+    assert_eq!(report.interrupted, 0);
     assert!(report.took < Duration::from_secs(2), "{report:?}");
     let stats = queue.stats()?;
     assert_eq!((stats.processed, stats.pending, stats.in_flight), (2, 0, 0));

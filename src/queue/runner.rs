@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use parking_lot::Mutex;
 
 use super::stream::{QueueStats, StreamConsumer, StreamQueue};
 use super::{panic_text, Job};
@@ -23,12 +24,8 @@ use crate::retry::Backoff;
 
 /// How often idle threads look at the stop flag.
 const TICK: Duration = Duration::from_millis(50);
-/// Handlers faster than this on average get their acknowledgements batched.
-const FAST: Duration = Duration::from_millis(1);
-/// The most acknowledgements one `XACK` carries.
-const ACK_BATCH: usize = 32;
-/// The longest an acknowledgement waits for others to share its `XACK`.
-const ACK_DELAY: Duration = Duration::from_millis(5);
+/// The most acknowledgements one round trip carries.
+const ACK_BATCH: usize = 1000;
 
 type HandlerFn = dyn Fn(&Job) -> std::result::Result<(), String> + Send + Sync;
 type SharedLimiter = Arc<dyn RateLimiter + Send + Sync>;
@@ -63,6 +60,7 @@ pub struct WorkersBuilder {
     rate: Option<(SharedLimiter, String)>,
     concurrency: Option<(Arc<ConcurrencyLimiter>, String)>,
     consumer: Option<String>,
+    readers: usize,
 }
 
 impl std::fmt::Debug for WorkersBuilder {
@@ -70,6 +68,7 @@ impl std::fmt::Debug for WorkersBuilder {
         f.debug_struct("WorkersBuilder")
             .field("queue", &self.queue.name())
             .field("threads", &self.threads)
+            .field("readers", &self.readers)
             .field("prefetch", &self.prefetch)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("rate_limited", &self.rate.is_some())
@@ -88,6 +87,7 @@ impl WorkersBuilder {
             rate: None,
             concurrency: None,
             consumer: None,
+            readers: 1,
         }
     }
 
@@ -106,7 +106,9 @@ impl WorkersBuilder {
         self
     }
 
-    /// How long [`Workers::shutdown`] waits for running handlers. Defaults to 10 s.
+    /// The longest [`Workers::shutdown`] (or a drop) takes: it waits this long for running
+    /// handlers, then hands their jobs back to the stream (for other consumers) and returns
+    /// without them. Defaults to 10 s. See [`Workers::shutdown`].
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
         self.shutdown_timeout = d;
         self
@@ -136,14 +138,24 @@ impl WorkersBuilder {
         self
     }
 
-    /// Starts the reader thread (`redkit-q-reader`) and the worker threads
-    /// (`redkit-q-wk-N`). A job is acknowledged when `handler` returns `Ok`; an `Err`
-    /// (or a panic, caught) is retried or dead-lettered per the queue's settings.
+    /// Reader threads, each a consumer of its own in the group (named like
+    /// [`consumer_name`](Self::consumer_name), with `-r1`, `-r2`... after it for the second
+    /// and later) feeding the same workers: more than one helps when handlers are very fast
+    /// and the reads become the limit. Defaults to 1.
+    pub fn readers(mut self, n: usize) -> Self {
+        self.readers = n;
+        self
+    }
+
+    /// Starts the reader thread(s) (`redkit-q-reader`), the worker threads
+    /// (`redkit-q-wk-N`) and the acknowledging thread (`redkit-q-acker`). A job is
+    /// acknowledged when `handler` returns `Ok`; an `Err` (or a panic, caught) is retried or
+    /// dead-lettered per the queue's settings.
     ///
-    /// While handlers are fast (under 1 ms on average) and jobs are queued, a worker sends
-    /// the acknowledgements of up to 32 jobs (at most 5 ms old) in one `XACK`; when the queue
-    /// runs empty, a handler is slow, or on stop they go at once. One exception: the
-    /// acknowledgements gathered before a job that turns out slow wait for it. Nothing is
+    /// A worker hands each job that succeeded to the acknowledging thread, which sends
+    /// every acknowledgement gathered while its previous `XACK` was on the wire in one
+    /// `XACK` (at once when it was idle): under load many jobs share one round trip, and a
+    /// slow handler never holds back the acknowledgements of others. Nothing is
     /// acknowledged before its handler succeeded.
     pub fn run<F, E>(self, handler: F) -> Result<Workers>
     where
@@ -153,35 +165,60 @@ impl WorkersBuilder {
         if self.threads == 0 {
             return Err(Error::config("workers.threads", "must be at least 1"));
         }
+        if self.readers == 0 {
+            return Err(Error::config("workers.readers", "must be at least 1"));
+        }
         let prefetch = self.prefetch.unwrap_or(self.threads * 8);
         if prefetch == 0 {
             return Err(Error::config("workers.prefetch", "must be at least 1"));
         }
         let handler: Arc<HandlerFn> =
             Arc::new(move |job: &Job| handler(job).map_err(|e| e.to_string()));
-        let consumer = match &self.consumer {
-            Some(name) => self.queue.consumer_named(name)?,
-            None => self.queue.consumer()?,
-        };
+        let base = self.consumer.clone().unwrap_or_else(super::consumer_name);
+        let mut consumers = Vec::with_capacity(self.readers);
+        for i in 0..self.readers {
+            let name = if i == 0 {
+                base.clone()
+            } else {
+                format!("{base}-r{i}")
+            };
+            consumers.push(self.queue.consumer_named(&name)?);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = bounded::<Job>(prefetch);
+        let (ack_tx, ack_rx) = unbounded::<Option<(u8, String)>>();
+        let slots: Arc<[Mutex<Option<Arc<Job>>>]> =
+            (0..self.threads).map(|_| Mutex::new(None)).collect();
         let mut workers = Workers {
             queue: self.queue.clone(),
-            consumer: consumer.name().to_owned(),
+            consumer: base,
             stop: stop.clone(),
-            reader: None,
+            readers: Vec::new(),
             threads: Vec::new(),
+            acker: None,
+            acks: ack_tx.clone(),
+            slots: slots.clone(),
             rx: rx.clone(),
             shutdown_timeout: self.shutdown_timeout,
             done: false,
         };
-        let reader = Reader {
-            consumer,
-            tx,
-            stop: stop.clone(),
-            prefetch,
+        let acker = Acker {
+            queue: self.queue.clone(),
+            rx: ack_rx,
         };
-        workers.reader = Some(spawn("redkit-q-reader", move || reader.run())?);
+        workers.acker = Some(spawn("redkit-q-acker", move || acker.run())?);
+        for consumer in consumers {
+            let reader = Reader {
+                consumer,
+                tx: tx.clone(),
+                stop: stop.clone(),
+                prefetch,
+            };
+            workers
+                .readers
+                .push(spawn("redkit-q-reader", move || reader.run())?);
+        }
+        drop(tx);
         let shared = Arc::new(WorkerShared {
             queue: self.queue,
             handler,
@@ -189,12 +226,14 @@ impl WorkersBuilder {
             stop,
             rate: self.rate,
             concurrency: self.concurrency,
+            acks: ack_tx,
+            slots,
         });
         for i in 0..self.threads {
             let shared = shared.clone();
             let t = std::thread::Builder::new()
                 .name(format!("redkit-q-wk-{i}"))
-                .spawn(move || shared.run())
+                .spawn(move || shared.run(i))
                 .map_err(|e| Error::Background {
                     thread: "redkit-q-worker",
                     reason: format!("could not start: {e}"),
@@ -309,6 +348,61 @@ fn hand_back(queue: &StreamQueue, job: &Job) {
     }
 }
 
+/// The acknowledging thread: sends the acknowledgements workers hand it, as many per `XACK`
+/// as arrived during the previous one. `None` on the channel: drain, then stop.
+struct Acker {
+    queue: StreamQueue,
+    rx: Receiver<Option<(u8, String)>>,
+}
+
+impl Acker {
+    fn run(self) {
+        let mut batch: Vec<(u8, String)> = Vec::new();
+        let mut last = false;
+        while !last {
+            match self.rx.recv() {
+                Ok(Some(ack)) => batch.push(ack),
+                Ok(None) | Err(_) => last = true,
+            }
+            while batch.len() < ACK_BATCH {
+                match self.rx.try_recv() {
+                    Ok(Some(ack)) => batch.push(ack),
+                    Ok(None) => last = true,
+                    Err(_) => break,
+                }
+            }
+            self.flush(&mut batch);
+        }
+        // Whatever came after the stop marker (a worker finishing as the pool stopped).
+        while let Ok(Some(ack)) = self.rx.try_recv() {
+            batch.push(ack);
+        }
+        self.flush(&mut batch);
+    }
+
+    fn flush(&self, batch: &mut Vec<(u8, String)>) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .queue
+            .ack_ids(batch.iter().map(|(level, id)| (*level, id.as_str())))
+        {
+            log::warn!(
+                "queue {}: could not acknowledge {} job(s) ({e}); they stay pending and are claimed after the idle time",
+                self.queue.name(),
+                batch.len()
+            );
+        }
+        self.queue
+            .inner
+            .counters
+            .in_flight
+            .fetch_sub(batch.len() as u64, Relaxed);
+        batch.clear();
+    }
+}
+
 struct WorkerShared {
     queue: StreamQueue,
     handler: Arc<HandlerFn>,
@@ -316,60 +410,22 @@ struct WorkerShared {
     stop: Arc<AtomicBool>,
     rate: Option<(SharedLimiter, String)>,
     concurrency: Option<(Arc<ConcurrencyLimiter>, String)>,
+    acks: Sender<Option<(u8, String)>>,
+    /// The job each worker is running: taken by a shutdown past its timeout (and handed
+    /// back), or by the worker when its handler returns; whoever takes it settles it.
+    slots: Arc<[Mutex<Option<Arc<Job>>>]>,
 }
 
 impl WorkerShared {
-    /// Takes jobs until stopped. While handlers are fast (a moving average under
-    /// [`FAST`]) and more jobs are queued, acknowledgements are gathered and sent in one
-    /// `XACK` (at most [`ACK_BATCH`] jobs, at most [`ACK_DELAY`] old); a slow handler, an
-    /// empty queue or a stop sends them at once.
-    fn run(&self) {
-        let mut acks: Vec<Job> = Vec::new();
-        let mut oldest = Instant::now();
-        let mut average = Duration::ZERO;
+    /// Takes jobs until stopped.
+    fn run(&self, index: usize) {
         while !self.stop.load(Relaxed) {
-            let next = if acks.is_empty() {
-                match self.rx.recv_timeout(TICK) {
-                    Ok(job) => Some(job),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                self.rx.try_recv().ok()
-            };
-            let Some(job) = next else {
-                self.flush(&mut acks);
-                continue;
-            };
-            let started = Instant::now();
-            if let Some(done) = self.handle(job) {
-                if acks.is_empty() {
-                    oldest = Instant::now();
-                }
-                acks.push(done);
-            }
-            average = (average * 7 + started.elapsed()) / 8;
-            if average >= FAST || acks.len() >= ACK_BATCH || oldest.elapsed() >= ACK_DELAY {
-                self.flush(&mut acks);
+            match self.rx.recv_timeout(TICK) {
+                Ok(job) => self.handle(index, job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        self.flush(&mut acks);
-    }
-
-    fn flush(&self, acks: &mut Vec<Job>) {
-        if acks.is_empty() {
-            return;
-        }
-        let counters = &self.queue.inner.counters;
-        if let Err(e) = self.queue.ack_all(acks) {
-            log::warn!(
-                "queue {}: could not acknowledge {} job(s) ({e}); they stay pending and are claimed after the idle time",
-                self.queue.name(),
-                acks.len()
-            );
-        }
-        counters.in_flight.fetch_sub(acks.len() as u64, Relaxed);
-        acks.clear();
     }
 
     /// Waits for the rate limiter; `false` when a stop came first.
@@ -419,27 +475,53 @@ impl WorkerShared {
         }
     }
 
-    /// Runs one job; returns it when it succeeded (to acknowledge, still counted in flight).
-    fn handle(&self, job: Job) -> Option<Job> {
+    /// Runs one job, then acknowledges it (through the acknowledging thread) or settles
+    /// its failure; nothing when a shutdown took it meanwhile (handed back).
+    fn handle(&self, index: usize, job: Job) {
         let counters = &self.queue.inner.counters;
         if !self.admitted() {
             hand_back(&self.queue, &job);
-            return None;
+            return;
         }
-        let Ok(slot) = self.slot() else {
+        let Ok(limit_slot) = self.slot() else {
             hand_back(&self.queue, &job);
-            return None;
+            return;
         };
+        let Some(running) = self.slots.get(index) else {
+            hand_back(&self.queue, &job);
+            return;
+        };
+        let job = Arc::new(job);
+        *running.lock() = Some(job.clone());
         counters.in_flight.fetch_add(1, Relaxed);
         let outcome = match catch_unwind(AssertUnwindSafe(|| (self.handler)(&job))) {
             Ok(r) => r,
             Err(panic) => Err(panic_text(&panic)),
         };
-        drop(slot);
+        drop(limit_slot);
+        let mut mine = running.lock();
+        if mine.take().is_none() {
+            // A shutdown past its timeout handed it back: another run has it.
+            counters.in_flight.fetch_sub(1, Relaxed);
+            log::debug!(
+                "queue {}: job {} finished after the shutdown handed it back; result dropped",
+                self.queue.name(),
+                job.origin()
+            );
+            return;
+        }
         let error = match outcome {
-            Ok(()) => return Some(job),
+            Ok(()) => {
+                // Sent while the slot is held, so that a shutdown that found the slot empty
+                // knows the acknowledgement is already queued.
+                if self.acks.send(Some((job.level, job.id.clone()))).is_err() {
+                    counters.in_flight.fetch_sub(1, Relaxed);
+                }
+                return;
+            }
             Err(error) => error,
         };
+        drop(mine);
         let settled = self.queue.fail(&job, &error);
         counters.in_flight.fetch_sub(1, Relaxed);
         if let Err(e) = settled {
@@ -449,7 +531,6 @@ impl WorkerShared {
                 job.origin()
             );
         }
-        None
     }
 }
 
@@ -459,9 +540,10 @@ impl WorkerShared {
 pub struct ShutdownReport {
     /// Jobs read but not started, handed back to the stream for other consumers.
     pub handed_back: usize,
-    /// Worker threads still running a handler when the shutdown timeout passed (waited for
-    /// anyway: threads are never left behind).
-    pub overran: usize,
+    /// Jobs whose handler was still running when the shutdown timeout passed: handed back
+    /// to the stream (another consumer runs them; whatever the handler does later is
+    /// dropped). Their threads end when their handlers return.
+    pub interrupted: usize,
     /// How long the shutdown took.
     pub took: Duration,
 }
@@ -473,8 +555,11 @@ pub struct Workers {
     queue: StreamQueue,
     consumer: String,
     stop: Arc<AtomicBool>,
-    reader: Option<JoinHandle<()>>,
+    readers: Vec<JoinHandle<()>>,
     threads: Vec<JoinHandle<()>>,
+    acker: Option<JoinHandle<()>>,
+    acks: Sender<Option<(u8, String)>>,
+    slots: Arc<[Mutex<Option<Arc<Job>>>]>,
     rx: Receiver<Job>,
     shutdown_timeout: Duration,
     done: bool,
@@ -485,6 +570,7 @@ impl std::fmt::Debug for Workers {
         f.debug_struct("Workers")
             .field("queue", &self.queue.name())
             .field("consumer", &self.consumer)
+            .field("readers", &self.readers.len())
             .field("threads", &self.threads.len())
             .field("queued", &self.rx.len())
             .finish_non_exhaustive()
@@ -492,7 +578,7 @@ impl std::fmt::Debug for Workers {
 }
 
 impl Workers {
-    /// The consumer name the pool reads as.
+    /// The consumer name the pool reads as (its first reader's).
     pub fn consumer_name(&self) -> &str {
         &self.consumer
     }
@@ -518,9 +604,15 @@ impl Workers {
         self.stop.clone()
     }
 
-    /// Stops taking new jobs, hands back the ones read but not started, waits for running
-    /// handlers (they finish and are acknowledged) up to the shutdown timeout, then joins
-    /// every thread.
+    /// Stops taking new jobs and hands back the ones read but not started; waits for
+    /// running handlers up to the [shutdown timeout](WorkersBuilder::shutdown_timeout)
+    /// (they finish and are acknowledged); then hands back the jobs of handlers still
+    /// running (another consumer runs them again: at-least-once) and returns. The timeout
+    /// is a hard bound: handlers are waited for until a tenth of it (at most 200 ms) is
+    /// left, kept for the hand-backs (one round trip per running job); a thread still in a
+    /// handler is not waited for: it ends when its handler returns, whose result is then
+    /// dropped. With a server slow to answer, each hand-back waits at most the response
+    /// timeout.
     pub fn shutdown(mut self) -> Result<ShutdownReport> {
         self.shut_down()
     }
@@ -531,50 +623,83 @@ impl Workers {
         self.done = true;
         self.stop.store(true, Relaxed);
         let mut panicked = None;
-        // The reader may be blocked in a read (up to the block time plus the response
-        // timeout in a black hole): wait for it within the shutdown timeout; a job it reads
-        // after that stays pending in the group and is claimed later (at-least-once).
-        if let Some(Err(p)) = self
-            .reader
-            .take()
-            .map(|t| crate::util::threads::join_within(t, crate::util::time::left(deadline)))
-        {
-            panicked = Some(("redkit-q-reader", p));
+        // A reader may be blocked in a read (up to the block time plus the response timeout
+        // in a black hole): wait for it within the shutdown timeout; jobs it reads after
+        // that it hands back itself, or they stay pending and are claimed (at-least-once).
+        for t in self.readers.drain(..) {
+            if let Err(p) = crate::util::threads::join_within(t, crate::util::time::left(deadline))
+            {
+                panicked = Some(("redkit-q-reader", p));
+            }
         }
-        let mut handed_back = 0;
-        while let Ok(job) = self.rx.try_recv() {
+        let mut handed_back = self.hand_back_queued(deadline);
+        // Time kept for handing back the jobs of handlers still running then.
+        let reserve = (self.shutdown_timeout / 10).min(Duration::from_millis(200));
+        let interrupt_at = deadline.checked_sub(reserve).unwrap_or(deadline);
+        while Instant::now() < interrupt_at && self.threads.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Past the timeout: take the jobs of handlers still running and hand them back.
+        let mut interrupted = 0;
+        for slot in self.slots.iter() {
+            let Some(job) = slot.lock().take() else {
+                continue;
+            };
+            interrupted += 1;
             hand_back(&self.queue, &job);
-            handed_back += 1;
+            self.queue.inner.counters.in_flight.fetch_sub(1, Relaxed);
         }
-        while Instant::now() < deadline && self.threads.iter().any(|t| !t.is_finished()) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let overran = self.threads.iter().filter(|t| !t.is_finished()).count();
-        if overran > 0 {
+        if interrupted > 0 {
             log::warn!(
-                "queue {}: {overran} handler(s) still running after {:?}; waiting for them",
+                "queue {}: {interrupted} handler(s) still running after {:?}: their jobs were handed back; their threads end when the handlers return",
                 self.queue.name(),
                 self.shutdown_timeout
             );
         }
-        for t in self.threads.drain(..) {
+        let (finished, running): (Vec<_>, Vec<_>) =
+            self.threads.drain(..).partition(|t| t.is_finished());
+        for t in finished {
             if let Err(p) = crate::util::threads::join(t) {
                 panicked = Some(("redkit-q-worker", p));
             }
         }
-        // A worker may have handed back a job while stopping; anything still queued too.
-        while let Ok(job) = self.rx.try_recv() {
-            hand_back(&self.queue, &job);
-            handed_back += 1;
+        // Dropped, not joined: each ends when its handler returns (it sees the stop flag).
+        drop(running);
+        // Every acknowledgement of a finished handler is queued by now: send them, stop.
+        let _ = self.acks.send(None);
+        if let Some(t) = self.acker.take() {
+            let left = crate::util::time::left(deadline).max(Duration::from_millis(100));
+            if let Err(p) = crate::util::threads::join_within(t, left) {
+                panicked = Some(("redkit-q-acker", p));
+            }
         }
+        handed_back += self.hand_back_queued(deadline);
         if let Some((thread, reason)) = panicked {
             return Err(Error::Background { thread, reason });
         }
         Ok(ShutdownReport {
             handed_back,
-            overran,
+            interrupted,
             took: start.elapsed(),
         })
+    }
+
+    /// Hands back what the readers queued and no worker took, while time is left.
+    fn hand_back_queued(&self, deadline: Instant) -> usize {
+        let mut n = 0;
+        while let Ok(job) = self.rx.try_recv() {
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "queue {}: no time left to hand back job {}; it is claimed after the idle time",
+                    self.queue.name(),
+                    job.origin()
+                );
+                continue;
+            }
+            hand_back(&self.queue, &job);
+            n += 1;
+        }
+        n
     }
 }
 
