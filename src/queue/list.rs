@@ -1,5 +1,13 @@
 //! The list queue: `BLMOVE` (`BRPOPLPUSH` before Redis 6.2) into a per-consumer processing
-//! list, `LREM` to acknowledge, a reaper for dead consumers.
+//! list, `LREM` to acknowledge, a reaper for dead consumers, retries through the delayed set,
+//! a dead-letter list, a worker pool.
+//!
+//! ## Item formats
+//!
+//! A fresh item is its payload, as pushed (any producer's `LPUSH` works). A retried item is
+//! framed `\0rk1\n<attempt>\n<payload>`; a dead letter (in `{name}:dead`) is
+//! `\0rkd1\n<attempts>\n<error length>\n<error><payload>`. A payload that itself starts with
+//! `\0rk1\n` would be read as a retried item: redkit's own producers never write one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,13 +15,22 @@ use std::time::{Duration, Instant};
 use redis::Value;
 
 use super::delayed::{Delayed, Periodic, Target};
-use super::{check_name, consumer_name, millis, Dedicated};
+use super::{check_name, consumer_name, member, millis, token, Dedicated};
 use crate::client::Redis;
 use crate::error::{Error, Result};
-use crate::script::{Pipeline, Script};
+use crate::retry::Backoff;
+use crate::script::{static_script, Pipeline, Script};
 use crate::version::Feature;
 
 static REAP: &str = include_str!("reap.lua");
+static_script!(list_settle_script, "list_settle.lua");
+static_script!(list_dead_script, "list_dead.lua");
+static_script!(list_replay_script, "list_replay.lua");
+
+/// The frame of a retried item.
+const RETRY_MAGIC: &[u8] = b"\0rk1\n";
+/// The frame of a dead letter.
+const DEAD_MAGIC: &[u8] = b"\0rkd1\n";
 
 /// The longest single `BLMOVE` (`BRPOPLPUSH`): a consumer waiting longer reads again.
 const SLICE: Duration = Duration::from_secs(1);
@@ -26,6 +43,10 @@ struct Inner {
     base: String,
     alive_ttl: Duration,
     wait: Duration,
+    max_retries: u32,
+    retry_backoff: Backoff,
+    dead: String,
+    delayed: String,
     reap: Script,
 }
 
@@ -72,6 +93,8 @@ pub struct ListQueueBuilder {
     name: String,
     alive_ttl: Duration,
     wait: Duration,
+    max_retries: u32,
+    retry_backoff: Backoff,
 }
 
 impl Redis {
@@ -82,6 +105,8 @@ impl Redis {
             name: name.to_owned(),
             alive_ttl: Duration::from_secs(30),
             wait: Duration::from_secs(5),
+            max_retries: 5,
+            retry_backoff: Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300)),
         }
     }
 }
@@ -102,8 +127,23 @@ impl ListQueueBuilder {
         self
     }
 
+    /// How many times a failed item ([`ListConsumer::fail`]) is retried before it goes to
+    /// the dead-letter list (0: never retried). Defaults to 5.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// The delay before each retry (by attempt). Defaults to exponential from 1 s to 5 min
+    /// with full jitter.
+    pub fn retry_backoff(mut self, backoff: Backoff) -> Self {
+        self.retry_backoff = backoff;
+        self
+    }
+
     /// Validates the settings.
     pub fn build(self) -> Result<ListQueue> {
+        self.retry_backoff.validate("list_queue.retry_backoff")?;
         check_name("list_queue.name", &self.name)?;
         if self.alive_ttl < Duration::from_millis(1) {
             return Err(Error::config(
@@ -116,6 +156,10 @@ impl ListQueueBuilder {
             inner: Arc::new(Inner {
                 ready: format!("{base}:ready"),
                 consumers: format!("{base}:consumers"),
+                dead: format!("{base}:dead"),
+                delayed: format!("{base}:delayed"),
+                max_retries: self.max_retries,
+                retry_backoff: self.retry_backoff,
                 base,
                 redis: self.redis,
                 name: self.name,
@@ -131,17 +175,54 @@ impl ListQueueBuilder {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ListJob {
     payload: Vec<u8>,
+    attempt: u32,
+    /// The item exactly as taken (what `LREM` removes).
+    raw: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ListJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListJob")
+            .field("attempt", &self.attempt)
             .field("payload_len", &self.payload.len())
             .finish()
     }
 }
 
 impl ListJob {
+    /// Reads an item as taken from the list (a fresh payload, or a retried item's frame).
+    fn from_item(item: Vec<u8>) -> ListJob {
+        if let Some(rest) = item.strip_prefix(RETRY_MAGIC) {
+            if let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+                let attempt = std::str::from_utf8(&rest[..nl])
+                    .ok()
+                    .and_then(|a| a.parse().ok());
+                if let Some(attempt) = attempt {
+                    return ListJob {
+                        payload: rest[nl + 1..].to_vec(),
+                        attempt,
+                        raw: Some(item),
+                    };
+                }
+            }
+        }
+        ListJob {
+            payload: item,
+            attempt: 0,
+            raw: None,
+        }
+    }
+
+    /// The item as it sits in the list.
+    fn item(&self) -> &[u8] {
+        self.raw.as_deref().unwrap_or(&self.payload)
+    }
+
+    /// How many times this item failed before (0 on its first run).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
     /// The payload.
     pub fn payload(&self) -> &[u8] {
         &self.payload
@@ -164,6 +245,15 @@ impl ListQueue {
         &self.inner.name
     }
 
+    /// How long a consumer counts as alive after its last sign of life.
+    pub fn alive_ttl(&self) -> Duration {
+        self.inner.alive_ttl
+    }
+
+    pub(crate) fn redis(&self) -> &Redis {
+        &self.inner.redis
+    }
+
     /// The ready list's key.
     pub fn ready_key(&self) -> &str {
         &self.inner.ready
@@ -174,7 +264,7 @@ impl ListQueue {
         format!("{}:processing:{consumer}", self.inner.base)
     }
 
-    fn alive_key(&self, consumer: &str) -> String {
+    pub(crate) fn alive_key(&self, consumer: &str) -> String {
         format!("{}:alive:{consumer}", self.inner.base)
     }
 
@@ -219,11 +309,79 @@ impl ListQueue {
         Ok(self.len()? == 0)
     }
 
-    /// The queue's delayed set: jobs pushed to the ready list when due.
+    /// The dead-letter list's key.
+    pub fn dead_letter_key(&self) -> &str {
+        &self.inner.dead
+    }
+
+    /// The newest `count` dead letters, newest first.
+    pub fn dead_letters(&self, count: usize) -> Result<Vec<ListDeadLetter>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let items: Vec<Vec<u8>> = self.inner.redis.query(
+            redis::cmd("LRANGE")
+                .arg(&self.inner.dead)
+                .arg(0)
+                .arg(count - 1),
+        )?;
+        Ok(items.into_iter().map(ListDeadLetter::from_record).collect())
+    }
+
+    /// How many dead letters there are.
+    pub fn dead_letter_count(&self) -> Result<u64> {
+        self.inner
+            .redis
+            .query(redis::cmd("LLEN").arg(&self.inner.dead))
+    }
+
+    /// Puts one dead letter's payload back into the ready list as a fresh item, atomically
+    /// with its removal from the dead-letter list; `false` when it was no longer there.
+    pub fn replay_dead(&self, dead: &ListDeadLetter) -> Result<bool> {
+        let q = &self.inner;
+        let call = list_replay_script()
+            .key(&q.dead)
+            .key(&q.ready)
+            .arg(&dead.raw)
+            .arg(&dead.payload);
+        let n: i64 = q.redis.run(|con| call.invoke(con))?;
+        Ok(n == 1)
+    }
+
+    /// Replays every dead letter (oldest first, 100 per atomic script), calling `progress`
+    /// with the count so far; returns how many.
+    pub fn replay_all_dead(&self, mut progress: impl FnMut(u64)) -> Result<u64> {
+        let q = &self.inner;
+        let call = list_dead_script().key(&q.dead).key(&q.ready).arg(100);
+        let mut total = 0;
+        loop {
+            let n: u64 = q.redis.run(|con| call.invoke(con))?;
+            total += n;
+            progress(total);
+            if n < 100 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Deletes every dead letter; returns how many there were.
+    pub fn purge_dead(&self) -> Result<u64> {
+        let q = &self.inner;
+        let (n, _): (u64, u64) = q.redis.pipeline(
+            Pipeline::new()
+                .cmd("LLEN")
+                .arg(&q.dead)
+                .cmd("DEL")
+                .arg(&q.dead),
+        )?;
+        Ok(n)
+    }
+
+    /// The queue's delayed set: jobs pushed to the ready list when due (retries too).
     pub fn delayed(&self) -> Delayed {
         Delayed::new(
             self.inner.redis.clone(),
-            format!("{}:delayed", self.inner.base),
+            self.inner.delayed.clone(),
             Target::List {
                 key: self.inner.ready.clone(),
             },
@@ -252,7 +410,7 @@ impl ListQueue {
         })
     }
 
-    fn reap_call(&self, consumer: &str, force: bool) -> crate::ScriptCall {
+    pub(crate) fn reap_call(&self, consumer: &str, force: bool) -> crate::ScriptCall {
         self.inner
             .reap
             .key(self.alive_key(consumer))
@@ -332,6 +490,47 @@ impl Reaper {
     }
 }
 
+/// A dead letter of a [`ListQueue`].
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListDeadLetter {
+    /// How many times it ran.
+    pub attempts: u32,
+    /// The last error.
+    pub error: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// The record as stored (what [`ListQueue::replay_dead`] removes).
+    raw: Vec<u8>,
+}
+
+impl ListDeadLetter {
+    fn from_record(raw: Vec<u8>) -> ListDeadLetter {
+        let parsed = raw.strip_prefix(DEAD_MAGIC).and_then(|rest| {
+            let a = rest.iter().position(|&b| b == b'\n')?;
+            let attempts: u32 = std::str::from_utf8(&rest[..a]).ok()?.parse().ok()?;
+            let rest = &rest[a + 1..];
+            let b = rest.iter().position(|&b| b == b'\n')?;
+            let len: usize = std::str::from_utf8(&rest[..b]).ok()?.parse().ok()?;
+            let rest = &rest[b + 1..];
+            let error = String::from_utf8_lossy(rest.get(..len)?).into_owned();
+            Some((attempts, error, rest.get(len..)?.to_vec()))
+        });
+        let (attempts, error, payload) = parsed.unwrap_or_else(|| (0, String::new(), raw.clone()));
+        ListDeadLetter {
+            attempts,
+            error,
+            payload,
+            raw,
+        }
+    }
+
+    /// The payload as UTF-8, if it is.
+    pub fn payload_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.payload).ok()
+    }
+}
+
 /// A consumer of a [`ListQueue`], on a dedicated connection.
 pub struct ListConsumer {
     queue: ListQueue,
@@ -408,7 +607,7 @@ impl ListConsumer {
         }
         let (v,): (Value,) = self.conn.pipeline(&pipe)?;
         Ok(match v {
-            Value::BulkString(payload) => Some(ListJob { payload }),
+            Value::BulkString(item) => Some(ListJob::from_item(item)),
             _ => None,
         })
     }
@@ -421,7 +620,7 @@ impl ListConsumer {
         pipe.cmd("LREM")
             .arg(&self.processing)
             .arg(1)
-            .arg(&job.payload);
+            .arg(job.item());
         pipe.cmd("SET")
             .arg(&self.alive)
             .arg(1)
@@ -431,6 +630,59 @@ impl ListConsumer {
         // LREM of one copy and SET are safe to resend.
         let (n,): (u64,) = q.redis.run_idempotent(|con| pipe.query(con))?;
         Ok(n > 0)
+    }
+
+    /// Records a failed run of `job`: back to the ready list after the backoff (through the
+    /// delayed set), or after [`max_retries`](ListQueueBuilder::max_retries) retries into the
+    /// dead-letter list with `error`; atomic with its removal from this consumer's
+    /// processing list. [`Settled::NotOwned`](super::Settled::NotOwned) when it was not there
+    /// (reaped meanwhile: another consumer has it).
+    pub fn fail(&self, job: &ListJob, error: &str) -> Result<super::Settled> {
+        let q = &self.queue.inner;
+        let (mode, dest, delay, add, settled) = if job.attempt < q.max_retries {
+            let mut delays = q.retry_backoff.delays();
+            let mut after = delays.next_delay();
+            for _ in 0..job.attempt {
+                after = delays.next_delay();
+            }
+            let attempt = job.attempt + 1;
+            let mut framed = RETRY_MAGIC.to_vec();
+            framed.extend_from_slice(format!("{attempt}\n").as_bytes());
+            framed.extend_from_slice(&job.payload);
+            (
+                "retry",
+                &q.delayed,
+                millis(after),
+                member(&token(), 0, &framed),
+                super::Settled::Retried { attempt, after },
+            )
+        } else {
+            let mut record = DEAD_MAGIC.to_vec();
+            record.extend_from_slice(format!("{}\n{}\n", job.attempt + 1, error.len()).as_bytes());
+            record.extend_from_slice(error.as_bytes());
+            record.extend_from_slice(&job.payload);
+            ("dead", &q.dead, 0, record, super::Settled::DeadLettered)
+        };
+        let call = list_settle_script()
+            .key(&self.processing)
+            .key(dest)
+            .arg(job.item())
+            .arg(mode)
+            .arg(delay)
+            .arg(add);
+        // Not resent: a retry's member is unique, so a second run could add it twice.
+        let n: i64 = q.redis.run(|con| call.invoke(con))?;
+        if n == 0 {
+            return Ok(super::Settled::NotOwned);
+        }
+        if settled == super::Settled::DeadLettered {
+            log::warn!(
+                "list queue {}: an item was dead-lettered after {} runs: {error}",
+                q.name,
+                job.attempt + 1
+            );
+        }
+        Ok(settled)
     }
 
     /// Refreshes this consumer's liveness key (during a long job).

@@ -72,13 +72,15 @@ use crate::error::{Delivery, Error, Result};
 mod delayed;
 mod job;
 mod list;
+mod list_runner;
 mod runner;
 mod stream;
 
 pub use delayed::{Delayed, Scheduler};
 pub use job::{decode_headers, encode_headers, Job, NewJob, Produced};
 pub(crate) use job::{member, Lease, Member};
-pub use list::{ListConsumer, ListJob, ListQueue, ListQueueBuilder, Reaper};
+pub use list::{ListConsumer, ListDeadLetter, ListJob, ListQueue, ListQueueBuilder, Reaper};
+pub use list_runner::{ListWorkers, ListWorkersBuilder};
 pub use runner::{ShutdownReport, Workers, WorkersBuilder};
 pub use stream::{
     next_id, ConsumerInfo, DeadLetter, PendingJob, PriorityMode, QueueStats, Settled,
