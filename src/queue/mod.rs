@@ -75,6 +75,7 @@ mod list;
 mod list_runner;
 mod runner;
 mod stream;
+mod write_behind;
 
 pub use delayed::{Delayed, Scheduler};
 pub use job::{decode_headers, encode_headers, Job, NewJob, Produced};
@@ -86,6 +87,7 @@ pub use stream::{
     next_id, ConsumerInfo, DeadLetter, PendingJob, PriorityMode, QueueStats, Settled,
     StreamConsumer, StreamQueue, StreamQueueBuilder, MAX_PRIORITIES,
 };
+pub use write_behind::{Flusher, Write, WriteBehind, WriteBehindBuilder, WriteBehindStats};
 
 /// A connection owned by one queue consumer (for blocking reads), outside the pool: a
 /// [`DedicatedConnection`](crate::DedicatedConnection) opened on first use, whose reads wait
