@@ -133,3 +133,103 @@ fn four_consumers_take_every_item_exactly_once() -> TestResult {
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), N);
     Ok(())
 }
+
+#[test]
+fn failed_items_are_retried_with_backoff_then_dead_lettered_and_replayed() -> TestResult {
+    let server = server();
+    let redis = redis(&server);
+    let queue = redis
+        .list_queue("flaky")
+        .max_retries(2)
+        .retry_backoff(redkit::Backoff::exponential(
+            Duration::from_millis(20),
+            Duration::from_millis(50),
+        ))
+        .build()?;
+    let scheduler = queue.delayed().scheduler()?;
+    queue.push("always fails")?;
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let a = attempts.clone();
+    let workers = queue.workers().threads(2).run(move |job| {
+        a.lock().push(job.attempt());
+        if job.payload() == b"always fails" && a.lock().len() <= 3 {
+            return Err(format!("attempt {} failed", job.attempt()));
+        }
+        Ok(())
+    })?;
+    wait_until(Duration::from_secs(10), "dead-lettered", || {
+        queue.dead_letter_count().is_ok_and(|n| n == 1)
+    })?;
+    assert_eq!(*attempts.lock(), [0, 1, 2]);
+    let dead = queue.dead_letters(10)?;
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[0].error, "attempt 2 failed");
+    assert_eq!(dead[0].payload_str(), Some("always fails"));
+    // Replayed: it runs once more, from attempt 0, and succeeds.
+    assert!(queue.replay_dead(&dead[0])?);
+    assert!(!queue.replay_dead(&dead[0])?, "replayed twice");
+    wait_until(Duration::from_secs(10), "the replay ran", || {
+        attempts.lock().len() == 4
+    })?;
+    assert_eq!(attempts.lock()[3], 0);
+    let report = workers.shutdown()?;
+    assert_eq!(report.interrupted, 0);
+    scheduler.stop()?;
+    assert_eq!(queue.dead_letter_count()?, 0);
+    assert_eq!(queue.len()?, 0);
+    Ok(())
+}
+
+#[test]
+fn the_list_worker_pool_runs_every_item_once_and_shuts_down_by_its_bound() -> TestResult {
+    const N: usize = 500;
+    let server = server();
+    let redis = redis(&server);
+    let queue = redis.list_queue("pool").build()?;
+    queue.push_batch((0..N).map(|i| i.to_string()))?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let workers = queue.workers().threads(4).run(move |job| {
+        s.lock().push(job.payload().to_vec());
+        Ok::<(), String>(())
+    })?;
+    wait_until(Duration::from_secs(20), "every item", || {
+        seen.lock().len() == N
+    })?;
+    workers.shutdown()?;
+    assert_eq!(seen.lock().iter().collect::<HashSet<_>>().len(), N);
+
+    // A handler that never ends: the shutdown returns by its bound, the item goes back.
+    queue.push("forever")?;
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (rel, st) = (release.clone(), started.clone());
+    let workers = queue
+        .workers()
+        .threads(2)
+        .shutdown_timeout(Duration::from_millis(500))
+        .run(move |_job| {
+            st.store(true, std::sync::atomic::Ordering::Relaxed);
+            while !rel.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok::<(), String>(())
+        })?;
+    wait_until(Duration::from_secs(10), "the handler started", || {
+        started.load(std::sync::atomic::Ordering::Relaxed)
+    })?;
+    let report = workers.shutdown()?;
+    let slack = Duration::from_millis(700) + scheduling_delay();
+    assert!(
+        report.took <= Duration::from_millis(500) + slack,
+        "{report:?}"
+    );
+    assert_eq!(report.interrupted, 1);
+    assert_eq!(queue.len()?, 1, "the item is back");
+    release.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut c = queue.consumer()?;
+    let job = c.try_pop()?.ok_or("the item")?;
+    assert_eq!(job.payload(), b"forever");
+    assert!(c.ack(&job)?);
+    Ok(())
+}
