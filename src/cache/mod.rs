@@ -282,6 +282,36 @@ struct Inner {
     near: Option<NearCache>,
 }
 
+/// What kind of entry [`Cache::inspect`] found.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A value (its bytes as the [`CacheValue`] encoded them).
+    Value,
+    /// A cached "not found" (negative caching).
+    NotFound,
+    /// A counter ([`Cache::increment`]): a plain integer.
+    Counter,
+    /// Bytes no cache wrote (another program's).
+    Foreign,
+}
+
+/// An entry as the server holds it: [`Cache::inspect`].
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// The Redis key.
+    pub key: String,
+    /// What it is.
+    pub kind: EntryKind,
+    /// The value's bytes (out of the frame; empty for a cached "not found").
+    pub value: Vec<u8>,
+    /// How long it still lives; `None` without an expiry.
+    pub ttl: Option<Duration>,
+    /// How long loading it took, when the loader was timed (for early refresh).
+    pub load_time: Option<Duration>,
+}
+
 /// A namespaced cache on a [`Redis`] handle. Cheap to clone; clones share statistics and
 /// in-process single-flight. See the [module docs](self) for the key layout.
 #[derive(Clone)]
@@ -409,6 +439,36 @@ impl Cache {
             key: self.key(key),
             reason: format!("could not encode: {reason}"),
         })
+    }
+
+    /// What the server holds for `key`, decoded from the cache's frame, for operators (the
+    /// `redkit cache get` command): the value's bytes, a cached "not found", a counter, or
+    /// bytes not written by a cache; its TTL and load time. Reads the server (never the
+    /// near cache); counts neither hit nor miss.
+    pub fn inspect(&self, key: &str) -> Result<Option<CacheEntry>> {
+        let full = self.key(key);
+        let (bytes, pttl): (Option<Vec<u8>>, i64) = self
+            .redis
+            .pipeline(Pipeline::new().cmd("GET").arg(&full).cmd("PTTL").arg(&full))?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        let ttl = u64::try_from(pttl).ok().map(Duration::from_millis);
+        let (kind, value, load_time) = match unframe(&bytes) {
+            Ok(Frame::Value(v, load)) => (EntryKind::Value, v.to_vec(), load),
+            Ok(Frame::Absent) => (EntryKind::NotFound, Vec::new(), None),
+            Err(_) if std::str::from_utf8(&bytes).is_ok_and(|t| t.parse::<i64>().is_ok()) => {
+                (EntryKind::Counter, bytes, None)
+            }
+            Err(_) => (EntryKind::Foreign, bytes, None),
+        };
+        Ok(Some(CacheEntry {
+            key: full,
+            kind,
+            value,
+            ttl,
+            load_time,
+        }))
     }
 
     /// The value of `key`, `None` when there is none (or a cached "not found").

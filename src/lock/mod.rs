@@ -181,7 +181,7 @@ mod watchdog;
 pub use ack::ReplicaAck;
 pub use leader::{Election, Group, GroupBuilder, Member};
 pub use multi::{MultiLock, MultiLockBuilder, MultiLockGuard};
-pub use mutex::{Lock, LockBuilder, LockGuard};
+pub use mutex::{Lock, LockBuilder, LockGuard, LockInfo};
 pub use redlock::{Redlock, RedlockBuilder, RedlockGuard};
 pub use rwlock::{ReadWriteLock, RwGuard, RwLockBuilder, RwMode};
 pub use semaphore::{Permit, Semaphore, SemaphoreBuilder};

@@ -182,6 +182,26 @@ pub struct Lock {
     ack: Option<ReplicaAck>,
 }
 
+/// A lock as the server holds it: [`Lock::inspect`].
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockInfo {
+    /// The lock's name.
+    pub name: String,
+    /// Its key.
+    pub key: String,
+    /// The holder (the first 8 characters of its token); `None` when free.
+    pub holder: Option<String>,
+    /// How long it is still held; `None` when free (or held without an expiry).
+    pub ttl: Option<Duration>,
+    /// The holder's fencing token.
+    pub fence: Option<u64>,
+    /// The last fencing token issued for this name (held or not).
+    pub last_fence: Option<u64>,
+    /// Waiters queued (a fair lock).
+    pub queued: u64,
+}
+
 /// The outcome of one acquire attempt.
 enum Attempt {
     Taken(u64),
@@ -317,6 +337,39 @@ impl Lock {
             .redis
             .query(redis::cmd("EXISTS").arg(&self.keys.lock))?;
         Ok(n == 1)
+    }
+
+    /// What the server holds for this lock now, for operators (the `redkit lock show`
+    /// command): who holds it (the first 8 characters of the holder's token: enough to tell
+    /// holders apart, not to release the lock), for how long still, with which fencing
+    /// token, the last token issued, and how many waiters a fair lock has queued.
+    pub fn inspect(&self) -> Result<LockInfo> {
+        let k = &self.keys;
+        let (value, pttl, last, queued): (Option<String>, i64, Option<u64>, u64) =
+            self.redis.pipeline(
+                crate::Pipeline::new()
+                    .cmd("GET")
+                    .arg(&k.lock)
+                    .cmd("PTTL")
+                    .arg(&k.lock)
+                    .cmd("GET")
+                    .arg(&k.fence)
+                    .cmd("ZCARD")
+                    .arg(&k.queue),
+            )?;
+        let (holder, fence) = match value.as_deref().and_then(|v| v.rsplit_once(':')) {
+            Some((token, fence)) => (Some(token.chars().take(8).collect()), fence.parse().ok()),
+            None => (value.as_ref().map(|_| String::from("?")), None),
+        };
+        Ok(LockInfo {
+            name: self.name.to_string(),
+            key: k.lock.clone(),
+            holder,
+            ttl: u64::try_from(pttl).ok().map(Duration::from_millis),
+            fence,
+            last_fence: last,
+            queued,
+        })
     }
 
     /// One attempt (registering in the queue of a fair lock when `waiting`).
