@@ -19,7 +19,7 @@ use crate::client::Redis;
 use crate::error::Result;
 use crate::script::Script;
 
-/// One job taken from a [`StreamQueue`](super::StreamQueue).
+/// One job taken from a stream queue.
 #[derive(Clone)]
 pub struct Job {
     pub(crate) id: String,
@@ -90,13 +90,13 @@ impl Job {
         self.attempt
     }
 
-    /// Its priority level (0, the first served, on a queue without
-    /// [`priorities`](super::StreamQueueBuilder::priorities)).
+    /// Its priority level (0: the first served, and the only one of a queue without
+    /// priorities).
     pub fn priority(&self) -> u8 {
         self.level
     }
 
-    /// The unique id it was produced with ([`NewJob::unique_id`]), if any.
+    /// The unique id it was produced with (deduplication), if any.
     pub fn unique_id(&self) -> Option<&str> {
         self.unique.as_deref()
     }
@@ -130,8 +130,8 @@ impl Job {
     }
 
     /// Tells the queue this job's handler is alive and still working on it: its idle time
-    /// restarts, so that it is not claimed by another consumer for another
-    /// [`claim_idle`](super::StreamQueueBuilder::claim_idle) (its visibility timeout). Call
+    /// restarts, so that it is not claimed by another consumer for another `claim_idle`
+    /// (the queue's visibility timeout). Call
     /// it more often than that during a long job. `Ok(false)` when this consumer no longer
     /// owns the job (it was claimed by another after going idle, or handed back by a
     /// shutdown): stop working on it, another run has it. A job not taken by a consumer (one
@@ -177,96 +177,6 @@ pub(crate) struct Lease {
     pub(crate) group: String,
     pub(crate) consumer: String,
     pub(crate) script: Script,
-}
-
-/// A job to add to a [`StreamQueue`](super::StreamQueue) with options: a priority, headers,
-/// a unique id (deduplication), a delay. Made by
-/// [`StreamQueue::job`](super::StreamQueue::job); [`send`](NewJob::send) adds it.
-///
-/// ```no_run
-/// use std::time::Duration;
-/// use redkit::queue::Produced;
-/// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-/// let queue = redis
-///     .stream_queue("orders")
-///     .priorities(3)
-///     .dedup_window(Duration::from_secs(3600))
-///     .build()?;
-/// let sent = queue
-///     .job(b"charge order 42")
-///     .priority(0)
-///     .header("tenant", "acme")
-///     .unique_id("charge-42")
-///     .send()?;
-/// if sent == Produced::Duplicate {
-///     // a job with the id "charge-42" was added less than an hour ago: dropped
-/// }
-/// # Ok::<(), redkit::Error>(())
-/// ```
-#[must_use = "a job is added only by `send`"]
-#[derive(Debug, Clone)]
-pub struct NewJob<'a> {
-    pub(crate) queue: &'a super::StreamQueue,
-    pub(crate) payload: Vec<u8>,
-    pub(crate) level: Option<u8>,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) unique: Option<String>,
-    pub(crate) delay: Option<std::time::Duration>,
-}
-
-impl NewJob<'_> {
-    /// Its priority level: 0 is served first, up to the queue's
-    /// [`priorities`](super::StreamQueueBuilder::priorities) minus one. Defaults to the
-    /// queue's [`default_priority`](super::StreamQueueBuilder::default_priority).
-    pub fn priority(mut self, level: u8) -> Self {
-        self.level = Some(level);
-        self
-    }
-
-    /// Adds a header (metadata the handler reads with [`Job::header`]; kept across retries,
-    /// hand-backs and dead letters). Names must not be empty.
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// A unique id: a second job with the same id sent within the queue's
-    /// [`dedup_window`](super::StreamQueueBuilder::dedup_window) is dropped
-    /// ([`Produced::Duplicate`]). Sending with an id is safe to resend when its fate is
-    /// unknown (redkit does, on a connection lost mid-call).
-    pub fn unique_id(mut self, id: &str) -> Self {
-        self.unique = Some(id.to_owned());
-        self
-    }
-
-    /// Makes it ready only after `delay` (on the server's clock), through the queue's
-    /// delayed set.
-    pub fn delay(mut self, delay: std::time::Duration) -> Self {
-        self.delay = Some(delay);
-        self
-    }
-}
-
-/// What [`NewJob::send`] did.
-#[non_exhaustive]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Produced {
-    /// Added to the stream, with this entry id.
-    Added(String),
-    /// Added to the delayed set; it enters the stream when due.
-    Scheduled,
-    /// Dropped: a job with the same unique id was sent within the deduplication window.
-    Duplicate,
-}
-
-impl Produced {
-    /// The stream entry id, when it was added to the stream.
-    pub fn id(&self) -> Option<&str> {
-        match self {
-            Produced::Added(id) => Some(id),
-            _ => None,
-        }
-    }
 }
 
 /// Encodes headers for the `h` field: `<name length>:<name><value length>:<value>` for each,

@@ -78,14 +78,14 @@ mod stream;
 mod write_behind;
 
 pub use delayed::{Delayed, Scheduler};
-pub use job::{decode_headers, encode_headers, Job, NewJob, Produced};
+pub use job::{decode_headers, encode_headers, Job};
 pub(crate) use job::{member, Lease, Member};
 pub use list::{ListConsumer, ListDeadLetter, ListJob, ListQueue, ListQueueBuilder, Reaper};
 pub use list_runner::{ListWorkers, ListWorkersBuilder};
 pub use runner::{ShutdownReport, Workers, WorkersBuilder};
 pub use stream::{
-    next_id, ConsumerInfo, DeadLetter, PendingJob, PriorityMode, QueueStats, Settled,
-    StreamConsumer, StreamQueue, StreamQueueBuilder, MAX_PRIORITIES,
+    next_id, ConsumerInfo, DeadLetter, NewJob, PendingJob, PriorityMode, Produced, QueueStats,
+    Settled, StreamConsumer, StreamQueue, StreamQueueBuilder, MAX_PRIORITIES,
 };
 pub use write_behind::{Flusher, Write, WriteBehind, WriteBehindBuilder, WriteBehindStats};
 

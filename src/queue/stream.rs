@@ -11,7 +11,7 @@ use redis::Value;
 use super::delayed::{Delayed, Target};
 use super::{
     check_name, consumer_name, encode_headers, millis, parse_autoclaim, parse_entries, parse_read,
-    parse_read_levels, Dedicated, Job, Lease, Member, NewJob, Produced,
+    parse_read_levels, Dedicated, Job, Lease, Member,
 };
 use crate::client::Redis;
 use crate::error::{Error, Result};
@@ -444,6 +444,96 @@ impl StreamQueueBuilder {
                 counters: Counters::default(),
             }),
         })
+    }
+}
+
+/// A job to add to a [`StreamQueue`] with options: a priority, headers,
+/// a unique id (deduplication), a delay. Made by
+/// [`StreamQueue::job`](StreamQueue::job); [`send`](NewJob::send) adds it.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use redkit::queue::Produced;
+/// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+/// let queue = redis
+///     .stream_queue("orders")
+///     .priorities(3)
+///     .dedup_window(Duration::from_secs(3600))
+///     .build()?;
+/// let sent = queue
+///     .job(b"charge order 42")
+///     .priority(0)
+///     .header("tenant", "acme")
+///     .unique_id("charge-42")
+///     .send()?;
+/// if sent == Produced::Duplicate {
+///     // a job with the id "charge-42" was added less than an hour ago: dropped
+/// }
+/// # Ok::<(), redkit::Error>(())
+/// ```
+#[must_use = "a job is added only by `send`"]
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    pub(crate) queue: &'a StreamQueue,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) level: Option<u8>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) unique: Option<String>,
+    pub(crate) delay: Option<std::time::Duration>,
+}
+
+impl NewJob<'_> {
+    /// Its priority level: 0 is served first, up to the queue's
+    /// [`priorities`](StreamQueueBuilder::priorities) minus one. Defaults to the
+    /// queue's [`default_priority`](StreamQueueBuilder::default_priority).
+    pub fn priority(mut self, level: u8) -> Self {
+        self.level = Some(level);
+        self
+    }
+
+    /// Adds a header (metadata the handler reads with [`Job::header`]; kept across retries,
+    /// hand-backs and dead letters). Names must not be empty.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// A unique id: a second job with the same id sent within the queue's
+    /// [`dedup_window`](StreamQueueBuilder::dedup_window) is dropped
+    /// ([`Produced::Duplicate`]). Sending with an id is safe to resend when its fate is
+    /// unknown (redkit does, on a connection lost mid-call).
+    pub fn unique_id(mut self, id: &str) -> Self {
+        self.unique = Some(id.to_owned());
+        self
+    }
+
+    /// Makes it ready only after `delay` (on the server's clock), through the queue's
+    /// delayed set.
+    pub fn delay(mut self, delay: std::time::Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+}
+
+/// What [`NewJob::send`] did.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Produced {
+    /// Added to the stream, with this entry id.
+    Added(String),
+    /// Added to the delayed set; it enters the stream when due.
+    Scheduled,
+    /// Dropped: a job with the same unique id was sent within the deduplication window.
+    Duplicate,
+}
+
+impl Produced {
+    /// The stream entry id, when it was added to the stream.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Produced::Added(id) => Some(id),
+            _ => None,
+        }
     }
 }
 

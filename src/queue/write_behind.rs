@@ -64,7 +64,8 @@ struct Inner {
 /// Write-behind: a cache write now, the store write later, coalesced per key,
 /// at-least-once. This is the writing side (cheap to clone); [`Flusher`]s do the store
 /// writes.
-////// ```no_run
+///
+/// ```no_run
 /// use std::time::Duration;
 /// use redkit::cache::Cache;
 /// use redkit::queue::{WriteBehind, Write};
