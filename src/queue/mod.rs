@@ -1,17 +1,30 @@
-//! Work queues for worker threads: reliable stream queues, list queues, delayed jobs and a
-//! worker-pool runner.
+//! Work queues for worker threads: reliable stream queues, list queues, delayed jobs, worker
+//! pools, and a write-behind helper.
 //!
 //! **Every queue here is at-least-once.** A job is acknowledged only after its handler
-//! returned `Ok`; a job whose worker died (process killed, machine lost) is handed to another
-//! worker. So a job can run more than once: make handlers idempotent (or deduplicate on
-//! [`Job::origin`]). Nothing is ever acknowledged that did not succeed.
+//! returned `Ok`; a job whose worker died (process killed, machine lost), whose handler
+//! outlived the visibility timeout without a heartbeat, whose acknowledgement could not
+//! reach the server (it stays pending and is claimed), or that a bounded shutdown handed
+//! back, runs again on another worker. Short of those, a job runs once: a job acknowledged
+//! is never run again, and a retry, a hand-back or a replay moves it atomically with its
+//! acknowledgement (one script), so it is never in two places. Make handlers idempotent (or
+//! deduplicate on [`Job::origin`]) for the cases above. Nothing is ever acknowledged that did
+//! not succeed.
 //!
 //! | need | pick |
 //! |---|---|
 //! | consumer groups, retries with backoff, dead letters, stats | [`StreamQueue`] |
-//! | plain Redis lists (`BLMOVE` into a processing list) | [`ListQueue`] |
-//! | run a job at a time or after a delay | [`StreamQueue::produce_in`], [`Delayed`] |
-//! | N worker threads with rate and concurrency limits | [`StreamQueue::workers`] |
+//! | priorities, strict or weighted | [`StreamQueueBuilder::priorities`], [`StreamQueueBuilder::weighted`] |
+//! | drop a job sent twice (a unique id within a window), headers | [`StreamQueue::job`] ([`NewJob`]) |
+//! | a long job that must not be taken over while it runs | [`Job::heartbeat`] |
+//! | list, replay, purge dead letters | [`StreamQueue::dead_letters_range`], [`StreamQueue::replay_dead`], [`StreamQueue::replay_dead_range`], [`StreamQueue::purge_dead`] |
+//! | plain Redis lists (`BLMOVE` into a processing list), retries, dead letters | [`ListQueue`] |
+//! | run a job at a time or after a delay | [`StreamQueue::produce_in`], [`NewJob::delay`], [`Delayed`] |
+//! | N worker threads with rate and concurrency limits, a bounded shutdown | [`StreamQueue::workers`], [`ListQueue::workers`] |
+//! | write the cache now and the database later, coalesced | [`WriteBehind`] |
+//!
+//! An operator inspects and repairs queues with the `redkit` command line (`redkit queue
+//! stats|dead|replay|purge|pending`), which reads these formats through this API.
 //!
 //! ## Stream queue
 //!
@@ -43,23 +56,64 @@
 //! [`max_retries`](StreamQueueBuilder::max_retries) times, then goes to a dead-letter stream
 //! with the error. Jobs left pending by a consumer that died are claimed (`XAUTOCLAIM`; before
 //! Redis 7.0 a script of `XPENDING` and `XCLAIM`) once idle for
-//! [`claim_idle`](StreamQueueBuilder::claim_idle). A pending job whose stream entry is gone
-//! (trimmed by [`max_len`](StreamQueueBuilder::max_len) or deleted with `XDEL`) is
-//! acknowledged and skipped when claimed, and counted in [`QueueStats::vanished`]. All keys of one queue share the
-//! hash tag `{name}`, so the scripts are Cluster-safe.
+//! [`claim_idle`](StreamQueueBuilder::claim_idle), the visibility timeout, which a running
+//! handler extends with [`Job::heartbeat`] (it restarts the job's idle time, only if its
+//! consumer still owns it). A pending job whose stream entry is gone (trimmed by
+//! [`max_len`](StreamQueueBuilder::max_len) or deleted with `XDEL`) is acknowledged and
+//! skipped when claimed, and counted in [`QueueStats::vanished`]. Consumers idle past
+//! [`idle_consumers`](StreamQueueBuilder::idle_consumers) with nothing pending are removed
+//! from the group (`XGROUP DELCONSUMER`, in one script with that check). All keys of one
+//! queue share the hash tag `{name}`, so the scripts are Cluster-safe.
+//!
+//! **Priorities**: each level is a stream of its own (`{name}`, `{name}:p1`...), read by the
+//! same group. A read takes, in one script, each level's share (weighted: smooth weighted
+//! round robin over the weights, across reads) and then whatever is left of the batch, level
+//! 0 first; strict priorities have no shares, so level 0 is drained first. When every level
+//! is empty the consumer blocks on all of them at once. A job keeps its level through
+//! retries, hand-backs, dead letters and replays. Within a level, order is arrival order.
+//!
+//! **Deduplication**: a job sent with a [unique id](NewJob::unique_id) sets
+//! `{name}:u:<id>` (`SET NX PX`, the [window](StreamQueueBuilder::dedup_window)) in the same
+//! script as its `XADD`; a second send within the window is dropped
+//! ([`Produced::Duplicate`]), whatever became of the first.
+//!
+//! **Dead letters** are replayed as fresh jobs (attempt 0, every retry again; origin,
+//! headers, unique id and level kept), each atomically with its removal from the dead-letter
+//! stream, so replaying twice runs a job once; a range replay reads its upper end once, so a
+//! job that fails again while it runs is not replayed in a loop.
+//!
+//! **Worker pools** ([`Workers`]): reader threads (one by default, [`WorkersBuilder::readers`])
+//! feed N worker threads through a bounded channel; finished jobs go to one acknowledging
+//! thread that sends whatever gathered during its previous `XACK` in one. The
+//! [`shutdown_timeout`](WorkersBuilder::shutdown_timeout) is a hard bound: jobs read and not
+//! started are handed back at once, running handlers are waited for until the bound, and the
+//! jobs of those still running are then handed back (their threads end when their handlers
+//! return; their results are dropped).
 //!
 //! ## List queue
 //!
 //! [`ListQueue`]: `LPUSH` to produce, `BLMOVE` (`BRPOPLPUSH` before Redis 6.2) into a
-//! per-consumer processing list to take,
-//! `LREM` to acknowledge; [`ListQueue::reap`] returns the items of consumers whose liveness key
-//! expired.
+//! per-consumer processing list to take, `LREM` to acknowledge; [`ListQueue::reap`] returns
+//! the items of consumers whose liveness key expired. [`ListConsumer::fail`] retries an item
+//! after a backoff (through the delayed set) up to
+//! [`max_retries`](ListQueueBuilder::max_retries) times, then moves it to the dead-letter list
+//! (`{name}:dead`), listed, replayed and purged like the stream queue's. [`ListQueue::workers`]
+//! runs a pool: a consumer per thread, a keeper thread that keeps the consumers whose handler
+//! runs alive and reaps dead ones, the same bounded shutdown.
 //!
 //! ## Delayed jobs
 //!
 //! A sorted set by due time (ms on the server's clock); a Lua script moves due jobs to the
 //! ready queue atomically, so any number of [`Scheduler`]s in any number of processes move
 //! each job exactly once.
+//!
+//! ## Write-behind
+//!
+//! [`WriteBehind`]: a write goes to the cache at once and is recorded for the store,
+//! coalesced per key (the latest value, a version); [`Flusher`] threads (any number, any
+//! process) store due keys a batch at a time, each key leased to one flusher, and remove an
+//! entry only when the store took a version at least as new: at-least-once, and no write is
+//! lost when a flusher dies. A flusher's shutdown stores everything written so far.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
