@@ -182,6 +182,7 @@
 //! details (retries, reconnect attempts, new connections); `trace`: wire-level details.
 //! Passwords and private keys never appear in logs, `Debug`, `Display` or errors.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
@@ -212,6 +213,7 @@ mod sentinel;
 pub mod session;
 mod stats;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod util;
 

@@ -57,6 +57,7 @@ mod value;
 
 pub use value::CacheValue;
 #[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub use value::Json;
 use value::{absent_frame, frame, unframe, Frame};
 

@@ -70,6 +70,7 @@ use std::time::Duration;
 
 mod breaker;
 mod builder;
+pub(crate) mod tls;
 mod url;
 
 pub use breaker::{BreakerConfig, BreakerState, FailureRate};
@@ -298,7 +299,10 @@ impl PoolConfig {
     }
 }
 
-/// TLS settings (through `native-tls`).
+/// TLS settings, for the TLS backend compiled in (the `tls-native-tls` feature, on by
+/// default, or `tls-rustls`; rustls when both are on). In a build with neither, any TLS
+/// setting (`rediss://`, [`ConfigBuilder::tls`]) makes `build()` fail with a
+/// [`Config`](crate::ErrorClass::Config) error saying TLS is not compiled in.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct TlsConfig {
     pub(crate) insecure: bool,

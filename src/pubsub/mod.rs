@@ -122,6 +122,7 @@ pub use handler::Handler;
 pub use keyspace::{KeyEvent, KeyEvents};
 pub use message::{Backpressure, Message, SubscriptionOptions};
 #[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub use topic::{DecodeError, Topic, TopicSubscription};
 
 use message::{Sink, SubCounters};

@@ -304,6 +304,7 @@ impl SessionStore {
 }
 
 #[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 impl SessionStore {
     /// Creates a session whose data is `data`, a type that serializes to a JSON object:
     /// each top-level field becomes one hash field holding its JSON text.
