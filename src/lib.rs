@@ -219,6 +219,7 @@ mod script;
 mod sentinel;
 pub mod session;
 mod stats;
+mod telemetry;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

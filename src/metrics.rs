@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
+use redis::Value;
 
+use crate::error::{Delivery, Error, ErrorClass, Result};
+use crate::telemetry::{CommandExport, Export};
 use crate::util::histogram::{Histogram, Latency};
 
 /// At most this many distinct names are tracked; later ones count under `OTHER`.
@@ -31,33 +34,97 @@ pub struct CommandStats {
     pub latency: Latency,
 }
 
-#[derive(Debug)]
 struct Metric {
     count: AtomicU64,
     errors: AtomicU64,
     latency: Histogram,
+    /// The same, for the `metrics` facade (nothing without the feature).
+    export: CommandExport,
 }
 
 impl Metric {
-    fn new() -> Metric {
+    fn new(export: CommandExport) -> Metric {
         Metric {
             count: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             latency: Histogram::new(WINDOW),
+            export,
+        }
+    }
+}
+
+/// What a command's result says for its metrics: whether it failed (an error, or an error
+/// reply), and of what class (asked only when the `metrics` feature exports it).
+pub(crate) trait Outcome {
+    /// Whether the command failed.
+    fn failed(&self) -> bool;
+    /// The class of the failure, if it failed.
+    fn failure(&self) -> Option<ErrorClass>;
+}
+
+fn reply_class(v: &Value) -> Option<ErrorClass> {
+    match v {
+        Value::ServerError(e) => {
+            Some(Error::from_redis(e.clone().into(), Delivery::Answered).class())
+        }
+        _ => None,
+    }
+}
+
+impl Outcome for Result<Value> {
+    fn failed(&self) -> bool {
+        !matches!(self, Ok(v) if !matches!(v, Value::ServerError(_)))
+    }
+
+    fn failure(&self) -> Option<ErrorClass> {
+        match self {
+            Ok(v) => reply_class(v),
+            Err(e) => Some(e.class()),
+        }
+    }
+}
+
+impl Outcome for Result<Vec<Value>> {
+    fn failed(&self) -> bool {
+        !matches!(self, Ok(vs) if !vs.iter().any(|v| matches!(v, Value::ServerError(_))))
+    }
+
+    fn failure(&self) -> Option<ErrorClass> {
+        match self {
+            Ok(vs) => vs.iter().find_map(reply_class),
+            Err(e) => Some(e.class()),
         }
     }
 }
 
 /// Per-command counters and latency histograms. Recording takes a shared read lock (no I/O
 /// under it) except the first time a name is seen.
-#[derive(Debug, Default)]
 pub(crate) struct CommandMetrics {
     names: RwLock<HashMap<Box<[u8]>, Metric>>,
+    export: Export,
+}
+
+impl std::fmt::Debug for CommandMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandMetrics")
+            .field("names", &self.names.read().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl CommandMetrics {
-    /// Records one command (or pipeline) named `name`.
-    pub(crate) fn record(&self, name: &[u8], took: Duration, failed: bool) {
+    /// Metrics that also feed `export`.
+    pub(crate) fn new(export: Export) -> CommandMetrics {
+        CommandMetrics {
+            names: RwLock::new(HashMap::new()),
+            export,
+        }
+    }
+
+    /// Records one command (or pipeline) named `name` that took `took` and ended with
+    /// `outcome`.
+    pub(crate) fn record(&self, name: &[u8], took: Duration, outcome: &impl Outcome) {
+        let failed = outcome.failed();
         let mut buf = [0u8; NAME_LEN];
         let n = name.len().min(NAME_LEN);
         for (b, c) in buf.iter_mut().zip(&name[..n]) {
@@ -70,6 +137,8 @@ impl CommandMetrics {
                 m.errors.fetch_add(1, Relaxed);
             }
             m.latency.record(took);
+            m.export
+                .record(took, if failed { outcome.failure() } else { None });
         };
         if let Some(m) = self.names.read().get(name) {
             add(m);
@@ -81,7 +150,10 @@ impl CommandMetrics {
         } else {
             b"OTHER"
         };
-        add(names.entry(key.into()).or_insert_with(Metric::new));
+        let export = &self.export;
+        add(names
+            .entry(key.into())
+            .or_insert_with(|| Metric::new(export.command(&String::from_utf8_lossy(key)))));
     }
 
     /// Starts new latency windows when due.
@@ -116,15 +188,13 @@ mod tests {
 
     #[test]
     fn names_are_upper_cased_and_capped() {
-        let m = CommandMetrics::default();
-        m.record(b"get", Duration::from_micros(100), false);
-        m.record(b"GET", Duration::from_micros(300), true);
+        let m = CommandMetrics::new(Export::new(&crate::Config::builder().build().unwrap()));
+        let ok: Result<Value> = Ok(Value::Okay);
+        let failed: Result<Value> = Err(Error::Closed);
+        m.record(b"get", Duration::from_micros(100), &ok);
+        m.record(b"GET", Duration::from_micros(300), &failed);
         for i in 0..300 {
-            m.record(
-                format!("CMD{i}").as_bytes(),
-                Duration::from_micros(1),
-                false,
-            );
+            m.record(format!("CMD{i}").as_bytes(), Duration::from_micros(1), &ok);
         }
         let s = m.snapshot();
         let get = s.iter().find(|c| c.name == "GET").unwrap();

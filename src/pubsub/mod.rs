@@ -226,7 +226,10 @@ impl Subscriber {
         };
         let (ctl_tx, ctl_rx) = unbounded();
         let (stop_tx, stop_rx) = bounded(0);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            dropped_export: redis.export().counter("redkit_subscriber_dropped_total"),
+            ..Counters::default()
+        });
         let worker = Worker::new(
             redis.connector().clone(),
             settings,

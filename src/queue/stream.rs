@@ -641,14 +641,20 @@ impl StreamQueue {
             _ => 0,
         };
         let group = find_group(&groups, &s.group);
+        let lag = group
+            .as_ref()
+            .and_then(|g| field(g, "lag"))
+            .and_then(as_u64);
+        let export = self.inner.redis.export();
+        export.queue_depth("stream", &s.stream, lag.unwrap_or(length));
+        export.queue_depth("stream_pending", &s.stream, pending);
+        export.queue_depth("stream_delayed", &s.stream, delayed);
+        export.queue_depth("stream_dead", &s.stream, dead_letters);
         let c = &self.inner.counters;
         Ok(QueueStats {
             length,
             pending,
-            lag: group
-                .as_ref()
-                .and_then(|g| field(g, "lag"))
-                .and_then(as_u64),
+            lag,
             delayed,
             dead_letters,
             consumers: group
