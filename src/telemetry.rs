@@ -409,6 +409,10 @@ pub(crate) use spans::CallSpan;
 #[derive(Debug)]
 pub(crate) struct CallSpan;
 
+/// What [`CallSpan::enter`] returns without the `tracing` feature.
+#[cfg(not(feature = "tracing"))]
+pub(crate) struct NotEntered;
+
 #[cfg(not(feature = "tracing"))]
 impl CallSpan {
     #[inline(always)]
@@ -421,7 +425,9 @@ impl CallSpan {
     }
 
     #[inline(always)]
-    pub(crate) fn enter(&self) {}
+    pub(crate) fn enter(&self) -> NotEntered {
+        NotEntered
+    }
 
     #[inline(always)]
     pub(crate) fn finish<T>(&self, _: u32, _: &crate::error::Result<T>) {}
