@@ -31,8 +31,9 @@ use crate::telemetry::Op;
 use crate::util::{resp, time};
 use heartbeat::HeartbeatThread;
 
-/// Something that can become a [`Config`]: a `Config`, a [`ConfigBuilder`](crate::ConfigBuilder)
-/// or a URL.
+/// Something that can become a [`Config`]: a `Config`, a [`ConfigBuilder`](crate::ConfigBuilder),
+/// a URL, or the `redis` crate's own `redis::Client` or `redis::ConnectionInfo` (and
+/// references to them).
 pub trait IntoConfig {
     /// Converts into a validated configuration.
     fn into_config(self) -> Result<Config>;
@@ -65,6 +66,36 @@ impl IntoConfig for String {
 impl IntoConfig for &String {
     fn into_config(self) -> Result<Config> {
         Config::from_url(self)
+    }
+}
+
+/// The address, TLS choice, database, credentials and protocol of a `redis` crate
+/// connection info (see [`ConfigBuilder::from_connection_info`](crate::ConfigBuilder::from_connection_info)).
+impl IntoConfig for &redis::ConnectionInfo {
+    fn into_config(self) -> Result<Config> {
+        crate::ConfigBuilder::from_connection_info(self)?.build()
+    }
+}
+
+/// Like `&redis::ConnectionInfo`.
+impl IntoConfig for redis::ConnectionInfo {
+    fn into_config(self) -> Result<Config> {
+        (&self).into_config()
+    }
+}
+
+/// The connection info of a `redis` crate client: `Redis::connect(&client)` for code that
+/// already has one.
+impl IntoConfig for &redis::Client {
+    fn into_config(self) -> Result<Config> {
+        self.get_connection_info().into_config()
+    }
+}
+
+/// Like `&redis::Client`.
+impl IntoConfig for redis::Client {
+    fn into_config(self) -> Result<Config> {
+        (&self).into_config()
     }
 }
 

@@ -69,7 +69,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod breaker;
+mod bridge;
 mod builder;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub mod settings;
 pub(crate) mod tls;
 mod url;
 
