@@ -7,10 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v jq >/dev/null 2>&1; then
-    echo "msrv.sh needs jq (apt-get install jq)" >&2
+    echo "msrv.sh needs jq (scripts/setup.sh installs it, or apt-get install jq)" >&2
     exit 1
 fi
 
+mkdir -p target
 cargo metadata --format-version 1 --all-features --locked 2>/dev/null | jq -r '
   # "1.71.1" -> [1, 71, 1], for comparing.
   def version: split(".") | map(tonumber) | . + [0, 0, 0] | .[0:3];
