@@ -24,6 +24,9 @@
 //! At-least-once [work queues](queue) for worker threads: streams with retries, dead letters
 //! and claims of dead workers' jobs, plain lists, delayed jobs, and a worker pool.
 //!
+//! Runs on Redis 6.0 and later and on Valkey: see [`version`] for the servers tested, the
+//! version each feature needs, and what redkit does on an older server.
+//!
 //! ## Quick start
 //!
 //! ```no_run
@@ -244,6 +247,7 @@ mod telemetry;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod util;
+pub mod version;
 
 pub use cache::{Cache, CacheStats};
 pub use client::{DedicatedConnection, IntoConfig, Redis, CLOSE_BOUND};
@@ -264,6 +268,7 @@ pub use script::{Pipeline, Script, ScriptCall};
 pub use session::{Session, SessionStore};
 pub use stats::{ErrorCounts, PoolStats, Stats};
 pub use util::histogram::Latency;
+pub use version::{ServerFlavor, ServerVersion};
 
 /// The `redis` crate, re-exported so that versions always match.
 pub use redis;

@@ -143,6 +143,7 @@ fn tls_server(tls: &TlsMaterial, client_auth: bool) -> RedisServer {
 #[cfg(any(feature = "tls-native-tls", feature = "tls-rustls"))]
 #[test]
 fn tls_with_custom_ca() -> TestResult {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = tls_server(&tls, false);
     let mut r = Redis::connect(builder(&server).tls_ca_pem(tls.ca_cert_pem()))?;
@@ -161,6 +162,7 @@ fn tls_with_custom_ca() -> TestResult {
 #[cfg(any(feature = "tls-native-tls", feature = "tls-rustls"))]
 #[test]
 fn tls_with_client_certificate() -> TestResult {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = tls_server(&tls, true);
     let redis = Redis::connect(
@@ -185,6 +187,7 @@ fn tls_with_client_certificate() -> TestResult {
 #[cfg(any(feature = "tls-native-tls", feature = "tls-rustls"))]
 #[test]
 fn tls_wrong_ca_and_wrong_host_are_rejected_with_a_tls_error() -> TestResult {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = tls_server(&tls, false);
     let start = std::time::Instant::now();
@@ -212,6 +215,7 @@ fn tls_wrong_ca_and_wrong_host_are_rejected_with_a_tls_error() -> TestResult {
 #[cfg(any(feature = "tls-native-tls", feature = "tls-rustls"))]
 #[test]
 fn plain_client_against_tls_server_fails_cleanly() -> TestResult {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = tls_server(&tls, false);
     let err = Redis::connect(
