@@ -149,11 +149,9 @@ impl<'a> MuxCall<'a> {
         observed.counters.commands.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
         let result = self.mux.call(cmd, offset, count, self.deadline());
-        let failed =
-            !matches!(&result, Ok(vs) if !vs.iter().any(|v| matches!(v, Value::ServerError(_))));
         observed
             .command_metrics
-            .record(name, start.elapsed(), failed);
+            .record(name, start.elapsed(), &result);
         match &result {
             Ok(values) => self.check_read_only(values),
             Err(e) if e.class() == ErrorClass::Connection => {

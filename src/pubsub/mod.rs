@@ -123,6 +123,7 @@ pub use handler::Handler;
 pub use keyspace::{KeyEvent, KeyEvents};
 pub use message::{Backpressure, Message, SubscriptionOptions};
 #[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub use topic::{DecodeError, Topic, TopicSubscription};
 
 use message::{Sink, SubCounters};
@@ -228,7 +229,10 @@ impl Subscriber {
         };
         let (ctl_tx, ctl_rx) = unbounded();
         let (stop_tx, stop_rx) = bounded(0);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            dropped_export: redis.export().counter("redkit_subscriber_dropped_total"),
+            ..Counters::default()
+        });
         let worker = Worker::new(
             redis.connector().clone(),
             settings,

@@ -299,9 +299,13 @@ impl ListQueue {
 
     /// Items waiting in the ready list.
     pub fn len(&self) -> Result<u64> {
-        self.inner
+        let n = self
+            .inner
             .redis
-            .query(redis::cmd("LLEN").arg(&self.inner.ready))
+            .query(redis::cmd("LLEN").arg(&self.inner.ready))?;
+        let export = self.inner.redis.export();
+        export.queue_depth("list", &self.inner.ready, n);
+        Ok(n)
     }
 
     /// Whether the ready list is empty.

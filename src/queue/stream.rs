@@ -1273,6 +1273,12 @@ impl StreamQueue {
         stats.lag = lag;
         stats.delayed = replies.get(levels * 3).and_then(as_u64).unwrap_or(0);
         stats.dead_letters = replies.get(levels * 3 + 1).and_then(as_u64).unwrap_or(0);
+        let export = self.inner.redis.export();
+        let key = s.stream(0);
+        export.queue_depth("stream", key, stats.lag.unwrap_or(stats.length));
+        export.queue_depth("stream_pending", key, stats.pending);
+        export.queue_depth("stream_delayed", key, stats.delayed);
+        export.queue_depth("stream_dead", key, stats.dead_letters);
         let c = &self.inner.counters;
         stats.produced = c.produced.load(Relaxed);
         stats.duplicates = c.duplicates.load(Relaxed);

@@ -16,8 +16,10 @@ struct Known {
 impl Extension for Known {}
 
 impl Redis {
-    /// The server's flavor and version (`INFO server`, asked once per handle; later calls
-    /// answer from memory).
+    /// The server's flavor and version, as the server named them in the handshake of the
+    /// handle's last new connection (`HELLO`: read at every connection set-up, so it follows
+    /// a failover to another server); a server that does not answer `HELLO` is asked
+    /// `INFO server` once per handle.
     ///
     /// ```no_run
     /// let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
@@ -31,6 +33,11 @@ impl Redis {
     /// A user whose ACL denies `INFO` gets that permission error (also remembered: redkit's
     /// helpers then assume a current server).
     pub fn server_version(&self) -> Result<ServerVersion> {
+        if let Some(hello) = self.pool_state().hello() {
+            if let Ok(v) = ServerVersion::from_hello_fields(&hello.server, &hello.version) {
+                return Ok(v);
+            }
+        }
         let known = self.extension::<Known>();
         if let Some(answer) = known.as_ref().and_then(|k| k.answer.lock().clone()) {
             return answer;
