@@ -3,8 +3,10 @@
 //! dedicated `redis` crate connections, measured in the same run and reported as a ratio.
 //!
 //! Both sides get the same producer: one thread sending pipelines of 100 `XADD` on a raw
-//! connection, onto a fresh stream per block. The clock runs from the first `XADD` to the
-//! last acknowledged job. Sides alternate in blocks; each ratio is the median of per-block
+//! connection, onto a fresh stream per block. Two scenarios: jobs produced while they are
+//! consumed (the clock runs from the first `XADD` to the last acknowledged job: both sides
+//! can be held to the producer's pace), and a backlog produced first and then drained (the
+//! clock runs from the consumers' start to the last acknowledgement: consumption alone). Sides alternate in blocks; each ratio is the median of per-block
 //! ratios. Two baselines: raw loops sending one `XACK` per read batch of up to 100 (the
 //! cheapest a hand-written loop can be: the target row, issue 24: at least 0.9), and raw
 //! loops sending one `XACK` per job (for reference). redkit's workers hand finished jobs to
@@ -24,7 +26,7 @@ use common::{env_usize, median, Report, Target};
 use redkit::testing::RedisServer;
 use redkit::Redis;
 
-const BLOCKS: usize = 3;
+const BLOCKS: usize = 5;
 const WORKERS: usize = 8;
 const TARGET: f64 = 0.9;
 
@@ -55,12 +57,32 @@ fn wait_for(done: &AtomicU64, n: usize) -> Instant {
     Instant::now()
 }
 
-/// One block through redkit: jobs per second.
-fn redkit_block(redis: &Redis, producer: &mut redis::Connection, block: usize, n: usize) -> f64 {
+/// Waits until no job of `queue` is pending any more (every job read was acknowledged).
+fn wait_acked(queue: &redkit::StreamQueue) -> Instant {
+    loop {
+        if queue.stats().is_ok_and(|s| s.pending == 0) {
+            return Instant::now();
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+/// One block through redkit: jobs per second. With `backlog`, the jobs are produced first
+/// and the clock runs from the workers' start (consumption alone).
+fn redkit_block(
+    redis: &Redis,
+    producer: &mut redis::Connection,
+    block: usize,
+    n: usize,
+    backlog: bool,
+) -> f64 {
     let queue = redis
-        .stream_queue(&format!("bench-redkit-{block}"))
+        .stream_queue(&format!("bench-redkit-{block}-{backlog}"))
         .build()
         .expect("queue");
+    if backlog {
+        produce(producer, queue.stream_key(), n);
+    }
     let done = Arc::new(AtomicU64::new(0));
     let d = done.clone();
     let mut builder = queue.workers().threads(WORKERS);
@@ -70,6 +92,13 @@ fn redkit_block(redis: &Redis, producer: &mut redis::Connection, block: usize, n
     {
         builder = builder.readers(r);
     }
+    if let Some(p) = std::env::var("REDKIT_BENCH_PREFETCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder = builder.prefetch(p);
+    }
+    let start = Instant::now();
     let workers = builder
         .run(move |job| {
             std::hint::black_box(job.payload());
@@ -77,9 +106,11 @@ fn redkit_block(redis: &Redis, producer: &mut redis::Connection, block: usize, n
             Ok::<(), String>(())
         })
         .expect("workers");
-    let start = Instant::now();
-    produce(producer, queue.stream_key(), n);
-    let end = wait_for(&done, n);
+    if !backlog {
+        produce(producer, queue.stream_key(), n);
+    }
+    wait_for(&done, n);
+    let end = wait_acked(&queue);
     workers.shutdown().expect("shutdown");
     n as f64 / end.duration_since(start).as_secs_f64()
 }
@@ -91,8 +122,9 @@ fn raw_block(
     block: usize,
     n: usize,
     batched: bool,
+    backlog: bool,
 ) -> f64 {
-    let stream = format!("bench-raw-{block}-{batched}");
+    let stream = format!("bench-raw-{block}-{batched}-{backlog}");
     redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&stream)
@@ -104,6 +136,10 @@ fn raw_block(
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let client = redis::Client::open(server.url()).expect("client");
+    if backlog {
+        produce(producer, &stream, n);
+    }
+    let start = Instant::now();
     let threads: Vec<_> = (0..WORKERS)
         .map(|i| {
             let mut con = client.get_connection().expect("raw connection");
@@ -151,8 +187,9 @@ fn raw_block(
             })
         })
         .collect();
-    let start = Instant::now();
-    produce(producer, &stream, n);
+    if !backlog {
+        produce(producer, &stream, n);
+    }
     let end = wait_for(&done, n);
     stop.store(true, Relaxed);
     for t in threads {
@@ -176,38 +213,45 @@ fn main() {
     let mut producer = client.get_connection().expect("producer connection");
 
     // Warm-up.
-    raw_block(&server, &mut producer, 100, n / 4, false);
-    redkit_block(&redis, &mut producer, 100, n / 4);
+    raw_block(&server, &mut producer, 100, n / 4, true, false);
+    redkit_block(&redis, &mut producer, 100, n / 4, false);
 
-    let mut ours = Vec::new();
-    let (mut raws, mut ratios) = (Vec::new(), Vec::new());
-    let (mut batched, mut batched_ratios) = (Vec::new(), Vec::new());
-    for block in 0..BLOCKS {
-        let r = raw_block(&server, &mut producer, block, n, false);
-        let o = redkit_block(&redis, &mut producer, block, n);
-        let b = raw_block(&server, &mut producer, block, n, true);
-        ratios.push(o / r);
-        batched_ratios.push(o / b);
-        raws.push(r);
-        batched.push(b);
-        ours.push(o);
+    for backlog in [false, true] {
+        let mut ours = Vec::new();
+        let (mut raws, mut ratios) = (Vec::new(), Vec::new());
+        let (mut batched, mut batched_ratios) = (Vec::new(), Vec::new());
+        for block in 0..BLOCKS {
+            let b = raw_block(&server, &mut producer, block, n, true, backlog);
+            let o = redkit_block(&redis, &mut producer, block, n, backlog);
+            let r = raw_block(&server, &mut producer, block, n, false, backlog);
+            ratios.push(o / r);
+            batched_ratios.push(o / b);
+            raws.push(r);
+            batched.push(b);
+            ours.push(o);
+        }
+        let ours = median(ours);
+        let how = if backlog {
+            "draining a backlog"
+        } else {
+            "produced while consumed"
+        };
+        report.throughput(
+            &format!("stream queue vs raw, one XACK per read batch, {how}"),
+            " jobs/s",
+            ours,
+            median(batched),
+            median(batched_ratios),
+            Target::RatioAtLeast(TARGET),
+        );
+        report.throughput(
+            &format!("stream queue vs raw, one XACK per job, {how}"),
+            " jobs/s",
+            ours,
+            median(raws),
+            median(ratios),
+            Target::None,
+        );
     }
-    let ours = median(ours);
-    report.throughput(
-        "stream queue vs raw, one XACK per read batch",
-        " jobs/s",
-        ours,
-        median(batched),
-        median(batched_ratios),
-        Target::RatioAtLeast(TARGET),
-    );
-    report.throughput(
-        "stream queue vs raw, one XACK per job",
-        " jobs/s",
-        ours,
-        median(raws),
-        median(ratios),
-        Target::None,
-    );
     report.finish();
 }

@@ -60,7 +60,9 @@ fn queue_threads_and_connections_go_away() -> TestResult {
         })?;
         assert!(threads() > baseline);
         if baseline > 0 {
-            assert_eq!(named("redkit-q-reader"), 1, "the reader");
+            // 3 workers: 2 readers (half the workers, rounded up) and one acknowledger.
+            assert_eq!(named("redkit-q-reader"), 2, "the readers");
+            assert_eq!(named("redkit-q-acker"), 1, "the acknowledging thread");
             assert_eq!(named("redkit-q-reaper"), 1, "the reaper");
         }
         drop((workers, scheduler, reaper, consumer));
