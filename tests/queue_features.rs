@@ -361,9 +361,16 @@ fn shutdown_returns_by_its_bound_with_a_handler_that_never_ends() -> TestResult 
     assert_eq!(job.header("k"), Some("v"));
     release.store(true, Relaxed);
     assert!(c.ack(&job)?);
-    // The old handler returned Ok after the hand-back: nothing of it is left pending.
-    wait_until(Duration::from_secs(5), "nothing pending", || {
-        queue.stats().is_ok_and(|s| s.pending == 0)
-    })?;
+    // The old handler returned Ok after the hand-back: nothing of it is left pending, and
+    // it was counted out of the jobs in flight once.
+    wait_until(
+        Duration::from_secs(5),
+        "nothing pending or in flight",
+        || {
+            queue
+                .stats()
+                .is_ok_and(|s| s.pending == 0 && s.in_flight == 0)
+        },
+    )?;
     Ok(())
 }

@@ -650,8 +650,8 @@ impl Workers {
                 continue;
             };
             interrupted += 1;
+            // Its worker counts it out of `in_flight` when its handler returns.
             hand_back(&self.queue, &job);
-            self.queue.inner.counters.in_flight.fetch_sub(1, Relaxed);
         }
         if interrupted > 0 {
             log::warn!(
