@@ -199,6 +199,27 @@ pub enum Event {
         /// Where it is now.
         new: crate::config::Addr,
     },
+    /// With a Sentinel topology: the sentinel leading a failover announced its start
+    /// (`+selected-slave`): until the new master is known ([`Event::FailoverDetected`]) or
+    /// the failover is given up ([`Event::FailoverAborted`]), nothing more is sent to `old`
+    /// and calls through the handle wait, each within its own deadline (see
+    /// [`crate::sentinel`]).
+    FailoverStarted {
+        /// The master's name in the sentinels.
+        master_name: String,
+        /// The master being replaced.
+        old: crate::config::Addr,
+        /// The replica chosen to replace it.
+        candidate: crate::config::Addr,
+    },
+    /// With a Sentinel topology: a failover announced by [`Event::FailoverStarted`] was
+    /// aborted before any promotion; calls go to `master` again.
+    FailoverAborted {
+        /// The master's name in the sentinels.
+        master_name: String,
+        /// The master, which stays the master.
+        master: crate::config::Addr,
+    },
     /// With a Cluster topology: a refresh of the slot map found slots owned by other masters
     /// than before (a replica promoted after its master failed, slots resharded).
     ClusterTopologyChanged {
@@ -252,6 +273,18 @@ impl fmt::Display for Event {
                 old,
                 new,
             } => write!(f, "master `{master_name}` failed over from {old} to {new}"),
+            Event::FailoverStarted {
+                master_name,
+                old,
+                candidate,
+            } => write!(
+                f,
+                "master `{master_name}` is failing over from {old} to {candidate}"
+            ),
+            Event::FailoverAborted {
+                master_name,
+                master,
+            } => write!(f, "failover of master `{master_name}` at {master} aborted"),
             Event::ClusterTopologyChanged {
                 slots_moved,
                 masters,

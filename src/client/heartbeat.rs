@@ -157,6 +157,23 @@ impl Beat {
     }
 
     fn ping(&mut self) -> Result<()> {
+        // Connections were retired (a Sentinel failover): follow them to the new node.
+        if self
+            .con
+            .as_ref()
+            .is_some_and(|raw| self.state.generation.is_retired(raw.generation))
+        {
+            debug!(
+                "redis at {}: heartbeat connection retired; opening a new one",
+                self.manager.addr()
+            );
+            self.con = None;
+            self.con = Some(open_checked(
+                &self.manager,
+                &self.observed,
+                self.config.timeout,
+            )?);
+        }
         let Some(raw) = self.con.as_mut() else {
             return Ok(());
         };
@@ -327,6 +344,10 @@ impl Beat {
         // Order matters: retire the old connections, close the breaker and update the health
         // before anyone hears that the server is back.
         self.state.retire_connections();
+        // Its own connection is the fresh one.
+        if let Some(raw) = self.con.as_mut() {
+            raw.generation = self.state.generation.current();
+        }
         self.observed.breaker_changed(self.breaker.reset());
         self.observed.mark_connected();
         self.observed

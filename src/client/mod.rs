@@ -139,6 +139,7 @@ struct Parts {
     connector: Connector,
     manager: Manager,
     observed: Arc<Observed>,
+    breaker: Arc<Breaker>,
     signals: Receiver<crate::pool::Signal>,
 }
 
@@ -147,10 +148,13 @@ impl Parts {
         let connector = Connector::new(config)?;
         let observed = Arc::new(Observed::new(config.addr.clone(), health));
         let generation = Arc::new(Generation::default());
+        let breaker = Arc::new(Breaker::new(config.breaker));
         let sentinel = match &config.sentinel {
             Some(s) => Some(Arc::new(crate::sentinel::SentinelState::new(
                 config,
                 s.clone(),
+                connector.clone(),
+                breaker.clone(),
                 generation.clone(),
                 observed.clone(),
             )?)),
@@ -171,6 +175,7 @@ impl Parts {
             manager: Manager::new(connector.clone(), state),
             connector,
             observed,
+            breaker,
             signals,
         })
     }
@@ -281,6 +286,7 @@ impl Redis {
             connector,
             manager,
             observed,
+            breaker,
             signals,
         } = parts;
         let pool = Pool::new(&config, manager.clone());
@@ -295,7 +301,6 @@ impl Redis {
                 }
             }));
         }
-        let breaker = Arc::new(Breaker::new(config.breaker));
         let heartbeat = match config.heartbeat.interval {
             Some(_) => Some(HeartbeatThread::spawn(
                 config.heartbeat,

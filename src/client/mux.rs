@@ -145,6 +145,9 @@ impl<'a> MuxCall<'a> {
             .auto_prefix()
             .and_then(|p| crate::conn::keys::prefixed(cmd, p));
         let cmd = rewritten.as_deref().unwrap_or(cmd);
+        if let Some(sentinel) = &self.redis.pool_state().sentinel {
+            sentinel.check_send(self.mux.generation)?;
+        }
         let observed = &self.redis.inner.observed;
         observed.counters.commands.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
