@@ -17,6 +17,7 @@
 //! `redis::Commands` trait (so that every command works on a handle or connection without
 //! a `redis` dependency of your own), and the most used helpers.
 
+pub use crate::near::NearCache;
 pub use crate::pubsub::{Message, Subscriber, Subscription};
 pub use crate::redis;
 pub use crate::redis::{Commands, ConnectionLike, FromRedisValue, ToRedisArgs};

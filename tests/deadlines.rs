@@ -38,11 +38,15 @@ fn config(fake: &FakeServer, timeouts: Timeouts) -> redkit::ConfigBuilder {
         .retry(RetryPolicy::default().max_attempts(1))
 }
 
+/// `start` was at most `bound` ago, plus the slack, plus how late the machine wakes threads
+/// right now (measured after the fact, so a loaded machine does not fail a deadline that held).
 fn assert_within(start: Instant, bound: Duration, what: &str) {
     let took = start.elapsed();
+    let late = support::scheduling_delay();
     assert!(
-        took <= bound + SLACK,
-        "{what} took {took:?}, more than {bound:?} + {SLACK:?}"
+        took <= bound + SLACK + 2 * late,
+        "{what} took {took:?}, more than {bound:?} + {SLACK:?} (+ {:?} scheduling delay)",
+        2 * late
     );
 }
 

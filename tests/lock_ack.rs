@@ -44,17 +44,23 @@ fn acquisitions_are_confirmed_by_a_replica_and_refused_without_one() -> TestResu
     let mut replica = replica_of(&master);
     wait_linked(&master, &replica)?;
     let redis = redis(&master);
-    let ack = ReplicaAck::new(1, Duration::from_millis(300));
-    let lock = Lock::builder(&redis, "acked").replica_ack(ack).build()?;
-    let sem = Semaphore::builder(&redis, "acked", 2)
-        .replica_ack(ack)
-        .build()?;
-    let rw = ReadWriteLock::builder(&redis, "acked")
-        .replica_ack(ack)
-        .build()?;
-    let multi = MultiLock::builder(&redis, &["acked-a", "acked-b"])
-        .replica_ack(ack)
-        .build()?;
+    let family = |ack: ReplicaAck| -> TestResult<_> {
+        Ok((
+            Lock::builder(&redis, "acked").replica_ack(ack).build()?,
+            Semaphore::builder(&redis, "acked", 2)
+                .replica_ack(ack)
+                .build()?,
+            ReadWriteLock::builder(&redis, "acked")
+                .replica_ack(ack)
+                .build()?,
+            MultiLock::builder(&redis, &["acked-a", "acked-b"])
+                .replica_ack(ack)
+                .build()?,
+        ))
+    };
+    // A generous timeout while the replica is up (a loaded machine may lag), a short one
+    // once it is down.
+    let (lock, sem, rw, multi) = family(ReplicaAck::new(1, Duration::from_secs(5)))?;
 
     // Up: every kind is confirmed; the replica has the lock when the guard is returned.
     let g = lock.acquire()?;
@@ -76,6 +82,7 @@ fn acquisitions_are_confirmed_by_a_replica_and_refused_without_one() -> TestResu
         "the master sees the replica gone",
         || info_field(&master, "connected_slaves:").as_deref() == Some("0"),
     )?;
+    let (lock, sem, rw, multi) = family(ReplicaAck::new(1, Duration::from_millis(300)))?;
     let start = Instant::now();
     match lock.acquire() {
         Err(e @ Error::NotReplicated { .. }) => {

@@ -48,6 +48,7 @@ use parking_lot::{Condvar, Mutex};
 use redis::Value;
 
 use crate::error::{Error, Result};
+use crate::near::{redis_down, NearCache};
 use crate::scan::ScanIter;
 use crate::script::static_script;
 use crate::util::{glob_escape, ids};
@@ -75,6 +76,7 @@ struct Settings {
     lock_wait: Duration,
     early_refresh: Option<f64>,
     negative_ttl: Option<Duration>,
+    degrade: bool,
 }
 
 /// Builds a [`Cache`]; every setting has a default.
@@ -85,6 +87,7 @@ pub struct CacheBuilder {
     name: String,
     prefix: String,
     settings: Settings,
+    near: Option<NearCache>,
 }
 
 impl CacheBuilder {
@@ -133,6 +136,37 @@ impl CacheBuilder {
         self
     }
 
+    /// An in-process level in front of Redis: reads go through `near` (a
+    /// [`NearCache`] of the same handle, shared with other caches if you like), which keeps
+    /// what it reads coherent through the server's invalidations (see
+    /// [`crate::near`] for what a reader can see). Writes through this cache drop the local
+    /// copy as soon as Redis acknowledged them (this process reads its own writes); keys
+    /// removed by [`Cache::invalidate_tag`] and [`Cache::invalidate_pattern`] leave the near
+    /// level when the server's invalidations arrive. Early refresh does not apply (a near
+    /// hit has no time to live to look at). Defaults to none.
+    ///
+    /// ```no_run
+    /// use redkit::{cache::Cache, near::NearCache};
+    ///
+    /// let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+    /// let near = NearCache::builder(&redis).max_entries(50_000).build()?;
+    /// let cache = Cache::builder(&redis, "products").near(&near).build()?;
+    /// let name: String = cache.get_or_set("p:1", None, || Ok::<_, redkit::Error>("widget".into()))?;
+    /// # Ok::<(), redkit::Error>(())
+    /// ```
+    pub fn near(mut self, near: &NearCache) -> CacheBuilder {
+        self.near = Some(near.clone());
+        self
+    }
+
+    /// Whether [`Cache::get_or_set`] (and [`Cache::get_or_set_optional`]) call the loader
+    /// and return its value, without storing it, when Redis is down (a connection error, a
+    /// timeout, an open breaker), rather than fail. Defaults to `true`.
+    pub fn degrade(mut self, on: bool) -> CacheBuilder {
+        self.settings.degrade = on;
+        self
+    }
+
     /// Validates the settings.
     pub fn build(self) -> Result<Cache> {
         let s = &self.settings;
@@ -162,6 +196,7 @@ impl CacheBuilder {
                 settings: self.settings,
                 counters: Counters::default(),
                 flights: Mutex::new(HashMap::new()),
+                near: self.near,
             }),
         })
     }
@@ -188,6 +223,7 @@ struct Counters {
     load_errors: AtomicU64,
     stampedes_avoided: AtomicU64,
     early_refreshes: AtomicU64,
+    degraded_loads: AtomicU64,
 }
 
 /// A snapshot of a cache's counters, from [`Cache::stats`] (shared by every clone).
@@ -207,6 +243,9 @@ pub struct CacheStats {
     pub stampedes_avoided: u64,
     /// Values refreshed early (XFetch).
     pub early_refreshes: u64,
+    /// Loader calls whose value was returned without being stored because Redis was down
+    /// (see [`Cache::get_or_set`]).
+    pub degraded_loads: u64,
 }
 
 impl CacheStats {
@@ -240,6 +279,7 @@ struct Inner {
     settings: Settings,
     counters: Counters,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
+    near: Option<NearCache>,
 }
 
 /// A namespaced cache on a [`Redis`] handle. Cheap to clone; clones share statistics and
@@ -300,7 +340,9 @@ impl Cache {
                 lock_wait: Duration::from_secs(5),
                 early_refresh: None,
                 negative_ttl: None,
+                degrade: true,
             },
+            near: None,
         }
     }
 
@@ -328,6 +370,7 @@ impl Cache {
             load_errors: c.load_errors.load(Relaxed),
             stampedes_avoided: c.stampedes_avoided.load(Relaxed),
             early_refreshes: c.early_refreshes.load(Relaxed),
+            degraded_loads: c.degraded_loads.load(Relaxed),
         }
     }
 
@@ -370,7 +413,7 @@ impl Cache {
 
     /// The value of `key`, `None` when there is none (or a cached "not found").
     pub fn get<V: CacheValue>(&self, key: &str) -> Result<Option<V>> {
-        let bytes: Option<Vec<u8>> = self.redis.query(redis::cmd("GET").arg(self.key(key)))?;
+        let bytes = self.read_raw(&self.key(key))?;
         self.count(bytes.is_some());
         match bytes {
             Some(b) => self.decode(key, &b),
@@ -392,13 +435,11 @@ impl Cache {
     ) -> Result<()> {
         let ms = self.ttl_or_default(ttl)?;
         let bytes = self.encode(key, value, None)?;
-        self.redis.query_idempotent(
-            redis::cmd("SET")
-                .arg(self.key(key))
-                .arg(bytes)
-                .arg("PX")
-                .arg(ms),
-        )
+        let full = self.key(key);
+        self.redis
+            .query_idempotent::<()>(redis::cmd("SET").arg(&full).arg(bytes).arg("PX").arg(ms))?;
+        self.written(&full);
+        Ok(())
     }
 
     /// Stores `value` for `ttl` (the default TTL when `None`) and adds the key to every tag
@@ -417,7 +458,9 @@ impl Cache {
         for tag in tags {
             call = call.key(self.tag_key(tag));
         }
-        call.arg(bytes).arg(ms).run::<()>(&self.redis)
+        call.arg(bytes).arg(ms).run::<()>(&self.redis)?;
+        self.written(&self.key(key));
+        Ok(())
     }
 
     /// Removes every key tagged `tag` (and the tag), atomically. Returns how many keys
@@ -457,9 +500,11 @@ impl Cache {
 
     /// Removes `key`. Returns whether it existed.
     pub fn delete(&self, key: &str) -> Result<bool> {
+        let full = self.key(key);
         let n: u64 = self
             .redis
-            .query_idempotent(redis::cmd("UNLINK").arg(self.key(key)))?;
+            .query_idempotent(redis::cmd("UNLINK").arg(&full))?;
+        self.written(&full);
         Ok(n > 0)
     }
 
@@ -482,16 +527,18 @@ impl Cache {
     /// counter keeps its TTL). Returns the new value. Never resent after an unknown fate.
     pub fn increment(&self, key: &str, by: i64) -> Result<i64> {
         let ms = self.ttl_or_default(None)?;
-        incr_script()
+        let n = incr_script()
             .key(self.key(key))
             .arg(by)
             .arg(ms)
-            .run(&self.redis)
+            .run(&self.redis)?;
+        self.written(&self.key(key));
+        Ok(n)
     }
 
     /// The counter at `key`.
     pub fn counter(&self, key: &str) -> Result<Option<i64>> {
-        let v: Option<Vec<u8>> = self.redis.query(redis::cmd("GET").arg(self.key(key)))?;
+        let v = self.read_raw(&self.key(key))?;
         self.count(v.is_some());
         v.map(|b| {
             i64::decode(&b).map_err(|reason| Error::Decode {
@@ -508,11 +555,25 @@ impl Cache {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut cmd = redis::cmd("MGET");
-        for k in keys {
-            cmd.arg(self.key(k.as_ref()));
-        }
-        let values: Vec<Option<Vec<u8>>> = self.redis.query(&cmd)?;
+        let values: Vec<Option<Vec<u8>>> = match &self.inner.near {
+            Some(near) => {
+                let full: Vec<Vec<u8>> = keys
+                    .iter()
+                    .map(|k| self.key(k.as_ref()).into_bytes())
+                    .collect();
+                near.mget_values(&full)?
+                    .into_iter()
+                    .map(crate::script::convert)
+                    .collect::<Result<_>>()?
+            }
+            None => {
+                let mut cmd = redis::cmd("MGET");
+                for k in keys {
+                    cmd.arg(self.key(k.as_ref()));
+                }
+                self.redis.query(&cmd)?
+            }
+        };
         let (mut hits, mut misses) = (0, 0);
         let mut out = Vec::with_capacity(values.len());
         for (k, v) in keys.iter().zip(values) {
@@ -554,7 +615,11 @@ impl Cache {
                 .arg(ms)
                 .ignore();
         }
-        self.redis.run_idempotent(|con| pipe.query::<()>(con))
+        self.redis.run_idempotent(|con| pipe.query::<()>(con))?;
+        for (k, _) in items {
+            self.written(&self.key(k.as_ref()));
+        }
+        Ok(())
     }
 
     /// The value of `key`, or the loader's, stored for `ttl` (the default TTL when `None`).
@@ -566,6 +631,12 @@ impl Cache {
     ///   value, at most [`lock_wait`](CacheBuilder::lock_wait), then load themselves.
     /// - **Early refresh** ([`early_refresh`](CacheBuilder::early_refresh)): a hot value is
     ///   reloaded by one caller shortly before it expires.
+    /// - **When Redis is down** (a connection error, a timeout, an open breaker) the loader
+    ///   is called and its value returned, not stored (counted in
+    ///   [`CacheStats::degraded_loads`]); with a [near level](CacheBuilder::near) that has
+    ///   [stale-if-error](crate::near::NearCacheBuilder::stale_if_error), its last value
+    ///   within the staleness bound is returned first. [`degrade(false)`](CacheBuilder::degrade)
+    ///   returns the error instead.
     ///
     /// When the loader fails, its error is returned to its caller, nothing is stored, and the
     /// callers that waited for it try again themselves. A failed early refresh is the
@@ -613,6 +684,36 @@ impl Cache {
         E: From<Error>,
         F: FnOnce() -> Result<Option<V>, E>,
     {
+        let mut loader = Some(loader);
+        match self.load_inner(key, ttl, &mut loader, optional) {
+            Ok(v) => Ok(v),
+            Err(Fail::Loader(e)) => Err(e),
+            Err(Fail::Redis(e)) => match loader.take() {
+                Some(loader) if self.inner.settings.degrade && redis_down(&e) => {
+                    log::debug!("cache: Redis is down ({e}); loading {key} without storing it");
+                    let c = &self.inner.counters;
+                    c.degraded_loads.fetch_add(1, Relaxed);
+                    c.loads.fetch_add(1, Relaxed);
+                    loader().inspect_err(|_| {
+                        c.load_errors.fetch_add(1, Relaxed);
+                    })
+                }
+                _ => Err(E::from(e)),
+            },
+        }
+    }
+
+    fn load_inner<V, E, F>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        loader: &mut Option<F>,
+        optional: bool,
+    ) -> Result<Option<V>, Fail<E>>
+    where
+        V: CacheValue,
+        F: FnOnce() -> Result<Option<V>, E>,
+    {
         let ms = self.ttl_or_default(ttl)?;
         let full = self.key(key);
         let deadline = crate::util::time::after(self.inner.settings.lock_wait);
@@ -652,11 +753,27 @@ impl Cache {
         }
     }
 
-    /// `GET`, or `GET` and `PTTL` in one round trip when early refresh is on.
+    /// The stored frame of the full key `full`: through the near level when there is one.
+    fn read_raw(&self, full: &str) -> Result<Option<Vec<u8>>> {
+        match &self.inner.near {
+            Some(near) => crate::script::convert(near.get_value(full.as_bytes())?),
+            None => self.redis.query(redis::cmd("GET").arg(full)),
+        }
+    }
+
+    /// After a write of `full` through this cache: the near level drops its copy (and
+    /// spoils reads of it in flight), so that this process reads its own write.
+    fn written(&self, full: &str) {
+        if let Some(near) = &self.inner.near {
+            near.invalidate_full(full.as_bytes());
+        }
+    }
+
+    /// `GET`, or `GET` and `PTTL` in one round trip when early refresh is on (without a
+    /// near level: a near hit has no time to live to look at).
     fn read(&self, full: &str) -> Result<Option<(Vec<u8>, Option<i64>)>> {
-        if self.inner.settings.early_refresh.is_none() {
-            let v: Option<Vec<u8>> = self.redis.query(redis::cmd("GET").arg(full))?;
-            return Ok(v.map(|b| (b, None)));
+        if self.inner.settings.early_refresh.is_none() || self.inner.near.is_some() {
+            return Ok(self.read_raw(full)?.map(|b| (b, None)));
         }
         let mut pipe = Pipeline::new();
         pipe.cmd("GET").arg(full).cmd("PTTL").arg(full);
@@ -686,12 +803,11 @@ impl Cache {
         key: &str,
         ms: u64,
         current: Vec<u8>,
-        loader: F,
+        loader: &mut Option<F>,
         optional: bool,
-    ) -> Result<Option<V>, E>
+    ) -> Result<Option<V>, Fail<E>>
     where
         V: CacheValue,
-        E: From<Error>,
         F: FnOnce() -> Result<Option<V>, E>,
     {
         let full = self.key(key);
@@ -699,15 +815,16 @@ impl Cache {
             return Ok(self.decode(key, &current)?);
         };
         let token = ids::token();
-        let locked: Option<String> = self.redis.query(
+        let locked: Result<Option<String>> = self.redis.query(
             redis::cmd("SET")
                 .arg(self.lock_key(key))
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
                 .arg(ttl_ms("cache.lock_ttl", self.inner.settings.lock_ttl)?),
-        )?;
-        if locked.is_none() {
+        );
+        if !matches!(locked, Ok(Some(_))) {
+            // Someone else refreshes (or Redis just failed): the current value is valid.
             leader.outcome = Some(Outcome::Stored(current.clone()));
             drop(leader);
             return Ok(self.decode(key, &current)?);
@@ -762,13 +879,12 @@ impl Cache {
         key: &str,
         ms: u64,
         mut leader: Leader<'_>,
-        loader: F,
+        loader: &mut Option<F>,
         optional: bool,
         deadline: Instant,
-    ) -> Result<Option<V>, E>
+    ) -> Result<Option<V>, Fail<E>>
     where
         V: CacheValue,
-        E: From<Error>,
         F: FnOnce() -> Result<Option<V>, E>,
     {
         let full = self.key(key);
@@ -829,22 +945,28 @@ impl Cache {
     }
 
     /// Calls the loader, stores its value (and releases the lock when `token` is ours), and
-    /// publishes the outcome to the in-process waiters of `leader`.
+    /// publishes the outcome to the in-process waiters of `leader`. When storing fails
+    /// because Redis is down, the loaded value is returned all the same (degraded).
     fn load_and_store<V, E, F>(
         &self,
         key: &str,
         ms: u64,
         leader: Option<&mut Leader<'_>>,
         token: Option<String>,
-        loader: F,
+        loader: &mut Option<F>,
         optional: bool,
-    ) -> Result<Option<V>, E>
+    ) -> Result<Option<V>, Fail<E>>
     where
         V: CacheValue,
-        E: From<Error>,
         F: FnOnce() -> Result<Option<V>, E>,
     {
         let c = &self.inner.counters;
+        let Some(loader) = loader.take() else {
+            return Err(Fail::Redis(Error::config(
+                "cache.loader",
+                "the loader was already called",
+            )));
+        };
         c.loads.fetch_add(1, Relaxed);
         let started = Instant::now();
         let loaded = loader();
@@ -862,10 +984,32 @@ impl Cache {
                         log::debug!("cache: releasing the load lock of {key} failed: {u}");
                     }
                 }
-                return Err(e);
+                return Err(Fail::Loader(e));
             }
         };
-        let (bytes, ttl) = match &value {
+        match self.store_loaded(key, ms, leader, token, &value, took, optional) {
+            Ok(()) => Ok(value),
+            Err(e) if self.inner.settings.degrade && redis_down(&e) => {
+                log::debug!("cache: storing {key} failed ({e}); returning the loaded value");
+                c.degraded_loads.fetch_add(1, Relaxed);
+                Ok(value)
+            }
+            Err(e) => Err(Fail::Redis(e)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store_loaded<V: CacheValue>(
+        &self,
+        key: &str,
+        ms: u64,
+        leader: Option<&mut Leader<'_>>,
+        token: Option<String>,
+        value: &Option<V>,
+        took: Duration,
+        optional: bool,
+    ) -> Result<()> {
+        let (bytes, ttl) = match value {
             Some(v) => (self.encode(key, v, Some(took))?, ms),
             None => match (optional, self.inner.settings.negative_ttl) {
                 (true, Some(neg)) => (absent_frame(), ttl_ms("cache.negative_ttl", neg)?),
@@ -877,7 +1021,7 @@ impl Cache {
                             .arg(token)
                             .run::<i64>(&self.redis)?;
                     }
-                    return Ok(None);
+                    return Ok(());
                 }
             },
         };
@@ -897,9 +1041,22 @@ impl Cache {
                     .arg(ttl),
             )?,
         }
+        self.written(&self.key(key));
         if let Some(leader) = leader {
             leader.outcome = Some(Outcome::Stored(bytes));
         }
-        Ok(value)
+        Ok(())
+    }
+}
+
+/// Why a load failed: Redis (maybe down: then the loader is called anyway) or the loader.
+enum Fail<E> {
+    Redis(Error),
+    Loader(E),
+}
+
+impl<E> From<Error> for Fail<E> {
+    fn from(e: Error) -> Fail<E> {
+        Fail::Redis(e)
     }
 }

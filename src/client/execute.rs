@@ -9,8 +9,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use redis::{ConnectionLike, Value};
+use redis::Value;
 
+use super::calls::Calls;
 use super::mux::MuxCall;
 use super::Redis;
 use crate::breaker::Breaker;
@@ -18,24 +19,6 @@ use crate::error::{Delivery, Error, ErrorClass, Result};
 use crate::pool::PooledConnection;
 use crate::retry::RetryPolicy;
 use crate::util::time;
-
-/// What a call's commands run on: a pooled connection or the multiplexed connection.
-pub(crate) trait Calls: ConnectionLike {
-    /// One packed command and its reply (an error reply as a value).
-    fn exec_packed(&mut self, cmd: &[u8]) -> Result<Value>;
-    /// A packed pipeline: `offset + count` replies read, the last `count` returned.
-    fn exec_pipeline(&mut self, cmd: &[u8], offset: usize, count: usize) -> Result<Vec<Value>>;
-}
-
-impl Calls for PooledConnection {
-    fn exec_packed(&mut self, cmd: &[u8]) -> Result<Value> {
-        PooledConnection::exec_packed(self, cmd)
-    }
-
-    fn exec_pipeline(&mut self, cmd: &[u8], offset: usize, count: usize) -> Result<Vec<Value>> {
-        PooledConnection::exec_pipeline(self, cmd, offset, count)
-    }
-}
 
 impl Redis {
     /// The heart of every call on a pooled connection: breaker, checkout, attempt,

@@ -9,6 +9,7 @@ use log::{info, warn};
 use parking_lot::Mutex;
 use redis::{Cmd, ConnectionLike, FromRedisValue, ToRedisArgs, Value};
 
+mod calls;
 mod dedicated;
 mod execute;
 mod heartbeat;

@@ -11,7 +11,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use redis::{ConnectionLike, Value};
 
-use super::execute::Calls;
+use super::calls::Calls;
 use super::Redis;
 use crate::config::Config;
 use crate::conn::mux::{Limits, Mux};

@@ -26,11 +26,22 @@
 //! ## URL forms
 //! `redis://[user[:password]@]host[:port][/db][?params]`, `rediss://...` (TLS with the system
 //! roots; `rediss://...#insecure` skips verification) and `unix:///path/to/socket[?db=N]`.
+//! `valkey://` and `valkeys://` are the same as `redis://` and `rediss://`, `redis+unix://`
+//! the same as `unix://`; any other scheme is an error naming it.
 //! redkit reads these query parameters: `protocol` (`2`/`resp2`, `3`/`resp3`), `client_name`,
 //! `connect_timeout`, `response_timeout`, `write_timeout`, `checkout_timeout` (durations such as
-//! `250ms`, `2s`, or plain milliseconds), `pool_max_size`, `pool_min_idle`, `key_prefix`,
-//! `heartbeat_interval` (a duration, or `off`), `heartbeat_timeout`, and for unix sockets `db`,
-//! `user`, `pass`. Any other parameter is an error.
+//! `250ms`, `2s`, or plain milliseconds), `pool_max_size` (1 to 10,000), `pool_min_idle`,
+//! `key_prefix`, `heartbeat_interval` (a duration, or `off`), `heartbeat_timeout`,
+//! `multiplexed` (a number of connections, or `true`), `max_value_size` and `max_reply_size`
+//! (bytes), and for unix sockets `db`, `user`, `pass`. Any other parameter is an error. An
+//! error names the part at fault (the scheme, the port, the database, the parameter and its
+//! value), never the password.
+//!
+//! ## Limits
+//! Durations may be as large as `Duration::MAX` (they saturate: "never" is about thirty
+//! years). Sizes and counts are checked by `build()` and refused with the setting's name when
+//! out of range: `pool_max_size` 1 to 10,000, `pool_min_idle` at most `pool_max_size`,
+//! `max_value_size` and `max_reply_size` at least 1 KiB, at most 64 multiplexed connections.
 //!
 //! Redis Sentinel: `redis+sentinel://[user[:password]@]host1[:port1],host2[:port2]/master_name[/db][?params]`
 //! (`rediss+sentinel://` for TLS). Each host is a sentinel (port 26379 when left out); the

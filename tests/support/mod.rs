@@ -119,3 +119,17 @@ pub fn cluster() -> redkit::testing::RedisCluster {
     init_logs();
     redkit::testing::RedisCluster::start().expect("start a cluster")
 }
+
+/// How late this machine wakes a sleeping thread right now (the worst of a few 1 ms sleeps),
+/// for tests that check a deadline: on a loaded 2-core machine a thread can wait tens of
+/// milliseconds for a core, and a deadline that held is then seen late by the test. Added
+/// to the slack a timing assertion allows.
+pub fn scheduling_delay() -> Duration {
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        let start = std::time::Instant::now();
+        std::thread::sleep(Duration::from_millis(1));
+        worst = worst.max(start.elapsed().saturating_sub(Duration::from_millis(1)));
+    }
+    worst
+}
