@@ -220,13 +220,43 @@ pub enum Event {
         /// The master, which stays the master.
         master: crate::config::Addr,
     },
-    /// With a Cluster topology: a refresh of the slot map found slots owned by other masters
-    /// than before (a replica promoted after its master failed, slots resharded).
+    /// With a Cluster topology: slots are owned by other masters than before (a replica
+    /// promoted after its master failed, slots resharded). Reported once per change, when
+    /// the map has stopped changing (see [`crate::cluster`]): a reshard of many slots is one
+    /// event.
     ClusterTopologyChanged {
         /// How many of the 16384 slots changed owner.
         slots_moved: usize,
         /// How many masters the new map has.
         masters: usize,
+    },
+    /// With a Cluster topology: a node did not answer the heartbeat's check within the
+    /// heartbeat timeout (see [`crate::cluster`]): its breaker is open, so calls to it fail
+    /// fast until it answers again ([`Event::ClusterNodeUp`]) or the slot map names its
+    /// replacement.
+    ClusterNodeDown {
+        /// The node.
+        node: crate::config::Addr,
+        /// What the check met.
+        cause: Error,
+    },
+    /// With a Cluster topology: a node reported down answers the heartbeat's check again;
+    /// its breaker is closed.
+    ClusterNodeUp {
+        /// The node.
+        node: crate::config::Addr,
+        /// Since [`Event::ClusterNodeDown`].
+        downtime: Duration,
+    },
+    /// With a Cluster topology: the circuit breaker of one node changed state (each node
+    /// has its own; the handle's [`Event::BreakerChanged`] is not used on a cluster).
+    ClusterNodeBreakerChanged {
+        /// The node.
+        node: crate::config::Addr,
+        /// Before.
+        from: BreakerState,
+        /// After.
+        to: BreakerState,
     },
     /// The handle was closed ([`Redis::close`](crate::Redis::close) or the last clone dropped).
     /// The last event a listener receives; the channel disconnects after it.
@@ -289,6 +319,15 @@ impl fmt::Display for Event {
                 slots_moved,
                 masters,
             } => write!(f, "cluster slot map changed: {slots_moved} slots moved, {masters} masters"),
+            Event::ClusterNodeDown { node, cause } => {
+                write!(f, "cluster node {node} down: {cause}")
+            }
+            Event::ClusterNodeUp { node, downtime } => {
+                write!(f, "cluster node {node} up again after {downtime:?}")
+            }
+            Event::ClusterNodeBreakerChanged { node, from, to } => {
+                write!(f, "cluster node {node}: breaker {from:?} -> {to:?}")
+            }
             Event::LockLost {
                 name,
                 fencing_token,

@@ -65,7 +65,11 @@ impl HeartbeatThread {
                 down_since: con.is_none().then(Instant::now),
                 con,
                 first: true,
+                nodes: None,
             };
+            if beat.state.cluster.is_some() {
+                beat.nodes = Some(crate::cluster::health::NodeChecks::new());
+            }
             beat.run();
         })
         .map_err(|e| Error::config("heartbeat", format!("cannot start its thread: {e}")))?;
@@ -100,6 +104,8 @@ struct Beat {
     down_since: Option<Instant>,
     /// No connection has been made yet by this thread (a lazily created handle).
     first: bool,
+    /// With a Cluster: the check of every node at each beat.
+    nodes: Option<crate::cluster::health::NodeChecks>,
 }
 
 impl Beat {
@@ -126,6 +132,9 @@ impl Beat {
                 }
             }
             self.observed.rotate_windows();
+            if let (Some(nodes), Some(topo)) = (self.nodes.as_mut(), self.state.cluster.as_ref()) {
+                nodes.beat(topo, self.config.timeout);
+            }
             if self.con.is_some() {
                 if let Err(e) = self.ping() {
                     self.lost(e);

@@ -468,12 +468,44 @@ impl SentinelConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
     pub(crate) seeds: Vec<(String, u16)>,
+    pub(crate) options: ClusterOptions,
+}
+
+/// The Cluster settings besides the seeds (kept by the builder until the seeds are given).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ClusterOptions {
+    pub(crate) read_from_replicas: bool,
+    pub(crate) max_redirects: usize,
+}
+
+/// How many redirections (`MOVED`, `ASK`) one command follows by default.
+pub(crate) const DEFAULT_MAX_REDIRECTS: usize = 5;
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            read_from_replicas: false,
+            max_redirects: DEFAULT_MAX_REDIRECTS,
+        }
+    }
 }
 
 impl ClusterConfig {
     /// The seed nodes, tried in this order (after the masters already known).
     pub fn seeds(&self) -> &[(String, u16)] {
         &self.seeds
+    }
+
+    /// Whether read-only commands may be served by replicas (see
+    /// [`ConfigBuilder::cluster_read_from_replicas`]).
+    pub fn reads_from_replicas(&self) -> bool {
+        self.options.read_from_replicas
+    }
+
+    /// How many redirections one command follows (see
+    /// [`ConfigBuilder::cluster_max_redirects`]).
+    pub fn max_redirects(&self) -> usize {
+        self.options.max_redirects
     }
 }
 
@@ -535,6 +567,7 @@ impl Config {
         ConfigBuilder {
             config: self.clone(),
             tls_files: TlsFiles::default(),
+            cluster_options: self.cluster.as_ref().map(|c| c.options).unwrap_or_default(),
         }
     }
 
