@@ -73,6 +73,8 @@ enum Shape {
 
 /// A unit on its way: (unit, node, after `ASKING`, to a replica).
 type Pending = (usize, Addr, bool, bool);
+/// The units of one round for one node: (node, to a replica, (unit, after `ASKING`)).
+type Group = (Addr, bool, Vec<(usize, bool)>);
 
 /// Runs the commands `cmds` (each its packed bytes and arguments); returns one reply per
 /// command, in order, and the node the last batch went to. `any`: where a request without
@@ -249,7 +251,7 @@ fn run(
             rounds += 1;
         }
         // Group by node, keeping each node's units in order.
-        let mut groups: Vec<(Addr, bool, Vec<(usize, bool)>)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         for (i, addr, ask, replica) in pending.drain(..) {
             match groups
                 .iter_mut()

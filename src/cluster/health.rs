@@ -87,8 +87,13 @@ impl NodeChecks {
         topo.keep_health_of(&all);
         let deadline = time::after(timeout);
         let role = redis::cmd("ROLE").get_packed_command();
+        // The first master is also asked for the slot map: replicas appear in it once they
+        // have replicated something, and a reshard shows without any call redirected.
+        let mut role_and_slots = role.clone();
+        role_and_slots.extend_from_slice(&redis::cmd("CLUSTER").arg("SLOTS").get_packed_command());
         let mut sent: Vec<Result<(), Error>> = Vec::with_capacity(nodes.len());
-        for (addr, _) in &nodes {
+        for (n, (addr, _)) in nodes.iter().enumerate() {
+            let packed = if n == 0 { &role_and_slots } else { &role };
             let ready = match self.conns.get(addr) {
                 Some(c) if !c.is_broken() => Ok(()),
                 _ => topo.open_by(addr, deadline).map(|mut c| {
@@ -97,15 +102,22 @@ impl NodeChecks {
                 }),
             };
             sent.push(ready.and_then(|()| match self.conns.get_mut(addr) {
-                Some(c) => c.send(&role, Some(deadline), true),
+                Some(c) => c.send(packed, Some(deadline), n > 0),
                 None => Err(gone(addr)),
             }));
         }
         let mut roles: Vec<Result<Role, Error>> = Vec::with_capacity(nodes.len());
-        for ((addr, _), sent) in nodes.iter().zip(sent) {
+        let mut slots = None;
+        for (n, ((addr, _), sent)) in nodes.iter().zip(sent).enumerate() {
             let answer = sent.and_then(|()| {
                 let con = self.conns.get_mut(addr).ok_or_else(|| gone(addr))?;
-                let mut replies = con.recv(1, Some(deadline))?;
+                let mut replies = con.recv(if n == 0 { 2 } else { 1 }, Some(deadline))?;
+                if n == 0 {
+                    slots = replies
+                        .pop()
+                        .and_then(|v| super::route::parse_slots(&v, addr))
+                        .filter(|r| !r.is_empty());
+                }
                 let reply = replies.pop().ok_or_else(|| gone(addr))?;
                 Ok(parse_role(&reply).unwrap_or(Role::Other))
             });
@@ -141,6 +153,9 @@ impl NodeChecks {
             }
         }
         self.offsets = offsets;
+        if let Some(ranges) = slots {
+            topo.install(ranges);
+        }
         topo.settle();
     }
 }

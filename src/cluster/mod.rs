@@ -436,7 +436,7 @@ impl Topology {
         }
         let change = {
             let mut change = self.change.lock();
-            if !change.as_ref().is_some_and(|c| c.last.elapsed() >= SETTLE) {
+            if change.as_ref().is_none_or(|c| c.last.elapsed() < SETTLE) {
                 return;
             }
             self.change_pending.store(false, Ordering::Release);
@@ -469,25 +469,7 @@ impl Topology {
             seen.push(addr.clone());
             match self.ask_slots(&addr) {
                 Ok(ranges) if !ranges.is_empty() => {
-                    self.stale.store(false, Ordering::Release);
-                    let map = Arc::new(SlotMap::from_ranges(ranges));
-                    let confirmed = std::mem::replace(&mut *self.confirmed.lock(), map.clone());
-                    let changed = confirmed.slots_changed(&map);
-                    *self.map.write() = map;
-                    if changed > 0 && !confirmed.masters.is_empty() {
-                        debug!("cluster slot map: {changed} slots moved since the last refresh");
-                        let mut change = self.change.lock();
-                        match change.as_mut() {
-                            Some(c) => c.last = Instant::now(),
-                            None => {
-                                *change = Some(Change {
-                                    before: confirmed,
-                                    last: Instant::now(),
-                                })
-                            }
-                        }
-                        self.change_pending.store(true, Ordering::Release);
-                    }
+                    self.install(ranges);
                     return Ok(());
                 }
                 Ok(_) => last_error = Some(cluster_error(format!("{addr} serves no slots"))),
@@ -498,6 +480,30 @@ impl Topology {
             }
         }
         Err(last_error.unwrap_or_else(|| cluster_error("no cluster node to ask".to_owned())))
+    }
+
+    /// A `CLUSTER SLOTS` answer becomes the map (a change is noted, to be reported once it
+    /// settles).
+    pub(crate) fn install(&self, ranges: Vec<route::SlotRange>) {
+        self.stale.store(false, Ordering::Release);
+        let map = Arc::new(SlotMap::from_ranges(ranges));
+        let confirmed = std::mem::replace(&mut *self.confirmed.lock(), map.clone());
+        let changed = confirmed.slots_changed(&map);
+        *self.map.write() = map;
+        if changed > 0 && !confirmed.masters.is_empty() {
+            debug!("cluster slot map: {changed} slots moved since the last refresh");
+            let mut change = self.change.lock();
+            match change.as_mut() {
+                Some(c) => c.last = Instant::now(),
+                None => {
+                    *change = Some(Change {
+                        before: confirmed,
+                        last: Instant::now(),
+                    })
+                }
+            }
+            self.change_pending.store(true, Ordering::Release);
+        }
     }
 
     fn ask_slots(&self, addr: &Addr) -> Result<Vec<route::SlotRange>> {

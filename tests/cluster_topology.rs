@@ -1,0 +1,250 @@
+//! Redis Cluster, round 2: reads served by replicas (and by the master when a replica
+//! dies), multi-key commands split inside pipelines, keyless commands on every master, and
+//! the heartbeat's check of every node noticing a black-holed one.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use redkit::testing::{wait_until, RedisCluster};
+use redkit::{Event, HeartbeatConfig, Pipeline, Redis};
+use support::{cluster, cluster_builder, TestResult};
+
+/// `INFO commandstats` calls of `command` on node `i` since the last `CONFIG RESETSTAT`.
+fn calls(cluster: &RedisCluster, i: usize, command: &str) -> TestResult<u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut cluster.node(i).admin()?)?;
+    let prefix = format!("cmdstat_{command}:calls=");
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
+}
+
+fn reset_stats(cluster: &RedisCluster, nodes: &[usize]) -> TestResult {
+    for &i in nodes {
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .exec(&mut cluster.node(i).admin()?)?;
+    }
+    Ok(())
+}
+
+/// A fast heartbeat: the nodes are checked every 200 ms, each answer within 300 ms.
+fn heartbeat() -> HeartbeatConfig {
+    HeartbeatConfig::default()
+        .interval(Duration::from_millis(200))
+        .timeout(Duration::from_millis(300))
+}
+
+#[test]
+fn reads_go_to_replicas_and_to_the_master_when_a_replica_dies() -> TestResult {
+    let mut cluster = cluster();
+    let redis = Redis::connect(
+        cluster_builder(&cluster)
+            .heartbeat(heartbeat())
+            .cluster_read_from_replicas(true),
+    )?;
+    let events = redis.events_with_capacity(1024);
+    let keys: Vec<String> = (0..300).map(|i| format!("r:{i}")).collect();
+    let mut pipe = Pipeline::new();
+    for (i, k) in keys.iter().enumerate() {
+        pipe.cmd("SET").arg(k).arg(i).ignore();
+    }
+    redis.pipeline::<()>(&pipe)?;
+    let masters = cluster.masters()?;
+    let replicas: Vec<usize> = masters
+        .iter()
+        .map(|&m| cluster.replicas_of(m))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
+    assert_eq!(replicas.len(), 3);
+    let all: Vec<usize> = masters.iter().chain(&replicas).copied().collect();
+
+    // Replicas take reads once the heartbeat found them caught up (two beats).
+    wait_until(
+        Duration::from_secs(10),
+        "every replica to serve reads",
+        || {
+            let _ = reset_stats(&cluster, &replicas);
+            for k in &keys[..60] {
+                let _ = redis.query::<Option<i64>>(redis::cmd("GET").arg(k));
+            }
+            replicas
+                .iter()
+                .all(|&r| calls(&cluster, r, "get").is_ok_and(|n| n > 0))
+        },
+    )?;
+
+    reset_stats(&cluster, &all)?;
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(redis.query::<i64>(redis::cmd("GET").arg(k))?, i as i64);
+    }
+    let values: Vec<i64> = redis.query(redis::cmd("MGET").arg(&keys))?;
+    assert_eq!(values, (0..300).collect::<Vec<i64>>());
+    // A write still goes to the master, and is read back.
+    redis.query::<()>(redis::cmd("SET").arg("r:new").arg("x"))?;
+    let on_replicas: u64 = replicas
+        .iter()
+        .map(|&r| calls(&cluster, r, "get"))
+        .sum::<TestResult<u64>>()?;
+    let mget_on_replicas: u64 = replicas
+        .iter()
+        .map(|&r| calls(&cluster, r, "mget"))
+        .sum::<TestResult<u64>>()?;
+    let on_masters: u64 = masters
+        .iter()
+        .map(|&m| Ok(calls(&cluster, m, "get")? + calls(&cluster, m, "mget")?))
+        .sum::<TestResult<u64>>()?;
+    eprintln!("GET on replicas {on_replicas}, MGET parts on replicas {mget_on_replicas}, reads on masters {on_masters}");
+    assert_eq!(on_replicas, 300, "every GET served by a replica");
+    assert!(mget_on_replicas >= 3, "the MGET parts went to replicas");
+    assert_eq!(on_masters, 0, "no read on a master");
+    let set_on_masters: u64 = masters
+        .iter()
+        .map(|&m| calls(&cluster, m, "set"))
+        .sum::<TestResult<u64>>()?;
+    assert_eq!(set_on_masters, 1);
+
+    // A replica dies: its master serves its slots' reads, none fails.
+    let victim = replicas[0];
+    let its_master = masters[0];
+    cluster.kill_node(victim)?;
+    let killed_at = Instant::now();
+    reset_stats(&cluster, &[its_master])?;
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(redis.query::<i64>(redis::cmd("GET").arg(k))?, i as i64);
+    }
+    assert!(
+        calls(&cluster, its_master, "get")? > 0,
+        "the master served its dead replica's reads"
+    );
+    let down = events.iter().find_map(|e| match e {
+        Event::ClusterNodeDown { node, .. } => Some(node),
+        _ => None,
+    });
+    let noticed = killed_at.elapsed();
+    assert_eq!(
+        down.map(|a| a.to_string()),
+        Some(format!("127.0.0.1:{}", cluster.node(victim).port()))
+    );
+    eprintln!("the killed replica's ClusterNodeDown was there {noticed:?} after the kill (read after the 300 reads)");
+    Ok(())
+}
+
+/// Stops a process (SIGSTOP): a black hole (connections accepted by the kernel, nothing
+/// answered); continued when dropped.
+struct Frozen(u32);
+
+impl Frozen {
+    fn freeze(pid: u32) -> TestResult<Frozen> {
+        let status = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()?;
+        assert!(status.success(), "kill -STOP");
+        Ok(Frozen(pid))
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[test]
+fn pipelines_split_multi_key_commands_keyless_commands_reach_every_master_and_a_black_hole_is_noticed(
+) -> TestResult {
+    let cluster = cluster();
+    let redis = Redis::connect(cluster_builder(&cluster).heartbeat(heartbeat()))?;
+    let events = redis.events_with_capacity(1024);
+    let keys: Vec<String> = (0..40).map(|i| format!("p:{i}")).collect();
+    let mut mset = redis::cmd("MSET");
+    for (i, k) in keys.iter().enumerate() {
+        mset.arg(k).arg(i);
+    }
+    let mut pipe = Pipeline::new();
+    pipe.add_command(mset)
+        .cmd("MGET")
+        .arg(&keys)
+        .cmd("DEL")
+        .arg(&keys[..10])
+        .cmd("EXISTS")
+        .arg(&keys)
+        .cmd("MGET")
+        .arg(&keys[5..15])
+        .cmd("DBSIZE");
+    let (ok, all, deleted, exists, some, size): (
+        String,
+        Vec<i64>,
+        i64,
+        i64,
+        Vec<Option<i64>>,
+        i64,
+    ) = redis.pipeline(&pipe)?;
+    assert_eq!(ok, "OK");
+    assert_eq!(all, (0..40).collect::<Vec<i64>>());
+    assert_eq!(deleted, 10);
+    assert_eq!(exists, 30);
+    let expect: Vec<Option<i64>> = (5..15).map(|i| (i >= 10).then_some(i)).collect();
+    assert_eq!(some, expect);
+    assert_eq!(size, 30);
+
+    // DBSIZE is the sum over the masters; KEYS the union; INFO one part per master.
+    let mut sum = 0;
+    for m in cluster.masters()? {
+        let n: i64 = redis::cmd("DBSIZE").query(&mut cluster.node(m).admin()?)?;
+        assert!(n > 0, "master {m} holds some of the keys");
+        sum += n;
+    }
+    assert_eq!(redis.query::<i64>(&redis::cmd("DBSIZE"))?, sum);
+    let listed: HashSet<String> = redis.query(redis::cmd("KEYS").arg("p:*"))?;
+    assert_eq!(listed, keys[10..].iter().cloned().collect::<HashSet<_>>());
+    let info: String = redis.query(redis::cmd("INFO").arg("keyspace"))?;
+    assert_eq!(info.matches("# Node ").count(), 3, "{info}");
+    redis.query::<()>(&redis::cmd("FLUSHALL"))?;
+    assert_eq!(redis.query::<i64>(&redis::cmd("DBSIZE"))?, 0);
+
+    // A master stops answering: reported down within one interval plus the timeout (and
+    // the time the machine takes to run the check), then up again.
+    let victim = cluster.masters()?[1];
+    let addr = format!("127.0.0.1:{}", cluster.node(victim).port());
+    let pid = cluster.node(victim).pid().ok_or("victim pid")?;
+    let frozen = Frozen::freeze(pid)?;
+    let frozen_at = Instant::now();
+    let deadline = frozen_at + Duration::from_secs(5);
+    let mut down_after = None;
+    while let Ok(e) = events.recv_deadline(deadline) {
+        if let Event::ClusterNodeDown { node, .. } = &e {
+            if node.to_string() == addr {
+                down_after = Some(frozen_at.elapsed());
+                break;
+            }
+        }
+    }
+    drop(frozen);
+    let down_after = down_after.ok_or("no ClusterNodeDown for the frozen master")?;
+    eprintln!(
+        "black-holed master reported down after {down_after:?} (interval 200 ms + timeout 300 ms)"
+    );
+    assert!(
+        down_after < Duration::from_secs(2),
+        "noticed after {down_after:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut up = false;
+    while let Ok(e) = events.recv_deadline(deadline) {
+        if matches!(&e, Event::ClusterNodeUp { node, .. } if node.to_string() == addr) {
+            up = true;
+            break;
+        }
+    }
+    assert!(up, "no ClusterNodeUp after the master answered again");
+    Ok(())
+}
