@@ -152,6 +152,16 @@ impl Redis {
         result
     }
 
+    /// Runs `op` on a pooled connection, capped at `cap` (a multiplexed call that needs the
+    /// pool: a transaction on a cluster).
+    pub(super) fn on_pool_by<T>(
+        &self,
+        cap: Instant,
+        mut op: impl FnMut(&mut PooledConnection) -> Result<T>,
+    ) -> Result<T> {
+        self.on_pool(&mut op, cap, cap)
+    }
+
     /// Runs `op` on a pooled connection checked out by `deadline`, capped at `cap`.
     fn on_pool<T>(
         &self,

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use redis::{Cmd, ConnectionLike, FromRedisValue, ToRedisArgs, Value};
 
 mod calls;
+mod cluster_mux;
 mod dedicated;
 mod execute;
 mod heartbeat;
@@ -301,6 +302,17 @@ impl Redis {
                     m.interrupt_all();
                 }
             }));
+            // On a cluster, so does one node the health checks find silent.
+            if let Some(topo) = &manager.state().cluster {
+                let weak = Arc::downgrade(m);
+                topo.on_node_down(Box::new(move |addr| {
+                    if let Some(c) = weak.upgrade() {
+                        if let Some(c) = c.cluster() {
+                            c.interrupt(addr);
+                        }
+                    }
+                }));
+            }
         }
         let heartbeat = match config.heartbeat.interval {
             Some(_) => Some(HeartbeatThread::spawn(

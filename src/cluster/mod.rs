@@ -582,11 +582,6 @@ impl Topology {
     pub(crate) fn owner_in_map(&self, slot: u16) -> Option<Addr> {
         self.map.read().owner(slot).cloned()
     }
-
-    /// The handle's response timeout.
-    pub(crate) fn response_timeout(&self) -> Duration {
-        self.config.timeouts.response
-    }
 }
 
 pub(crate) fn cluster_error(message: String) -> Error {

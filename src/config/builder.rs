@@ -444,7 +444,10 @@ impl ConfigBuilder {
     /// [`Redis::run`](crate::Redis::run) and [`Redis::conn`](crate::Redis::conn); commands
     /// that change a connection's state are refused as on the pool (see
     /// [`Error::WrongConnection`]). Pick it for many threads doing short commands; a pool
-    /// is as fast for a few threads. Not available on a Cluster yet.
+    /// is as fast for a few threads. On a Cluster, `connections` is ignored: the handle
+    /// keeps one multiplexed connection per node it uses, with the pooled cluster path's
+    /// routing (redirections, split multi-key commands and pipelines, keyless commands on
+    /// every master, replica reads); transactions run on the pool.
     pub fn multiplexed(mut self, connections: u32) -> ConfigBuilder {
         self.config.multiplex.connections = connections;
         self
@@ -526,12 +529,6 @@ fn validate(c: &Config) -> Result<()> {
         return Err(Error::config(
             "multiplex_limits",
             "needs room for at least 1 request and 1024 bytes",
-        ));
-    }
-    if m.connections > 0 && c.cluster.is_some() {
-        return Err(Error::config(
-            "multiplexed",
-            "multiplexed connections are not available on a Cluster yet: use the pool",
         ));
     }
     if c.max_reply_size < 1024 {
