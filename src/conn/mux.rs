@@ -31,6 +31,9 @@ use crate::config::Addr;
 use crate::error::{Delivery, Error, Result};
 use crate::util::time;
 
+/// Requests in flight above which a writer yields once before writing, for others to join.
+const BUSY: usize = 8;
+
 /// How long a caller alone on a connection spins for its reply before sleeping.
 const SPIN: Duration = Duration::from_micros(50);
 
@@ -686,6 +689,13 @@ impl SplitInner {
         self.requests.fetch_add(1, Ordering::AcqRel);
         if !out.writing {
             out.writing = true;
+            if self.requests.load(Ordering::Acquire) > BUSY {
+                // Many callers in flight: let the others woken with this one queue their
+                // requests too, so that one write carries them all.
+                drop(out);
+                std::thread::yield_now();
+                out = self.out.lock();
+            }
             self.write_out(out);
         } else {
             drop(out);
@@ -742,14 +752,20 @@ impl SplitInner {
     /// being woken would cost as much again).
     fn wait(&self, slot: &Arc<Slot>, deadline: Instant) -> Result<Vec<Value>> {
         if self.requests.load(Ordering::Acquire) <= 1 {
+            // Spin briefly, then yield the core (the reader thread may need it: on a busy
+            // machine a caller that only spins would keep its own reply from being read).
             let spin_until = Instant::now() + SPIN;
             let mut n = 0u32;
             while !slot.done.load(Ordering::Acquire) {
-                std::hint::spin_loop();
                 n = n.wrapping_add(1);
-                if n.is_multiple_of(64) && Instant::now() >= spin_until {
+                if n < 64 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                if Instant::now() >= spin_until {
                     break;
                 }
+                std::thread::yield_now();
             }
         }
         let mut st = slot.st.lock();
