@@ -203,7 +203,7 @@ pub enum Event {
     /// (`+selected-slave`): until the new master is known ([`Event::FailoverDetected`]) or
     /// the failover is given up ([`Event::FailoverAborted`]), nothing more is sent to `old`
     /// and calls through the handle wait, each within its own deadline (see
-    /// [`crate::sentinel`]).
+    /// [Sentinel and Cluster](crate#sentinel-and-cluster)).
     FailoverStarted {
         /// The master's name in the sentinels.
         master_name: String,
@@ -222,7 +222,8 @@ pub enum Event {
     },
     /// With a Cluster topology: slots are owned by other masters than before (a replica
     /// promoted after its master failed, slots resharded). Reported once per change, when
-    /// the map has stopped changing (see [`crate::cluster`]): a reshard of many slots is one
+    /// the map has stopped changing for a second (see
+    /// [Sentinel and Cluster](crate#sentinel-and-cluster)): a reshard of many slots is one
     /// event.
     ClusterTopologyChanged {
         /// How many of the 16384 slots changed owner.
@@ -231,7 +232,8 @@ pub enum Event {
         masters: usize,
     },
     /// With a Cluster topology: a node did not answer the heartbeat's check within the
-    /// heartbeat timeout (see [`crate::cluster`]): its breaker is open, so calls to it fail
+    /// heartbeat timeout (see [Sentinel and Cluster](crate#sentinel-and-cluster)): its
+    /// breaker is open, so calls to it fail
     /// fast until it answers again ([`Event::ClusterNodeUp`]) or the slot map names its
     /// replacement.
     ClusterNodeDown {

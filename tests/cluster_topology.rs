@@ -344,3 +344,128 @@ fn a_multiplexed_handle_follows_a_moved_slot_under_load_with_every_reply_its_own
     eprintln!("multiplexed cluster handle, {threads} threads, slot moved under load: {total} INCRs, every reply its own");
     Ok(())
 }
+
+/// How many keys matching `pattern` each master holds (`SCAN` on the node itself).
+fn keys_per_master(cluster: &RedisCluster, pattern: &str) -> TestResult<Vec<usize>> {
+    let mut out = Vec::new();
+    for m in cluster.masters()? {
+        let mut con = cluster.node(m).admin()?;
+        let keys: Vec<String> = redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .clone()
+            .iter(&mut con)?
+            .collect::<Result<_, _>>()?;
+        out.push(keys.len());
+    }
+    Ok(out)
+}
+
+#[test]
+fn a_cache_sessions_and_limiter_subjects_spread_over_every_master() -> TestResult {
+    use redkit::cache::Cache;
+    use redkit::ratelimit::{Gcra, GcraLimit, RateLimiter};
+    use redkit::session::SessionStore;
+
+    let cluster = cluster();
+    let redis = Redis::connect(cluster_builder(&cluster))?;
+    let cache = Cache::new(&redis, "spread")?;
+    let n = 10_000;
+    for chunk in (0..n).collect::<Vec<usize>>().chunks(1000) {
+        let items: Vec<(String, i64)> = chunk
+            .iter()
+            .map(|&i| (format!("item:{i}"), i as i64))
+            .collect();
+        cache.mset(&items, None)?;
+    }
+    // 2,000 of them tagged: `a` (even) or `b` (odd), and all of them `all2k`.
+    for i in 0..2000usize {
+        let tag = if i % 2 == 0 { "a" } else { "b" };
+        cache.set_tagged(&format!("item:{i}"), &(i as i64), None, &[tag, "all2k"])?;
+    }
+    let spread = keys_per_master(&cluster, "redkit:cache:spread:v:*")?;
+    eprintln!("cache keys per master: {spread:?}");
+    assert_eq!(spread.iter().sum::<usize>(), n);
+    assert!(spread.iter().all(|&k| k > n / 5), "{spread:?}");
+    let some: Vec<String> = (0..n).step_by(7).map(|i| format!("item:{i}")).collect();
+    let got: Vec<Option<i64>> = cache.mget(&some)?;
+    assert_eq!(
+        got,
+        (0..n)
+            .step_by(7)
+            .map(|i| Some(i as i64))
+            .collect::<Vec<_>>()
+    );
+
+    // Tag `a`: exactly the even ones below 2,000, and the tag set is gone.
+    assert_eq!(cache.invalidate_tag("a")?, 1000);
+    let exists = |i: usize| -> TestResult<bool> {
+        Ok(redis.query::<i64>(redis::cmd("EXISTS").arg(cache.key(&format!("item:{i}"))))? == 1)
+    };
+    for i in [0, 2, 1998, 1, 3, 1999, 2000, 9999] {
+        assert_eq!(exists(i)?, i >= 2000 || i % 2 == 1, "item:{i}");
+    }
+    let still: i64 = redis.query(
+        redis::cmd("EXISTS").arg(
+            (0..2000)
+                .map(|i| cache.key(&format!("item:{i}")))
+                .collect::<Vec<_>>(),
+        ),
+    )?;
+    assert_eq!(still, 1000);
+    assert_eq!(
+        redis.query::<i64>(redis::cmd("EXISTS").arg(cache.tag_key("a")))?,
+        0
+    );
+    // `all2k` still lists the removed ones: removing it counts only what existed.
+    assert_eq!(cache.invalidate_tag("all2k")?, 1000);
+    assert_eq!(cache.invalidate_tag("b")?, 0);
+
+    // Pattern: `item:1*` among what is left (1,000 to 1,999 went with the tags).
+    let removed = cache.invalidate_pattern("item:1*")?;
+    let expected: Vec<usize> = (2000..n)
+        .filter(|i| i.to_string().starts_with('1'))
+        .collect();
+    assert_eq!(removed, expected.len() as u64);
+    for i in [10_usize, 2000, 2999, 9999, 5123] {
+        assert_eq!(
+            exists(i)?,
+            i >= 2000 && !i.to_string().starts_with('1'),
+            "item:{i}"
+        );
+    }
+    let left = keys_per_master(&cluster, "redkit:cache:spread:v:*")?
+        .iter()
+        .sum::<usize>();
+    assert_eq!(left, n - 2000 - expected.len());
+
+    // Sessions of 300 users, and limiter subjects: on every master, every operation working.
+    let sessions = SessionStore::new(&redis, "spread")?;
+    let mut ids = Vec::new();
+    for u in 0..300 {
+        ids.push(sessions.create(&format!("user:{u}"), &[("n", &u.to_string())])?);
+    }
+    let per_master = keys_per_master(&cluster, "redkit:session:spread:s:*")?;
+    eprintln!("sessions per master: {per_master:?}");
+    assert!(per_master.iter().all(|&k| k > 30), "{per_master:?}");
+    for s in ids.iter().step_by(17) {
+        let got = sessions.get(&s.id)?.ok_or("session")?;
+        assert_eq!(got.user, s.user);
+        assert!(sessions.update(&s.id, &[("cart", "1")])?);
+        assert_eq!(sessions.sessions_of(&s.user)?, vec![s.id.clone()]);
+    }
+    assert_eq!(sessions.destroy_user("user:0")?, 1);
+    assert!(sessions.get(&ids[0].id)?.is_none());
+    assert!(sessions.destroy(&ids[1].id)?);
+    let limiter = Gcra::new(&redis, "spread", GcraLimit::per_second(10))?;
+    for u in 0..300 {
+        assert!(limiter.allow(&format!("user:{u}"))?.is_allowed());
+    }
+    let per_master = keys_per_master(&cluster, "redkit:rl:spread:*")?;
+    eprintln!("limiter subjects per master: {per_master:?}");
+    assert!(per_master.iter().all(|&k| k > 30), "{per_master:?}");
+    Ok(())
+}
