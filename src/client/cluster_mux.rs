@@ -99,8 +99,9 @@ impl ClusterMux {
             .open_by(addr, deadline)
             .inspect_err(|_| self.topo.node_failed())?;
         if replica {
-            let packed = redis::cmd("READONLY").get_packed_command();
-            if let Value::ServerError(e) = con.exec(&packed, Some(deadline))? {
+            if let Value::ServerError(e) =
+                con.exec(crate::cluster::engine::READONLY, Some(deadline))?
+            {
                 return Err(crate::Error::from_redis(e.into(), crate::Delivery::NotSent));
             }
         }
@@ -141,7 +142,7 @@ pub(crate) struct ClusterMuxIo<'a> {
 }
 
 impl Transport for ClusterMuxIo<'_> {
-    fn exchange(&mut self, topo: &Topology, batches: &[Batch]) -> Vec<Result<Vec<Value>>> {
+    fn exchange(&mut self, topo: &Topology, batches: &[Batch<'_>]) -> Vec<Result<Vec<Value>>> {
         let muxes: Vec<Result<Arc<Mux>>> = batches
             .iter()
             .map(|b| self.set.node(&b.addr, b.replica, self.cap))

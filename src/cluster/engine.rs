@@ -20,18 +20,25 @@ use std::borrow::Cow;
 use log::{debug, warn};
 use redis::Value;
 
+use std::sync::Arc;
+
 use super::route::{self, Combine, Merge, Plan, Redirect};
-use super::{cluster_error, infrastructure, Admitted, Topology};
+use super::{cluster_error, infrastructure, Admitted, SlotMap, Topology, NO_OWNER};
 use crate::config::Addr;
 use crate::error::{Delivery, Error, ErrorClass, Result};
 
+/// `ASKING`, packed.
+pub(crate) const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+/// `READONLY`, packed.
+pub(crate) const READONLY: &[u8] = b"*1\r\n$8\r\nREADONLY\r\n";
+
 /// One node's share of a round: the commands, back to back.
 #[derive(Debug)]
-pub(crate) struct Batch {
+pub(crate) struct Batch<'a> {
     /// The node.
     pub(crate) addr: Addr,
     /// The packed commands (`ASKING` included where needed).
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) bytes: Cow<'a, [u8]>,
     /// How many replies they produce.
     pub(crate) replies: usize,
     /// Reads sent to a replica: its connection must be in `READONLY` mode.
@@ -43,7 +50,7 @@ pub(crate) trait Transport {
     /// Sends every batch to its node, then reads every batch's replies (all by the
     /// transport's deadline). One result per batch, in order; a failed batch's connection is
     /// closed by the transport.
-    fn exchange(&mut self, topo: &Topology, batches: &[Batch]) -> Vec<Result<Vec<Value>>>;
+    fn exchange(&mut self, topo: &Topology, batches: &[Batch<'_>]) -> Vec<Result<Vec<Value>>>;
 }
 
 /// One command as sent to one node.
@@ -71,11 +78,6 @@ enum Shape {
     },
 }
 
-/// A unit on its way: (unit, node, after `ASKING`, to a replica).
-type Pending = (usize, Addr, bool, bool);
-/// The units of one round for one node: (node, to a replica, (unit, after `ASKING`)).
-type Group = (Addr, bool, Vec<(usize, bool)>);
-
 /// Runs the commands `cmds` (each its packed bytes and arguments); returns one reply per
 /// command, in order, and the node the last batch went to. `any`: where a request without
 /// any key goes.
@@ -89,6 +91,17 @@ pub(crate) fn request(
     let mut units: Vec<Unit<'_>> = Vec::with_capacity(cmds.len());
     let mut shapes = Vec::with_capacity(cmds.len());
     let mut masters: Option<Vec<Addr>> = None;
+    // One command for one node: the short way (most calls).
+    if let [(packed, args)] = cmds {
+        if let Plan::One { slot } = route::plan(args) {
+            let replica_ok = replica_reads
+                && args
+                    .first()
+                    .is_some_and(|n| crate::retry::is_read_only_command(n));
+            let (value, last) = run_one(topo, io, packed, slot, replica_ok, any)?;
+            return Ok((vec![value], last));
+        }
+    }
     for (packed, args) in cmds {
         let replica_ok = replica_reads
             && args
@@ -190,25 +203,90 @@ fn borrow_neighbour_slots(units: &mut [Unit<'_>]) {
     }
 }
 
-/// Where a unit goes first.
-fn first_target(
-    topo: &Topology,
-    unit: &Unit<'_>,
-    any: &mut dyn FnMut() -> Result<Addr>,
-) -> Result<(Addr, bool)> {
-    if let Some(n) = &unit.node {
-        return Ok((n.clone(), false));
-    }
-    match unit.slot {
-        Some(s) => {
-            if unit.replica_ok {
-                if let Some(r) = topo.reader(s) {
-                    return Ok((r, true));
-                }
-            }
-            Ok((topo.owner(s)?, false))
+/// The nodes one request uses; units refer to them by index (no address cloned or
+/// compared per command).
+struct Nodes {
+    /// (node, reads to a replica)
+    table: Vec<(Addr, bool)>,
+    /// The map's master index -> table index.
+    masters: Vec<Option<usize>>,
+    map: Arc<SlotMap>,
+}
+
+impl Nodes {
+    fn new(topo: &Topology) -> Nodes {
+        topo.refresh_if_stale();
+        let map = topo.map();
+        Nodes {
+            table: Vec::new(),
+            masters: vec![None; map.masters.len()],
+            map,
         }
-        None => Ok((any()?, false)),
+    }
+
+    fn intern(&mut self, addr: &Addr, replica: bool) -> usize {
+        match self
+            .table
+            .iter()
+            .position(|(a, r)| *r == replica && a == addr)
+        {
+            Some(i) => i,
+            None => {
+                self.table.push((addr.clone(), replica));
+                self.table.len() - 1
+            }
+        }
+    }
+
+    /// The owner of `slot` (from the request's snapshot of the map, else asked again).
+    fn owner(&mut self, topo: &Topology, slot: u16) -> Result<usize> {
+        let m = self
+            .map
+            .owner
+            .get(usize::from(slot))
+            .copied()
+            .filter(|&m| m != NO_OWNER)
+            .map(usize::from);
+        if let Some(m) = m {
+            if let Some(Some(n)) = self.masters.get(m) {
+                return Ok(*n);
+            }
+            if let Some(addr) = self.map.masters.get(m).cloned() {
+                let n = self.intern(&addr, false);
+                if let Some(slot) = self.masters.get_mut(m) {
+                    *slot = Some(n);
+                }
+                return Ok(n);
+            }
+        }
+        let addr = topo.owner(slot)?;
+        Ok(self.intern(&addr, false))
+    }
+
+    /// Where a unit goes first.
+    fn first(
+        &mut self,
+        topo: &Topology,
+        unit: &Unit<'_>,
+        any: &mut dyn FnMut() -> Result<Addr>,
+    ) -> Result<usize> {
+        if let Some(n) = &unit.node {
+            return Ok(self.intern(n, false));
+        }
+        match unit.slot {
+            Some(s) => {
+                if unit.replica_ok {
+                    if let Some(r) = topo.reader(s) {
+                        return Ok(self.intern(&r, true));
+                    }
+                }
+                self.owner(topo, s)
+            }
+            None => {
+                let addr = any()?;
+                Ok(self.intern(&addr, false))
+            }
+        }
     }
 }
 
@@ -223,6 +301,89 @@ fn replica_busy(v: &Value) -> bool {
     }
 }
 
+/// One command routed by `slot` (see [`run`], which it does for a single unit without its
+/// bookkeeping).
+fn run_one(
+    topo: &Topology,
+    io: &mut dyn Transport,
+    packed: &[u8],
+    slot: Option<u16>,
+    replica_ok: bool,
+    any: &mut dyn FnMut() -> Result<Addr>,
+) -> Result<(Value, Option<Addr>)> {
+    let (mut addr, mut replica) = match slot {
+        Some(s) => match topo.reader(s).filter(|_| replica_ok) {
+            Some(r) => (r, true),
+            None => (topo.owner(s)?, false),
+        },
+        None => (any()?, false),
+    };
+    let to_master = |topo: &Topology| topo.owner(slot.unwrap_or_default());
+    let mut asking = false;
+    let mut reply = Value::Nil;
+    let mut rounds = topo.max_redirects() + 1 + usize::from(replica);
+    while rounds > 0 {
+        rounds -= 1;
+        let admitted = match topo.admit(&addr) {
+            Ok(a) => a,
+            Err(_) if replica => {
+                (addr, replica) = (to_master(topo)?, false);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let batch = if asking {
+            let mut bytes = ASKING.to_vec();
+            bytes.extend_from_slice(packed);
+            Batch {
+                addr,
+                bytes: Cow::Owned(bytes),
+                replies: 2,
+                replica,
+            }
+        } else {
+            Batch {
+                addr,
+                bytes: Cow::Borrowed(packed),
+                replies: 1,
+                replica,
+            }
+        };
+        let outcome = io
+            .exchange(topo, std::slice::from_ref(&batch))
+            .pop()
+            .unwrap_or_else(|| Err(cluster_error("no reply".to_owned())));
+        admitted.done(topo, &batch.addr, infrastructure(&outcome));
+        addr = batch.addr;
+        let mut replies = match outcome {
+            Ok(r) => r,
+            Err(e) if replica => {
+                debug!("replica {addr} failed a read ({e}); asking its master");
+                topo.node_unreachable(&addr);
+                (addr, replica) = (to_master(topo)?, false);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        reply = replies.pop().unwrap_or(Value::Nil);
+        match route::redirect(&reply, &addr) {
+            Some(Redirect::Moved(s, to)) => {
+                debug!("MOVED slot {s} from {addr} to {to}");
+                topo.moved(s, &to);
+                (addr, replica, asking) = (to, false, false);
+            }
+            Some(Redirect::Ask(to)) => (addr, replica, asking) = (to, false, true),
+            None if replica && replica_busy(&reply) => {
+                topo.node_unreachable(&addr);
+                (addr, replica) = (to_master(topo)?, false);
+            }
+            None => return Ok((reply, Some(addr))),
+        }
+    }
+    warn!("a cluster command kept being redirected; returning the redirection");
+    Ok((reply, None))
+}
+
 /// Sends the units in rounds until each has a reply that is not a redirection (see the
 /// module docs).
 fn run(
@@ -231,13 +392,13 @@ fn run(
     units: &[Unit<'_>],
     any: &mut dyn FnMut() -> Result<Addr>,
 ) -> Result<(Vec<Value>, Option<Addr>)> {
+    let mut nodes = Nodes::new(topo);
     let mut results: Vec<Option<Value>> = vec![None; units.len()];
-    let mut pending: Vec<Pending> = Vec::with_capacity(units.len());
+    // (unit, node, after `ASKING`)
+    let mut pending: Vec<(usize, usize, bool)> = Vec::with_capacity(units.len());
     for (i, u) in units.iter().enumerate() {
-        let (addr, replica) = first_target(topo, u, any)?;
-        pending.push((i, addr, false, replica));
+        pending.push((i, nodes.first(topo, u, any)?, false));
     }
-    let asking = redis::cmd("ASKING").get_packed_command();
     let mut answered_any = false;
     let mut last = None;
     // The first round and one per redirection; reads a replica could not serve get one
@@ -246,37 +407,42 @@ fn run(
     let mut extra_round = true;
     while !pending.is_empty() && rounds > 0 {
         rounds -= 1;
-        if extra_round && pending.iter().any(|&(_, _, _, replica)| replica) {
+        if extra_round && pending.iter().any(|&(_, n, _)| nodes.table[n].1) {
             extra_round = false;
             rounds += 1;
         }
         // Group by node, keeping each node's units in order.
-        let mut groups: Vec<Group> = Vec::new();
-        for (i, addr, ask, replica) in pending.drain(..) {
-            match groups
-                .iter_mut()
-                .find(|(a, r, _)| *a == addr && *r == replica)
-            {
-                Some((_, _, v)) => v.push((i, ask)),
-                None => groups.push((addr, replica, vec![(i, ask)])),
-            }
+        let mut by_node: Vec<Vec<(usize, bool)>> = vec![Vec::new(); nodes.table.len()];
+        for (i, n, ask) in pending.drain(..) {
+            by_node[n].push((i, ask));
         }
-        let mut batches = Vec::with_capacity(groups.len());
-        let mut admitted: Vec<(Admitted, Vec<(usize, bool)>)> = Vec::with_capacity(groups.len());
+        let mut batches = Vec::with_capacity(by_node.len());
+        let mut admitted: Vec<(Admitted, Vec<(usize, bool)>)> = Vec::with_capacity(by_node.len());
         let mut failure: Option<Error> = None;
-        for (addr, replica, entries) in groups {
+        for (n, entries) in by_node.into_iter().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            let (addr, replica) = nodes.table[n].clone();
             match topo.admit(&addr) {
                 Ok(a) => {
-                    let mut bytes = Vec::new();
-                    let mut replies = 0;
-                    for (i, ask) in &entries {
-                        if *ask {
-                            bytes.extend_from_slice(&asking);
-                            replies += 1;
+                    let (bytes, replies) = match entries[..] {
+                        // One command as it is: no copy.
+                        [(i, false)] => (Cow::Borrowed(&*units[i].packed), 1),
+                        _ => {
+                            let mut bytes = Vec::new();
+                            let mut replies = 0;
+                            for (i, ask) in &entries {
+                                if *ask {
+                                    bytes.extend_from_slice(ASKING);
+                                    replies += 1;
+                                }
+                                bytes.extend_from_slice(&units[*i].packed);
+                                replies += 1;
+                            }
+                            (Cow::Owned(bytes), replies)
                         }
-                        bytes.extend_from_slice(&units[*i].packed);
-                        replies += 1;
-                    }
+                    };
                     batches.push(Batch {
                         addr,
                         bytes,
@@ -289,7 +455,7 @@ fn run(
                 Err(_) if replica => {
                     for (i, _) in entries {
                         let slot = units[i].slot.unwrap_or_default();
-                        pending.push((i, topo.owner(slot)?, false, false));
+                        pending.push((i, nodes.owner(topo, slot)?, false));
                     }
                 }
                 Err(e) => {
@@ -315,7 +481,7 @@ fn run(
                     topo.node_unreachable(&batch.addr);
                     for (i, _) in entries {
                         let slot = units[i].slot.unwrap_or_default();
-                        pending.push((i, topo.owner(slot)?, false, false));
+                        pending.push((i, nodes.owner(topo, slot)?, false));
                     }
                     continue;
                 }
@@ -336,13 +502,13 @@ fn run(
                     Some(Redirect::Moved(slot, to)) => {
                         debug!("MOVED slot {slot} from {} to {to}", batch.addr);
                         topo.moved(slot, &to);
-                        pending.push((i, to, false, false));
+                        pending.push((i, nodes.intern(&to, false), false));
                     }
-                    Some(Redirect::Ask(to)) => pending.push((i, to, true, false)),
+                    Some(Redirect::Ask(to)) => pending.push((i, nodes.intern(&to, false), true)),
                     None if batch.replica && replica_busy(&reply) => {
                         topo.node_unreachable(&batch.addr);
                         let slot = units[i].slot.unwrap_or_default();
-                        pending.push((i, topo.owner(slot)?, false, false));
+                        pending.push((i, nodes.owner(topo, slot)?, false));
                         continue;
                     }
                     None => {}

@@ -853,19 +853,28 @@ impl ClusterLink {
     /// Runs parsed commands through the routing engine (see [`engine`]).
     fn routed(&mut self, cmds: &[route::Packed<'_>]) -> Result<Vec<Value>> {
         let topo = self.topo.clone();
-        let mut any_addr = None;
-        if cmds.iter().all(|(_, a)| route::first_key(a).is_none()) {
-            any_addr = Some(self.target(&Route::Any));
-        }
-        let mut any = move || {
-            any_addr
-                .take()
-                .unwrap_or_else(|| Err(cluster_error("no node for a keyless command".into())))
+        // Where a request without any key goes: the node used last, else a master.
+        let fallback = self.last.take();
+        let mut any = || -> Result<Addr> {
+            if let Some(a) = &fallback {
+                return Ok(a.clone());
+            }
+            topo.refresh_if_stale();
+            topo.masters()
+                .into_iter()
+                .next()
+                .ok_or_else(|| cluster_error("the cluster has no master".to_owned()))
         };
-        let (values, last) = engine::request(&topo, self, cmds, &mut any)?;
-        if last.is_some() {
-            self.last = last;
-        }
+        let result = engine::request(&topo, self, cmds, &mut any);
+        let (values, last) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                // Unless its connection failed meanwhile.
+                self.last = fallback.filter(|a| self.nodes.contains_key(a));
+                return Err(e);
+            }
+        };
+        self.last = last.or(fallback);
         Ok(values)
     }
 
@@ -969,8 +978,7 @@ impl ClusterLink {
 }
 
 impl Transport for ClusterLink {
-    fn exchange(&mut self, _topo: &Topology, batches: &[Batch]) -> Vec<Result<Vec<Value>>> {
-        let readonly = redis::cmd("READONLY").get_packed_command();
+    fn exchange(&mut self, _topo: &Topology, batches: &[Batch<'_>]) -> Vec<Result<Vec<Value>>> {
         // Every batch written before any reply is read; `Ok(extra)`: replies to skip.
         let mut sent: Vec<Result<usize>> = Vec::with_capacity(batches.len());
         for b in batches {
@@ -980,7 +988,7 @@ impl Transport for ClusterLink {
                     .get(&b.addr)
                     .is_some_and(|n| n.readonly && !n.con.is_broken());
             let result = if needs_readonly {
-                let mut bytes = readonly.clone();
+                let mut bytes = engine::READONLY.to_vec();
                 bytes.extend_from_slice(&b.bytes);
                 self.send(&b.addr, &bytes).map(|()| 1)
             } else {
