@@ -469,3 +469,84 @@ fn a_cache_sessions_and_limiter_subjects_spread_over_every_master() -> TestResul
     assert!(per_master.iter().all(|&k| k > 30), "{per_master:?}");
     Ok(())
 }
+
+#[test]
+fn a_planned_cluster_failover_under_load_loses_and_repeats_nothing() -> TestResult {
+    let cluster = cluster();
+    let redis = Redis::connect(cluster_builder(&cluster).heartbeat(heartbeat()))?;
+    let slot = cluster.key_slot("{pf}")?;
+    let master = cluster.slot_owner(slot)?;
+    let replica = *cluster.replicas_of(master)?.first().ok_or("a replica")?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let rounds = std::sync::atomic::AtomicU64::new(0);
+    let last_ok = std::sync::Mutex::new(Instant::now());
+    let pause = std::sync::Mutex::new(Duration::ZERO);
+    let threads = 6;
+    let tallies = std::thread::scope(|s| -> TestResult<Vec<(i64, Vec<redkit::Error>)>> {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (redis, stop, rounds, last_ok, pause) =
+                    (&redis, &stop, &rounds, &last_ok, &pause);
+                s.spawn(move || {
+                    let counter = format!("{{pf}}:counter:{t}");
+                    let (mut acked, mut errors) = (0i64, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match redis.query::<i64>(redis::cmd("INCR").arg(&counter)) {
+                            Ok(_) => {
+                                acked += 1;
+                                let now = Instant::now();
+                                let mut last = last_ok.lock().unwrap();
+                                let mut p = pause.lock().unwrap();
+                                *p = (*p).max(now - *last);
+                                *last = now;
+                            }
+                            Err(e) => errors.push(e),
+                        }
+                        rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    (acked, errors)
+                })
+            })
+            .collect();
+        let wait_rounds = |n: u64| {
+            let target = rounds.load(std::sync::atomic::Ordering::Relaxed) + n;
+            wait_until(Duration::from_secs(20), "the load to progress", || {
+                rounds.load(std::sync::atomic::Ordering::Relaxed) >= target
+            })
+        };
+        let run = (|| -> TestResult {
+            wait_rounds(300)?;
+            *pause.lock().unwrap() = Duration::ZERO;
+            cluster.failover(replica)?;
+            wait_rounds(300)?;
+            Ok(())
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let tallies = workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect();
+        run?;
+        Ok(tallies)
+    })?;
+    assert_eq!(cluster.slot_owner(slot)?, replica);
+    let failed: Vec<&redkit::Error> = tallies.iter().flat_map(|(_, e)| e).collect();
+    eprintln!(
+        "CLUSTER FAILOVER under load: {} acknowledged INCRs, {} failed calls {:?}, longest pause {:?}",
+        tallies.iter().map(|(a, _)| a).sum::<i64>(),
+        failed.len(),
+        failed.iter().map(|e| e.class()).collect::<HashSet<_>>(),
+        pause.lock().unwrap()
+    );
+    for (t, (acked, errors)) in tallies.iter().enumerate() {
+        for e in errors {
+            assert!(e.is_retryable(), "thread {t}: {e}");
+        }
+        // Every acknowledged INCR is on the promoted replica, and nothing more.
+        let n: i64 = redis::cmd("GET")
+            .arg(format!("{{pf}}:counter:{t}"))
+            .query(&mut cluster.node(replica).admin()?)?;
+        assert_eq!(n, *acked, "thread {t}");
+    }
+    Ok(())
+}

@@ -132,9 +132,6 @@ impl Beat {
                 }
             }
             self.observed.rotate_windows();
-            if let (Some(nodes), Some(topo)) = (self.nodes.as_mut(), self.state.cluster.as_ref()) {
-                nodes.beat(topo, self.config.timeout);
-            }
             if self.con.is_some() {
                 if let Err(e) = self.ping() {
                     self.lost(e);
@@ -187,7 +184,12 @@ impl Beat {
             return Ok(());
         };
         let start = Instant::now();
-        let result = raw.con.ping(time::add(start, self.config.timeout));
+        // A cluster is checked node by node (see `crate::cluster::health`): it answers while
+        // one of its masters does; a node that does not is reported on its own.
+        let result = match (self.nodes.as_mut(), self.state.cluster.as_ref()) {
+            (Some(nodes), Some(topo)) => nodes.beat(topo, self.config.timeout),
+            _ => raw.con.ping(time::add(start, self.config.timeout)),
+        };
         let took = start.elapsed();
         match result {
             Ok(()) => {

@@ -72,8 +72,9 @@ impl NodeChecks {
         NodeChecks::default()
     }
 
-    /// One beat: `ROLE` to every node of the map, every answer by `timeout`.
-    pub(crate) fn beat(&mut self, topo: &Topology, timeout: Duration) {
+    /// One beat: `ROLE` to every node of the map, every answer by `timeout`. `Ok` when at
+    /// least one master answered (the cluster is reachable), else the first master's error.
+    pub(crate) fn beat(&mut self, topo: &Topology, timeout: Duration) -> Result<(), Error> {
         topo.refresh_if_stale();
         let map = topo.map();
         // (node, the index of its master for a replica)
@@ -127,14 +128,20 @@ impl NodeChecks {
             roles.push(answer);
         }
         let mut offsets = HashMap::with_capacity(map.masters.len());
+        let mut reachable = false;
+        let mut first_error = None;
         for ((addr, master), role) in nodes.iter().zip(roles) {
             let role = match role {
                 Ok(r) => r,
                 Err(e) => {
+                    if master.is_none() {
+                        first_error.get_or_insert_with(|| e.clone());
+                    }
                     topo.node_silent(addr, e);
                     continue;
                 }
             };
+            reachable |= master.is_none();
             topo.node_answered(addr);
             match (master, role) {
                 (None, Role::Master { offset }) => {
@@ -157,6 +164,15 @@ impl NodeChecks {
             topo.install(ranges);
         }
         topo.settle();
+        match (reachable, first_error) {
+            (true, _) => Ok(()),
+            (false, Some(e)) => Err(e),
+            (false, None) => Err(Error::io(
+                std::io::ErrorKind::NotConnected,
+                "the cluster has no master to check",
+                Delivery::NotSent,
+            )),
+        }
     }
 }
 
