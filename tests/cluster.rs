@@ -268,9 +268,16 @@ fn a_killed_master_is_replaced_and_commands_and_pipelines_recover() -> TestResul
         .iter()
         .flat_map(|t| t.errors.iter().map(|(at, _)| *at))
         .max();
+    let mut classes: Vec<(redkit::ErrorClass, usize)> = Vec::new();
+    for (_, e) in tallies.iter().flat_map(|t| &t.errors) {
+        match classes.iter_mut().find(|(c, _)| *c == e.class()) {
+            Some((_, n)) => *n += 1,
+            None => classes.push((e.class(), 1)),
+        }
+    }
     eprintln!(
-        "promotion {:?} after the kill; {failed} failed calls, the last {:?} after the kill; \
-         load running again {:?} after the promotion",
+        "promotion {:?} after the kill; {failed} failed calls {classes:?}, the last {:?} after \
+         the kill; load running again {:?} after the promotion",
         promoted_at.duration_since(killed_at),
         last_error.map(|at| at.duration_since(killed_at)),
         recovered_at.duration_since(promoted_at)
