@@ -1072,6 +1072,67 @@ mod tests {
     }
 
     #[test]
+    fn failover_announcements_parse() {
+        let tcp = |port| Addr::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        assert_eq!(
+            parse_announce(
+                "+selected-slave",
+                "slave 127.0.0.1:6380 127.0.0.1 6380 @ mymaster 127.0.0.1 6379"
+            ),
+            Some(Announce::Started {
+                name: "mymaster".into(),
+                master: tcp(6379),
+                replica: tcp(6380)
+            })
+        );
+        assert!(matches!(
+            parse_announce(
+                "+failover-state-send-slaveof-noone",
+                "slave 127.0.0.1:6380 127.0.0.1 6380 @ mymaster 127.0.0.1 6379"
+            ),
+            Some(Announce::Started { .. })
+        ));
+        assert!(matches!(
+            parse_announce(
+                "+promoted-slave",
+                "slave 127.0.0.1:6380 127.0.0.1 6380 @ mymaster 127.0.0.1 6379"
+            ),
+            Some(Announce::Promoted { replica, .. }) if replica == tcp(6380)
+        ));
+        assert_eq!(
+            parse_announce(
+                "-failover-abort-slave-timeout",
+                "master mymaster 127.0.0.1 6379"
+            ),
+            Some(Announce::Aborted {
+                name: "mymaster".into(),
+                master: tcp(6379)
+            })
+        );
+        assert_eq!(
+            parse_announce("+switch-master", "mymaster 127.0.0.1 6379 127.0.0.1 6380"),
+            Some(Announce::Switched {
+                name: "mymaster".into(),
+                old: tcp(6379),
+                new: tcp(6380)
+            })
+        );
+        // Anything else, or garbage, is no announcement.
+        assert_eq!(
+            parse_announce("+sdown", "master mymaster 127.0.0.1 6379"),
+            None
+        );
+        assert_eq!(
+            parse_announce("+switch-master", "mymaster 127.0.0.1 x 1 2"),
+            None
+        );
+        assert_eq!(parse_announce("+promoted-slave", ""), None);
+    }
+
+    #[test]
     fn replicas_flagged_down_or_with_a_broken_link_are_unhealthy() {
         let seen =
             |flags, link| Replica::from_entry(&entry(1, flags, link)).map(|r| (r.up, r.healthy()));

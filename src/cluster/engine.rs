@@ -536,3 +536,178 @@ fn run(
         last,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::events::Health;
+    use crate::observe::Observed;
+
+    fn addr(port: u16) -> Addr {
+        Addr::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    /// A topology of three masters (ports 1, 2, 3: slots 0-5460, 5461-10922, 10923-16383),
+    /// without any I/O.
+    fn topology(max_redirects: usize) -> Topology {
+        let config = crate::Config::builder()
+            .cluster([("127.0.0.1", 1)])
+            .cluster_max_redirects(max_redirects)
+            .heartbeat(crate::HeartbeatConfig::disabled())
+            .build()
+            .expect("config");
+        let connector = crate::conn::Connector::new(&config).expect("connector");
+        let observed = Arc::new(Observed::new(addr(1), Health::Healthy));
+        let topo = Topology::new(&config, connector, observed).expect("a cluster config");
+        topo.install(vec![
+            (0, 5460, addr(1), vec![]),
+            (5461, 10922, addr(2), vec![]),
+            (10923, 16383, addr(3), vec![]),
+        ]);
+        topo
+    }
+
+    /// Answers each batch from a script of replies per node, recording what was sent.
+    #[derive(Default)]
+    struct Scripted {
+        /// Per node: the replies to give, in order.
+        replies: Vec<(Addr, Vec<Value>)>,
+        /// Every batch sent: (node, commands as text, replies expected).
+        sent: Vec<(Addr, String, usize)>,
+    }
+
+    impl Transport for Scripted {
+        fn exchange(&mut self, _: &Topology, batches: &[Batch<'_>]) -> Vec<Result<Vec<Value>>> {
+            batches
+                .iter()
+                .map(|b| {
+                    let text = String::from_utf8_lossy(&b.bytes)
+                        .split("\r\n")
+                        .filter(|w| !w.starts_with(['*', '$']) && !w.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    self.sent.push((b.addr.clone(), text, b.replies));
+                    let queue = self
+                        .replies
+                        .iter_mut()
+                        .find(|(a, _)| *a == b.addr)
+                        .map(|(_, q)| q)
+                        .expect("a node with replies");
+                    Ok(queue.drain(..b.replies).collect())
+                })
+                .collect()
+        }
+    }
+
+    fn error(text: &str) -> Value {
+        redis::parse_redis_value(format!("-{text}\r\n").as_bytes()).expect("an error reply")
+    }
+
+    fn run_request(
+        topo: &Topology,
+        io: &mut Scripted,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<Value>> {
+        let packed = pipe.get_packed_pipeline();
+        let cmds = route::split_pipeline(&packed).expect("packed");
+        let mut any = || Ok(addr(1));
+        request(topo, io, &cmds, &mut any).map(|(v, _)| v)
+    }
+
+    #[test]
+    fn moved_and_ask_are_followed_with_asking_in_the_same_request() {
+        let topo = topology(5);
+        // `foo` is slot 12182: node 3 says MOVED to 2, node 2 says ASK 1, node 1 answers.
+        let mut io = Scripted {
+            replies: vec![
+                (addr(3), vec![error("MOVED 12182 127.0.0.1:2")]),
+                (addr(2), vec![error("ASK 12182 127.0.0.1:1")]),
+                (addr(1), vec![Value::Okay, Value::Int(7)]),
+            ],
+            ..Scripted::default()
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg("foo");
+        let got = run_request(&topo, &mut io, &pipe).expect("answered");
+        assert_eq!(got, vec![Value::Int(7)]);
+        assert_eq!(
+            io.sent,
+            vec![
+                (addr(3), "GET foo".to_owned(), 1),
+                (addr(2), "GET foo".to_owned(), 1),
+                (addr(1), "ASKING GET foo".to_owned(), 2),
+            ]
+        );
+        // MOVED updated the map; ASK did not.
+        assert_eq!(topo.owner_in_map(12182), Some(addr(2)));
+    }
+
+    #[test]
+    fn redirections_stop_at_the_configured_maximum() {
+        let topo = topology(1);
+        let mut io = Scripted {
+            replies: vec![
+                (addr(3), vec![error("ASK 12182 127.0.0.1:2")]),
+                (addr(2), vec![Value::Okay, error("ASK 12182 127.0.0.1:1")]),
+            ],
+            ..Scripted::default()
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg("foo");
+        let got = run_request(&topo, &mut io, &pipe).expect("answered");
+        assert!(matches!(&got[0], Value::ServerError(_)), "{got:?}");
+        assert_eq!(io.sent.len(), 2, "one redirection followed");
+    }
+
+    #[test]
+    fn a_pipeline_splits_multi_key_commands_and_merges_keyless_ones() {
+        let topo = topology(5);
+        // `a` is slot 15495 (node 3), `b` 3300 (node 1), `foo` 12182 (node 3).
+        let mut io = Scripted {
+            replies: vec![
+                (
+                    addr(3),
+                    vec![
+                        Value::Array(vec![Value::Int(1)]),
+                        Value::Int(5),
+                        Value::Int(10),
+                    ],
+                ),
+                (
+                    addr(1),
+                    vec![Value::Array(vec![Value::Int(2)]), Value::Int(1)],
+                ),
+                (addr(2), vec![Value::Int(100)]),
+            ],
+            ..Scripted::default()
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET")
+            .arg("a")
+            .arg("b")
+            .cmd("INCRBY")
+            .arg("foo")
+            .arg(5)
+            .cmd("DBSIZE");
+        let got = run_request(&topo, &mut io, &pipe).expect("answered");
+        assert_eq!(
+            got,
+            vec![
+                Value::Array(vec![Value::Int(1), Value::Int(2)]),
+                Value::Int(5),
+                Value::Int(111),
+            ]
+        );
+        // One batch per node, each node's commands in order.
+        assert_eq!(io.sent.len(), 3);
+        assert_eq!(
+            io.sent[0],
+            (addr(3), "MGET a INCRBY foo 5 DBSIZE".to_owned(), 3)
+        );
+    }
+}

@@ -764,6 +764,59 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn cluster_options_need_a_cluster_and_sane_values() {
+        let c = Config::builder()
+            .cluster_read_from_replicas(true)
+            .cluster_max_redirects(3)
+            .cluster([("h", 1)])
+            .build()
+            .unwrap();
+        let cl = c.cluster().unwrap();
+        assert!(cl.reads_from_replicas());
+        assert_eq!(cl.max_redirects(), 3);
+        assert_eq!(c.to_builder().build().unwrap().cluster(), c.cluster());
+        let e = Config::builder()
+            .cluster_read_from_replicas(true)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Config {
+                    setting: "cluster",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = Config::builder()
+            .cluster([("h", 1)])
+            .cluster_max_redirects(101)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Config {
+                    setting: "cluster_max_redirects",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            Config::builder()
+                .cluster([("h", 1)])
+                .build()
+                .unwrap()
+                .cluster()
+                .unwrap()
+                .max_redirects(),
+            DEFAULT_MAX_REDIRECTS
+        );
+    }
+
+    #[test]
     fn cluster_urls_name_every_seed() {
         let c: Config =
             "redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002,h4/?client_name=x"
