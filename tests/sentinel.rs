@@ -375,7 +375,9 @@ fn lost_on(setup: &SentinelSetup, node: usize, acked: &[(String, u64)]) -> TestR
 
 /// When the handle reported the move, how many calls failed with `CircuitOpen` after it,
 /// and the failed calls per class.
-fn summarize(run: &Unwaited) -> TestResult<(Instant, usize, Vec<(String, usize)>)> {
+type Summary = (Instant, usize, Vec<(String, usize)>);
+
+fn summarize(run: &Unwaited) -> TestResult<Summary> {
     let detected = run
         .events
         .iter()
