@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what redkit's tests and examples need on Debian/Ubuntu, when missing:
-#   redis-server (the tests start real servers), libssl-dev and pkg-config (native-tls).
+#   redis-server (the tests start real servers), libssl-dev and pkg-config (native-tls),
+#   jq (scripts/msrv.sh).
 # As root it installs them with apt-get; otherwise it prints the one command to run.
 # Sourced by scripts/test.sh and scripts/tour.sh.
 set -euo pipefail
@@ -9,6 +10,8 @@ redkit_missing_packages() {
     local missing=()
     command -v redis-server >/dev/null 2>&1 || [ -n "${REDKIT_REDIS_SERVER:-}" ] || missing+=(redis-server)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    # scripts/msrv.sh reads `cargo metadata` with jq.
+    command -v jq >/dev/null 2>&1 || missing+=(jq)
     if ! pkg-config --exists openssl 2>/dev/null; then
         missing+=(libssl-dev)
     fi

@@ -340,6 +340,16 @@ impl Error {
         e
     }
 
+    /// A TLS failure (set-up or handshake), in the shape the `redis` crate gives its own
+    /// handshake errors (an I/O kind with a detail and no I/O source), so that both classify
+    /// as [`ErrorClass::Tls`].
+    pub(crate) fn tls(summary: &'static str, detail: String) -> Error {
+        Error::from_redis(
+            RedisError::from((ErrorKind::Io, summary, detail)),
+            Delivery::NotSent,
+        )
+    }
+
     /// A configuration error.
     pub(crate) fn config(setting: &'static str, reason: impl Into<String>) -> Error {
         Error::Config {
@@ -533,15 +543,6 @@ pub(crate) fn classify(e: &RedisError) -> ErrorClass {
         // (see `Error::from_wire`).
         ErrorKind::UnexpectedReturnType | ErrorKind::Parse => ErrorClass::Conversion,
         ErrorKind::InvalidClientConfig | ErrorKind::RESP3NotSupported => ErrorClass::Config,
-        ErrorKind::Client => {
-            let is_tls = std::error::Error::source(e)
-                .is_some_and(|s| s.downcast_ref::<native_tls::Error>().is_some());
-            if is_tls {
-                ErrorClass::Tls
-            } else {
-                ErrorClass::Other
-            }
-        }
         ErrorKind::ClusterConnectionNotFound => ErrorClass::Connection,
         _ => ErrorClass::Other,
     }

@@ -24,6 +24,9 @@
 //! At-least-once [work queues](queue) for worker threads: streams with retries, dead letters
 //! and claims of dead workers' jobs, plain lists, delayed jobs, and a worker pool.
 //!
+//! Runs on Redis 6.0 and later and on Valkey: see [`version`] for the servers tested, the
+//! version each feature needs, and what redkit does on an older server.
+//!
 //! ## Quick start
 //!
 //! ```no_run
@@ -229,7 +232,28 @@
 //! `info`: connection state changes (connected, lost, reconnected, health, closed); `debug`:
 //! details (retries, reconnect attempts, new connections); `trace`: wire-level details.
 //! Passwords and private keys never appear in logs, `Debug`, `Display` or errors.
+//!
+//! With the `metrics` feature, redkit also reports to the `metrics` facade, and with
+//! `tracing` it opens one span per call (see [`metrics`] for both); the log output stays
+//! the same.
+//!
+//! ## Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `tls-native-tls` | yes | TLS (`rediss://`, [`ConfigBuilder::tls`]) through the platform's library (OpenSSL on Linux) |
+//! | `tls-rustls` | | TLS through rustls (ring, the system's roots); wins when both TLS features are on |
+//! | `json` | | typed JSON values: `cache::Json`, `pubsub::Topic`, JSON sessions |
+//! | `serde` | | [`Config`] from and to TOML, JSON... (`config::settings`) |
+//! | `metrics` | | counters, gauges and histograms through the `metrics` facade ([`metrics`]) |
+//! | `tracing` | | one `tracing` span per call, OpenTelemetry database conventions ([`metrics`]) |
+//! | `testing` | | real `redis-server` launchers, TLS material, a fault proxy, a hostile server (`redkit::testing`) |
+//!
+//! Without a TLS feature (`default-features = false`) redkit builds without any TLS
+//! library, and a TLS setting makes [`ConfigBuilder::build`] fail with a
+//! [`Config`](ErrorClass::Config) error saying TLS is not compiled in.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
@@ -260,9 +284,12 @@ mod script;
 mod sentinel;
 pub mod session;
 mod stats;
+mod telemetry;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod util;
+pub mod version;
 
 pub use cache::{Cache, CacheStats};
 pub use client::{DedicatedConnection, IntoConfig, Redis, CLOSE_BOUND};
@@ -283,6 +310,7 @@ pub use script::{Pipeline, Script, ScriptCall};
 pub use session::{Session, SessionStore};
 pub use stats::{ErrorCounts, PoolStats, Stats};
 pub use util::histogram::Latency;
+pub use version::{ServerFlavor, ServerVersion};
 
 /// The `redis` crate, re-exported so that versions always match.
 pub use redis;

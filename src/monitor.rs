@@ -10,8 +10,9 @@
 //! let monitor = Monitor::new(&redis);
 //! let info = monitor.info()?;
 //! println!(
-//!     "redis {} up {:?}, {} clients, {} bytes used",
-//!     info.server.redis_version.as_deref().unwrap_or("?"),
+//!     "{} up {:?}, {} clients, {} bytes used",
+//!     // "Redis 7.0.15", "Valkey 8.1.8"
+//!     info.server.version.map_or("?".to_owned(), |v| v.to_string()),
 //!     info.server.uptime,
 //!     info.clients.connected_clients.unwrap_or(0),
 //!     info.memory.used_memory.unwrap_or(0),
@@ -43,14 +44,21 @@ use redis::Value;
 
 use crate::error::{Error, Result};
 use crate::metrics::CommandStats;
+use crate::version::ServerVersion;
 use crate::{Redis, Stats};
 
 /// `INFO server`, typed.
 #[non_exhaustive]
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServerInfo {
-    /// `redis_version`.
+    /// The server's flavor and real version: Redis, or Valkey with its `valkey_version`
+    /// (`None` without a readable `redis_version`).
+    pub version: Option<ServerVersion>,
+    /// `redis_version`: on Valkey, the Redis version it is compatible with (7.2.4), not its
+    /// own (see [`version`](Self::version) and [`valkey_version`](Self::valkey_version)).
     pub redis_version: Option<String>,
+    /// `valkey_version` (Valkey 8 and later).
+    pub valkey_version: Option<String>,
     /// `redis_mode`: `standalone`, `sentinel` or `cluster`.
     pub redis_mode: Option<String>,
     /// `os`.
@@ -203,6 +211,7 @@ impl Info {
     /// .join("\r\n");
     /// let info = redkit::monitor::Info::parse(&text);
     /// assert_eq!(info.server.redis_version.as_deref(), Some("7.2.4"));
+    /// assert_eq!(info.server.version.unwrap().to_string(), "Redis 7.2.4");
     /// assert_eq!(info.keyspace[0].keys, 3);
     /// assert_eq!(info.get("server", "uptime_in_seconds"), Some("42"));
     /// ```
@@ -228,7 +237,9 @@ impl Info {
         let field = |s: &str, f: &str| sections.get(s).and_then(|m| m.get(f)).cloned();
         let num = |s: &str, f: &str| field(s, f).and_then(|v| v.parse::<u64>().ok());
         let server = ServerInfo {
+            version: ServerVersion::from_info(text).ok(),
             redis_version: field("server", "redis_version"),
+            valkey_version: field("server", "valkey_version"),
             redis_mode: field("server", "redis_mode"),
             os: field("server", "os"),
             process_id: num("server", "process_id"),

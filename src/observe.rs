@@ -9,10 +9,11 @@ use log::{info, warn};
 use parking_lot::Mutex;
 
 use crate::breaker::{BreakerState, Transition};
-use crate::config::Addr;
+use crate::config::{Addr, Config};
 use crate::events::{AtomicHealth, Event, Health, Listeners};
 use crate::metrics::CommandMetrics;
 use crate::stats::{Counters, ErrorCounts, PoolStats, Stats};
+use crate::telemetry::Export;
 use crate::util::histogram::Histogram;
 
 /// The window over which latency percentiles are computed (see [`Histogram`]).
@@ -32,6 +33,8 @@ pub(crate) struct Observed {
     times: Mutex<Times>,
     /// The address in log lines.
     addr: Addr,
+    /// What goes to the `metrics` facade (nothing without the feature).
+    pub(crate) export: Export,
 }
 
 /// When things happened.
@@ -53,8 +56,9 @@ pub(crate) struct TimesSnapshot {
 }
 
 impl Observed {
-    /// For a handle to `addr` whose health starts as `health`.
-    pub(crate) fn new(addr: Addr, health: Health) -> Observed {
+    /// For a handle with `config` whose health starts as `health`.
+    pub(crate) fn new(config: &Config, health: Health) -> Observed {
+        let export = Export::new(config);
         Observed {
             counters: Counters::default(),
             events: Listeners::default(),
@@ -62,14 +66,15 @@ impl Observed {
             heartbeat_latency: Histogram::new(LATENCY_WINDOW),
             heartbeat_last_us: AtomicU64::new(0),
             command_latency: Histogram::new(LATENCY_WINDOW),
-            command_metrics: CommandMetrics::default(),
+            command_metrics: CommandMetrics::new(export.clone()),
             times: Mutex::new(Times {
                 started: Instant::now(),
                 connected_at: None,
                 disconnected_at: None,
                 up_since: None,
             }),
-            addr,
+            addr: config.addr.clone(),
+            export,
         }
     }
 
@@ -150,8 +155,20 @@ impl Observed {
     }
 }
 
-/// A [`Stats`] snapshot from what `shared` observed, the breaker's state and the pool's.
+/// A [`Stats`] snapshot from what `shared` observed, the breaker's state and the pool's;
+/// also published to the `metrics` facade (with the feature).
 pub(crate) fn snapshot(
+    shared: &Observed,
+    breaker: BreakerState,
+    state: r2d2::State,
+    max_size: u32,
+) -> Stats {
+    let stats = take_snapshot(shared, breaker, state, max_size);
+    shared.export.publish(&stats);
+    stats
+}
+
+fn take_snapshot(
     shared: &Observed,
     breaker: BreakerState,
     state: r2d2::State,

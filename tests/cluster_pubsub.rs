@@ -175,6 +175,8 @@ fn classic_and_shard_channels_on_every_master_survive_a_slot_move() -> TestResul
         let m = alerts.recv_timeout(WAIT)?;
         assert_eq!(m.channel_str(), format!("alerts.{i}"));
     }
+    // The rest is shard channels (Redis 7.0).
+    support::require!(redkit::version::Feature::ShardedPubSub);
 
     // One shard channel on each master: each subscribed on its owner, by a RESP2 and a
     // RESP3 subscriber.
@@ -275,6 +277,7 @@ fn classic_and_shard_channels_on_every_master_survive_a_slot_move() -> TestResul
 
 #[test]
 fn a_killed_master_s_subscriptions_come_back_on_its_promoted_replica() -> TestResult {
+    support::require!(redkit::version::Feature::ShardedPubSub);
     let mut cluster = cluster();
     let redis = Redis::connect(cluster_builder(&cluster).heartbeat(quick_heartbeat()))?;
     let events = redis.events();

@@ -51,6 +51,7 @@ fn cluster_master_ports(cluster: &RedisCluster) -> TestResult<Vec<u16>> {
 
 #[test]
 fn mutual_tls_cluster_with_a_custom_ca_routes_to_every_master() -> TestResult {
+    support::require!(tls);
     let material = TlsMaterial::generate()?;
     let cluster = tls_cluster(&material, true);
     assert_eq!(
@@ -162,6 +163,7 @@ fn mutual_tls_cluster_with_a_custom_ca_routes_to_every_master() -> TestResult {
 
 #[test]
 fn tls_cluster_fails_over_over_tls_replication() -> TestResult {
+    support::require!(tls);
     let material = TlsMaterial::generate()?;
     let mut cluster = tls_cluster(&material, false);
     // Server authentication only: the CA is enough.

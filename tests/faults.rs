@@ -338,7 +338,7 @@ fn busy_server_replies_are_retried_on_every_surface() -> TestResult {
     let mut admin = admin(&server);
     redis::cmd("CONFIG")
         .arg("SET")
-        .arg("busy-reply-threshold")
+        .arg("lua-time-limit") // busy-reply-threshold from 7.0 on; the old name still works
         .arg(50)
         .exec(&mut admin)?;
     // A script that keeps the server busy for 800 ms: everyone else gets -BUSY meanwhile.

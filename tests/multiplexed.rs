@@ -363,6 +363,7 @@ fn what_cannot_share_a_connection_goes_elsewhere_or_is_refused() -> TestResult {
 
 #[test]
 fn tls_connections_multiplex_too() -> TestResult {
+    support::require!(tls);
     let tls = redkit::testing::TlsMaterial::generate()?;
     let server = redkit::testing::RedisServer::builder()
         .tls(tls.clone())

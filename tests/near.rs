@@ -255,6 +255,8 @@ fn the_race_of_a_read_and_an_invalidation_is_forced_and_lost_by_the_stale_reply(
 /// near cache, and tracking comes back.
 #[test]
 fn killing_the_tracking_or_a_reader_connection_clears_the_cache() -> TestResult {
+    // Finds the tracking connection by the readers' `redir=` in CLIENT LIST (6.2 on).
+    support::require!(6, 2, "CLIENT LIST redir=");
     let server = server();
     let redis = Redis::connect(
         builder(&server)

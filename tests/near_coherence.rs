@@ -445,6 +445,8 @@ fn coherence_across_a_server_restart() -> TestResult {
 
 #[test]
 fn coherence_across_a_kill_of_the_tracking_connection() -> TestResult {
+    // Finds the tracking connection by the readers' `redir=` in CLIENT LIST (6.2 on).
+    support::require!(6, 2, "CLIENT LIST redir=");
     let mut server = server();
     let mut admin = admin(&server);
     let s = Scenario {

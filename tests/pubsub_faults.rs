@@ -67,12 +67,33 @@ fn server_restart_resubscribes_everything_within_the_bound() -> TestResult {
     let subscriber = redis.subscriber()?;
     let channel = subscriber.subscribe(["ch"])?;
     let pattern = subscriber.psubscribe(["pat.*"])?;
-    let shard = subscriber.ssubscribe(["{s}.x"])?;
+    // Shard channels came with 7.0; before, classic channels and patterns only.
+    let shards = part_needs(redkit::version::Feature::ShardedPubSub);
+    let shard = match shards {
+        true => Some(subscriber.ssubscribe(["{s}.x"])?),
+        false => None,
+    };
 
     server.restart()?;
     let back = Instant::now();
-    let e = wait_event(&events, Duration::from_secs(10), is_resubscribed);
-    let took = back.elapsed();
+    // The subscriber's resubscription, and the handle's own reconnection (its heartbeat
+    // retires the pooled connections of the old process): until then a PUBLISH through the
+    // handle may meet a connection the restart closed, and it is not resent (its fate is
+    // unknown). They come in either order.
+    let deadline = back + Duration::from_secs(10);
+    let (mut resubscribed, mut reconnected, mut took) = (None, false, Duration::ZERO);
+    while resubscribed.is_none() || !reconnected {
+        match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(e) if is_resubscribed(&e) => {
+                took = back.elapsed();
+                resubscribed = Some(e);
+            }
+            Ok(Event::Reconnected { .. }) => reconnected = true,
+            Ok(_) => {}
+            Err(_) => panic!("resubscribed: {resubscribed:?}, reconnected: {reconnected}"),
+        }
+    }
+    let e = resubscribed.ok_or("no Resubscribed event")?;
     // The server was back at `back`; the next attempt comes within one backoff delay.
     let bound = INTERVAL + BACKOFF_CAP + Duration::from_millis(700);
     assert!(
@@ -86,7 +107,10 @@ fn server_restart_resubscribes_everything_within_the_bound() -> TestResult {
             shard_channels,
             downtime,
         } => {
-            assert_eq!((channels, patterns, shard_channels), (1, 1, 1));
+            assert_eq!(
+                (channels, patterns, shard_channels),
+                (1, 1, u8::from(shards).into())
+            );
             assert!(downtime > Duration::ZERO);
         }
         other => panic!("{other:?}"),
@@ -97,6 +121,9 @@ fn server_restart_resubscribes_everything_within_the_bound() -> TestResult {
 
     every_message_arrives(&redis, &channel, "ch");
     every_message_arrives(&redis, &pattern, "pat.1");
+    let Some(shard) = shard else {
+        return Ok(());
+    };
     for i in 0..10 {
         redis.spublish("{s}.x", i)?;
     }

@@ -416,7 +416,7 @@ fn server_errors_on_the_heartbeat_degrade_without_reconnecting() -> TestResult {
     let mut admin = admin(&server);
     redis::cmd("CONFIG")
         .arg("SET")
-        .arg("busy-reply-threshold")
+        .arg("lua-time-limit") // busy-reply-threshold from 7.0 on; the old name still works
         .arg("100")
         .exec(&mut admin)?;
     let busy = std::thread::spawn(move || {

@@ -104,13 +104,20 @@ fn no_secret_in_any_debug_output() -> TestResult {
         server.port()
     );
     let from_url: Config = url.parse()?;
-    let tls_config = Config::builder()
+    // A build without TLS refuses TLS settings: the same secrets over plain TCP then.
+    let tls_builder = Config::builder()
         .password("reader-secret-pw")
         .tls_client_identity_pem(tls.client_cert_pem(), tls.client_key_pem())
-        .tls_ca_pem(tls.ca_cert_pem())
-        .build()?;
-    let key_pem = String::from_utf8(tls.client_key_pem().to_vec())?;
-    let key_body = key_pem.lines().nth(1).unwrap_or("KEY").to_owned();
+        .tls_ca_pem(tls.ca_cert_pem());
+    let refused = tls_builder.clone().build().err();
+    let tls_config = match refused {
+        None => tls_builder.build()?,
+        Some(e) => {
+            assert!(!format!("{e} {e:?}").contains(&key_pem_line(&tls)?));
+            Config::builder().password("reader-secret-pw").build()?
+        }
+    };
+    let key_body = key_pem_line(&tls)?;
     let con = redis.conn()?;
     let shown = format!(
         "{config:?} {config} {redis:?} {from_url:?} {from_url} {tls_config:?} {tls_config} {:?} {con:?} {:?}",
@@ -123,6 +130,7 @@ fn no_secret_in_any_debug_output() -> TestResult {
     Ok(())
 }
 
+#[cfg(any(feature = "tls-native-tls", feature = "tls-rustls"))]
 fn tls_server(tls: &TlsMaterial, client_auth: bool) -> RedisServer {
     init_logs();
     RedisServer::builder()
@@ -132,8 +140,10 @@ fn tls_server(tls: &TlsMaterial, client_auth: bool) -> RedisServer {
         .expect("start TLS redis-server")
 }
 
+#[cfg(any(feature = "tls-native-tls", feature = "tls-rustls"))]
 #[test]
 fn tls_with_custom_ca() -> TestResult {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = tls_server(&tls, false);
     let mut r = Redis::connect(builder(&server).tls_ca_pem(tls.ca_cert_pem()))?;
@@ -149,8 +159,10 @@ fn tls_with_custom_ca() -> TestResult {
     Ok(())
 }
 
+#[cfg(any(feature = "tls-native-tls", feature = "tls-rustls"))]
 #[test]
 fn tls_with_client_certificate() -> TestResult {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = tls_server(&tls, true);
     let redis = Redis::connect(
@@ -172,8 +184,10 @@ fn tls_with_client_certificate() -> TestResult {
     Ok(())
 }
 
+#[cfg(any(feature = "tls-native-tls", feature = "tls-rustls"))]
 #[test]
 fn tls_wrong_ca_and_wrong_host_are_rejected_with_a_tls_error() -> TestResult {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = tls_server(&tls, false);
     let start = std::time::Instant::now();
@@ -198,8 +212,10 @@ fn tls_wrong_ca_and_wrong_host_are_rejected_with_a_tls_error() -> TestResult {
     Ok(())
 }
 
+#[cfg(any(feature = "tls-native-tls", feature = "tls-rustls"))]
 #[test]
 fn plain_client_against_tls_server_fails_cleanly() -> TestResult {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = tls_server(&tls, false);
     let err = Redis::connect(
@@ -207,5 +223,34 @@ fn plain_client_against_tls_server_fails_cleanly() -> TestResult {
     )
     .unwrap_err();
     assert!(err.is_connection() || err.is_timeout(), "{err:?}");
+    Ok(())
+}
+
+/// The first line of the client key's body (what must never show).
+fn key_pem_line(tls: &TlsMaterial) -> TestResult<String> {
+    let key_pem = String::from_utf8(tls.client_key_pem().to_vec())?;
+    Ok(key_pem.lines().nth(1).unwrap_or("KEY").to_owned())
+}
+
+/// A build without TLS: `rediss://` and `ConfigBuilder::tls()` are typed Config errors that
+/// say TLS is not compiled in, before anything is sent.
+#[cfg(not(any(feature = "tls-native-tls", feature = "tls-rustls")))]
+#[test]
+fn without_tls_compiled_in_tls_settings_are_config_errors() -> TestResult {
+    let tls = TlsMaterial::generate()?;
+    let server = RedisServer::builder().tls(tls.clone()).start()?;
+    let attempts = [
+        Redis::connect(server.url().as_str()).err(),
+        Redis::connect(builder(&server).tls()).err(),
+        Redis::connect(builder(&server).tls_ca_pem(tls.ca_cert_pem())).err(),
+        Config::from_url("rediss://127.0.0.1:6380/0").err(),
+        Config::from_url("redis+sentinel://127.0.0.1/m?sentinel_tls=true").err(),
+    ];
+    for err in attempts {
+        let err = err.ok_or("a TLS setting was accepted without TLS compiled in")?;
+        assert_eq!(err.class(), ErrorClass::Config, "{err:?}");
+        assert_eq!(err.delivery(), Delivery::NotSent);
+        assert!(err.to_string().contains("TLS is not compiled in"), "{err}");
+    }
     Ok(())
 }

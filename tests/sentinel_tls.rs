@@ -32,6 +32,7 @@ fn node_addr(setup: &SentinelSetup, i: usize) -> Addr {
 
 #[test]
 fn tls_sentinels_lead_to_a_tls_master_and_follow_a_failover() -> TestResult {
+    support::require!(tls);
     support::init_logs();
     let tls = TlsMaterial::generate()?;
     let setup = SentinelSetup::builder().tls(tls.clone()).start()?;

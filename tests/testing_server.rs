@@ -1,5 +1,7 @@
 //! Tests of `redkit::testing` against a real redis-server.
 
+mod support;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -82,6 +84,7 @@ fn acl_user_line_is_applied() -> Result {
 
 #[test]
 fn tls_server_without_client_auth() -> Result {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = RedisServer::builder()
         .tls(tls.clone())
@@ -121,6 +124,7 @@ fn tls_server_without_client_auth() -> Result {
 
 #[test]
 fn tls_server_with_client_auth() -> Result {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = RedisServer::builder()
         .tls(tls.clone())
@@ -146,6 +150,7 @@ fn tls_server_with_client_auth() -> Result {
 
 #[test]
 fn wrong_host_certificate_is_rejected() -> Result {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let server = RedisServer::builder()
         .tls(tls.wrong_host_server_material())
@@ -232,6 +237,7 @@ fn handles_are_send_and_sync() {
 
 #[test]
 fn tls_restart_on_same_port() -> Result {
+    support::require!(tls);
     let tls = TlsMaterial::generate()?;
     let mut server = RedisServer::builder().tls(tls).start()?;
     let port = server.port();

@@ -1,5 +1,7 @@
 //! Tests of the Sentinel and Cluster launchers of `redkit::testing`.
 
+mod support;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -76,6 +78,7 @@ fn sentinel_setup_fails_over_and_replaces_a_killed_master() -> Result {
 
 #[test]
 fn sentinel_setup_with_a_sentinel_password() -> Result {
+    support::require!(6, 2, "sentinel sentinel-pass");
     let setup = SentinelSetup::builder()
         .master_name("orders")
         .sentinel_password("sentinel-pw")

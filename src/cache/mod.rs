@@ -58,7 +58,10 @@
 //!   `UNLINK`): a key written meanwhile may survive.
 //!
 //! Values are stored in a small frame (one byte of kind, and for loaded values the time the
-//! load took, for early refresh): read them through the cache. A value that does not decode
+//! load took, for early refresh): read them through the cache, or make the cache
+//! [plain](CacheBuilder::plain) to share it with programs that read the values raw (at the
+//! cost of negative caching and early refresh).
+//! [`Cache::get_on`] and [`Cache::set_on`] read and write on a connection of your own. A value that does not decode
 //! is an [`Error::Decode`] naming the key, never a silent miss. Counters
 //! ([`Cache::increment`]) are plain integers, read with [`Cache::counter`].
 
@@ -81,6 +84,7 @@ mod value;
 
 pub use value::CacheValue;
 #[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub use value::Json;
 use value::{absent_frame, frame, unframe, Frame};
 
@@ -102,6 +106,7 @@ struct Settings {
     early_refresh: Option<f64>,
     negative_ttl: Option<Duration>,
     degrade: bool,
+    plain: bool,
 }
 
 /// Builds a [`Cache`]; every setting has a default.
@@ -192,9 +197,48 @@ impl CacheBuilder {
         self
     }
 
+    /// Stores values as they are, without redkit's frame: what [`CacheValue::encode`] makes
+    /// (the bytes, the string, the number as text, the JSON) is exactly what a raw `GET`
+    /// returns, so programs in other languages (or `redis-cli`) share the cache. Defaults to
+    /// `false` (framed).
+    ///
+    /// What the frame carried is lost, so these two settings are refused with a plain cache
+    /// (a [`Config`](crate::ErrorClass::Config) error from `build`): negative caching
+    /// ([`negative_ttl`](Self::negative_ttl): a stored "not found" could not be told from a
+    /// value) and early refresh ([`early_refresh`](Self::early_refresh): the time each load
+    /// took lives in the frame). Everything else works the same: single flight, the load
+    /// lock, tags, counters, the near level. Values a plain cache reads are decoded as they
+    /// are (a framed value read by a plain cache, or the reverse, does not decode as the
+    /// same value: give the two kinds different names).
+    ///
+    /// ```no_run
+    /// let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+    /// let shared = redkit::cache::Cache::builder(&redis, "shared").plain(true).build()?;
+    /// shared.set("greeting", &"hello".to_owned())?;
+    /// let raw: String = redis.query(redis::cmd("GET").arg(shared.key("greeting")))?;
+    /// assert_eq!(raw, "hello");
+    /// # Ok::<(), redkit::Error>(())
+    /// ```
+    pub fn plain(mut self, plain: bool) -> CacheBuilder {
+        self.settings.plain = plain;
+        self
+    }
+
     /// Validates the settings.
     pub fn build(self) -> Result<Cache> {
         let s = &self.settings;
+        if s.plain && s.negative_ttl.is_some() {
+            return Err(Error::config(
+                "cache.negative_ttl",
+                "not available with plain values (a stored \"not found\" would read as a value)",
+            ));
+        }
+        if s.plain && s.early_refresh.is_some() {
+            return Err(Error::config(
+                "cache.early_refresh",
+                "not available with plain values (the load time it needs lives in the frame)",
+            ));
+        }
         ttl_ms("cache.default_ttl", s.default_ttl)?;
         ttl_ms("cache.lock_ttl", s.lock_ttl)?;
         if let Some(t) = s.negative_ttl {
@@ -364,6 +408,7 @@ impl Cache {
                 early_refresh: None,
                 negative_ttl: None,
                 degrade: true,
+                plain: false,
             },
             near: None,
         }
@@ -416,6 +461,9 @@ impl Cache {
             key: self.key(key),
             reason,
         };
+        if self.inner.settings.plain {
+            return V::decode(bytes).map(Some).map_err(decode_err);
+        }
         match unframe(bytes).map_err(decode_err)? {
             Frame::Absent => Ok(None),
             Frame::Value(payload, _) => V::decode(payload).map(Some).map_err(decode_err),
@@ -428,7 +476,13 @@ impl Cache {
         value: &V,
         load: Option<Duration>,
     ) -> Result<Vec<u8>> {
-        frame(value, load).map_err(|reason| Error::Decode {
+        let encoded = if self.inner.settings.plain {
+            let mut out = Vec::with_capacity(64);
+            value.encode(&mut out).map(|()| out)
+        } else {
+            frame(value, load)
+        };
+        encoded.map_err(|reason| Error::Decode {
             key: self.key(key),
             reason: format!("could not encode: {reason}"),
         })
@@ -442,6 +496,52 @@ impl Cache {
             Some(b) => self.decode(key, &b),
             None => Ok(None),
         }
+    }
+
+    /// Like [`Cache::get`], on a connection of your own (any [`redis::ConnectionLike`]: a
+    /// plain `redis::Connection`, a pooled or dedicated connection), with the same keys and
+    /// encoding: one `GET`, no retry, no breaker, no near level. Counts a hit or a miss.
+    ///
+    /// ```no_run
+    /// let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+    /// let cache = redkit::cache::Cache::new(&redis, "products")?;
+    /// let mut con = redis::Client::open("redis://127.0.0.1/")?.get_connection()?;
+    /// cache.set_on(&mut con, "p:1", &"widget".to_owned(), None)?;
+    /// let name: Option<String> = cache.get_on(&mut con, "p:1")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_on<V: CacheValue>(
+        &self,
+        con: &mut dyn redis::ConnectionLike,
+        key: &str,
+    ) -> Result<Option<V>> {
+        let bytes: Option<Vec<u8>> = redis::cmd("GET").arg(self.key(key)).query(con)?;
+        self.count(bytes.is_some());
+        match bytes {
+            Some(b) => self.decode(key, &b),
+            None => Ok(None),
+        }
+    }
+
+    /// Like [`Cache::set_ttl`], on a connection of your own: one `SET .. PX`. A near level
+    /// of this process learns of it through the server's invalidation, as of any other
+    /// writer's.
+    pub fn set_on<V: CacheValue>(
+        &self,
+        con: &mut dyn redis::ConnectionLike,
+        key: &str,
+        value: &V,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let ms = self.ttl_or_default(ttl)?;
+        let bytes = self.encode(key, value, None)?;
+        redis::cmd("SET")
+            .arg(self.key(key))
+            .arg(bytes)
+            .arg("PX")
+            .arg(ms)
+            .query::<()>(con)?;
+        Ok(())
     }
 
     /// Stores `value` with the default TTL.

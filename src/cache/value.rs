@@ -81,10 +81,12 @@ number_value!(i64, u64, f64, bool);
 /// # Ok::<(), redkit::Error>(())
 /// ```
 #[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Json<T>(pub T);
 
 #[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 impl<T: serde::Serialize + serde::de::DeserializeOwned> CacheValue for Json<T> {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), String> {
         serde_json::to_writer(out, &self.0).map_err(|e| e.to_string())

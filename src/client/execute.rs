@@ -18,6 +18,7 @@ use crate::breaker::Breaker;
 use crate::error::{Delivery, Error, ErrorClass, Result};
 use crate::pool::PooledConnection;
 use crate::retry::RetryPolicy;
+use crate::telemetry::{CallSpan, Op};
 use crate::util::time;
 
 impl Redis {
@@ -28,10 +29,11 @@ impl Redis {
     /// nothing on the happy path.
     pub(crate) fn execute<T>(
         &self,
+        what: Op<'_>,
         idempotent: impl Fn() -> bool,
         mut op: impl FnMut(&mut PooledConnection) -> Result<T>,
     ) -> Result<T> {
-        self.execute_with(idempotent, |deadline, cap| {
+        self.execute_with(what, idempotent, |deadline, cap| {
             self.on_pool(&mut op, deadline, cap)
         })
     }
@@ -41,28 +43,33 @@ impl Redis {
     /// [`Redis::execute`].
     pub(crate) fn execute_call<T>(
         &self,
+        what: Op<'_>,
         idempotent: impl Fn() -> bool,
         muxable: bool,
         mut op: impl FnMut(&mut dyn Calls) -> Result<T>,
     ) -> Result<T> {
         match (&self.inner.mux, muxable) {
-            (Some(mux), true) => self.execute_with(idempotent, |_, cap| {
+            (Some(mux), true) => self.execute_with(what, idempotent, |_, cap| {
                 let mut call = MuxCall::new(self, mux, cap)?;
                 op(&mut call)
             }),
-            _ => self.execute_with(idempotent, |deadline, cap| {
+            _ => self.execute_with(what, idempotent, |deadline, cap| {
                 self.on_pool(&mut |con: &mut PooledConnection| op(con), deadline, cap)
             }),
         }
     }
 
+    /// `what` names the call for its `tracing` span (feature `tracing`; nothing otherwise).
     fn execute_with<T>(
         &self,
+        what: Op<'_>,
         idempotent: impl Fn() -> bool,
         mut attempt: impl FnMut(Instant, Instant) -> Result<T>,
     ) -> Result<T> {
         let policy: &RetryPolicy = &self.inner.config.retry;
         let start = Instant::now();
+        let span = CallSpan::start(&self.inner.config, || self.target(), what);
+        let _entered = span.enter();
         let deadline = time::add(start, policy.max_elapsed);
         let cap = time::add(deadline, self.inner.config.timeouts.response);
         let mut delays = None;
@@ -106,8 +113,27 @@ impl Redis {
                 }
             }
         };
-        self.inner.observed.command_latency.record(start.elapsed());
+        let took = start.elapsed();
+        self.inner.observed.command_latency.record(took);
+        self.inner.observed.export.call(took);
+        span.finish(n, &result);
         result
+    }
+
+    /// Where the handle's commands go: the current Sentinel master (or replica), the first
+    /// Cluster seed, or the configured address.
+    fn target(&self) -> crate::config::Addr {
+        let config = &self.inner.config;
+        if let Some(addr) = self.sentinel_master() {
+            return addr;
+        }
+        if let Some((host, port)) = config.cluster().and_then(|c| c.seeds().first()) {
+            return crate::config::Addr::Tcp {
+                host: host.clone(),
+                port: *port,
+            };
+        }
+        config.addr.clone()
     }
 
     /// One attempt through the circuit breaker (a cluster's nodes have breakers of their

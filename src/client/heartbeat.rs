@@ -12,8 +12,8 @@ use crate::breaker::{Breaker, BreakerState};
 use crate::error::{Error, Result};
 use crate::events::{Event, Health};
 use crate::heartbeat::HeartbeatConfig;
-use crate::observe::Observed;
-use crate::pool::{Manager, PoolState, RawConn, Signal};
+use crate::observe::{self, Observed};
+use crate::pool::{Manager, PoolSampler, PoolState, RawConn, Signal};
 use crate::util::threads::Background;
 use crate::util::time;
 
@@ -49,6 +49,7 @@ impl HeartbeatThread {
         breaker: Arc<Breaker>,
         signals: Receiver<Signal>,
         con: Option<RawConn>,
+        sampler: Option<PoolSampler>,
     ) -> Result<HeartbeatThread> {
         let interval = config.interval.unwrap_or(Duration::from_secs(1));
         let state = manager.state().clone();
@@ -66,6 +67,7 @@ impl HeartbeatThread {
                 con,
                 first: true,
                 nodes: None,
+                sampler,
             };
             if beat.state.cluster.is_some() {
                 beat.nodes = Some(crate::cluster::health::NodeChecks::new());
@@ -106,6 +108,8 @@ struct Beat {
     first: bool,
     /// With a Cluster: the check of every node at each beat.
     nodes: Option<crate::cluster::health::NodeChecks>,
+    /// With the `metrics` feature: the pool's state, for the stats published every beat.
+    sampler: Option<PoolSampler>,
 }
 
 impl Beat {
@@ -132,6 +136,10 @@ impl Beat {
                 }
             }
             self.observed.rotate_windows();
+            if let Some(sample) = &self.sampler {
+                let (pool, max_size) = sample();
+                observe::snapshot(&self.observed, self.breaker.state(), pool, max_size);
+            }
             if self.con.is_some() {
                 if let Err(e) = self.ping() {
                     self.lost(e);

@@ -28,11 +28,13 @@ use crate::pool::{Manager, Pool, PoolState, PooledConnection, RawConn};
 use crate::retry::{is_read_only_cmd, is_read_only_command};
 use crate::script::{self, Pipeline};
 use crate::stats::Stats;
+use crate::telemetry::Op;
 use crate::util::{resp, time};
 use heartbeat::HeartbeatThread;
 
-/// Something that can become a [`Config`]: a `Config`, a [`ConfigBuilder`](crate::ConfigBuilder)
-/// or a URL.
+/// Something that can become a [`Config`]: a `Config`, a [`ConfigBuilder`](crate::ConfigBuilder),
+/// a URL, or the `redis` crate's own `redis::Client` or `redis::ConnectionInfo` (and
+/// references to them).
 pub trait IntoConfig {
     /// Converts into a validated configuration.
     fn into_config(self) -> Result<Config>;
@@ -65,6 +67,36 @@ impl IntoConfig for String {
 impl IntoConfig for &String {
     fn into_config(self) -> Result<Config> {
         Config::from_url(self)
+    }
+}
+
+/// The address, TLS choice, database, credentials and protocol of a `redis` crate
+/// connection info (see [`ConfigBuilder::from_connection_info`](crate::ConfigBuilder::from_connection_info)).
+impl IntoConfig for &redis::ConnectionInfo {
+    fn into_config(self) -> Result<Config> {
+        crate::ConfigBuilder::from_connection_info(self)?.build()
+    }
+}
+
+/// Like `&redis::ConnectionInfo`.
+impl IntoConfig for redis::ConnectionInfo {
+    fn into_config(self) -> Result<Config> {
+        (&self).into_config()
+    }
+}
+
+/// The connection info of a `redis` crate client: `Redis::connect(&client)` for code that
+/// already has one.
+impl IntoConfig for &redis::Client {
+    fn into_config(self) -> Result<Config> {
+        self.get_connection_info().into_config()
+    }
+}
+
+/// Like `&redis::Client`.
+impl IntoConfig for redis::Client {
+    fn into_config(self) -> Result<Config> {
+        (&self).into_config()
     }
 }
 
@@ -148,7 +180,7 @@ struct Parts {
 impl Parts {
     fn new(config: &Config, health: Health) -> Result<Parts> {
         let connector = Connector::new(config)?;
-        let observed = Arc::new(Observed::new(config.addr.clone(), health));
+        let observed = Arc::new(Observed::new(config, health));
         let generation = Arc::new(Generation::default());
         let breaker = Arc::new(Breaker::new(config.breaker));
         let sentinel = match &config.sentinel {
@@ -321,6 +353,8 @@ impl Redis {
                 breaker.clone(),
                 signals,
                 con,
+                // Stats published every beat, for the `metrics` feature only.
+                cfg!(feature = "metrics").then(|| pool.sampler()),
             )?),
             None => None,
         };
@@ -381,7 +415,11 @@ impl Redis {
         cmd: &Cmd,
     ) -> Result<T> {
         let packed = cmd.get_packed_command();
-        self.execute(|| true, |con| script::convert(con.exec_on(addr, &packed)?))
+        self.execute(
+            Op::Command(&packed),
+            || true,
+            |con| script::convert(con.exec_on(addr, &packed)?),
+        )
     }
 
     /// The pool's shared state (topology, closed flag, generation).
@@ -523,6 +561,11 @@ impl Redis {
         self.inner.observed.command_metrics.snapshot()
     }
 
+    /// What the handle reports to the `metrics` facade (nothing without the feature).
+    pub(crate) fn export(&self) -> &crate::telemetry::Export {
+        &self.inner.observed.export
+    }
+
     /// The circuit breaker's state.
     pub fn breaker_state(&self) -> BreakerState {
         self.inner.breaker.state()
@@ -583,7 +626,7 @@ impl Redis {
         let packed = cmd.get_packed_command();
         self.check_shared(&packed)?;
         let muxable = !crate::conn::state::any_blocking(&packed);
-        self.execute_call(idempotent, muxable, |con| {
+        self.execute_call(Op::Command(&packed), idempotent, muxable, |con| {
             script::convert(con.exec_packed(&packed)?)
         })
     }
@@ -600,7 +643,7 @@ impl Redis {
     /// closure is run again only when its failure surely did not run anything on the server
     /// (see [`Redis::run_idempotent`] otherwise).
     pub fn run<T>(&self, f: impl FnMut(&mut PooledConnection) -> Result<T>) -> Result<T> {
-        self.execute(|| false, f)
+        self.execute(Op::Run, || false, f)
     }
 
     /// Like [`Redis::run`], and the caller declares the closure idempotent: it is run again
@@ -609,7 +652,7 @@ impl Redis {
         &self,
         f: impl FnMut(&mut PooledConnection) -> Result<T>,
     ) -> Result<T> {
-        self.execute(|| true, f)
+        self.execute(Op::Run, || true, f)
     }
 
     /// Runs a [`Pipeline`] (plain or atomic, with scripts), with the breaker and the retry
@@ -619,7 +662,11 @@ impl Redis {
             self.inner.observed.counters.error(e.class());
         })?;
         let muxable = !pipe.any_blocking();
-        self.execute_call(|| pipe.is_read_only(), muxable, |con| pipe.query(con))
+        let what = Op::Pipeline {
+            commands: pipe.len(),
+            atomic: pipe.is_atomic(),
+        };
+        self.execute_call(what, || pipe.is_read_only(), muxable, |con| pipe.query(con))
     }
 
     /// An optimistic transaction: `WATCH`es `keys`, lets `build` read what it needs and fill
@@ -648,6 +695,7 @@ impl Redis {
     {
         let attempts = self.inner.config.transaction_attempts;
         self.execute(
+            Op::Transaction,
             || false,
             |con| {
                 for _ in 0..attempts {
@@ -682,7 +730,7 @@ impl crate::ScriptCall {
     /// Runs the call through a [`Redis`] handle, with its breaker and retry policy (a script
     /// is resent only when it surely did not run).
     pub fn run<T: FromRedisValue>(&self, redis: &Redis) -> Result<T> {
-        redis.execute_call(|| false, true, |con| self.invoke(con))
+        redis.execute_call(Op::Script, || false, true, |con| self.invoke(con))
     }
 }
 
@@ -718,7 +766,7 @@ impl ConnectionLike for Redis {
         let read_only = || resp::command_name(cmd).is_some_and(is_read_only_command);
         let muxable = !crate::conn::state::any_blocking(cmd);
         let value = self
-            .execute_call(read_only, muxable, |con| {
+            .execute_call(Op::Command(cmd), read_only, muxable, |con| {
                 transient_reply_as_error(con.exec_packed(cmd)?)
             })
             .map_err(to_redis_error)?;
@@ -736,9 +784,15 @@ impl ConnectionLike for Redis {
         let read_only = || packed_all_read_only(cmd);
         let muxable = !crate::conn::state::any_blocking(cmd);
         let values = self
-            .execute_call(read_only, muxable, |con| {
-                con.exec_pipeline(cmd, offset, count)
-            })
+            .execute_call(
+                Op::Pipeline {
+                    commands: count,
+                    atomic: false,
+                },
+                read_only,
+                muxable,
+                |con| con.exec_pipeline(cmd, offset, count),
+            )
             .map_err(to_redis_error)?;
         self.count_error_replies(&values);
         Ok(values)

@@ -188,11 +188,9 @@ impl<'a> MuxCall<'a> {
         observed.counters.commands.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
         let result = mux.call(cmd, offset, count, self.deadline());
-        let failed =
-            !matches!(&result, Ok(vs) if !vs.iter().any(|v| matches!(v, Value::ServerError(_))));
         observed
             .command_metrics
-            .record(name, start.elapsed(), failed);
+            .record(name, start.elapsed(), &result);
         match &result {
             Ok(values) => self.check_read_only(&mux, values),
             Err(e) if e.class() == ErrorClass::Connection => {
@@ -266,10 +264,9 @@ impl<'a> MuxCall<'a> {
             }
             Ok(values.split_off(offset).into_iter().take(count).collect())
         });
-        let failed = !matches!(&result, Ok(vs) if !vs.iter().any(|v: &Value| matches!(v, Value::ServerError(_))));
         observed
             .command_metrics
-            .record(name, start.elapsed(), failed);
+            .record(name, start.elapsed(), &result);
         if let Ok(values) = &result {
             let read_only = values.iter().any(|v| {
                 matches!(v, Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::ReadOnly))

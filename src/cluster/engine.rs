@@ -562,7 +562,7 @@ mod tests {
             .build()
             .expect("config");
         let connector = crate::conn::Connector::new(&config).expect("connector");
-        let observed = Arc::new(Observed::new(addr(1), Health::Healthy));
+        let observed = Arc::new(Observed::new(&config, Health::Healthy));
         let topo = Topology::new(&config, connector, observed).expect("a cluster config");
         topo.install(vec![
             (0, 5460, addr(1), vec![]),

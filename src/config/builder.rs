@@ -674,27 +674,10 @@ fn validate(c: &Config) -> Result<()> {
         ));
     }
     if let Some(tls) = &c.tls {
-        if let Some(ca) = &tls.ca_pem {
-            native_tls::Certificate::from_pem(ca)
-                .map_err(|e| Error::config("tls.ca", format!("not a PEM certificate: {e}")))?;
-        }
-        match (&tls.client_cert_pem, &tls.client_key_pem) {
-            (Some(cert), Some(key)) => {
-                native_tls::Identity::from_pkcs8(cert, key).map_err(|e| {
-                    Error::config(
-                        "tls.client_identity",
-                        format!("certificate and PKCS#8 key (PEM) do not load: {e}"),
-                    )
-                })?;
-            }
-            (None, None) => {}
-            _ => {
-                return Err(Error::config(
-                    "tls.client_identity",
-                    "needs both a certificate and a key",
-                ))
-            }
-        }
+        super::tls::check(tls)?;
+    }
+    if !super::tls::COMPILED_IN && c.sentinel.as_ref().is_some_and(|s| s.tls == Some(true)) {
+        return Err(super::tls::not_compiled_in("sentinel_tls"));
     }
     Ok(())
 }

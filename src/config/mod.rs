@@ -69,7 +69,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod breaker;
+mod bridge;
 mod builder;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub mod settings;
+pub(crate) mod tls;
 mod url;
 
 pub use breaker::{BreakerConfig, BreakerState, FailureRate};
@@ -298,7 +303,10 @@ impl PoolConfig {
     }
 }
 
-/// TLS settings (through `native-tls`).
+/// TLS settings, for the TLS backend compiled in (the `tls-native-tls` feature, on by
+/// default, or `tls-rustls`; rustls when both are on). In a build with neither, any TLS
+/// setting (`rediss://`, [`ConfigBuilder::tls`]) makes `build()` fail with a
+/// [`Config`](crate::ErrorClass::Config) error saying TLS is not compiled in.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct TlsConfig {
     pub(crate) insecure: bool,

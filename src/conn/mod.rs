@@ -1,7 +1,7 @@
 //! The connection core, under every kind of connection redkit opens (pooled, dedicated,
 //! subscriber, sentinel, cluster node, heartbeat).
 //!
-//! It opens a socket (TCP, TLS through `native-tls`, or a unix socket), runs the handshake
+//! It opens a socket (TCP, TLS through `native-tls` or rustls, or a unix socket), runs the handshake
 //! (`HELLO` with the protocol, credentials and client name, then `SELECT`, pipelined in one
 //! round trip), writes packed commands and reads frames with the `redis` crate's own
 //! [`redis::Parser`], all against **absolute deadlines**:

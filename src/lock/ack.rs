@@ -173,20 +173,10 @@ fn has_waitaof(redis: &crate::Redis, con: &mut PooledConnection) -> Result<bool>
     Ok(known)
 }
 
-/// `"Redis 7.0.15"` (or Valkey), from `INFO server`; `"unknown"` when that fails.
+/// `"Redis 7.0.15"` (or `"Valkey 8.1.8"`), from `INFO server`; `"unknown"` when that fails.
 fn server_version(con: &mut PooledConnection) -> String {
     let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").query(con);
-    let Ok(info) = info else {
-        return "unknown".into();
-    };
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_owned())
-    };
-    match (field("valkey_version:"), field("redis_version:")) {
-        (Some(v), _) => format!("Valkey {v}"),
-        (None, Some(v)) => format!("Redis {v}"),
-        (None, None) => "unknown".into(),
-    }
+    info.ok()
+        .and_then(|text| crate::version::ServerVersion::from_info(&text).ok())
+        .map_or_else(|| "unknown".into(), |v| v.to_string())
 }

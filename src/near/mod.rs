@@ -114,6 +114,7 @@ use crate::breaker::BreakerState;
 use crate::config::Protocol;
 use crate::conn::Connector;
 use crate::error::{Delivery, Error, Result};
+use crate::telemetry::Op;
 use crate::util::time;
 use crate::Redis;
 use store::{FlushKind, Limits, Place, Store};
@@ -718,7 +719,7 @@ impl NearCache {
         self.inner.shared.counters.uncached.fetch_add(1, Relaxed);
         self.inner
             .redis
-            .execute(|| true, |con| con.exec_packed(packed))
+            .execute(Op::Command(packed), || true, |con| con.exec_packed(packed))
     }
 
     /// `GET` of many full keys: hits in process, the misses per node in one pipeline.
@@ -785,10 +786,11 @@ impl NearCache {
             cmd.arg(rkeys[i].as_slice());
         }
         let packed = cmd.get_packed_command();
-        let value = self
-            .inner
-            .redis
-            .execute(|| true, |con| con.exec_packed(&packed))?;
+        let value = self.inner.redis.execute(
+            Op::Command(&packed),
+            || true,
+            |con| con.exec_packed(&packed),
+        )?;
         match value {
             Value::Array(values) if values.len() == idx.len() => Ok(values),
             Value::ServerError(e) => Err(Error::from_redis(e.into(), Delivery::Answered)),

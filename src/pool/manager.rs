@@ -114,7 +114,6 @@ impl PoolState {
     }
 
     /// What the server said about itself (`HELLO`) when a connection was last opened.
-    #[allow(dead_code)] // read by the server version (to come)
     pub(crate) fn hello(&self) -> Option<Hello> {
         self.hello.lock().clone()
     }

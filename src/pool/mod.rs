@@ -26,6 +26,9 @@ use crate::util::time;
 const CHECKOUT_SLICE: Duration = Duration::from_millis(50);
 
 /// The pool of one handle.
+/// What [`Pool::sampler`] returns.
+pub(crate) type PoolSampler = Box<dyn Fn() -> (r2d2::State, u32) + Send>;
+
 pub(crate) struct Pool {
     r2d2: r2d2::Pool<Manager>,
     state: Arc<PoolState>,
@@ -88,6 +91,13 @@ impl Pool {
 
     pub(crate) fn max_size(&self) -> u32 {
         self.max_size
+    }
+
+    /// Reads the pool's state and size from another thread (the heartbeat, which publishes
+    /// metrics), without the rest of the pool.
+    pub(crate) fn sampler(&self) -> PoolSampler {
+        let (r2d2, max_size) = (self.r2d2.clone(), self.max_size);
+        Box::new(move || (r2d2.state(), max_size))
     }
 
     fn wrap(&self, conn: r2d2::PooledConnection<Manager>) -> PooledConnection {

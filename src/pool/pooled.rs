@@ -164,12 +164,11 @@ impl PooledConnection {
         if let Ok(v) = &result {
             self.check_read_only(std::slice::from_ref(v));
         }
-        let failed = !matches!(&result, Ok(v) if !matches!(v, Value::ServerError(_)));
         let name = resp::command_name(cmd).unwrap_or(b"UNKNOWN");
         self.state
             .observed
             .command_metrics
-            .record(name, start.elapsed(), failed);
+            .record(name, start.elapsed(), &result);
         result
     }
 
@@ -229,12 +228,10 @@ impl PooledConnection {
         if let Ok(vs) = &result {
             self.check_read_only(vs);
         }
-        let failed =
-            !matches!(&result, Ok(vs) if !vs.iter().any(|v| matches!(v, Value::ServerError(_))));
         self.state
             .observed
             .command_metrics
-            .record(b"PIPELINE", start.elapsed(), failed);
+            .record(b"PIPELINE", start.elapsed(), &result);
         result.map_err(|e| self.fail(e))
     }
 }

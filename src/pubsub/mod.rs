@@ -107,6 +107,7 @@ use redis::ToRedisArgs;
 
 use crate::client::Redis;
 use crate::error::{Delivery, Error, Result};
+use crate::version::Feature;
 
 mod conn;
 mod frame;
@@ -122,6 +123,7 @@ pub use handler::Handler;
 pub use keyspace::{KeyEvent, KeyEvents};
 pub use message::{Backpressure, Message, SubscriptionOptions};
 #[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub use topic::{DecodeError, Topic, TopicSubscription};
 
 use message::{Sink, SubCounters};
@@ -170,12 +172,14 @@ impl Redis {
         self.query(redis::cmd("PUBLISH").arg(channel).arg(payload))
     }
 
-    /// `SPUBLISH` (Redis 7): publishes to a shard channel; returns how many received it.
+    /// `SPUBLISH` (Redis 7.0 and later, Valkey): publishes to a shard channel; returns how
+    /// many received it. On an older server, [`Error::ServerTooOld`] and nothing is sent.
     pub fn spublish<C: ToRedisArgs, P: ToRedisArgs>(
         &self,
         channel: C,
         payload: P,
     ) -> Result<usize> {
+        self.require(Feature::ShardedPubSub)?;
         self.query(redis::cmd("SPUBLISH").arg(channel).arg(payload))
     }
 }
@@ -225,7 +229,10 @@ impl Subscriber {
         };
         let (ctl_tx, ctl_rx) = unbounded();
         let (stop_tx, stop_rx) = bounded(0);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            dropped_export: redis.export().counter("redkit_subscriber_dropped_total"),
+            ..Counters::default()
+        });
         let worker = Worker::new(
             redis.connector().clone(),
             settings,
@@ -278,8 +285,9 @@ impl Subscriber {
         self.subscribe_with(Kind::Pattern, patterns, SubscriptionOptions::default())
     }
 
-    /// `SSUBSCRIBE` to shard channels (Redis 7 sharded pub/sub), with the default
-    /// [`SubscriptionOptions`]. On a Cluster the subscription goes to the master owning the
+    /// `SSUBSCRIBE` to shard channels (sharded pub/sub: Redis 7.0 and later, Valkey), with
+    /// the default [`SubscriptionOptions`]. On an older server, [`Error::ServerTooOld`] and
+    /// nothing is sent. On a Cluster the subscription goes to the master owning the
     /// channels' slot, and all channels of one call must hash to one slot (an
     /// [`ErrorClass::Config`](crate::ErrorClass::Config) error otherwise); see
     /// [the module docs](self#on-a-cluster).
@@ -315,6 +323,9 @@ impl Subscriber {
         C: AsRef<[u8]>,
     {
         let names = self::names(names)?;
+        if kind == Kind::Shard {
+            self.redis.require(Feature::ShardedPubSub)?;
+        }
         if kind == Kind::Shard && self.redis.pool_state().cluster.is_some() {
             let slot = |n: &Vec<u8>| crate::cluster::route::slot(n);
             if names.windows(2).any(|w| slot(&w[0]) != slot(&w[1])) {

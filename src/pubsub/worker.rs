@@ -69,6 +69,8 @@ pub(crate) struct Counters {
     pub(crate) received: AtomicU64,
     pub(crate) delivered: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    /// `dropped`, for the `metrics` facade (nothing without the feature).
+    pub(crate) dropped_export: crate::telemetry::Count,
     pub(crate) unrouted: AtomicU64,
     pub(crate) handler_panics: AtomicU64,
     pub(crate) disconnections: AtomicU64,
@@ -521,6 +523,7 @@ impl Worker {
                             }
                             Delivered::Dropped | Delivered::Stopping => {
                                 self.counters.dropped.fetch_add(1, Relaxed);
+                                self.counters.dropped_export.add(1);
                             }
                             Delivered::Gone => gone.push(*id),
                         }

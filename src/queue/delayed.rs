@@ -101,7 +101,9 @@ impl Delayed {
 
     /// Jobs waiting (not due yet, or due and not moved yet).
     pub fn len(&self) -> Result<u64> {
-        self.redis.query(redis::cmd("ZCARD").arg(&self.key))
+        let n = self.redis.query(redis::cmd("ZCARD").arg(&self.key))?;
+        self.redis.export().queue_depth("delayed", &self.key, n);
+        Ok(n)
     }
 
     /// Whether no job waits.

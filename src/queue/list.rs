@@ -1,5 +1,5 @@
-//! The list queue: `BLMOVE` into a per-consumer processing list, `LREM` to acknowledge, a
-//! reaper for dead consumers.
+//! The list queue: `BLMOVE` (`BRPOPLPUSH` before Redis 6.2) into a per-consumer processing
+//! list, `LREM` to acknowledge, a reaper for dead consumers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,10 +11,11 @@ use super::{check_name, consumer_name, millis, Dedicated};
 use crate::client::Redis;
 use crate::error::{Error, Result};
 use crate::script::{Pipeline, Script};
+use crate::version::Feature;
 
 static REAP: &str = include_str!("reap.lua");
 
-/// The longest single `BLMOVE`: a consumer waiting longer reads again.
+/// The longest single `BLMOVE` (`BRPOPLPUSH`): a consumer waiting longer reads again.
 const SLICE: Duration = Duration::from_secs(1);
 
 struct Inner {
@@ -30,7 +31,8 @@ struct Inner {
 
 /// A reliable queue on plain Redis lists. See the [module docs](super).
 ///
-/// Producers `LPUSH` to `{name}:ready`; a consumer `BLMOVE`s an item into its own
+/// Producers `LPUSH` to `{name}:ready`; a consumer `BLMOVE`s (before Redis 6.2:
+/// `BRPOPLPUSH`s, the same move) an item into its own
 /// `{name}:processing:<consumer>` list and refreshes its liveness key
 /// `{name}:alive:<consumer>` (a TTL of [`alive_ttl`](ListQueueBuilder::alive_ttl)) on every
 /// take and acknowledgement; [`ListConsumer::ack`] removes the item. [`ListQueue::reap`]
@@ -207,9 +209,13 @@ impl ListQueue {
 
     /// Items waiting in the ready list.
     pub fn len(&self) -> Result<u64> {
-        self.inner
+        let n = self
+            .inner
             .redis
-            .query(redis::cmd("LLEN").arg(&self.inner.ready))
+            .query(redis::cmd("LLEN").arg(&self.inner.ready))?;
+        let export = self.inner.redis.export();
+        export.queue_depth("list", &self.inner.ready, n);
+        Ok(n)
     }
 
     /// Whether the ready list is empty.
@@ -380,6 +386,7 @@ impl ListConsumer {
 
     fn take(&mut self, block: Duration) -> Result<Option<ListJob>> {
         let q = &self.queue.inner;
+        let lmove = q.redis.server_supports(Feature::Lmove)?;
         let mut pipe = Pipeline::new();
         pipe.cmd("SET")
             .arg(&self.alive)
@@ -388,15 +395,18 @@ impl ListConsumer {
             .arg(millis(q.alive_ttl))
             .ignore();
         pipe.cmd("SADD").arg(&q.consumers).arg(&self.name).ignore();
-        if block.is_zero() {
-            pipe.cmd("LMOVE");
-        } else {
-            pipe.cmd("BLMOVE");
+        // From the ready list's right (oldest) end to the processing list's left end:
+        // `RPOPLPUSH` is the same move as `LMOVE ... RIGHT LEFT`.
+        match (lmove, block.is_zero()) {
+            (true, true) => pipe.cmd("LMOVE"),
+            (true, false) => pipe.cmd("BLMOVE"),
+            (false, true) => pipe.cmd("RPOPLPUSH"),
+            (false, false) => pipe.cmd("BRPOPLPUSH"),
+        };
+        pipe.arg(&q.ready).arg(&self.processing);
+        if lmove {
+            pipe.arg("RIGHT").arg("LEFT");
         }
-        pipe.arg(&q.ready)
-            .arg(&self.processing)
-            .arg("RIGHT")
-            .arg("LEFT");
         if !block.is_zero() {
             pipe.arg(format!("{:.3}", millis(block) as f64 / 1000.0));
         }

@@ -41,13 +41,17 @@
 //! requests. A handler that fails has its job retried after a backoff (the job moves, with
 //! its `XACK`, atomically into the queue's delayed set and comes back when due) up to
 //! [`max_retries`](StreamQueueBuilder::max_retries) times, then goes to a dead-letter stream
-//! with the error. Jobs left pending by a consumer that died are claimed (`XAUTOCLAIM`) once
-//! idle for [`claim_idle`](StreamQueueBuilder::claim_idle). All keys of one queue share the
+//! with the error. Jobs left pending by a consumer that died are claimed (`XAUTOCLAIM`; before
+//! Redis 7.0 a script of `XPENDING` and `XCLAIM`) once idle for
+//! [`claim_idle`](StreamQueueBuilder::claim_idle). A pending job whose stream entry is gone
+//! (trimmed by [`max_len`](StreamQueueBuilder::max_len) or deleted with `XDEL`) is
+//! acknowledged and skipped when claimed, and counted in [`QueueStats::vanished`]. All keys of one queue share the
 //! hash tag `{name}`, so the scripts are Cluster-safe.
 //!
 //! ## List queue
 //!
-//! [`ListQueue`]: `LPUSH` to produce, `BLMOVE` into a per-consumer processing list to take,
+//! [`ListQueue`]: `LPUSH` to produce, `BLMOVE` (`BRPOPLPUSH` before Redis 6.2) into a
+//! per-consumer processing list to take,
 //! `LREM` to acknowledge; [`ListQueue::reap`] returns the items of consumers whose liveness key
 //! expired.
 //!
@@ -309,8 +313,11 @@ pub(crate) fn parse_entries(v: &Value) -> Result<Vec<Job>> {
     };
     let mut jobs = Vec::with_capacity(entries.len());
     for entry in entries {
-        let Value::Array(pair) = entry else {
-            return Err(bad_reply("stream entry", entry));
+        let pair = match entry {
+            Value::Array(pair) => pair,
+            // A deleted entry (6.2's XAUTOCLAIM and 6.x's XCLAIM reply nil in its place).
+            Value::Nil => continue,
+            other => return Err(bad_reply("stream entry", other)),
         };
         let [id, fields] = pair.as_slice() else {
             return Err(bad_reply("stream entry", entry));
@@ -362,8 +369,22 @@ pub(crate) fn parse_read(v: &Value) -> Result<Vec<Job>> {
     }
 }
 
-/// Parses an `XAUTOCLAIM` reply: `[next cursor, entries, deleted ids]`.
-pub(crate) fn parse_autoclaim(v: &Value) -> Result<(String, Vec<Job>)> {
+/// What a claim returned.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Claimed {
+    /// Where the next claim starts (`0-0`: from the beginning).
+    pub(crate) cursor: String,
+    /// The live jobs claimed.
+    pub(crate) jobs: Vec<Job>,
+    /// The ids of pending entries that were deleted from the stream (trimmed or `XDEL`ed),
+    /// now out of the pending list.
+    pub(crate) deleted: Vec<String>,
+}
+
+/// Parses an `XAUTOCLAIM` reply (or the claim script's, shaped alike): `[next cursor,
+/// entries, deleted ids]`. 6.2 has no third element, and nil entries in the second: those are
+/// skipped.
+pub(crate) fn parse_autoclaim(v: &Value) -> Result<Claimed> {
     let Value::Array(parts) = v else {
         return Err(bad_reply("XAUTOCLAIM", v));
     };
@@ -375,7 +396,19 @@ pub(crate) fn parse_autoclaim(v: &Value) -> Result<(String, Vec<Job>)> {
         Some(entries) => parse_entries(entries)?,
         None => Vec::new(),
     };
-    Ok((cursor, jobs))
+    let deleted = match parts.get(2) {
+        Some(Value::Array(ids)) => ids
+            .iter()
+            .map(|id| string(id).ok_or_else(|| bad_reply("XAUTOCLAIM deleted id", id)))
+            .collect::<Result<_>>()?,
+        None | Some(Value::Nil) => Vec::new(),
+        Some(other) => return Err(bad_reply("XAUTOCLAIM deleted ids", other)),
+    };
+    Ok(Claimed {
+        cursor,
+        jobs,
+        deleted,
+    })
 }
 
 /// Catches a panic in a handler and turns it into a message.
@@ -421,6 +454,35 @@ mod tests {
         assert!(parse_read(&Value::Nil).unwrap().is_empty());
         let deleted = Value::Array(vec![Value::Array(vec![bulk("2-0"), Value::Nil])]);
         assert!(parse_entries(&deleted).unwrap().is_empty());
+    }
+
+    #[test]
+    fn claims_skip_deleted_entries_on_every_version() {
+        let entry = |id: &str, p: &str| {
+            Value::Array(vec![bulk(id), Value::Array(vec![bulk("p"), bulk(p)])])
+        };
+        // 6.2: a nil where a trimmed entry was, no third element.
+        let v62 = Value::Array(vec![
+            bulk("0-0"),
+            Value::Array(vec![entry("1-0", "a"), Value::Nil, entry("3-0", "c")]),
+        ]);
+        let c = parse_autoclaim(&v62).unwrap();
+        assert_eq!(c.cursor, "0-0");
+        let payloads: Vec<&[u8]> = c.jobs.iter().map(Job::payload).collect();
+        assert_eq!(payloads, [b"a", b"c"]);
+        assert!(c.deleted.is_empty());
+        // 7.x (and the claim script): deleted ids in a third element.
+        let v7 = Value::Array(vec![
+            bulk("5-0"),
+            Value::Array(vec![entry("3-0", "c")]),
+            Value::Array(vec![bulk("2-0"), bulk("4-0")]),
+        ]);
+        let c = parse_autoclaim(&v7).unwrap();
+        assert_eq!((c.cursor.as_str(), c.jobs.len()), ("5-0", 1));
+        assert_eq!(c.deleted, ["2-0", "4-0"]);
+        assert!(parse_autoclaim(&Value::Nil).is_err());
+        let bad = Value::Array(vec![bulk("0-0"), Value::Array(vec![]), Value::Int(3)]);
+        assert!(parse_autoclaim(&bad).is_err());
     }
 
     #[test]

@@ -5,9 +5,14 @@
 if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   return -1
 end
+-- LPOP + RPUSH: the move of LMOVE LEFT RIGHT (which Redis 6.0 lacks). The items go back to
+-- the end the consumers take from, so they run before newer ones.
 local n = 0
-while redis.call('LMOVE', KEYS[2], KEYS[3], 'LEFT', 'RIGHT') do
+local item = redis.call('LPOP', KEYS[2])
+while item do
+  redis.call('RPUSH', KEYS[3], item)
   n = n + 1
+  item = redis.call('LPOP', KEYS[2])
 end
 redis.call('SREM', KEYS[4], ARGV[1])
 redis.call('DEL', KEYS[1])

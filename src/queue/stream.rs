@@ -14,8 +14,10 @@ use crate::client::Redis;
 use crate::error::{Error, Result};
 use crate::retry::Backoff;
 use crate::script::{Pipeline, Script};
+use crate::version::Feature;
 
 static SETTLE: &str = include_str!("settle.lua");
+static CLAIM: &str = include_str!("claim.lua");
 
 /// Settings of a [`StreamQueue`], validated.
 #[derive(Debug, Clone)]
@@ -47,6 +49,7 @@ pub(crate) struct Counters {
     pub(crate) claimed: AtomicU64,
     pub(crate) handed_back: AtomicU64,
     pub(crate) in_flight: AtomicU64,
+    pub(crate) vanished: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -54,6 +57,7 @@ pub(crate) struct Inner {
     pub(crate) s: Settings,
     pub(crate) counters: Counters,
     settle: Script,
+    claim: Script,
 }
 
 /// A reliable work queue on a Redis stream and a consumer group. See the
@@ -160,7 +164,8 @@ impl StreamQueueBuilder {
         self
     }
 
-    /// How often a consumer looks for idle jobs to claim (`XAUTOCLAIM`). Defaults to 1 s.
+    /// How often a consumer looks for idle jobs to claim (`XAUTOCLAIM`; before Redis 7.0,
+    /// `XPENDING` and `XCLAIM` in a script). Defaults to 1 s.
     pub fn claim_interval(mut self, d: Duration) -> Self {
         self.claim_interval = d;
         self
@@ -235,6 +240,7 @@ impl StreamQueueBuilder {
                 s,
                 counters: Counters::default(),
                 settle: Script::new(SETTLE),
+                claim: Script::new(CLAIM),
             }),
         };
         queue.create_group()?;
@@ -308,6 +314,10 @@ pub struct QueueStats {
     pub handed_back: u64,
     /// Jobs being handled in this process right now.
     pub in_flight: u64,
+    /// Pending jobs this process found gone from the stream when it claimed them (trimmed
+    /// by [`max_len`](StreamQueueBuilder::max_len), or deleted with `XDEL`, before they ran):
+    /// acknowledged and skipped, since no consumer can run them.
+    pub vanished: u64,
 }
 
 impl StreamQueue {
@@ -641,14 +651,20 @@ impl StreamQueue {
             _ => 0,
         };
         let group = find_group(&groups, &s.group);
+        let lag = group
+            .as_ref()
+            .and_then(|g| field(g, "lag"))
+            .and_then(as_u64);
+        let export = self.inner.redis.export();
+        export.queue_depth("stream", &s.stream, lag.unwrap_or(length));
+        export.queue_depth("stream_pending", &s.stream, pending);
+        export.queue_depth("stream_delayed", &s.stream, delayed);
+        export.queue_depth("stream_dead", &s.stream, dead_letters);
         let c = &self.inner.counters;
         Ok(QueueStats {
             length,
             pending,
-            lag: group
-                .as_ref()
-                .and_then(|g| field(g, "lag"))
-                .and_then(as_u64),
+            lag,
             delayed,
             dead_letters,
             consumers: group
@@ -664,6 +680,7 @@ impl StreamQueue {
             claimed: c.claimed.load(Relaxed),
             handed_back: c.handed_back.load(Relaxed),
             in_flight: c.in_flight.load(Relaxed),
+            vanished: c.vanished.load(Relaxed),
         })
     }
 }
@@ -846,30 +863,61 @@ impl StreamConsumer {
         }
     }
 
+    /// Claims jobs idle for `claim_idle`: `XAUTOCLAIM` on Redis 7.0 and later (and Valkey),
+    /// which names the pending entries it found deleted from the stream and drops them; before
+    /// 7.0 the claim script (`XPENDING`, then `XCLAIM` id by id, `XACK` of the deleted ones),
+    /// which replies alike. 6.2 has `XAUTOCLAIM`, but it replies nil for a deleted entry
+    /// without naming it and leaves it pending for ever.
     fn claim(&mut self, max: usize) -> Result<Vec<Job>> {
         let queue = self.queue.clone();
         let s = &queue.inner.s;
-        let v = self.conn.value(
-            redis::cmd("XAUTOCLAIM")
-                .arg(&s.stream)
+        let native = queue
+            .inner
+            .redis
+            .server_supports(Feature::XautoclaimDeletedIds)?;
+        let v = if native {
+            self.conn.value(
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&s.stream)
+                    .arg(&s.group)
+                    .arg(&self.name)
+                    .arg(millis(s.claim_idle))
+                    .arg(&self.claim_cursor)
+                    .arg("COUNT")
+                    .arg(max.max(1)),
+            )
+        } else {
+            let call = queue
+                .inner
+                .claim
+                .key(&s.stream)
                 .arg(&s.group)
                 .arg(&self.name)
                 .arg(millis(s.claim_idle))
                 .arg(&self.claim_cursor)
-                .arg("COUNT")
-                .arg(max.max(1)),
-        );
+                .arg(max.max(1));
+            self.conn.invoke::<Value>(&call)
+        };
         let v = match v {
             Err(e) if e.server_code() == Some("NOGROUP") => return Ok(Vec::new()),
             other => other?,
         };
-        let (cursor, jobs) = parse_autoclaim(&v)?;
+        let claimed = parse_autoclaim(&v)?;
         // More may be idle: look again soon.
-        if cursor != "0-0" {
+        if claimed.cursor != "0-0" {
             self.next_claim = Instant::now();
         }
-        self.claim_cursor = cursor;
-        let jobs = self.drop_poison(jobs)?;
+        self.claim_cursor = claimed.cursor;
+        if !claimed.deleted.is_empty() {
+            let n = claimed.deleted.len() as u64;
+            queue.inner.counters.vanished.fetch_add(n, Relaxed);
+            log::warn!(
+                "queue {}: {n} pending job(s) were gone from the stream when claimed (trimmed \
+                 by max_len or deleted with XDEL): acknowledged and skipped",
+                s.name
+            );
+        }
+        let jobs = self.drop_poison(claimed.jobs)?;
         if !jobs.is_empty() {
             queue
                 .inner

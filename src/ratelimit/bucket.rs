@@ -160,6 +160,18 @@ impl super::MultiPart for TokenBucket {
     }
 }
 
+impl super::DecideOn for TokenBucket {
+    fn allow_n_on(
+        &self,
+        con: &mut dyn redis::ConnectionLike,
+        subject: &str,
+        n: u64,
+    ) -> Result<Decision> {
+        let args = self.limit().args();
+        super::decide_on(con, script(), self.key(subject), &args, n, &[])
+    }
+}
+
 impl RateLimiter for TokenBucket {
     fn allow_n(&self, subject: &str, n: u64) -> Result<Decision> {
         let args = self.limit().args();

@@ -177,6 +177,18 @@ impl super::MultiPart for Gcra {
     }
 }
 
+impl super::DecideOn for Gcra {
+    fn allow_n_on(
+        &self,
+        con: &mut dyn redis::ConnectionLike,
+        subject: &str,
+        n: u64,
+    ) -> Result<Decision> {
+        let args = self.limit().args();
+        super::decide_on(con, script(), self.key(subject), &args, n, &["0"])
+    }
+}
+
 impl RateLimiter for Gcra {
     fn allow_n(&self, subject: &str, n: u64) -> Result<Decision> {
         self.run(subject, n, false)

@@ -35,6 +35,8 @@
 
 use std::time::{Duration, Instant};
 
+use redis::ConnectionLike;
+
 use crate::error::{Error, Result};
 
 mod bucket;
@@ -197,6 +199,30 @@ pub(crate) fn decide(
     n: u64,
     extra: &[&str],
 ) -> Result<Decision> {
+    let reply: Vec<i64> = decision_call(script, key, args, n, extra).run(redis)?;
+    Decision::from_reply(&reply)
+}
+
+/// Like [`decide`], on a connection of the caller's.
+pub(crate) fn decide_on(
+    con: &mut dyn ConnectionLike,
+    script: &crate::Script,
+    key: String,
+    args: &[i64],
+    n: u64,
+    extra: &[&str],
+) -> Result<Decision> {
+    let reply: Vec<i64> = decision_call(script, key, args, n, extra).invoke(con)?;
+    Decision::from_reply(&reply)
+}
+
+fn decision_call(
+    script: &crate::Script,
+    key: String,
+    args: &[i64],
+    n: u64,
+    extra: &[&str],
+) -> crate::ScriptCall {
     let mut call = script.key(key);
     for a in args {
         call = call.arg(*a);
@@ -205,8 +231,41 @@ pub(crate) fn decide(
     for e in extra {
         call = call.arg(*e);
     }
-    let reply: Vec<i64> = call.run(redis)?;
-    Decision::from_reply(&reply)
+    call
+}
+
+/// Decisions on a connection of your own: any [`redis::ConnectionLike`] (a plain
+/// `redis::Connection` of the `redis` crate, a [`PooledConnection`](crate::PooledConnection),
+/// a [`DedicatedConnection`](crate::DedicatedConnection)), with the limiter's keys and
+/// script, so that they share one limit with the calls through the handle. One script call
+/// (`EVALSHA`, loading the script on `NOSCRIPT`); no retry and no circuit breaker of the
+/// handle's, and no background thread. Implemented by [`Gcra`], [`SlidingLog`],
+/// [`SlidingWindow`], [`FixedWindow`] and [`TokenBucket`].
+///
+/// ```no_run
+/// use redkit::ratelimit::{DecideOn, Gcra, GcraLimit};
+///
+/// let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+/// let api = Gcra::new(&redis, "api", GcraLimit::per_second(10))?;
+/// // A connection the application already has:
+/// let mut con = redis::Client::open("redis://127.0.0.1/")?.get_connection()?;
+/// let d = api.allow_n_on(&mut con, "user:42", 1)?;
+/// println!("granted {}, retry after {:?}", d.granted, d.retry_after);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait DecideOn {
+    /// Takes `n` units for `subject` if they fit (like [`RateLimiter::allow_n`]), on `con`.
+    fn allow_n_on(&self, con: &mut dyn ConnectionLike, subject: &str, n: u64) -> Result<Decision>;
+
+    /// One unit, on `con`.
+    fn allow_on(&self, con: &mut dyn ConnectionLike, subject: &str) -> Result<Decision> {
+        self.allow_n_on(con, subject, 1)
+    }
+
+    /// Looks without taking anything (`n = 0`), on `con`.
+    fn peek_on(&self, con: &mut dyn ConnectionLike, subject: &str) -> Result<Decision> {
+        self.allow_n_on(con, subject, 0)
+    }
 }
 
 /// Deletes a subject's key (`reset`).

@@ -139,6 +139,18 @@ macro_rules! window_limiter {
             }
         }
 
+        impl super::DecideOn for $name {
+            fn allow_n_on(
+                &self,
+                con: &mut dyn redis::ConnectionLike,
+                subject: &str,
+                n: u64,
+            ) -> Result<Decision> {
+                let args = self.limit().args();
+                super::decide_on(con, $name::script(), self.key(subject), &args, n, &[])
+            }
+        }
+
         impl RateLimiter for $name {
             fn allow_n(&self, subject: &str, n: u64) -> Result<Decision> {
                 let args = self.limit().args();

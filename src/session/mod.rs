@@ -234,6 +234,16 @@ impl SessionStore {
         Ok(reply.is_some())
     }
 
+    /// Like [`SessionStore::get`], on a connection of your own (any
+    /// [`redis::ConnectionLike`]: a plain `redis::Connection`, a pooled or dedicated
+    /// connection), with the same keys: the session is read and its life extended in one
+    /// script, with no retry and no circuit breaker of the handle's.
+    pub fn get_on(&self, con: &mut dyn redis::ConnectionLike, id: &str) -> Result<Option<Session>> {
+        let reply: Option<Vec<(String, String)>> =
+            self.touch_script_call(id, true, &[], &[]).invoke(con)?;
+        reply.map(|pairs| self.session(id, pairs)).transpose()
+    }
+
     fn touch_call(
         &self,
         id: &str,
@@ -241,6 +251,17 @@ impl SessionStore {
         set: &[(&str, &str)],
         remove: &[&str],
     ) -> Result<Option<Vec<(String, String)>>> {
+        self.touch_script_call(id, read, set, remove)
+            .run(&self.redis)
+    }
+
+    fn touch_script_call(
+        &self,
+        id: &str,
+        read: bool,
+        set: &[(&str, &str)],
+        remove: &[&str],
+    ) -> crate::ScriptCall {
         let mut call = touch_script()
             .key(self.key(id))
             .arg(self.ttl_ms)
@@ -253,7 +274,7 @@ impl SessionStore {
         for (k, v) in set {
             call = call.arg(*k).arg(*v);
         }
-        call.run(&self.redis)
+        call
     }
 
     fn session(&self, id: &str, pairs: Vec<(String, String)>) -> Result<Session> {
@@ -318,6 +339,7 @@ impl SessionStore {
 }
 
 #[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 impl SessionStore {
     /// Creates a session whose data is `data`, a type that serializes to a JSON object:
     /// each top-level field becomes one hash field holding its JSON text.

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use super::binary::{find_redis_server, is_executable};
 use super::sentinel::{info_field, quick_con};
-use super::server::{find_redis_server, free_port, is_executable, quote, tail, wait_until};
-use super::{io_err, RedisServer, TempDir, TestingError, TlsMaterial};
+use super::server::{quote, tail, wait_until};
+use super::{io_err, RedisServer, ServerBinary, TempDir, TestingError, TlsMaterial};
 
 /// Name of the environment variable that points at the `redis-cli` binary to use.
 pub const REDIS_CLI_ENV: &str = "REDKIT_REDIS_CLI";
@@ -106,12 +107,13 @@ impl ClusterBuilder {
             ));
         }
         let cli = find_redis_cli()?;
+        let binary = ServerBinary::find()?;
         let count = self.masters * (1 + self.replicas_per_master);
         let mut nodes = Vec::with_capacity(count);
         for _ in 0..count {
             // The bus port defaults to port + 10000, which may be taken (or above 65535).
             let mut b = RedisServer::builder()
-                .config("cluster-port", free_port()?.to_string())
+                .cluster_node()
                 .config("cluster-enabled", "yes")
                 .config("cluster-config-file", "nodes.conf")
                 .config(
@@ -119,8 +121,14 @@ impl ClusterBuilder {
                     self.node_timeout.as_millis().max(1).to_string(),
                 )
                 .config("cluster-replica-validity-factor", "0")
-                .config("cluster-allow-replica-migration", "no")
                 .config("repl-diskless-sync-delay", "0");
+            // No replica moves to a master left without replicas (6.2 brought the switch;
+            // before, a barrier no master reaches does the same).
+            b = if binary.knows_redis(6, 2) {
+                b.config("cluster-allow-replica-migration", "no")
+            } else {
+                b.config("cluster-migration-barrier", "999")
+            };
             if let Some(password) = &self.password {
                 b = b
                     .password(password.clone())
@@ -791,8 +799,8 @@ fn failed(reason: String, log_tail: String) -> TestingError {
     TestingError::StartFailed { reason, log_tail }
 }
 
-/// `REDKIT_REDIS_CLI`, else `redis-cli` next to the `redis-server` in use, else in `PATH`,
-/// `/usr/bin` or `/usr/local/bin`.
+/// `REDKIT_REDIS_CLI`, else `redis-cli` (or `valkey-cli`) next to the server binary in use,
+/// else in `PATH`, `/usr/bin` or `/usr/local/bin`.
 fn find_redis_cli() -> Result<PathBuf, TestingError> {
     if let Some(path) = std::env::var_os(REDIS_CLI_ENV).filter(|v| !v.is_empty()) {
         let path = PathBuf::from(path);
@@ -816,12 +824,12 @@ fn find_redis_cli() -> Result<PathBuf, TestingError> {
     }
     dirs.extend(["/usr/bin".into(), "/usr/local/bin".into()]);
     dirs.iter()
-        .map(|dir| dir.join("redis-cli"))
+        .flat_map(|dir| [dir.join("redis-cli"), dir.join("valkey-cli")])
         .find(|path| is_executable(path))
         .ok_or_else(|| TestingError::ServerNotFound {
             searched: format!(
-                "redis-cli: {REDIS_CLI_ENV} (unset), next to redis-server, PATH, /usr/bin \
-                 and /usr/local/bin (Debian: `apt-get install -y redis-tools`)"
+                "redis-cli or valkey-cli: {REDIS_CLI_ENV} (unset), next to the server, PATH, \
+                 /usr/bin and /usr/local/bin (Debian: `apt-get install -y redis-tools`)"
             ),
         })
 }

@@ -7,8 +7,14 @@
 //! test panics.
 //!
 //! The `redis-server` binary is taken from the `REDKIT_REDIS_SERVER` environment variable, or
-//! else looked up in `PATH`, `/usr/bin` and `/usr/local/bin`. When none is found,
-//! [`TestingError::ServerNotFound`] says how to install one.
+//! else looked up (as `redis-server`, then `valkey-server`) in `PATH`, `/usr/bin` and
+//! `/usr/local/bin`. When none is found, [`TestingError::ServerNotFound`] says how to install
+//! one. The launchers follow the binary's version ([`ServerBinary`], asked once per binary):
+//! settings that came with Redis 7.0 (`enable-debug-command`, `cluster-port`) or 6.2
+//! (`cluster-allow-replica-migration`) are written only where the server knows them, so Redis
+//! 6.0 and later and every Valkey run; [`ServerBinary::has_tls`] tells whether the binary was
+//! built with TLS, and [`ServerBinary::supports`] whether it has a feature, for tests to skip
+//! what it cannot run.
 //!
 //! # Fault injection
 //!
@@ -29,8 +35,8 @@
 //! (3 masters and 3 replicas by default) created with `redis-cli --cluster create`, with
 //! helpers to kill a node, fail over, and move a slot through its `MIGRATING`/`IMPORTING`
 //! states ([`RedisCluster::start_slot_migration`]); [`ClusterBuilder::tls`] runs every node
-//! TLS-only, with TLS on the cluster bus and replication too. `redis-cli` comes from the
-//! [`REDIS_CLI_ENV`] variable, or next to `redis-server`, or `PATH` (on Debian it is in the
+//! TLS-only, with TLS on the cluster bus and replication too. `redis-cli` (or `valkey-cli`) comes from
+//! the [`REDIS_CLI_ENV`] variable, or next to the server binary, or `PATH` (on Debian it is in the
 //! `redis-tools` package, which `redis-server` depends on). Dropping either kills all its
 //! processes.
 //!
@@ -72,6 +78,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod binary;
 mod cluster;
 mod fake;
 mod proxy;
@@ -79,6 +86,7 @@ mod sentinel;
 mod server;
 mod tls;
 
+pub use binary::ServerBinary;
 pub use cluster::{ClusterBuilder, RedisCluster, SlotMigration, REDIS_CLI_ENV};
 pub use fake::{Action, FakeServer};
 pub use proxy::{FaultProxy, ProxyMode};

@@ -10,6 +10,11 @@ use super::{RedisServer, TestingError, TlsMaterial};
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long [`SentinelSetup::failover`] waits for the new master.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The shortest `down-after-milliseconds` before Redis 7.0: the sentinels' ping period stays
+/// at 1 s there (no `SENTINEL DEBUG`), and after a failover a sentinel reconnects to the new
+/// master at most once per ping period; with `down-after` at 1 s that often came too late and
+/// the sentinels failed over a second time, to an empty restarted node.
+const OLD_SENTINEL_DOWN_AFTER: Duration = Duration::from_secs(3);
 /// How long one query to a sentinel or node may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -65,7 +70,8 @@ impl SentinelBuilder {
 
     /// `sentinel down-after-milliseconds`: how long the master may be silent before a
     /// sentinel considers it down. Defaults to 1 s (Redis' own default is 30 s). The
-    /// sentinels `PING` every half of it (see [`SentinelSetup`]).
+    /// sentinels `PING` every half of it (see [`SentinelSetup`]). Before Redis 7.0, whose
+    /// sentinels cannot shorten their periods, at least 3 s (see [`SentinelSetup`]).
     pub fn down_after(mut self, d: Duration) -> Self {
         self.down_after = d;
         self
@@ -85,8 +91,8 @@ impl SentinelBuilder {
     }
 
     /// Protects the sentinels themselves with this password (`requirepass` on each
-    /// sentinel, and `sentinel sentinel-pass` so they can talk to each other). Defaults to
-    /// none.
+    /// sentinel, and `sentinel sentinel-pass` so they can talk to each other: Redis 6.2 and
+    /// later, Valkey; [`start`](Self::start) fails on older servers). Defaults to none.
     pub fn sentinel_password(mut self, password: impl Into<String>) -> Self {
         self.sentinel_password = Some(password.into());
         self
@@ -114,7 +120,17 @@ impl SentinelBuilder {
     /// Starts the master, waits for every replica to finish its initial sync, starts the
     /// sentinels, and waits until every sentinel names the same master, sees every replica
     /// and knows every other sentinel.
-    pub fn start(self) -> Result<SentinelSetup, TestingError> {
+    pub fn start(mut self) -> Result<SentinelSetup, TestingError> {
+        let binary = super::ServerBinary::find()?;
+        if !binary.knows_redis(7, 0) && self.down_after < OLD_SENTINEL_DOWN_AFTER {
+            log::debug!(
+                "{}: down-after-milliseconds {OLD_SENTINEL_DOWN_AFTER:?} instead of {:?} (no \
+                 SENTINEL DEBUG to shorten the ping period)",
+                binary.version(),
+                self.down_after
+            );
+            self.down_after = OLD_SENTINEL_DOWN_AFTER;
+        }
         let name = &self.master_name;
         if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == b'"') {
             return Err(start_failed(format!(
@@ -125,6 +141,13 @@ impl SentinelBuilder {
             return Err(start_failed(
                 "a sentinel setup needs at least one replica and one sentinel".into(),
             ));
+        }
+        if self.sentinel_password.is_some() && !binary.knows_redis(6, 2) {
+            return Err(start_failed(format!(
+                "a sentinel password (`sentinel sentinel-pass`) needs Redis 6.2 or later, or \
+                 Valkey; the server is {}",
+                binary.version()
+            )));
         }
         let master = self.data_node(None).start()?;
         let master_port = master.port();
@@ -237,8 +260,9 @@ impl SentinelBuilder {
 /// as down, which otherwise triggered a second, spurious failover now and then), `INFO` every
 /// second instead of every 10 s and hellos every 500 ms instead of 2 s (an old master that
 /// comes back is turned into a replica in about 2 s rather than about 10 s), and TILT lasting
-/// 5 s instead of 30 s. Restart a sentinel with
-/// [`restart_sentinel`](Self::restart_sentinel) to keep them.
+/// 5 s instead of 30 s. Restart a sentinel with [`restart_sentinel`](Self::restart_sentinel)
+/// to keep them. Before 7.0 the sentinels keep their default periods, and
+/// `down-after-milliseconds` is at least 3 s (see [`SentinelBuilder::down_after`]).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -468,10 +492,7 @@ impl SentinelSetup {
                     let healthy = |entries: &[HashMap<String, String>]| {
                         entries
                             .iter()
-                            .filter(|e| {
-                                let flags = e.get("flags").map_or("", String::as_str);
-                                !flags.contains("down") && !flags.contains("disconnected")
-                            })
+                            .filter(|e| healthy_flags(e.get("flags").map_or("", String::as_str)))
                             .count()
                     };
                     let seen = replicas.is_ok_and(|r| healthy(&r) >= self.replicas);
@@ -590,6 +611,17 @@ fn shorten_periods(sentinel: &RedisServer, down_after: Duration) {
     }
 }
 
+/// Whether a sentinel's `flags` of a replica or sentinel (`slave`, `s_down`,
+/// `disconnected`...) say it is up. Matched flag by flag: Valkey 9 flags a replica whose
+/// link to the master is down `master_down`, a state that does not make the replica itself
+/// down.
+fn healthy_flags(flags: &str) -> bool {
+    !flags
+        .split(',')
+        .map(str::trim)
+        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
+}
+
 fn start_failed(reason: String) -> TestingError {
     TestingError::StartFailed {
         reason,
@@ -620,4 +652,19 @@ pub(crate) fn info_field(server: &RedisServer, section: &str, field: &str) -> Op
     info.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .map(|v| v.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::healthy_flags;
+
+    #[test]
+    fn flags_match_whole() {
+        assert!(healthy_flags("slave"));
+        assert!(healthy_flags("sentinel"));
+        assert!(healthy_flags("slave,master_down"));
+        assert!(!healthy_flags("slave,s_down"));
+        assert!(!healthy_flags("sentinel,s_down,o_down"));
+        assert!(!healthy_flags("slave,disconnected"));
+    }
 }

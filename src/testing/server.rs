@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use redis::IntoConnectionInfo;
 
-use super::{io_err, TempDir, TestingError, TlsMaterial, REDIS_SERVER_ENV};
+use super::binary::ServerBinary;
+use super::{io_err, TempDir, TestingError, TlsMaterial};
 
 const HOST: &str = "127.0.0.1";
 /// How long a launched server gets to answer `PING`.
@@ -58,6 +59,7 @@ pub struct ServerBuilder {
     tls_auth_clients: Option<bool>,
     extra: Vec<(String, String)>,
     sentinel: bool,
+    cluster_bus: bool,
 }
 
 impl ServerBuilder {
@@ -110,14 +112,21 @@ impl ServerBuilder {
         self
     }
 
+    /// A Cluster node: its bus port is free too (`cluster-port` on 7.0 and later; on older
+    /// servers, which always use port + 10000, a port whose +10000 is free).
+    pub(crate) fn cluster_node(mut self) -> Self {
+        self.cluster_bus = true;
+        self
+    }
+
     /// Launches the server and waits until it answers `PING`.
     pub fn start(self) -> Result<RedisServer, TestingError> {
-        let binary = find_redis_server()?;
+        let binary = ServerBinary::find()?;
         let dir = TempDir::new("server")?;
         let mut server = RedisServer {
             child: None,
             port: 0,
-            binary,
+            binary: binary.path().to_owned(),
             config_path: dir.path().join("redis.conf"),
             log_path: dir.path().join("redis.log"),
             password: self.password.clone(),
@@ -127,8 +136,22 @@ impl ServerBuilder {
         };
         let mut attempt = 1;
         loop {
-            server.port = free_port()?;
-            let config = self.render(server.dir.path(), &server.log_path, server.port);
+            let mut bus = None;
+            if !self.cluster_bus {
+                server.port = free_port()?;
+            } else if binary.knows_redis(7, 0) {
+                server.port = free_port()?;
+                bus = Some(free_port()?);
+            } else {
+                server.port = free_port_with_bus()?;
+            }
+            let config = self.render(
+                &binary,
+                server.dir.path(),
+                &server.log_path,
+                server.port,
+                bus,
+            );
             std::fs::write(&server.config_path, config)
                 .map_err(io_err(format!("writing {}", server.config_path.display())))?;
             match server.launch() {
@@ -142,7 +165,14 @@ impl ServerBuilder {
         }
     }
 
-    fn render(&self, dir: &Path, log_path: &Path, port: u16) -> String {
+    fn render(
+        &self,
+        binary: &ServerBinary,
+        dir: &Path,
+        log_path: &Path,
+        port: u16,
+        bus: Option<u16>,
+    ) -> String {
         let mut c = String::new();
         let mut line = |key: &str, value: &str| {
             let _ = writeln!(c, "{key} {value}");
@@ -154,7 +184,13 @@ impl ServerBuilder {
         line("logfile", &quote(&log_path.to_string_lossy()));
         line("save", "\"\"");
         line("appendonly", "no");
-        line("enable-debug-command", "yes");
+        // DEBUG is always allowed before 7.0, which brought this setting.
+        if binary.knows_redis(7, 0) {
+            line("enable-debug-command", "yes");
+        }
+        if let Some(bus) = bus {
+            line("cluster-port", &bus.to_string());
+        }
         match &self.tls {
             None => line("port", &port.to_string()),
             Some(tls) => {
@@ -512,45 +548,6 @@ impl Drop for RedisServer {
     }
 }
 
-/// `REDKIT_REDIS_SERVER`, else `redis-server` in `PATH`, `/usr/bin` or `/usr/local/bin`.
-pub(crate) fn find_redis_server() -> Result<PathBuf, TestingError> {
-    if let Some(path) = std::env::var_os(REDIS_SERVER_ENV).filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(path);
-        return if is_executable(&path) {
-            Ok(path)
-        } else {
-            Err(TestingError::ServerNotFound {
-                searched: format!("{REDIS_SERVER_ENV}={}", path.display()),
-            })
-        };
-    }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/bin".into(), "/usr/local/bin".into()]);
-    dirs.iter()
-        .map(|dir| dir.join("redis-server"))
-        .find(|path| is_executable(path))
-        .ok_or_else(|| TestingError::ServerNotFound {
-            searched: format!("{REDIS_SERVER_ENV} (unset), PATH, /usr/bin and /usr/local/bin"),
-        })
-}
-
-pub(crate) fn is_executable(path: &Path) -> bool {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return false;
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        meta.is_file() && meta.permissions().mode() & 0o111 != 0
-    }
-    #[cfg(not(unix))]
-    {
-        meta.is_file()
-    }
-}
-
 /// A loopback port that was free a moment ago.
 pub(crate) fn free_port() -> Result<u16, TestingError> {
     let listener = TcpListener::bind((HOST, 0)).map_err(io_err("binding 127.0.0.1:0"))?;
@@ -559,6 +556,28 @@ pub(crate) fn free_port() -> Result<u16, TestingError> {
         .map_err(io_err("reading the bound port"))?
         .port();
     Ok(port)
+}
+
+/// A free loopback port whose cluster bus port (+10000) is free too, for servers before 7.0
+/// (no `cluster-port`).
+fn free_port_with_bus() -> Result<u16, TestingError> {
+    for _ in 0..100 {
+        let listener = TcpListener::bind((HOST, 0)).map_err(io_err("binding 127.0.0.1:0"))?;
+        let port = listener
+            .local_addr()
+            .map_err(io_err("reading the bound port"))?
+            .port();
+        if port > u16::MAX - 10_000 {
+            continue;
+        }
+        if TcpListener::bind((HOST, port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(TestingError::StartFailed {
+        reason: "found no free port whose +10000 (the cluster bus) is free too".into(),
+        log_tail: String::new(),
+    })
 }
 
 /// A double-quoted redis.conf string.

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use redkit::testing::RedisServer;
+use std::io::Write as _;
+
+use redkit::testing::{RedisServer, ServerBinary};
+use redkit::version::Feature;
 use redkit::{Config, ConfigBuilder, Redis};
 
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -13,6 +16,101 @@ pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 pub fn init_logs() {
     let _ = env_logger::builder().is_test(true).try_init();
 }
+
+/// The server binary the tests run (`REDKIT_REDIS_SERVER`, or the one in `PATH`).
+pub fn binary() -> ServerBinary {
+    ServerBinary::find().expect("a redis-server binary")
+}
+
+/// Prints `skipped: <test>: <why>` straight to stderr (past the test harness' capture, so it
+/// shows in every run; `scripts/test-servers.sh` counts these lines).
+pub fn skip(why: &str) {
+    note("skipped", why);
+}
+
+fn note(what: &str, why: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    let _ = writeln!(std::io::stderr(), "{what}: {test}: {why}");
+}
+
+/// Why the server binary cannot run a test of `feature`, if it cannot.
+fn lacks(feature: Feature) -> Option<String> {
+    let binary = binary();
+    (!binary.supports(feature)).then(|| {
+        format!(
+            "needs {feature} ({}), the server is {}",
+            feature.needs(),
+            binary.version()
+        )
+    })
+}
+
+/// Whether the server binary has `feature`; if not, prints why the test is skipped (the test
+/// then returns at once: see [`require!`]).
+pub fn server_has(feature: Feature) -> bool {
+    lacks(feature).map(|why| skip(&why)).is_none()
+}
+
+/// For a test that runs everywhere but has a part that needs `feature`: whether the server
+/// has it; if not, prints `part skipped: <test>: <why>` (not counted as a skipped test).
+pub fn part_needs(feature: Feature) -> bool {
+    lacks(feature)
+        .map(|why| note("part skipped", &why))
+        .is_none()
+}
+
+/// Whether the server binary is compatible with Redis `major.minor` (every Valkey is with
+/// 7.2), for launcher settings such as `sentinel sentinel-pass` (6.2); if not, prints why the
+/// test is skipped.
+pub fn server_at_least(major: u16, minor: u16, what: &str) -> bool {
+    let binary = binary();
+    let (a, b, _) = binary.version().redis_compatible();
+    if (a, b) >= (major, minor) {
+        return true;
+    }
+    skip(&format!(
+        "needs {what} (Redis {major}.{minor} or later, or Valkey), the server is {}",
+        binary.version()
+    ));
+    false
+}
+
+/// Whether the server binary was built with TLS; if not, prints why the test is skipped.
+pub fn server_has_tls() -> bool {
+    let binary = binary();
+    if binary.has_tls() {
+        return true;
+    }
+    skip(&format!(
+        "needs TLS, and this {} was built without it",
+        binary.version()
+    ));
+    false
+}
+
+/// Returns `Ok(())` from the test at once, after printing why, when the server lacks what it
+/// needs: `require!(tls)`, `require!(Feature::ShardedPubSub)`, `require!(6, 2, "what")`.
+#[allow(unused_macros)]
+macro_rules! require {
+    (tls) => {
+        if !$crate::support::server_has_tls() {
+            return Ok(());
+        }
+    };
+    ($major:literal, $minor:literal, $what:expr) => {
+        if !$crate::support::server_at_least($major, $minor, $what) {
+            return Ok(());
+        }
+    };
+    ($feature:expr) => {
+        if !$crate::support::server_has($feature) {
+            return Ok(());
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require;
 
 /// A fresh server.
 pub fn server() -> RedisServer {
