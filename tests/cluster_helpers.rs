@@ -77,7 +77,7 @@ fn locks_limiters_cache_sessions_and_queues_work_across_slots() -> TestResult {
     });
     assert_eq!(entries.load(Ordering::Relaxed), 3 * 4 * 10);
     // Fencing tokens keep increasing on their own slot.
-    let lock = redis.lock(&lock_names[0])?;
+    let lock = Lock::new(&redis, &lock_names[0])?;
     let a = lock.acquire()?.fencing_token();
     let b = lock.acquire()?.fencing_token();
     assert!(b > a);

@@ -2,6 +2,7 @@
 
 mod support;
 
+use redkit::pubsub::Subscriber;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -182,7 +183,7 @@ fn the_subscriber_follows_the_master_through_a_failover() -> TestResult {
     support::init_logs();
     let setup = SentinelSetup::start()?;
     let redis = handle(&setup)?;
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let sub = subscriber.subscribe(["news"])?;
     let events = redis.events();
     // Published through the handle (on the master), received through the subscriber (also
