@@ -29,8 +29,8 @@ fn eventually<T>(within: Duration, mut f: impl FnMut() -> redkit::Result<T>) -> 
 /// One fence from each kind of lock on `redis`: a lock, a semaphore permit, a read lease, a
 /// write lock (each acquired and released).
 fn fences(redis: &Redis) -> redkit::Result<[u64; 4]> {
-    let lock = Lock::new(&redis, "fenced")?.try_acquire()?.expect("free");
-    let permit = Semaphore::new(&redis, "fenced", 2)?
+    let lock = Lock::new(redis, "fenced")?.try_acquire()?.expect("free");
+    let permit = Semaphore::new(redis, "fenced", 2)?
         .try_acquire()?
         .expect("free");
     let rw = ReadWriteLock::new(redis, "fenced")?;
