@@ -209,7 +209,7 @@ fn not_confirmed(waited: Duration) -> Error {
 }
 
 impl Subscriber {
-    /// Starts a subscriber for `redis` (the same as [`Redis::subscriber`]).
+    /// Starts a subscriber for `redis`.
     pub fn new(redis: &Redis) -> Result<Subscriber> {
         if redis.is_closed() {
             return Err(Error::Closed);
