@@ -9,6 +9,9 @@
 //! 3. `MGET` of 32 keys on different slots: redkit splits it per slot and sends the parts
 //!    as one pipeline; the baseline runs 32 `GET`s one after another (what code that cannot
 //!    send a cross-slot `MGET` does).
+//! 4. `GET` from 8 threads on the 3 masters + 3 replicas: a handle reading from replicas
+//!    (`cluster_read_from_replicas`) against one reading from the masters only, alternating
+//!    blocks of 8 x 250 reads (the ratio is the median of per-block ratios).
 //!
 //! `cargo bench --bench cluster`. `REDKIT_BENCH_OPS` sets the operations per side (default
 //! 10000; pipelines and MGETs use a tenth of it). Results go to stdout and to the `cluster`
@@ -139,5 +142,96 @@ fn main() {
         ratio,
         Target::None,
     );
+
+    // 4. Reads at 8 threads, with and without replica reads.
+    let replicas = Redis::connect(
+        Config::builder()
+            .cluster(cluster.addrs())
+            .timeouts(redkit::Timeouts::default().response(Duration::from_secs(5)))
+            .cluster_read_from_replicas(true),
+    )
+    .expect("connect");
+    let masters_only = redis.clone();
+    let mut pipe = Pipeline::new();
+    for j in 0..1000 {
+        pipe.cmd("SET").arg(format!("r:{j}")).arg(j).ignore();
+    }
+    masters_only.pipeline::<()>(&pipe).expect("SET");
+    wait_for_replica_reads(&cluster, &replicas);
+    let threads = 8;
+    let per_thread = BLOCK;
+    let blocks = (ops / (threads * per_thread)).max(4);
+    let mut ratios = Vec::with_capacity(blocks);
+    let (mut t_replicas, mut t_masters) = (0.0, 0.0);
+    for b in 0..blocks {
+        let (r, m) = if b % 2 == 0 {
+            let r = read_block(&replicas, threads, per_thread);
+            (r, read_block(&masters_only, threads, per_thread))
+        } else {
+            let m = read_block(&masters_only, threads, per_thread);
+            (read_block(&replicas, threads, per_thread), m)
+        };
+        t_replicas += r;
+        t_masters += m;
+        ratios.push(m / r);
+    }
+    let n = (blocks * threads * per_thread) as f64;
+    report.throughput(
+        "GET, 8 threads: replica reads vs masters only",
+        "/s",
+        n / t_replicas,
+        n / t_masters,
+        common::median(ratios),
+        Target::None,
+    );
     report.finish();
+}
+
+/// Reads until the replicas serve them (the heartbeat finds them fit after two beats).
+fn wait_for_replica_reads(cluster: &RedisCluster, redis: &Redis) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let replicas: Vec<usize> = cluster
+        .masters()
+        .expect("masters")
+        .into_iter()
+        .flat_map(|m| cluster.replicas_of(m).expect("replicas"))
+        .collect();
+    loop {
+        for j in 0..100 {
+            let _: Option<i64> = redis
+                .query(redis::cmd("GET").arg(format!("r:{j}")))
+                .expect("GET");
+        }
+        let served = replicas.iter().all(|&r| {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut cluster.node(r).admin().expect("admin"))
+                .expect("INFO");
+            info.contains("cmdstat_get:")
+        });
+        if served {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replicas never served reads"
+        );
+    }
+}
+
+/// `threads` threads doing `per_thread` GETs each; the seconds the block took.
+fn read_block(redis: &Redis, threads: usize, per_thread: usize) -> f64 {
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                for i in 0..per_thread {
+                    let _: Option<i64> = redis
+                        .query(redis::cmd("GET").arg(format!("r:{}", (t * 131 + i) % 1000)))
+                        .expect("GET");
+                }
+            });
+        }
+    });
+    start.elapsed().as_secs_f64()
 }

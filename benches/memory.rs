@@ -7,6 +7,7 @@
 
 mod common;
 
+use redkit::pubsub::Subscriber;
 use std::time::Duration;
 
 use common::Report;
@@ -46,7 +47,7 @@ fn main() {
     drop(held);
     let pool = status_kib("VmRSS:").unwrap_or(start);
 
-    let subscriber = redis.subscriber().expect("subscriber");
+    let subscriber = Subscriber::new(&redis).expect("subscriber");
     let channels: Vec<String> = (0..1000).map(|i| format!("memory.channel.{i}")).collect();
     let subscription = subscriber.subscribe(&channels).expect("subscribe");
     assert_eq!(subscriber.stats().channels, 1000);

@@ -15,6 +15,7 @@
 
 mod common;
 
+use redkit::pubsub::Subscriber;
 use std::time::{Duration, Instant};
 
 use common::{env_usize, median, percentile, Report, Target};
@@ -143,7 +144,7 @@ fn main() {
     report.param("latency_samples", samples);
     let server = RedisServer::start().expect("start redis-server");
     let redis = common::connect(&server);
-    let subscriber = redis.subscriber().expect("subscriber");
+    let subscriber = Subscriber::new(&redis).expect("subscriber");
     let client = redis::Client::open(server.url()).expect("client");
     let mut publisher = client.get_connection().expect("publisher connection");
 

@@ -44,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     redis.query::<()>(redis::cmd("DEL").arg("example:ledger"))?;
 
     // 1. Mutual exclusion with fenced writes.
-    let lock = redis.lock("example-ledger")?;
+    let lock = Lock::new(&redis, "example-ledger")?;
     std::thread::scope(|s| {
         for worker in 0..4 {
             let (lock, redis, write) = (&lock, &redis, &write);

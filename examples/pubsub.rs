@@ -9,6 +9,7 @@
 //! cargo run --example pubsub
 //! ```
 
+use redkit::pubsub::Subscriber;
 use std::time::Duration;
 
 use crossbeam_channel::{select, tick};
@@ -34,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let events = redis.events();
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
 
     // A typed topic: values in, values out; a bad payload is reported, not dropped.
     let room: Topic<ChatMessage> = Topic::new("chat.lobby");

@@ -185,6 +185,16 @@ impl Breaker {
         self.set_state(BreakerState::Closed)
     }
 
+    /// Opens the breaker now (a health check found the server gone): calls fail fast until
+    /// its open time has passed, then probe as usual.
+    pub(crate) fn trip(&self) -> Option<Transition> {
+        if !self.config.enabled {
+            return None;
+        }
+        let mut inner = self.inner.lock();
+        self.open(&mut inner, Instant::now())
+    }
+
     fn open(&self, inner: &mut Inner, now: Instant) -> Option<Transition> {
         inner.opened_at = Some(now);
         inner.probes_in_flight = 0;

@@ -199,13 +199,66 @@ pub enum Event {
         /// Where it is now.
         new: crate::config::Addr,
     },
-    /// With a Cluster topology: a refresh of the slot map found slots owned by other masters
-    /// than before (a replica promoted after its master failed, slots resharded).
+    /// With a Sentinel topology: the sentinel leading a failover announced its start
+    /// (`+selected-slave`): until the new master is known ([`Event::FailoverDetected`]) or
+    /// the failover is given up ([`Event::FailoverAborted`]), nothing more is sent to `old`
+    /// and calls through the handle wait, each within its own deadline (see
+    /// [Sentinel and Cluster](crate#sentinel-and-cluster)).
+    FailoverStarted {
+        /// The master's name in the sentinels.
+        master_name: String,
+        /// The master being replaced.
+        old: crate::config::Addr,
+        /// The replica chosen to replace it.
+        candidate: crate::config::Addr,
+    },
+    /// With a Sentinel topology: a failover announced by [`Event::FailoverStarted`] was
+    /// aborted before any promotion; calls go to `master` again.
+    FailoverAborted {
+        /// The master's name in the sentinels.
+        master_name: String,
+        /// The master, which stays the master.
+        master: crate::config::Addr,
+    },
+    /// With a Cluster topology: slots are owned by other masters than before (a replica
+    /// promoted after its master failed, slots resharded). Reported once per change, when
+    /// the map has stopped changing for a second (see
+    /// [Sentinel and Cluster](crate#sentinel-and-cluster)): a reshard of many slots is one
+    /// event.
     ClusterTopologyChanged {
         /// How many of the 16384 slots changed owner.
         slots_moved: usize,
         /// How many masters the new map has.
         masters: usize,
+    },
+    /// With a Cluster topology: a node did not answer the heartbeat's check within the
+    /// heartbeat timeout (see [Sentinel and Cluster](crate#sentinel-and-cluster)): its
+    /// breaker is open, so calls to it fail
+    /// fast until it answers again ([`Event::ClusterNodeUp`]) or the slot map names its
+    /// replacement.
+    ClusterNodeDown {
+        /// The node.
+        node: crate::config::Addr,
+        /// What the check met.
+        cause: Error,
+    },
+    /// With a Cluster topology: a node reported down answers the heartbeat's check again;
+    /// its breaker is closed.
+    ClusterNodeUp {
+        /// The node.
+        node: crate::config::Addr,
+        /// Since [`Event::ClusterNodeDown`].
+        downtime: Duration,
+    },
+    /// With a Cluster topology: the circuit breaker of one node changed state (each node
+    /// has its own; the handle's [`Event::BreakerChanged`] is not used on a cluster).
+    ClusterNodeBreakerChanged {
+        /// The node.
+        node: crate::config::Addr,
+        /// Before.
+        from: BreakerState,
+        /// After.
+        to: BreakerState,
     },
     /// The handle was closed ([`Redis::close`](crate::Redis::close) or the last clone dropped).
     /// The last event a listener receives; the channel disconnects after it.
@@ -252,10 +305,31 @@ impl fmt::Display for Event {
                 old,
                 new,
             } => write!(f, "master `{master_name}` failed over from {old} to {new}"),
+            Event::FailoverStarted {
+                master_name,
+                old,
+                candidate,
+            } => write!(
+                f,
+                "master `{master_name}` is failing over from {old} to {candidate}"
+            ),
+            Event::FailoverAborted {
+                master_name,
+                master,
+            } => write!(f, "failover of master `{master_name}` at {master} aborted"),
             Event::ClusterTopologyChanged {
                 slots_moved,
                 masters,
             } => write!(f, "cluster slot map changed: {slots_moved} slots moved, {masters} masters"),
+            Event::ClusterNodeDown { node, cause } => {
+                write!(f, "cluster node {node} down: {cause}")
+            }
+            Event::ClusterNodeUp { node, downtime } => {
+                write!(f, "cluster node {node} up again after {downtime:?}")
+            }
+            Event::ClusterNodeBreakerChanged { node, from, to } => {
+                write!(f, "cluster node {node}: breaker {from:?} -> {to:?}")
+            }
             Event::LockLost {
                 name,
                 fencing_token,

@@ -17,6 +17,14 @@
 //! that manages to connect on its own ends the wait at once. On success it retires every pooled
 //! connection made before the outage, closes the circuit breaker and emits
 //! [`Event::Reconnected`](crate::Event::Reconnected) with the downtime: calls from then on run on fresh connections.
+//!
+//! On a Cluster the beat asks every node (masters and replicas) for its `ROLE` instead, all
+//! at once on connections of its own, each answer within the deadline, and reads the slot
+//! map: a node that does not answer is reported on its own
+//! ([`Event::ClusterNodeDown`](crate::Event::ClusterNodeDown), its breaker opened), and the
+//! handle counts as lost only when no master answers (see the
+//! [crate docs](crate#sentinel-and-cluster)). With a Sentinel topology the heartbeat's
+//! connection follows the master when a failover retires the connections.
 
 use std::time::Duration;
 

@@ -183,6 +183,48 @@
 //! `redis-server` launcher (kill, restart on the same port) and a fault-injection proxy
 //! (delay, black hole, refuse, cut).
 //!
+//! ## Sentinel and Cluster
+//!
+//! **Sentinel** ([`ConfigBuilder::sentinel`]). The handle follows every sentinel (a thread
+//! each, `redkit-sentinel`). When the sentinel leading a failover announces its start
+//! (`+selected-slave`, [`Event::FailoverStarted`]), nothing more is sent to the old master:
+//! calls through the handle wait, each within its own retry deadline, and a command about to
+//! leave on a connection to the old master is refused unsent (and resent by the retry).
+//! When the promoted replica answers as a master (`+promoted-slave`), every connection is
+//! retired and the breaker closed, then [`Event::FailoverDetected`] is sent and the waiting
+//! calls go to the new master. So on `SENTINEL FAILOVER` calls pause (until the sentinels
+//! see the promotion: up to their `INFO` period during a failover, one second) instead of
+//! failing, and no acknowledged write is lost unless it reached the old master just before
+//! the start and had not been replicated when the replica was promoted (send `WAIT 1` after
+//! such writes to close that window). When the master dies, calls fail (`Connection`, then
+//! `CircuitOpen` once the breaker opens) until the sentinels agree and promote; from
+//! `FailoverDetected` on they go to the new master, and none fails with `CircuitOpen`
+//! because of the old one. An aborted failover ([`Event::FailoverAborted`]) lets the calls
+//! go to the old master again.
+//!
+//! **Cluster** ([`ConfigBuilder::cluster`]). Commands go to the master owning their first
+//! key's slot, following `MOVED` and `ASK` (at most
+//! [`cluster_max_redirects`](ConfigBuilder::cluster_max_redirects) times); multi-key
+//! commands (`MGET`, `MSET`, `DEL`, `UNLINK`, `EXISTS`, `TOUCH`) are split per slot, alone or
+//! inside pipelines, and put back in order; `DBSIZE` (summed), `KEYS` (united), `INFO` (each
+//! master's, after a `# Node host:port` line), `FLUSHALL`, `FLUSHDB`, `SCRIPT LOAD`/`FLUSH`
+//! and `FUNCTION LOAD`/`DELETE`/`FLUSH`/`RESTORE` go to every master. Reads may go to
+//! replicas ([`ConfigBuilder::cluster_read_from_replicas`], with its staleness bound).
+//! Every node has its own breaker ([`Event::ClusterNodeBreakerChanged`]), and at each beat
+//! the heartbeat asks every node for its `ROLE`: one that does not answer within the
+//! heartbeat timeout is [`Event::ClusterNodeDown`] (its breaker opens, calls to it fail
+//! fast: a black hole is noticed within one interval plus the timeout), and
+//! [`Event::ClusterNodeUp`] when it answers again. A change of the slot map (a failover, a
+//! reshard of any number of slots) is one [`Event::ClusterTopologyChanged`], sent once the
+//! map has not changed for a second. When a master dies, calls to its slots fail (connection
+//! errors, then `CircuitOpen`) until its replica is promoted; with Redis' default
+//! `cluster-require-full-coverage yes` the other masters answer `CLUSTERDOWN` (class
+//! `Busy`, retried within the deadline) from the moment the cluster marks the node failed
+//! until the promotion. A planned `CLUSTER FAILOVER` and slots moved under load are followed
+//! without failed calls. The [multiplexed connection](ConfigBuilder::multiplexed) works on
+//! a cluster too (one per node). [`cache`], [`session`] and the rate limiters spread their
+//! keys over every slot.
+//!
 //! ## Logging
 //!
 //! redkit logs through the [`log`] facade and never installs a logger. `warn`: problems you

@@ -1,42 +1,85 @@
-//! Redis Sentinel: master (or replica) discovery with timeouts, and a listener thread that
-//! follows `+switch-master`.
+//! Redis Sentinel: master (or replica) discovery with timeouts, listener threads that follow
+//! a failover from its start, and the write fence that keeps a master handle's calls away
+//! from a master being failed over.
 //!
 //! The pool's connection manager asks [`SentinelState::target`] where to connect; the first
 //! call (and any call after [`SentinelState::refresh`] found nothing) asks the sentinels in
-//! turn. When the node moves (a `+switch-master` message, a connection that reaches a node
-//! of the wrong role or cannot be opened, a `READONLY` reply on a master handle),
-//! [`SentinelState::switch_to`] points new connections at the new node, retires every pooled
-//! connection at once (the pool's generation counter) and, for a master, emits
-//! [`Event::FailoverDetected`].
+//! turn. When the node moves (a `+promoted-slave` or `+switch-master` message, a connection
+//! that reaches a node of the wrong role or cannot be opened, a `READONLY` reply on a master
+//! handle), [`SentinelState::switch_to`] points new connections at the new node, retires
+//! every pooled connection at once (the pool's generation counter), closes the handle's
+//! breaker and, for a master, emits [`Event::FailoverDetected`].
+//!
+//! ## The write fence (master handles)
+//!
+//! One listener thread per sentinel subscribes to the failover channels. The sentinel that
+//! leads a failover announces its start (`+selected-slave`,
+//! `+failover-state-send-slaveof-noone`) before it promotes the replica (`SLAVEOF NO ONE`,
+//! on its next timer tick): from that moment the handle sends nothing more to the old master.
+//! Calls made through the handle wait (each by its own retry deadline) in
+//! [`SentinelState::wait_for_failover`]; a command about to go out on a connection to the
+//! old master is refused before it is written ([`SentinelState::check_send`]: `NotSent`, so
+//! the handle's retry sends it again, to the new master). When the replica answers as a
+//! master (`+promoted-slave`, or a sentinel naming it when asked), the handle checks that it
+//! answers `ROLE` as a master, retires every connection, closes its breaker, emits
+//! [`Event::FailoverDetected`] and lets the waiting calls go, to the new master. An aborted
+//! failover (`-failover-abort-*`) lets them go to the old master; a failover nobody reports
+//! on ends the fence after the sentinels' `failover-timeout` (asked with `SENTINEL MASTER`).
+//!
+//! What the fence cannot save: a write that reached the old master before the fence but was
+//! not yet replicated when the replica was promoted (the old master discards it when it is
+//! turned into a replica). On loopback that window is a replication round trip; `WAIT 1`
+//! after a write (see [`crate::lock::ReplicaAck`] for locks) closes it: a write the replica
+//! acknowledged survives the promotion.
 //!
 //! With [`SentinelRole::Replica`] the handle asks `SENTINEL REPLICAS`, keeps the replica it
-//! picked while the sentinels call it healthy, and moves when it is lost or promoted.
+//! picked while the sentinels call it healthy, and moves when it is lost or promoted; it
+//! has no fence (it never writes).
 //!
 //! The sentinels are reached with their own credentials and, when
 //! [`SentinelConfig::uses_tls`] says so, over TLS with the data nodes' TLS settings.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use log::{debug, info, warn};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use redis::{FromRedisValue, Value};
 
+use crate::breaker::Breaker;
 use crate::config::{Addr, Config, SentinelConfig, SentinelRole};
 use crate::conn::{Connection, Connector, Generation};
-use crate::error::{Delivery, Error, Result};
+use crate::error::{Delivery, Error, ErrorClass, Result};
 use crate::events::Event;
 use crate::observe::Observed;
+use crate::util::threads::Background;
 use crate::util::time;
 
 /// How long the listener waits on its subscription before it checks for a stop request.
 const LISTEN_SLICE: Duration = Duration::from_millis(250);
-/// Pause between two rounds over every sentinel when none answers.
+/// Pause between two attempts to follow a sentinel that fails.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// While the fence is up, how often each listener asks its sentinel where the master is.
+const FENCE_POLL: Duration = Duration::from_millis(100);
+/// The sentinels' `failover-timeout` until one says (Redis' default: 3 minutes).
+const DEFAULT_FAILOVER_TIMEOUT: Duration = Duration::from_secs(180);
+/// Added to `failover-timeout` before a fence nobody reported on is given up.
+const FENCE_MARGIN: Duration = Duration::from_secs(1);
+
+/// A failover the sentinels announced, until the new master is known (or it is aborted).
+#[derive(Debug, Clone)]
+struct Fence {
+    /// The master being replaced.
+    old: Addr,
+    /// The replica chosen to replace it.
+    candidate: Addr,
+    since: Instant,
+    /// Given up by then (the sentinels abort a failover that takes longer).
+    until: Instant,
+}
 
 /// Where the master (or the chosen replica) is, shared by every connection manager of a
 /// handle and its listener.
@@ -54,6 +97,19 @@ pub(crate) struct SentinelState {
     /// Round-robin position among healthy replicas (starts at a random place, so that
     /// processes started together spread over the replicas).
     next_replica: AtomicUsize,
+    /// Opens connections to the data nodes (to check a promoted replica).
+    data: Connector,
+    /// The handle's breaker: closed when the master moves (the old one's failures say
+    /// nothing about the new one).
+    breaker: Arc<Breaker>,
+    /// The failover in progress, while the handle holds its calls.
+    fence: Mutex<Option<Fence>>,
+    /// `fence.is_some()`, read without the lock on every call.
+    fenced: AtomicBool,
+    /// Signalled when the fence is lifted.
+    unfenced: Condvar,
+    /// The sentinels' `failover-timeout`, in milliseconds.
+    failover_timeout_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for SentinelState {
@@ -154,6 +210,8 @@ impl SentinelState {
     pub(crate) fn new(
         config: &Config,
         sentinel: SentinelConfig,
+        data: Connector,
+        breaker: Arc<Breaker>,
         generation: Arc<Generation>,
         observed: Arc<Observed>,
     ) -> Result<SentinelState> {
@@ -176,6 +234,12 @@ impl SentinelState {
             current: Mutex::new(None),
             rediscover: AtomicBool::new(false),
             next_replica: AtomicUsize::new(crate::util::ids::random_u64() as usize),
+            data,
+            breaker,
+            fence: Mutex::new(None),
+            fenced: AtomicBool::new(false),
+            unfenced: Condvar::new(),
+            failover_timeout_ms: AtomicU64::new(millis(DEFAULT_FAILOVER_TIMEOUT)),
         })
     }
 
@@ -203,6 +267,15 @@ impl SentinelState {
     /// replica must also have its link to the master up (`connected`): one that is still
     /// syncing, or that lost its master, would serve old (or, freshly restarted, no) data.
     pub(crate) fn check_role(&self, con: &mut Connection, deadline: Instant) -> Result<()> {
+        self.check_role_as(con, deadline, self.config.role)
+    }
+
+    fn check_role_as(
+        &self,
+        con: &mut Connection,
+        deadline: Instant,
+        want: SentinelRole,
+    ) -> Result<()> {
         let packed = redis::cmd("ROLE").get_packed_command();
         let reply = con
             .exec(&packed, Some(deadline))
@@ -210,7 +283,7 @@ impl SentinelState {
         let role: Vec<Value> = Vec::from_redis_value(reply)
             .map_err(|e| Error::from_redis(e.into(), Delivery::NotSent))?;
         let is = |v: Option<&Value>, want: &[u8]| matches!(v, Some(Value::BulkString(r)) if r.as_slice() == want);
-        let problem = match self.config.role {
+        let problem = match want {
             SentinelRole::Replica if !is(role.first(), b"slave") => Some("is not a replica"),
             SentinelRole::Replica if !is(role.get(3), b"connected") => {
                 Some("is a replica whose link to the master is not up")
@@ -297,7 +370,11 @@ impl SentinelState {
                 info!(
                     "redis master `{name}` moved from {old} to {addr} ({why}): retiring every pooled connection"
                 );
+                // Before anyone hears of the move: no connection to the old master is used
+                // again, and its failures do not keep the breaker open for the new one.
                 self.generation.retire_all();
+                self.observed.breaker_changed(self.breaker.reset());
+                self.lift_fence();
                 self.observed.events.emit(Event::FailoverDetected {
                     master_name: name.clone(),
                     old: old.clone(),
@@ -310,7 +387,10 @@ impl SentinelState {
                 );
                 self.generation.retire_all();
             }
-            (None, false) => info!("redis master `{name}` is at {addr}"),
+            (None, false) => {
+                info!("redis master `{name}` is at {addr}");
+                self.lift_fence();
+            }
             (None, true) => info!("reading from replica {addr} of master `{name}`"),
         }
     }
@@ -320,7 +400,7 @@ impl SentinelState {
     /// one promoted, and asks which replicas are healthy now.
     fn master_switched(&self, old: Addr, new: Addr) {
         if !self.reads_from_replica() {
-            self.switch_to(new, "+switch-master");
+            self.promoted(new, "+switch-master");
             return;
         }
         let name = &self.config.master_name;
@@ -350,6 +430,236 @@ impl SentinelState {
             self.config.master_name
         );
         self.generation.retire_all();
+    }
+
+    /// Whether a failover holds the handle's calls now.
+    pub(crate) fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
+    }
+
+    /// What one sentinel said about the failover channels' subject.
+    fn announced(&self, announce: Announce) {
+        let mine = |name: &str| name == self.config.master_name;
+        match announce {
+            Announce::Switched { name, old, new } if mine(&name) => self.master_switched(old, new),
+            // A replica handle never writes: only the switch matters to it.
+            _ if self.reads_from_replica() => {}
+            Announce::Started {
+                name,
+                master,
+                replica,
+            } if mine(&name) => self.failover_started(master, replica),
+            Announce::Promoted { name, replica, .. } if mine(&name) => {
+                self.promoted(replica, "+promoted-slave");
+            }
+            Announce::Aborted { name, master } if mine(&name) => self.failover_aborted(&master),
+            _ => {}
+        }
+    }
+
+    /// The failover of `master` began: nothing more goes to it until the new master is
+    /// known.
+    fn failover_started(&self, master: Addr, replica: Addr) {
+        let current = self.current_addr();
+        if current.as_ref().is_some_and(|c| *c != master) {
+            debug!("a failover of {master} began, but the handle uses {current:?}: no fence");
+            return;
+        }
+        let now = Instant::now();
+        let timeout = Duration::from_millis(self.failover_timeout_ms.load(Ordering::Relaxed));
+        {
+            let mut fence = self.fence.lock();
+            if fence.is_some() {
+                return;
+            }
+            *fence = Some(Fence {
+                old: master.clone(),
+                candidate: replica.clone(),
+                since: now,
+                until: time::add(now, timeout.saturating_add(FENCE_MARGIN)),
+            });
+            self.fenced.store(true, Ordering::Release);
+        }
+        let name = &self.config.master_name;
+        info!(
+            "redis master `{name}` at {master} is failing over to {replica}: calls wait for the new master"
+        );
+        self.observed.events.emit(Event::FailoverStarted {
+            master_name: name.clone(),
+            old: master,
+            candidate: replica,
+        });
+    }
+
+    /// `replica` answers as the master: check it (a connection, `ROLE`), then move there.
+    fn promoted(&self, replica: Addr, why: &str) {
+        if self.current_addr().as_ref() == Some(&replica) {
+            self.lift_fence();
+            return;
+        }
+        let deadline = time::after(self.timeouts.connect);
+        let checked = self
+            .data
+            .open_by(&replica, deadline)
+            .and_then(|mut con| self.check_role_as(&mut con, deadline, SentinelRole::Master));
+        if let Err(e) = checked {
+            // The sentinels say so; every new connection checks the role again anyway.
+            debug!("the promoted replica {replica} did not answer as a master yet: {e}");
+        }
+        self.switch_to(replica, why);
+    }
+
+    /// The failover of `master` was given up: calls go to it again.
+    fn failover_aborted(&self, master: &Addr) {
+        let lifted = {
+            let mut fence = self.fence.lock();
+            match fence.as_ref() {
+                Some(f) if f.old == *master => {
+                    let f = fence.take();
+                    self.fenced.store(false, Ordering::Release);
+                    self.unfenced.notify_all();
+                    f
+                }
+                _ => None,
+            }
+        };
+        if let Some(f) = lifted {
+            let name = &self.config.master_name;
+            warn!(
+                "the failover of redis master `{name}` at {master} was aborted after {:?}: calls go to it again",
+                f.since.elapsed()
+            );
+            self.observed.events.emit(Event::FailoverAborted {
+                master_name: name.clone(),
+                master: master.clone(),
+            });
+        }
+    }
+
+    /// Lets the waiting calls go (the master is known again).
+    fn lift_fence(&self) {
+        if !self.fenced.load(Ordering::Acquire) {
+            return;
+        }
+        let mut fence = self.fence.lock();
+        if let Some(f) = fence.take() {
+            debug!(
+                "failover of {} to {}: calls held for {:?}",
+                f.old,
+                f.candidate,
+                f.since.elapsed()
+            );
+        }
+        self.fenced.store(false, Ordering::Release);
+        self.unfenced.notify_all();
+    }
+
+    /// A fence past its time: nobody reported the failover's end (the leading sentinel was
+    /// lost, say). Lifted, and the sentinels asked again.
+    fn expire_fence(&self) {
+        let expired = {
+            let mut fence = self.fence.lock();
+            match fence.as_ref() {
+                Some(f) if Instant::now() >= f.until => {
+                    let f = fence.take();
+                    self.fenced.store(false, Ordering::Release);
+                    self.unfenced.notify_all();
+                    f
+                }
+                _ => None,
+            }
+        };
+        if let Some(f) = expired {
+            warn!(
+                "redis master `{}`: no news of the failover of {} for {:?}; asking the sentinels again",
+                self.config.master_name,
+                f.old,
+                f.since.elapsed()
+            );
+            self.request_rediscovery();
+        }
+    }
+
+    /// While the fence is up, asks the sentinel at `host:port` where the master is: the
+    /// leading sentinel names the promoted replica as soon as it saw it promoted, the others
+    /// once they learnt the switch.
+    fn poll_during_failover(&self, host: &str, port: u16) {
+        let Some(old) = self.fence.lock().as_ref().map(|f| f.old.clone()) else {
+            return;
+        };
+        let deadline = time::after(self.timeouts.connect.min(Duration::from_secs(1)));
+        match self.ask_master(deadline, host, port) {
+            Ok(Some(addr)) if addr != old => self.promoted(addr, "a sentinel names it"),
+            Ok(_) => {}
+            Err(e) => debug!("sentinel {host}:{port} during a failover: {e}"),
+        }
+        self.expire_fence();
+    }
+
+    /// Records a sentinel's `failover-timeout` (how long a fence may last unreported).
+    fn learn_failover_timeout(&self, t: Duration) {
+        self.failover_timeout_ms.store(millis(t), Ordering::Relaxed);
+    }
+
+    /// Waits, at most until `deadline`, while a failover holds calls (see the module docs).
+    /// Fails with a timeout (`NotSent`) when the new master is still unknown by then.
+    pub(crate) fn wait_for_failover(&self, deadline: Instant) -> Result<()> {
+        if !self.fenced.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let mut fence = self.fence.lock();
+        loop {
+            let Some(f) = fence.as_ref() else {
+                return Ok(());
+            };
+            let now = Instant::now();
+            if now >= f.until {
+                drop(fence);
+                self.expire_fence();
+                return Ok(());
+            }
+            if now >= deadline {
+                return Err(Error::io(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "redis master `{}` is failing over from {} to {}: no new master within the call's deadline (waited {:?})",
+                        self.config.master_name,
+                        f.old,
+                        f.candidate,
+                        start.elapsed()
+                    ),
+                    Delivery::NotSent,
+                ));
+            }
+            let wake = f.until.min(deadline);
+            self.unfenced.wait_until(&mut fence, wake);
+        }
+    }
+
+    /// Whether a command may go out on a connection of generation `stamp`: not while a
+    /// failover is underway, nor on a connection to a master the handle left. Refused
+    /// commands were not sent (`NotSent`, class `ReadOnly`): the handle's retry sends them
+    /// again, to the new master.
+    pub(crate) fn check_send(&self, stamp: u64) -> Result<()> {
+        if self.reads_from_replica() {
+            return Ok(());
+        }
+        let why = if self.fenced.load(Ordering::Acquire) {
+            "is failing over"
+        } else if self.generation.is_retired(stamp) {
+            "moved since this connection was opened"
+        } else {
+            return Ok(());
+        };
+        Err(Error::Redis {
+            class: ErrorClass::ReadOnly,
+            delivery: Delivery::NotSent,
+            source: redis::RedisError::from(std::io::Error::other(format!(
+                "redis master `{}` {why}: not sent to the old master",
+                self.config.master_name
+            ))),
+        })
     }
 
     /// Asks each sentinel in turn, with the connect and response timeouts.
@@ -468,38 +778,133 @@ impl SentinelState {
     }
 }
 
-/// The `redkit-sentinel` thread: subscribes to `+switch-master` on one sentinel at a time.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The channels every listener subscribes to, on every sentinel: the start of a failover
+/// (only the sentinel leading it publishes these), the promotion, the switch (every sentinel
+/// publishes it) and the aborts.
+const CHANNELS: [&str; 4] = [
+    "+switch-master",
+    "+selected-slave",
+    "+failover-state-send-slaveof-noone",
+    "+promoted-slave",
+];
+/// `-failover-abort-not-elected`, `-failover-abort-no-good-slave`,
+/// `-failover-abort-slave-timeout`.
+const ABORTS: &str = "-failover-abort-*";
+
+/// What one sentinel announced about a master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Announce {
+    /// A failover began: `replica` was chosen to replace `master`.
+    Started {
+        name: String,
+        master: Addr,
+        replica: Addr,
+    },
+    /// `replica` answers as a master now: the failover can no longer be aborted.
+    Promoted {
+        name: String,
+        master: Addr,
+        replica: Addr,
+    },
+    /// The failover of `master` was given up before any promotion.
+    Aborted { name: String, master: Addr },
+    /// The sentinels' configuration names `new` as the master.
+    Switched { name: String, old: Addr, new: Addr },
+}
+
+fn addr_of(host: &str, port: &str) -> Option<Addr> {
+    Some(Addr::Tcp {
+        host: host.to_owned(),
+        port: port.parse().ok()?,
+    })
+}
+
+/// Parses one message of the failover channels (`None` for anything else):
+///
+/// - `+switch-master`: `<name> <old-ip> <old-port> <new-ip> <new-port>`;
+/// - `+selected-slave`, `+failover-state-send-slaveof-noone`, `+promoted-slave`:
+///   `slave <ip:port> <ip> <port> @ <name> <master-ip> <master-port>`;
+/// - `-failover-abort-*`: `master <name> <ip> <port>`.
+fn parse_announce(channel: &str, payload: &str) -> Option<Announce> {
+    let w: Vec<&str> = payload.split_whitespace().collect();
+    match channel {
+        "+switch-master" => match w[..] {
+            [name, oh, op, nh, np] => Some(Announce::Switched {
+                name: name.to_owned(),
+                old: addr_of(oh, op)?,
+                new: addr_of(nh, np)?,
+            }),
+            _ => None,
+        },
+        "+selected-slave" | "+failover-state-send-slaveof-noone" | "+promoted-slave" => match w[..]
+        {
+            ["slave", _, rh, rp, "@", name, mh, mp] => {
+                let (name, master, replica) = (name.to_owned(), addr_of(mh, mp)?, addr_of(rh, rp)?);
+                Some(if channel == "+promoted-slave" {
+                    Announce::Promoted {
+                        name,
+                        master,
+                        replica,
+                    }
+                } else {
+                    Announce::Started {
+                        name,
+                        master,
+                        replica,
+                    }
+                })
+            }
+            _ => None,
+        },
+        c if c.starts_with("-failover-abort-") => match w[..] {
+            ["master", name, h, p, ..] => Some(Announce::Aborted {
+                name: name.to_owned(),
+                master: addr_of(h, p)?,
+            }),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The listener threads: one per sentinel (each `redkit-sentinel`), subscribed to the
+/// failover channels (see [`SentinelState`]).
 #[derive(Debug)]
 pub(crate) struct SentinelListener {
-    stop: Option<Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<Background>,
 }
 
 impl SentinelListener {
     pub(crate) fn spawn(state: Arc<SentinelState>) -> Result<SentinelListener> {
-        let (stop, stopped) = crossbeam_channel::bounded(0);
-        let thread = std::thread::Builder::new()
-            .name("redkit-sentinel".into())
-            .spawn(move || listen(&state, &stopped))
+        let mut threads = Vec::with_capacity(state.config.addrs.len());
+        for (host, port) in state.config.addrs.clone() {
+            let state = state.clone();
+            let thread = Background::spawn("redkit-sentinel", move |stopped| {
+                listen(&state, &stopped, &host, port);
+            })
             .map_err(|e| Error::from_redis(redis::RedisError::from(e), Delivery::NotSent))?;
-        Ok(SentinelListener {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+            threads.push(thread);
+        }
+        Ok(SentinelListener { threads })
     }
 
-    /// Stops the thread and waits for it (unless called on that very thread): it notices
-    /// within [`LISTEN_SLICE`], or when a call to a sentinel in flight ends (within the
-    /// connect or response timeout).
+    /// Stops the threads and waits for them (at most 100 ms in all): each notices within
+    /// [`LISTEN_SLICE`], or when a call to its sentinel in flight ends (within the connect or
+    /// response timeout).
     pub(crate) fn stop(&mut self) {
-        drop(self.stop.take());
-        let bound = Duration::from_millis(100);
-        if let Some(Err(panic)) = self
-            .thread
-            .take()
-            .map(|t| crate::util::threads::join_within(t, bound))
-        {
-            warn!("the redkit-sentinel thread had panicked: {panic}");
+        let deadline = time::after(Duration::from_millis(100));
+        // Ask every thread first, then wait: they stop side by side.
+        for t in &mut self.threads {
+            t.ask_to_stop();
+        }
+        for mut t in self.threads.drain(..) {
+            if let Err(panic) = t.stop(time::left(deadline)) {
+                warn!("a redkit-sentinel thread had panicked: {panic}");
+            }
         }
     }
 }
@@ -515,24 +920,19 @@ fn stopping(stopped: &Receiver<()>) -> bool {
     matches!(stopped.try_recv(), Err(TryRecvError::Disconnected))
 }
 
-fn listen(state: &SentinelState, stopped: &Receiver<()>) {
-    let sentinels = state.config.addrs.clone();
-    let mut next = 0;
+/// Follows one sentinel until the thread must stop, reconnecting after a pause when it fails.
+fn listen(state: &SentinelState, stopped: &Receiver<()>, host: &str, port: u16) {
     loop {
         if stopping(stopped) {
             return;
         }
-        let (host, port) = &sentinels[next % sentinels.len()];
-        next += 1;
-        match follow(state, stopped, host, *port) {
+        match follow(state, stopped, host, port) {
             Ok(()) => return,
             Err(e) => debug!("sentinel listener on {host}:{port}: {e}"),
         }
-        if next % sentinels.len() == 0 {
-            match stopped.recv_timeout(RETRY_PAUSE) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => return,
-            }
+        match stopped.recv_timeout(RETRY_PAUSE) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return,
         }
     }
 }
@@ -545,14 +945,33 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
+/// The `failover-timeout` one sentinel has for the master (`SENTINEL MASTER`), when it says.
+fn failover_timeout(state: &SentinelState, con: &mut Connection, by: Instant) -> Option<Duration> {
+    let packed = redis::cmd("SENTINEL")
+        .arg("MASTER")
+        .arg(&state.config.master_name)
+        .get_packed_command();
+    let fields: HashMap<String, String> =
+        crate::script::convert(con.exec(&packed, Some(by)).ok()?).ok()?;
+    let ms: u64 = fields.get("failover-timeout")?.parse().ok()?;
+    Some(Duration::from_millis(ms))
+}
+
 /// Follows one sentinel until it fails (`Err`) or the thread must stop (`Ok`).
 fn follow(state: &SentinelState, stopped: &Receiver<()>, host: &str, port: u16) -> Result<()> {
     let deadline = time::after(state.timeouts.connect);
     let mut con = state.sentinel_connection(deadline, host, port)?;
-    let subscribe = redis::cmd("SUBSCRIBE")
-        .arg("+switch-master")
-        .get_packed_command();
-    con.send(&subscribe, Some(deadline), true)?;
+    let timeout = failover_timeout(state, &mut con, state.call_by(deadline));
+    if let Some(t) = timeout {
+        state.learn_failover_timeout(t);
+    }
+    let mut subscribe = redis::cmd("SUBSCRIBE");
+    for c in CHANNELS {
+        subscribe.arg(c);
+    }
+    let mut packed = subscribe.get_packed_command();
+    packed.extend_from_slice(&redis::cmd("PSUBSCRIBE").arg(ABORTS).get_packed_command());
+    con.send(&packed, Some(deadline), true)?;
     // A switch may have happened while nobody listened.
     if let Err(e) = state.refresh() {
         debug!("sentinel rediscovery failed: {e}");
@@ -562,6 +981,7 @@ fn follow(state: &SentinelState, stopped: &Receiver<()>, host: &str, port: u16) 
     // given up after the response timeout.
     let mut confirmed = false;
     let subscribed_by = time::after(state.timeouts.response);
+    let mut polled = Instant::now();
     loop {
         if stopping(stopped) {
             return Ok(());
@@ -572,6 +992,12 @@ fn follow(state: &SentinelState, stopped: &Receiver<()>, host: &str, port: u16) 
                 state.request_rediscovery();
             }
         }
+        // While a failover holds calls, ask this sentinel where the master is now and then
+        // (a promotion announced by a sentinel this thread does not follow, or missed).
+        if state.is_fenced() && polled.elapsed() >= FENCE_POLL {
+            polled = Instant::now();
+            state.poll_during_failover(host, port);
+        }
         if !confirmed && Instant::now() >= subscribed_by {
             return Err(Error::io(
                 std::io::ErrorKind::TimedOut,
@@ -579,7 +1005,12 @@ fn follow(state: &SentinelState, stopped: &Receiver<()>, host: &str, port: u16) 
                 Delivery::Unknown,
             ));
         }
-        let Some(frame) = con.read_frame(time::after(LISTEN_SLICE))? else {
+        let slice = if state.is_fenced() {
+            FENCE_POLL
+        } else {
+            LISTEN_SLICE
+        };
+        let Some(frame) = con.read_frame(time::after(slice))? else {
             continue;
         };
         let items = match frame {
@@ -588,32 +1019,22 @@ fn follow(state: &SentinelState, stopped: &Receiver<()>, host: &str, port: u16) 
             _ => continue,
         };
         let words: Vec<Option<String>> = items.iter().map(text).collect();
-        match words.first().cloned().flatten().as_deref() {
-            Some("subscribe") => confirmed = true,
-            Some("message") => {
+        let (channel, payload) = match words.first().cloned().flatten().as_deref() {
+            Some("subscribe" | "psubscribe") => {
                 confirmed = true;
-                let Some(Some(payload)) = words.get(2) else {
-                    continue;
-                };
-                // `<name> <old-ip> <old-port> <new-ip> <new-port>`
-                let parts: Vec<&str> = payload.split_whitespace().collect();
-                if let [name, old_host, old_port, new_host, new_port] = parts[..] {
-                    if name == state.config.master_name {
-                        if let (Ok(old_port), Ok(new_port)) = (old_port.parse(), new_port.parse()) {
-                            let old = Addr::Tcp {
-                                host: old_host.to_owned(),
-                                port: old_port,
-                            };
-                            let new = Addr::Tcp {
-                                host: new_host.to_owned(),
-                                port: new_port,
-                            };
-                            state.master_switched(old, new);
-                        }
-                    }
-                }
+                continue;
             }
-            _ => {}
+            Some("message") => (words.get(1), words.get(2)),
+            Some("pmessage") => (words.get(2), words.get(3)),
+            _ => continue,
+        };
+        confirmed = true;
+        let (Some(Some(channel)), Some(Some(payload))) = (channel, payload) else {
+            continue;
+        };
+        if let Some(announce) = parse_announce(channel, payload) {
+            debug!("sentinel {host}:{port}: {channel} {payload}");
+            state.announced(announce);
         }
     }
 }
@@ -648,6 +1069,67 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
+    }
+
+    #[test]
+    fn failover_announcements_parse() {
+        let tcp = |port| Addr::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        assert_eq!(
+            parse_announce(
+                "+selected-slave",
+                "slave 127.0.0.1:6380 127.0.0.1 6380 @ mymaster 127.0.0.1 6379"
+            ),
+            Some(Announce::Started {
+                name: "mymaster".into(),
+                master: tcp(6379),
+                replica: tcp(6380)
+            })
+        );
+        assert!(matches!(
+            parse_announce(
+                "+failover-state-send-slaveof-noone",
+                "slave 127.0.0.1:6380 127.0.0.1 6380 @ mymaster 127.0.0.1 6379"
+            ),
+            Some(Announce::Started { .. })
+        ));
+        assert!(matches!(
+            parse_announce(
+                "+promoted-slave",
+                "slave 127.0.0.1:6380 127.0.0.1 6380 @ mymaster 127.0.0.1 6379"
+            ),
+            Some(Announce::Promoted { replica, .. }) if replica == tcp(6380)
+        ));
+        assert_eq!(
+            parse_announce(
+                "-failover-abort-slave-timeout",
+                "master mymaster 127.0.0.1 6379"
+            ),
+            Some(Announce::Aborted {
+                name: "mymaster".into(),
+                master: tcp(6379)
+            })
+        );
+        assert_eq!(
+            parse_announce("+switch-master", "mymaster 127.0.0.1 6379 127.0.0.1 6380"),
+            Some(Announce::Switched {
+                name: "mymaster".into(),
+                old: tcp(6379),
+                new: tcp(6380)
+            })
+        );
+        // Anything else, or garbage, is no announcement.
+        assert_eq!(
+            parse_announce("+sdown", "master mymaster 127.0.0.1 6379"),
+            None
+        );
+        assert_eq!(
+            parse_announce("+switch-master", "mymaster 127.0.0.1 x 1 2"),
+            None
+        );
+        assert_eq!(parse_announce("+promoted-slave", ""), None);
     }
 
     #[test]

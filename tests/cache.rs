@@ -20,7 +20,7 @@ fn values_strings_bytes_counters() -> TestResult {
     let server = server();
     let redis = redis(&server);
     let cache = Cache::new(&redis, "basic")?;
-    assert_eq!(cache.key("a"), "redkit:cache:{basic}:v:a");
+    assert_eq!(cache.key("a"), "redkit:cache:basic:v:{a}");
     assert_eq!(cache.get::<String>("a")?, None);
     cache.set("a", &"hello".to_owned())?;
     assert_eq!(cache.get::<String>("a")?, Some("hello".to_owned()));
@@ -80,7 +80,7 @@ fn the_handles_key_prefix_comes_first() -> TestResult {
     let server = server();
     let redis = Redis::connect(builder(&server).key_prefix("app1:"))?;
     let cache = Cache::builder(&redis, "c").prefix("k:").build()?;
-    assert_eq!(cache.key("x"), "app1:k:{c}:v:x");
+    assert_eq!(cache.key("x"), "app1:k:c:v:{x}");
     cache.set("x", &1i64)?;
     assert_eq!(cache.get::<i64>("x")?, Some(1));
     Ok(())
@@ -118,7 +118,7 @@ fn get_or_set_with_32_threads_on_one_cold_key_loads_once() -> TestResult {
     assert_eq!(stats.misses, stats.stampedes_avoided + 1, "{stats:?}");
     // The lock is gone, the value stays.
     let mut admin = admin(&server);
-    assert!(!admin.exists::<_, bool>("redkit:cache:{flight}:l:cold")?);
+    assert!(!admin.exists::<_, bool>("redkit:cache:flight:l:{cold}")?);
     assert_eq!(cache.get::<String>("cold")?, Some("loaded".to_owned()));
     Ok(())
 }
@@ -137,7 +137,7 @@ fn a_failing_loader_stores_nothing_and_the_next_caller_loads() -> TestResult {
     assert!(r.is_err());
     assert!(!cache.exists("k")?);
     let mut admin = admin(&server);
-    assert!(!admin.exists::<_, bool>("redkit:cache:{fail}:l:k")?);
+    assert!(!admin.exists::<_, bool>("redkit:cache:fail:l:{k}")?);
     let v: String = cache.get_or_set("k", None, || Ok::<_, Error>("ok".to_owned()))?;
     assert_eq!(v, "ok");
     let stats = cache.stats();
@@ -213,17 +213,17 @@ fn early_refresh_reloads_before_expiry() -> TestResult {
     assert_eq!(lazy.stats().early_refreshes, 0);
     // While another process holds the load lock, the current value is served.
     let mut admin = admin(&server);
-    admin.set::<_, _, ()>("redkit:cache:{xf}:l:k", "someone")?;
+    admin.set::<_, _, ()>("redkit:cache:xf:l:{k}", "someone")?;
     assert_eq!(eager.get_or_set("k", None, slow("v4"))?, "v2");
     assert_eq!(eager.stats().early_refreshes, 1);
     // A failing early refresh serves the current value (and counts the error).
-    admin.del::<_, ()>("redkit:cache:{xf}:l:k")?;
+    admin.del::<_, ()>("redkit:cache:xf:l:{k}")?;
     let v: String = eager.get_or_set("k", None, || Err(Error::Closed))?;
     assert_eq!(v, "v2");
     let stats = eager.stats();
     assert_eq!((stats.early_refreshes, stats.load_errors), (2, 1));
     assert!(
-        !admin.exists::<_, bool>("redkit:cache:{xf}:l:k")?,
+        !admin.exists::<_, bool>("redkit:cache:xf:l:{k}")?,
         "lock released"
     );
     Ok(())
@@ -286,14 +286,16 @@ fn typed_values_as_json() -> TestResult {
 
 /// All keys under a cache's value namespace.
 fn cache_keys(redis: &Redis, cache: &Cache) -> HashSet<String> {
+    // `...:v:{<key>}`
     let prefix = cache.key("");
+    let prefix = &prefix[..prefix.len() - 1];
     ScanIter::<String>::keys(redis)
-        .pattern(&format!(
-            "{}*",
-            prefix.replace('{', "\\{").replace('}', "\\}")
-        ))
+        .pattern(&format!("{prefix}*"))
         .count(5000)
-        .map(|k| k.expect("scan")[prefix.len()..].to_owned())
+        .map(|k| {
+            let k = k.expect("scan");
+            k[prefix.len()..k.len() - 1].to_owned()
+        })
         .collect()
 }
 
@@ -374,7 +376,7 @@ fn two_processes_on_one_cold_key_load_once() -> TestResult {
     let cache = Cache::new(&redis, "xproc")?;
     let child = spawn_child("child_get_or_set", &server.url(), &[])?;
     // Wait until the child holds the load lock, then ask for the same key.
-    let lock = "redkit:cache:{xproc}:l:cold";
+    let lock = "redkit:cache:xproc:l:{cold}";
     let mut admin = admin(&server);
     wait_until(Duration::from_secs(20), "the child's load lock", || {
         admin.exists::<_, bool>(lock).unwrap_or(false)

@@ -1,6 +1,8 @@
 //! Locks, rate limiters, the cache, sessions and the stream queue on Redis Cluster: each
-//! keeps its keys under one hash tag, so its scripts run on one slot, and instances whose
-//! tags land on different masters work side by side through one handle.
+//! script runs on one slot (a lock's keys share the lock's hash tag; a cache key and its
+//! load lock share the key's; a session shares its user's), and instances on different
+//! masters work side by side through one handle (tests/cluster_topology.rs shows a cache,
+//! sessions and limiter subjects spread over every master).
 
 mod support;
 
@@ -75,7 +77,7 @@ fn locks_limiters_cache_sessions_and_queues_work_across_slots() -> TestResult {
     });
     assert_eq!(entries.load(Ordering::Relaxed), 3 * 4 * 10);
     // Fencing tokens keep increasing on their own slot.
-    let lock = redis.lock(&lock_names[0])?;
+    let lock = Lock::new(&redis, &lock_names[0])?;
     let a = lock.acquire()?.fencing_token();
     let b = lock.acquire()?.fencing_token();
     assert!(b > a);
@@ -99,7 +101,7 @@ fn locks_limiters_cache_sessions_and_queues_work_across_slots() -> TestResult {
         assert_eq!(taken, 3, "bucket for {subject}");
     }
 
-    // Caches whose names land on different masters: get_or_set, mget, tags.
+    // Several caches side by side: get_or_set, mget across slots, tags across slots.
     let cache_names = names_on_distinct_masters(&cluster, "cache", |n| format!("{{{n}}}"), 3)?;
     for name in &cache_names {
         let cache = Cache::builder(&redis, name).build()?;
@@ -120,7 +122,7 @@ fn locks_limiters_cache_sessions_and_queues_work_across_slots() -> TestResult {
         assert_eq!(cache.get::<String>("t1")?, None);
     }
 
-    // Sessions: stores on different masters.
+    // Sessions: several stores side by side.
     let store_names = names_on_distinct_masters(&cluster, "web", |n| format!("{{{n}}}"), 2)?;
     for name in &store_names {
         let sessions = SessionStore::new(&redis, name)?;

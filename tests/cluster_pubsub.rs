@@ -161,7 +161,7 @@ fn wait_event(rx: &Receiver<Event>, within: Duration, want: impl Fn(&Event) -> b
 fn classic_and_shard_channels_on_every_master_survive_a_slot_move() -> TestResult {
     let cluster = cluster();
     let redis = Redis::connect(cluster_builder(&cluster).heartbeat(quick_heartbeat()))?;
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
 
     // Classic channels and patterns: PUBLISH reaches every node, wherever it ran.
     let news = subscriber.subscribe(["news"])?;
@@ -188,7 +188,7 @@ fn classic_and_shard_channels_on_every_master_survive_a_slot_move() -> TestResul
         .map(|(name, _)| subscriber.ssubscribe([name]))
         .collect::<redkit::Result<_>>()?;
     let resp3 = Redis::connect(cluster_builder(&cluster).protocol(Protocol::Resp3))?;
-    let subscriber3 = resp3.subscriber()?;
+    let subscriber3 = Subscriber::new(&resp3)?;
     let subs3: Vec<Subscription> = channels
         .iter()
         .map(|(name, _)| subscriber3.ssubscribe([name]))
@@ -281,7 +281,7 @@ fn a_killed_master_s_subscriptions_come_back_on_its_promoted_replica() -> TestRe
     let mut cluster = cluster();
     let redis = Redis::connect(cluster_builder(&cluster).heartbeat(quick_heartbeat()))?;
     let events = redis.events();
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let news = subscriber.subscribe(["news"])?;
     let alerts = subscriber.psubscribe(["alerts.*"])?;
 

@@ -4,6 +4,7 @@
 
 mod support;
 
+use redkit::pubsub::Subscriber;
 use std::time::{Duration, Instant};
 
 use redis::Commands;
@@ -182,7 +183,7 @@ fn a_subscriber_cannot_be_held_by_a_dripping_server() -> TestResult {
     let connect = Duration::from_millis(300);
     let redis = Redis::connect_lazy(config(&fake, Timeouts::default().connect(connect)))?;
     let start = Instant::now();
-    let e = redis.subscriber().expect_err("must not connect");
+    let e = Subscriber::new(&redis).expect_err("must not connect");
     assert_within(start, connect, "Subscriber::new");
     assert_eq!(e.class(), ErrorClass::Timeout, "{e}");
     Ok(())
@@ -208,7 +209,7 @@ fn drops_and_close_return_within_their_bounds_in_a_black_hole() -> TestResult {
             )
     };
     let redis = Redis::connect(config())?;
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let _sub = subscriber.subscribe(["news"])?;
     let sampler = redkit::monitor::Monitor::new(&redis).sample_every(Duration::from_millis(20))?;
     let queue = redis.stream_queue("bh").build()?;
@@ -271,7 +272,7 @@ fn dropping_the_last_clone_in_a_black_hole_is_bounded() -> TestResult {
 fn a_subscriber_under_a_message_flood_answers_within_milliseconds() -> TestResult {
     let server = support::server();
     let redis = support::redis(&server);
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let flood = subscriber.subscribe(["flood"])?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher = {

@@ -2,6 +2,7 @@
 
 mod support;
 
+use redkit::pubsub::Subscriber;
 use std::time::{Duration, Instant};
 
 use redis::Commands;
@@ -32,7 +33,7 @@ fn huge_durations_never_panic() -> TestResult {
     r.set::<_, _, ()>("k", 1)?;
     assert_eq!(r.get::<_, i64>("k")?, 1);
     drop(redis.conn_timeout(MAX)?);
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let e = subscriber
         .subscribe_with(
             redkit::pubsub::Kind::Channel,

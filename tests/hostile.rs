@@ -4,6 +4,7 @@
 
 mod support;
 
+use redkit::pubsub::Subscriber;
 use std::time::{Duration, Instant};
 
 use redis::Commands;
@@ -140,7 +141,7 @@ fn subscribers_fail_typed_within_the_deadline_and_stay_responsive() -> TestResul
     for kind in KINDS {
         let fake = server(kind);
         let redis = Redis::connect(config(&fake))?;
-        let subscriber = redis.subscriber()?;
+        let subscriber = Subscriber::new(&redis)?;
         let start = Instant::now();
         // The confirmation never comes in a form it can read: the subscribe call ends by
         // its deadline with a typed error, and the subscriber is still there to close.

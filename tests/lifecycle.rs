@@ -3,6 +3,7 @@
 
 mod support;
 
+use redkit::pubsub::Subscriber;
 use std::time::Duration;
 
 use redkit::testing::{wait_until, FaultProxy};
@@ -64,7 +65,7 @@ fn dropping_every_handle_leaves_no_thread_and_no_connection() -> TestResult {
         });
         let clones: Vec<Redis> = (0..3).map(|_| redis.clone()).collect();
         // A subscriber with a plain subscription and a callback handler (two more threads).
-        let subscriber = redis.subscriber()?;
+        let subscriber = Subscriber::new(&redis)?;
         let handler = subscriber.subscribe(["life"])?.handle(|_| {})?;
         let sub = subscriber.psubscribe(["life.*"])?;
         redis.publish("life", "x")?;
@@ -120,7 +121,7 @@ fn dropping_every_handle_leaves_no_thread_and_no_connection() -> TestResult {
             .timeouts(redkit::Timeouts::default().connect(Duration::from_millis(500))),
     )?;
     redis.query::<()>(&redis::cmd("PING"))?;
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let sub = subscriber.subscribe(["silenced"])?;
     proxy.set_mode(redkit::testing::ProxyMode::BlackHole);
     let t = std::time::Instant::now();

@@ -81,7 +81,8 @@ fn mutual_exclusion_across_threads_and_processes() -> TestResult {
     assert_eq!(count, (16 + 4) * ROUNDS, "every increment kept");
     // Every holder checked that its token was above the last one written; the counter holds
     // the last acquisition's token.
-    let counter: u64 = redis.query(redis::cmd("GET").arg(redis.lock("counter")?.fence_key()))?;
+    let counter: u64 =
+        redis.query(redis::cmd("GET").arg(Lock::new(&redis, "counter")?.fence_key()))?;
     let last: u64 = redis.query(redis::cmd("GET").arg("fence"))?;
     assert_eq!(counter, last, "the last token written is the counter's");
     Ok(())
@@ -265,7 +266,7 @@ fn a_lock_deleted_behind_our_back_is_marked_lost_with_an_event() -> TestResult {
 fn reentrant_guards_share_one_acquisition() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let lock = redis.lock("again")?;
+    let lock = Lock::new(&redis, "again")?;
     let outer = lock.acquire()?;
     let inner = outer.reenter()?.expect("held");
     assert_eq!(inner.fencing_token(), outer.fencing_token());
@@ -312,7 +313,7 @@ fn bad_settings_are_typed_errors() -> TestResult {
     let redis = redis(&server);
     for name in ["", "a{b"] {
         assert!(
-            matches!(redis.lock(name), Err(Error::Config { .. })),
+            matches!(Lock::new(&redis, name), Err(Error::Config { .. })),
             "{name:?}"
         );
     }

@@ -96,7 +96,7 @@ fn a_crashed_holders_permit_comes_back_after_its_lease() -> TestResult {
 fn a_released_permit_wakes_a_waiter_quickly() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let sem = redis.semaphore("one", 1)?;
+    let sem = Semaphore::new(&redis, "one", 1)?;
     let held = sem.acquire()?;
     std::thread::scope(|s| -> TestResult {
         let waiter = s.spawn(|| {

@@ -132,9 +132,9 @@ fn a_fair_lock_skips_waiters_that_died_or_gave_up() -> TestResult {
 fn a_multi_lock_takes_all_or_nothing() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let single_b = redis.lock("b")?;
+    let single_b = Lock::new(&redis, "b")?;
     let ab = MultiLock::new(&redis, &["a", "b"])?;
-    let a = redis.lock("a")?;
+    let a = Lock::new(&redis, "a")?;
     // b is held: ab takes nothing, not even a.
     let gb = single_b.acquire()?;
     let single_fence = gb.fencing_token();

@@ -29,8 +29,10 @@ fn eventually<T>(within: Duration, mut f: impl FnMut() -> redkit::Result<T>) -> 
 /// One fence from each kind of lock on `redis`: a lock, a semaphore permit, a read lease, a
 /// write lock (each acquired and released).
 fn fences(redis: &Redis) -> redkit::Result<[u64; 4]> {
-    let lock = redis.lock("fenced")?.try_acquire()?.expect("free");
-    let permit = redis.semaphore("fenced", 2)?.try_acquire()?.expect("free");
+    let lock = Lock::new(redis, "fenced")?.try_acquire()?.expect("free");
+    let permit = Semaphore::new(redis, "fenced", 2)?
+        .try_acquire()?
+        .expect("free");
     let rw = ReadWriteLock::new(redis, "fenced")?;
     let read = rw.try_read()?.expect("free");
     let r = read.fencing_token();
@@ -52,7 +54,7 @@ fn fences(redis: &Redis) -> redkit::Result<[u64; 4]> {
 fn fences_keep_increasing_across_a_kill_9_restart_without_persistence() -> TestResult {
     let mut server = server();
     let redis = redis(&server);
-    let lock = redis.lock("fenced")?;
+    let lock = Lock::new(&redis, "fenced")?;
     let mut before = Vec::new();
     for _ in 0..5 {
         before.push(fences(&redis)?);

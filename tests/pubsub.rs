@@ -4,6 +4,7 @@
 
 mod support;
 
+use redkit::pubsub::Subscriber;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,7 +39,7 @@ fn messages_arrive_in_order_with_binary_and_huge_payloads() -> TestResult {
     let server = server();
     for protocol in [Protocol::Resp2, Protocol::Resp3] {
         let redis = Redis::connect(builder(&server).protocol(protocol))?;
-        let subscriber = redis.subscriber()?;
+        let subscriber = Subscriber::new(&redis)?;
         let sub = subscriber.subscribe(["ordered"])?;
         assert_eq!(sub.kind(), Kind::Channel);
         assert_eq!(numsub(&redis, "ordered"), 1, "confirmed means subscribed");
@@ -74,7 +75,7 @@ fn patterns_and_shard_channels() -> TestResult {
     let shards = part_needs(redkit::version::Feature::ShardedPubSub);
     for protocol in [Protocol::Resp2, Protocol::Resp3] {
         let redis = Redis::connect(builder(&server).protocol(protocol))?;
-        let subscriber = redis.subscriber()?;
+        let subscriber = Subscriber::new(&redis)?;
         let pattern = subscriber.psubscribe(["news.*"])?;
         let shard = match shards {
             true => Some(subscriber.ssubscribe(["{user:1}.events"])?),
@@ -112,7 +113,7 @@ fn patterns_and_shard_channels() -> TestResult {
 fn each_subscription_gets_every_message_and_the_last_drop_unsubscribes() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let a = subscriber.subscribe(["fan"])?;
     let b = subscriber.subscribe(["fan", "other"])?;
     // One connection, so the server counts one subscriber.
@@ -146,7 +147,7 @@ fn each_subscription_gets_every_message_and_the_last_drop_unsubscribes() -> Test
 fn two_hundred_thousand_messages_from_four_publishers_arrive_complete() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let sub = subscriber.subscribe_with(
         Kind::Channel,
         ["firehose"],
@@ -216,7 +217,7 @@ fn publish_and_wait(redis: &Redis, subscriber: &redkit::pubsub::Subscriber, chan
 fn backpressure_policies_do_what_they_say_with_bounded_memory() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let opts = |p| SubscriptionOptions::default().capacity(10).backpressure(p);
 
     // A reader that stopped: the queue never holds more than its capacity.
@@ -269,7 +270,7 @@ impl Drain for redkit::pubsub::Subscription {
 fn a_panicking_handler_does_not_stop_delivery() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let seen = Arc::new(AtomicU64::new(0));
     let s = seen.clone();
     let handler = subscriber.subscribe(["jobs"])?.handle(move |msg| {
@@ -299,7 +300,7 @@ fn keyspace_notifications() -> TestResult {
     let redis = redis(&server);
     let flags = redis.enable_keyspace_events("A")?;
     assert!(flags.contains('K'), "{flags}");
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let events = subscriber.keyspace("user:*")?;
     redis.query::<()>(redis::cmd("SET").arg("user:1").arg("x"))?;
     redis.query::<()>(redis::cmd("SET").arg("order:1").arg("x"))?;
@@ -321,7 +322,7 @@ fn typed_topic_reports_undecodable_payloads_with_the_raw_bytes() -> TestResult {
     }
     let server = server();
     let redis = redis(&server);
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let topic: redkit::pubsub::Topic<Order> = redkit::pubsub::Topic::new("orders");
     let orders = topic.subscribe(&subscriber)?;
     let order = Order {
@@ -350,16 +351,15 @@ fn bad_input_gets_typed_errors() -> TestResult {
     }
     let server = server.start()?;
     init_logs();
-    let err = Redis::connect_lazy(builder(&server).password("wrong-pw"))?
-        .subscriber()
-        .unwrap_err();
+    let err =
+        Subscriber::new(&Redis::connect_lazy(builder(&server).password("wrong-pw"))?).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Auth, "{err:?}");
     assert!(!format!("{err} {err:?}").contains("wrong-pw"));
 
     // A channel the ACL forbids: a permission error; the subscriber goes on working.
     let subscriber = if channel_rules {
         let narrow = Redis::connect(builder(&server).username("narrow").password("narrow-pw"))?;
-        let subscriber = narrow.subscriber()?;
+        let subscriber = Subscriber::new(&narrow)?;
         let err = subscriber.subscribe(["forbidden"]).unwrap_err();
         assert_eq!(err.class(), ErrorClass::Permission, "{err:?}");
         let ok = subscriber.subscribe(["allowed.1"])?;
@@ -368,7 +368,7 @@ fn bad_input_gets_typed_errors() -> TestResult {
         assert_eq!(subscriber.stats().subscriptions, 1);
         subscriber
     } else {
-        Redis::connect(builder(&server).password("sub-secret-pw"))?.subscriber()?
+        Subscriber::new(&Redis::connect(builder(&server).password("sub-secret-pw"))?)?
     };
 
     // No names, or a zero capacity: configuration errors, nothing sent.
@@ -402,7 +402,7 @@ fn subscriber_over_tls() -> TestResult {
             .tls_ca_pem(tls.ca_cert_pem())
             .tls_client_identity_pem(tls.client_cert_pem(), tls.client_key_pem()),
     )?;
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let sub = subscriber.subscribe(["secure"])?;
     redis.publish("secure", "over tls")?;
     assert_eq!(sub.recv_timeout(WAIT)?.payload(), b"over tls");
@@ -413,7 +413,7 @@ fn subscriber_over_tls() -> TestResult {
             .tls_ca_pem(tls.other_ca_cert_pem())
             .tls_client_identity_pem(tls.client_cert_pem(), tls.client_key_pem()),
     )?;
-    let err = wrong.subscriber().unwrap_err();
+    let err = Subscriber::new(&wrong).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Tls, "{err:?}");
     Ok(())
 }
@@ -422,7 +422,7 @@ fn subscriber_over_tls() -> TestResult {
 fn dropping_the_subscriber_ends_its_subscriptions_and_closes_its_connection() -> TestResult {
     let server = server();
     let redis = Redis::connect(builder(&server).client_name("sub-drop-test"))?;
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let sub = subscriber.subscribe(["x"])?;
     let pubsub_clients = || -> usize {
         let list: String = redis
@@ -435,7 +435,7 @@ fn dropping_the_subscriber_ends_its_subscriptions_and_closes_its_connection() ->
     assert!(sub.recv_timeout(WAIT).is_err(), "the subscription ended");
     wait_until(WAIT, "no pub/sub client left", || pubsub_clients() == 0)?;
     // Closing the handle stops a subscriber too.
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let sub = subscriber.subscribe(["y"])?;
     redis.close()?;
     assert!(sub.recv_timeout(WAIT).is_err());

@@ -64,7 +64,7 @@ fn server_restart_resubscribes_everything_within_the_bound() -> TestResult {
     let mut server = server();
     let redis = Redis::connect(builder(&server).heartbeat(quick_heartbeat()))?;
     let events = redis.events();
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let channel = subscriber.subscribe(["ch"])?;
     let pattern = subscriber.psubscribe(["pat.*"])?;
     // Shard channels came with 7.0; before, classic channels and patterns only.
@@ -141,7 +141,7 @@ fn client_kill_of_the_subscriber_connection_recovers() -> TestResult {
     let server = server();
     let redis = Redis::connect(builder(&server).heartbeat(quick_heartbeat()))?;
     let events = redis.events();
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let sub = subscriber.subscribe(["killed"])?;
     let mut admin = admin(&server);
     let killed: i64 = redis::cmd("CLIENT")
@@ -212,7 +212,7 @@ fn subscribing_while_the_server_is_down_completes_when_it_is_back() -> TestResul
     let mut server = server();
     let redis = Redis::connect(builder(&server).heartbeat(quick_heartbeat()))?;
     let events = redis.events();
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let _keep = subscriber.subscribe(["kept"])?;
     server.kill()?;
     wait_event(&events, Duration::from_secs(5), |e| {

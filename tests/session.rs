@@ -18,10 +18,10 @@ fn create_get_update_destroy() -> TestResult {
         .ttl(Duration::from_secs(20))
         .build()?;
     let s = store.create("u1", &[("theme", "dark"), ("lang", "en")])?;
-    assert_eq!(s.id.len(), 32);
+    assert_eq!(s.id.len(), 36);
     assert_eq!(
         store.key(&s.id),
-        format!("redkit:session:{{web}}:s:{}", s.id)
+        format!("redkit:session:web:s:{{{}}}:{}", &s.id[..4], s.id)
     );
     let got = store.get(&s.id)?.expect("live");
     assert_eq!(got.user, "u1");

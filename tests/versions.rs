@@ -5,6 +5,7 @@
 
 mod support;
 
+use redkit::pubsub::Subscriber;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -218,7 +219,7 @@ fn shard_channels_fail_typed_before_7_0_and_nothing_is_sent() -> TestResult {
     let server = server();
     let redis = redis(&server);
     let version = redis.server_version()?;
-    let subscriber = redis.subscriber()?;
+    let subscriber = Subscriber::new(&redis)?;
     let published = redis.spublish("news", "hi");
     let subscribed = subscriber.ssubscribe(["news"]);
     if version.supports(Feature::ShardedPubSub) {

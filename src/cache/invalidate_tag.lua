@@ -1,7 +1,6 @@
 -- Removes every key of a tag, and the tag set, atomically.
 -- KEYS[1] tag set key. Returns how many keys existed.
--- The member keys share the tag set's hash tag (the cache namespace), so they live in the
--- same cluster slot.
+-- Used without Redis Cluster only (the members live in other slots on a cluster).
 local members = redis.call('SMEMBERS', KEYS[1])
 local n = 0
 for i = 1, #members, 1000 do

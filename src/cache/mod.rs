@@ -28,11 +28,34 @@
 //!
 //! ## Keys, values and clusters
 //!
-//! A cache named `products` keeps its values at `redkit:cache:{products}:v:<key>` (after the
-//! handle's own [`key_prefix`](crate::ConfigBuilder::key_prefix)), its load locks at
-//! `...:l:<key>` and its tag sets at `...:t:<tag>`. The cache name is the hash tag: on Redis
-//! Cluster every key of one cache lives in one slot, which is what makes `invalidate_tag` one
-//! atomic script and `mget` one `MGET`. Spread load over the cluster with several caches.
+//! A cache named `products` keeps the value of `<key>` at `redkit:cache:products:v:{<key>}`
+//! (after the handle's own [`key_prefix`](crate::ConfigBuilder::key_prefix)), its load lock
+//! at `...:l:{<key>}` and the set of tag `<tag>` at `...:t:{<tag>}`. Each key is its own
+//! hash tag: on Redis Cluster the keys of one cache spread over every slot (and so over
+//! every master), while a value and its load lock share a slot (the loading scripts need
+//! both). Keys that start with the same `{...}` share a slot too. Do not put a hash tag in
+//! the cache's name or prefix (it would pin the whole cache to one slot again).
+//!
+//! What is atomic, and across what:
+//!
+//! - `get`, `set`, `delete`, `increment` and each step of `get_or_set`: one key (and its
+//!   lock), atomic everywhere. `mget` and `mset` are one round trip (one `MGET` or one
+//!   pipeline; on a cluster split per slot and sent to every master at once): each key is
+//!   read or written atomically, the set of keys is not.
+//! - Without Redis Cluster (one server, Sentinel), [`Cache::set_tagged`] (the value and
+//!   every tag) and [`Cache::invalidate_tag`] (the tag and every key in it) are one script
+//!   each: atomic.
+//! - On Redis Cluster the tags live in other slots than the values. `set_tagged` writes the
+//!   value, then adds it to each tag (one script per tag, all in one pipeline);
+//!   `invalidate_tag` takes the tag set away atomically (one script on the tag's slot), then
+//!   removes its keys (`UNLINK`, split per slot). A value written concurrently with an
+//!   invalidation is either removed or stays tagged (never left untagged by it); a reader
+//!   may see some of a tag's keys gone and others not yet, for the length of one request.
+//!   If `set_tagged` fails after the value was written, the value may be untagged (call it
+//!   again); if `invalidate_tag` fails while removing the keys, they go back into the tag
+//!   set (best effort) so that calling it again removes them.
+//! - [`Cache::invalidate_pattern`] is never atomic (`SCAN` over every master, then
+//!   `UNLINK`): a key written meanwhile may survive.
 //!
 //! Values are stored in a small frame (one byte of kind, and for loaded values the time the
 //! load took, for early refresh): read them through the cache, or make the cache
@@ -70,6 +93,8 @@ static_script!(store_script, "store.lua");
 static_script!(unlock_script, "unlock.lua");
 static_script!(set_tagged_script, "set_tagged.lua");
 static_script!(invalidate_tag_script, "invalidate_tag.lua");
+static_script!(tag_add_script, "tag_add.lua");
+static_script!(tag_pop_script, "tag_pop.lua");
 static_script!(incr_script, "incr.lua");
 
 /// The settings of a [`Cache`], made by [`CacheBuilder`].
@@ -230,9 +255,7 @@ impl CacheBuilder {
         if self.name.is_empty() {
             return Err(Error::config("cache.name", "must not be empty"));
         }
-        let namespace = self
-            .redis
-            .key(&format!("{}{{{}}}:", self.prefix, self.name));
+        let namespace = self.redis.key(&format!("{}{}:", self.prefix, self.name));
         Ok(Cache {
             redis: self.redis,
             inner: Arc::new(Inner {
@@ -423,16 +446,16 @@ impl Cache {
 
     /// The Redis key that holds `key`'s value.
     pub fn key(&self, key: &str) -> String {
-        format!("{}v:{key}", self.inner.namespace)
+        format!("{}v:{{{key}}}", self.inner.namespace)
     }
 
     fn lock_key(&self, key: &str) -> String {
-        format!("{}l:{key}", self.inner.namespace)
+        format!("{}l:{{{key}}}", self.inner.namespace)
     }
 
     /// The Redis key of a tag's set of keys.
     pub fn tag_key(&self, tag: &str) -> String {
-        format!("{}t:{tag}", self.inner.namespace)
+        format!("{}t:{{{tag}}}", self.inner.namespace)
     }
 
     /// A snapshot of the counters.
@@ -603,8 +626,10 @@ impl Cache {
     }
 
     /// Stores `value` for `ttl` (the default TTL when `None`) and adds the key to every tag
-    /// in `tags`, in one script. A key keeps its tags until it is deleted or invalidated
-    /// (storing it again without tags does not untag it).
+    /// in `tags`: in one script, or on Redis Cluster the value first and then one script per
+    /// tag in one pipeline (see the [module docs](self) for what stays atomic). A key keeps
+    /// its tags until it is deleted or invalidated (storing it again without tags does not
+    /// untag it).
     pub fn set_tagged<V: CacheValue>(
         &self,
         key: &str,
@@ -614,28 +639,84 @@ impl Cache {
     ) -> Result<()> {
         let ms = self.ttl_or_default(ttl)?;
         let bytes = self.encode(key, value, None)?;
-        let mut call = set_tagged_script().key(self.key(key));
-        for tag in tags {
-            call = call.key(self.tag_key(tag));
+        let full = self.key(key);
+        if !self.on_cluster() {
+            let mut call = set_tagged_script().key(&full);
+            for tag in tags {
+                call = call.key(self.tag_key(tag));
+            }
+            call.arg(bytes).arg(ms).run::<()>(&self.redis)?;
+            self.written(&full);
+            return Ok(());
         }
-        call.arg(bytes).arg(ms).run::<()>(&self.redis)?;
-        self.written(&self.key(key));
-        Ok(())
+        // The value first: an invalidation running meanwhile either removes it or finds
+        // it tagged afterwards.
+        let stored = self
+            .redis
+            .query_idempotent::<()>(redis::cmd("SET").arg(&full).arg(bytes).arg("PX").arg(ms));
+        self.written(&full);
+        stored?;
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = Pipeline::new();
+        for tag in tags {
+            pipe.invoke(&tag_add_script().key(self.tag_key(tag)).arg(&full).arg(ms))
+                .ignore();
+        }
+        // Adding a member again changes nothing: safe to resend.
+        self.redis.run_idempotent(|con| pipe.query::<()>(con))
     }
 
-    /// Removes every key tagged `tag` (and the tag), atomically. Returns how many keys
-    /// existed.
+    /// Whether the handle talks to a Redis Cluster (tags live in other slots than values).
+    fn on_cluster(&self) -> bool {
+        self.redis.pool_state().cluster.is_some()
+    }
+
+    /// Removes every key tagged `tag` (and the tag). Returns how many keys existed. Atomic
+    /// without Redis Cluster; on a cluster the tag is taken away atomically, then its keys
+    /// removed (see the [module docs](self)).
     pub fn invalidate_tag(&self, tag: &str) -> Result<u64> {
-        invalidate_tag_script()
-            .key(self.tag_key(tag))
-            .run(&self.redis)
+        if !self.on_cluster() {
+            return invalidate_tag_script()
+                .key(self.tag_key(tag))
+                .run(&self.redis);
+        }
+        let tag_key = self.tag_key(tag);
+        // Taken away at once: whatever is tagged after this belongs to a later invalidation.
+        let members: Vec<Vec<u8>> = tag_pop_script().key(&tag_key).run(&self.redis)?;
+        let mut removed = 0;
+        for (i, chunk) in members.chunks(1000).enumerate() {
+            match self.unlink(chunk) {
+                Ok(n) => removed += n,
+                Err(e) => {
+                    // Put back what was not removed, so that calling again removes it.
+                    let rest = &members[i * 1000..];
+                    let mut add = redis::cmd("SADD");
+                    add.arg(&tag_key).arg(rest);
+                    if let Err(back) = self.redis.query_idempotent::<i64>(&add) {
+                        log::warn!(
+                            "cache: {} keys of tag {tag} could not be put back after a failed invalidation: {back}",
+                            rest.len()
+                        );
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes every key of this cache matching the glob-style `pattern` (`user:*`), with
-    /// `SCAN` in batches of 1000 and `UNLINK`, never `KEYS`. Not atomic: a key written
-    /// meanwhile may survive. Returns how many keys were removed.
+    /// `SCAN` (over every master on a cluster) in batches of 1000 and `UNLINK`, never
+    /// `KEYS`. Not atomic: a key written meanwhile may survive. Returns how many keys were
+    /// removed.
     pub fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
-        let full = format!("{}{pattern}", glob_escape(&self.key("")));
+        let full = format!(
+            "{}{pattern}{}",
+            glob_escape(&format!("{}v:{{", self.inner.namespace)),
+            glob_escape("}")
+        );
         let mut batch: Vec<Vec<u8>> = Vec::with_capacity(1000);
         let mut removed = 0;
         for key in ScanIter::<Vec<u8>>::keys(&self.redis)

@@ -53,6 +53,9 @@ pub struct DedicatedConnection {
     left: Left,
     /// The handle's key prefix, put in front of every key sent.
     prefix: Option<Arc<[u8]>>,
+    /// How long a command waits for the new master while a Sentinel failover is underway
+    /// (the handle's retry deadline).
+    failover_wait: Duration,
 }
 
 impl std::fmt::Debug for DedicatedConnection {
@@ -80,6 +83,7 @@ impl Redis {
             response: Some(self.config().timeouts.response),
             left: Left::default(),
             prefix: self.auto_prefix().cloned(),
+            failover_wait: self.config().retry.max_elapsed,
         };
         d.open()?;
         Ok(d)
@@ -120,6 +124,11 @@ impl DedicatedConnection {
         if self.state.is_closed() {
             self.drop_con();
             return Err(Error::Closed);
+        }
+        // Nothing goes to a master being failed over: wait for the new one (the generation
+        // check below then reopens the connection there).
+        if let Some(sentinel) = &self.state.sentinel {
+            sentinel.wait_for_failover(crate::util::time::after(self.failover_wait))?;
         }
         let lost = match &self.con {
             None => true,

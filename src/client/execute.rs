@@ -74,8 +74,15 @@ impl Redis {
         let cap = time::add(deadline, self.inner.config.timeouts.response);
         let mut delays = None;
         let mut n = 1;
+        let state = self.inner.pool.state();
         let result = loop {
-            match self.guarded(|| attempt(deadline, cap)) {
+            // While a Sentinel failover is underway, wait for the new master (see
+            // `crate::sentinel`): nothing goes to the old one.
+            let held = match &state.sentinel {
+                Some(s) => s.wait_for_failover(deadline),
+                None => Ok(()),
+            };
+            match held.and_then(|()| self.guarded(|| attempt(deadline, cap))) {
                 Ok(v) => break Ok(v),
                 Err(e) => {
                     // A replica handle's READONLY is final: the write went to a replica
@@ -156,14 +163,29 @@ impl Redis {
             breaker,
             admission: Some(admission),
         };
+        let generation = &self.inner.pool.state().generation;
+        let stamp = generation.current();
         let result = attempt();
-        let failed = matches!(&result, Err(e) if e.class().is_infrastructure());
+        // A failure on connections retired meanwhile (a failover, an outage the heartbeat
+        // saw end) is the old server's: it does not count against the new one.
+        let failed = matches!(&result, Err(e) if e.class().is_infrastructure())
+            && !generation.is_retired(stamp);
         if let Some(admission) = guard.admission.take() {
             self.inner
                 .observed
                 .breaker_changed(breaker.record(admission, failed));
         }
         result
+    }
+
+    /// Runs `op` on a pooled connection, capped at `cap` (a multiplexed call that needs the
+    /// pool: a transaction on a cluster).
+    pub(super) fn on_pool_by<T>(
+        &self,
+        cap: Instant,
+        mut op: impl FnMut(&mut PooledConnection) -> Result<T>,
+    ) -> Result<T> {
+        self.on_pool(&mut op, cap, cap)
     }
 
     /// Runs `op` on a pooled connection checked out by `deadline`, capped at `cap`.

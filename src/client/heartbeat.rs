@@ -66,8 +66,12 @@ impl HeartbeatThread {
                 down_since: con.is_none().then(Instant::now),
                 con,
                 first: true,
+                nodes: None,
                 sampler,
             };
+            if beat.state.cluster.is_some() {
+                beat.nodes = Some(crate::cluster::health::NodeChecks::new());
+            }
             beat.run();
         })
         .map_err(|e| Error::config("heartbeat", format!("cannot start its thread: {e}")))?;
@@ -102,6 +106,8 @@ struct Beat {
     down_since: Option<Instant>,
     /// No connection has been made yet by this thread (a lazily created handle).
     first: bool,
+    /// With a Cluster: the check of every node at each beat.
+    nodes: Option<crate::cluster::health::NodeChecks>,
     /// With the `metrics` feature: the pool's state, for the stats published every beat.
     sampler: Option<PoolSampler>,
 }
@@ -165,11 +171,33 @@ impl Beat {
     }
 
     fn ping(&mut self) -> Result<()> {
+        // Connections were retired (a Sentinel failover): follow them to the new node.
+        if self
+            .con
+            .as_ref()
+            .is_some_and(|raw| self.state.generation.is_retired(raw.generation))
+        {
+            debug!(
+                "redis at {}: heartbeat connection retired; opening a new one",
+                self.manager.addr()
+            );
+            self.con = None;
+            self.con = Some(open_checked(
+                &self.manager,
+                &self.observed,
+                self.config.timeout,
+            )?);
+        }
         let Some(raw) = self.con.as_mut() else {
             return Ok(());
         };
         let start = Instant::now();
-        let result = raw.con.ping(time::add(start, self.config.timeout));
+        // A cluster is checked node by node (see `crate::cluster::health`): it answers while
+        // one of its masters does; a node that does not is reported on its own.
+        let result = match (self.nodes.as_mut(), self.state.cluster.as_ref()) {
+            (Some(nodes), Some(topo)) => nodes.beat(topo, self.config.timeout),
+            _ => raw.con.ping(time::add(start, self.config.timeout)),
+        };
         let took = start.elapsed();
         match result {
             Ok(()) => {
@@ -335,6 +363,10 @@ impl Beat {
         // Order matters: retire the old connections, close the breaker and update the health
         // before anyone hears that the server is back.
         self.state.retire_connections();
+        // Its own connection is the fresh one.
+        if let Some(raw) = self.con.as_mut() {
+            raw.generation = self.state.generation.current();
+        }
         self.observed.breaker_changed(self.breaker.reset());
         self.observed.mark_connected();
         self.observed

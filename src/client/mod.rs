@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use redis::{Cmd, ConnectionLike, FromRedisValue, ToRedisArgs, Value};
 
 mod calls;
+mod cluster_mux;
 mod dedicated;
 mod execute;
 mod heartbeat;
@@ -172,6 +173,7 @@ struct Parts {
     connector: Connector,
     manager: Manager,
     observed: Arc<Observed>,
+    breaker: Arc<Breaker>,
     signals: Receiver<crate::pool::Signal>,
 }
 
@@ -180,10 +182,13 @@ impl Parts {
         let connector = Connector::new(config)?;
         let observed = Arc::new(Observed::new(config, health));
         let generation = Arc::new(Generation::default());
+        let breaker = Arc::new(Breaker::new(config.breaker));
         let sentinel = match &config.sentinel {
             Some(s) => Some(Arc::new(crate::sentinel::SentinelState::new(
                 config,
                 s.clone(),
+                connector.clone(),
+                breaker.clone(),
                 generation.clone(),
                 observed.clone(),
             )?)),
@@ -204,6 +209,7 @@ impl Parts {
             manager: Manager::new(connector.clone(), state),
             connector,
             observed,
+            breaker,
             signals,
         })
     }
@@ -314,6 +320,7 @@ impl Redis {
             connector,
             manager,
             observed,
+            breaker,
             signals,
         } = parts;
         let pool = Pool::new(&config, manager.clone());
@@ -327,8 +334,18 @@ impl Redis {
                     m.interrupt_all();
                 }
             }));
+            // On a cluster, so does one node the health checks find silent.
+            if let Some(topo) = &manager.state().cluster {
+                let weak = Arc::downgrade(m);
+                topo.on_node_down(Box::new(move |addr| {
+                    if let Some(c) = weak.upgrade() {
+                        if let Some(c) = c.cluster() {
+                            c.interrupt(addr);
+                        }
+                    }
+                }));
+            }
         }
-        let breaker = Arc::new(Breaker::new(config.breaker));
         let heartbeat = match config.heartbeat.interval {
             Some(_) => Some(HeartbeatThread::spawn(
                 config.heartbeat,

@@ -1,19 +1,37 @@
-//! Redis Cluster: the slot map shared by a handle's connections, and the pooled cluster
-//! connection that routes every command to the master owning its key's slot.
+//! Redis Cluster: the slot map shared by a handle's connections, the pooled cluster
+//! connection, and what both the pooled and the multiplexed cluster connections share:
+//! routing ([`engine`]), per-node breakers and per-node health checks ([`health`]).
 //!
 //! Each pooled [`ClusterLink`] holds one connection per node it has talked to, each opened
 //! with the handle's connect, response and write timeouts, TLS settings (including a custom
-//! CA and client certificate) and credentials. A command goes to the owner of its first
-//! key's slot; `MOVED` updates the shared map (and has it refreshed) and resends, `ASK`
-//! resends once after `ASKING`. Pipelines are split by node, sent to every node before any
-//! reply is read, and the entries that were redirected are resent. `MGET`, `DEL`, `UNLINK`,
-//! `EXISTS`, `TOUCH` and `MSET` with keys in several slots are split per slot.
+//! CA and client certificate) and credentials. What goes where (see [`engine`]): a command
+//! to the master owning its first key's slot (a read-only one to a fit replica, with
+//! [`cluster_read_from_replicas`](crate::ConfigBuilder::cluster_read_from_replicas)); a
+//! multi-key command whose keys span slots (`MGET`, `DEL`, `UNLINK`, `EXISTS`, `TOUCH`,
+//! `MSET`) split per slot, also inside pipelines, and put back together in order; `DBSIZE`
+//! (summed), `KEYS` (united), `INFO` (each master's, after a `# Node host:port` line),
+//! `FLUSHALL`, `FLUSHDB`, `SCRIPT LOAD`/`FLUSH` and `FUNCTION LOAD`/`DELETE`/`FLUSH`/`RESTORE`
+//! (the first error, else the first reply) to every master. `MOVED` updates the shared map
+//! (and has it refreshed) and resends, `ASK` resends after `ASKING`, at most
+//! [`cluster_max_redirects`](crate::ConfigBuilder::cluster_max_redirects) times. Pipelines
+//! are split by node, sent to every node before any reply is read. `MULTI ... EXEC` runs on
+//! the node of its first key.
+//!
+//! Every node has a circuit breaker of its own (a dead master fails fast without failing the
+//! others); its changes are [`Event::ClusterNodeBreakerChanged`]. The heartbeat checks every
+//! node at each beat (`ROLE`, see [`health`]): a node that does not answer within the
+//! heartbeat timeout is [`Event::ClusterNodeDown`] and its breaker opens; one that answers
+//! again is [`Event::ClusterNodeUp`] and its breaker closes. A change of the slot map is
+//! reported once, as one [`Event::ClusterTopologyChanged`], when the map has stopped
+//! changing (no further change for [`SETTLE`], checked at the next heartbeat or call).
 
+pub(crate) mod engine;
+pub(crate) mod health;
 pub(crate) mod route;
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,18 +40,19 @@ use parking_lot::{Mutex, RwLock};
 use redis::Value;
 
 use crate::breaker::{Admission, Breaker, BreakerState, Transition};
-use crate::config::{Addr, Config};
+use crate::config::{Addr, ClusterOptions, Config};
 use crate::conn::{Connection, Connector};
 use crate::error::{Delivery, Error, Result};
 use crate::events::Event;
 use crate::observe::Observed;
 use crate::util::time;
+use engine::{Batch, Transport};
 use route::{Redirect, Route, SLOTS};
 
-/// How many redirections one command follows before its last reply is returned as is.
-const MAX_REDIRECTS: usize = 5;
 /// The least time between two refreshes of the slot map.
 const REFRESH_GAP: Duration = Duration::from_millis(100);
+/// How long the slot map must stay the same before its change is reported.
+pub(crate) const SETTLE: Duration = Duration::from_secs(1);
 const NO_OWNER: u16 = u16::MAX;
 
 /// Which master owns which slot.
@@ -78,15 +97,41 @@ impl SlotMap {
 
     /// How many slots have a different owner in `other`.
     fn slots_changed(&self, other: &SlotMap) -> usize {
+        // The common case, at every heartbeat: nothing changed.
+        if self.masters == other.masters && self.owner == other.owner {
+            return 0;
+        }
         (0..SLOTS as u16)
             .filter(|&s| self.owner(s) != other.owner(s))
             .count()
     }
 }
 
+/// What the health checks know of one node.
+#[derive(Debug, Clone, Default)]
+struct NodeHealth {
+    /// Since when it has not answered (`None`: it answers).
+    down_since: Option<Instant>,
+    /// A replica fit to serve reads (see [`health`]).
+    fit: bool,
+}
+
+/// A slot map change not reported yet: the map before it, and when it last changed.
+#[derive(Debug)]
+struct Change {
+    before: Arc<SlotMap>,
+    last: Instant,
+}
+
+/// Run when the health checks find a node gone (the multiplexed connections close theirs).
+pub(crate) type NodeHook = Box<dyn Fn(&Addr) + Send + Sync>;
+
 /// The slot map and the node connector, shared by every connection of a handle.
 pub(crate) struct Topology {
     config: Config,
+    options: ClusterOptions,
+    /// Whether the heartbeat checks the nodes (replica reads need it).
+    checked: bool,
     connector: Connector,
     seeds: Vec<Addr>,
     map: RwLock<Arc<SlotMap>>,
@@ -99,8 +144,16 @@ pub(crate) struct Topology {
     drop_epoch: AtomicU64,
     /// One circuit breaker per node: a dead master fails fast without failing the others.
     breakers: RwLock<HashMap<Addr, Arc<Breaker>>>,
-    /// The map as the last refresh found it (what change events compare with).
+    /// The map as the last refresh found it.
     confirmed: Mutex<Arc<SlotMap>>,
+    /// A change of the map not reported yet.
+    change: Mutex<Option<Change>>,
+    change_pending: AtomicBool,
+    /// What the health checks found, per node.
+    health: RwLock<HashMap<Addr, NodeHealth>>,
+    /// Turn among the fit replicas of a master.
+    next_reader: AtomicUsize,
+    down_hooks: Mutex<Vec<NodeHook>>,
     observed: Arc<Observed>,
 }
 
@@ -122,6 +175,8 @@ impl Topology {
         let cluster = config.cluster.as_ref()?;
         Some(Topology {
             config: config.clone(),
+            options: cluster.options,
+            checked: config.heartbeat.interval.is_some(),
             connector,
             seeds: cluster
                 .seeds
@@ -137,6 +192,11 @@ impl Topology {
             drop_epoch: AtomicU64::new(0),
             breakers: RwLock::new(HashMap::new()),
             confirmed: Mutex::new(Arc::new(SlotMap::empty())),
+            change: Mutex::new(None),
+            change_pending: AtomicBool::new(false),
+            health: RwLock::new(HashMap::new()),
+            next_reader: AtomicUsize::new(crate::util::ids::random_u64() as usize),
+            down_hooks: Mutex::new(Vec::new()),
             observed,
         })
     }
@@ -180,6 +240,120 @@ impl Topology {
         })
     }
 
+    /// Whether reads may go to replicas (asked for, and the heartbeat checks them).
+    pub(crate) fn reads_from_replicas(&self) -> bool {
+        self.options.read_from_replicas && self.checked
+    }
+
+    /// How many redirections one command follows.
+    pub(crate) fn max_redirects(&self) -> usize {
+        self.options.max_redirects
+    }
+
+    /// A replica of `slot`'s master fit to serve a read (in turn among the fit ones), if any.
+    pub(crate) fn reader(&self, slot: u16) -> Option<Addr> {
+        let map = self.map.read();
+        let m = *map.owner.get(usize::from(slot))?;
+        let replicas = map.replicas.get(usize::from(m))?;
+        if replicas.is_empty() {
+            return None;
+        }
+        let health = self.health.read();
+        let fit: Vec<&Addr> = replicas
+            .iter()
+            .filter(|r| {
+                health
+                    .get(*r)
+                    .is_some_and(|h| h.fit && h.down_since.is_none())
+            })
+            .collect();
+        if fit.is_empty() {
+            return None;
+        }
+        let turn = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        Some(fit[turn % fit.len()].clone())
+    }
+
+    /// A node failed a call: it serves no reads until a health check finds it fit again.
+    pub(crate) fn node_unreachable(&self, addr: &Addr) {
+        if let Some(h) = self.health.write().get_mut(addr) {
+            h.fit = false;
+        }
+    }
+
+    /// A health check says whether replica `addr` may serve reads.
+    pub(crate) fn set_fit(&self, addr: &Addr, fit: bool) {
+        let mut health = self.health.write();
+        let h = health.entry(addr.clone()).or_default();
+        if h.fit != fit {
+            debug!(
+                "cluster replica {addr}: {} reads",
+                if fit { "serves" } else { "no longer serves" }
+            );
+        }
+        h.fit = fit;
+    }
+
+    /// A health check got an answer from `addr`: a node that was down is up again (event,
+    /// breaker closed).
+    pub(crate) fn node_answered(&self, addr: &Addr) {
+        let was_down = {
+            let mut health = self.health.write();
+            let h = health.entry(addr.clone()).or_default();
+            h.down_since.take()
+        };
+        if let Some(since) = was_down {
+            let downtime = since.elapsed();
+            info!("cluster node {addr}: answers again after {downtime:?}");
+            self.observed.events.emit(Event::ClusterNodeUp {
+                node: addr.clone(),
+                downtime,
+            });
+            let breaker = self.breaker(addr);
+            self.breaker_changed(addr, breaker.reset());
+        }
+    }
+
+    /// A health check got no answer from `addr` in time: the node is down (event, its
+    /// breaker opened, the map refreshed, the hooks run).
+    pub(crate) fn node_silent(&self, addr: &Addr, cause: Error) {
+        let first = {
+            let mut health = self.health.write();
+            let h = health.entry(addr.clone()).or_default();
+            h.fit = false;
+            if h.down_since.is_none() {
+                h.down_since = Some(Instant::now());
+                true
+            } else {
+                false
+            }
+        };
+        if !first {
+            return;
+        }
+        warn!("cluster node {addr}: no answer to the health check: {cause}");
+        self.observed.events.emit(Event::ClusterNodeDown {
+            node: addr.clone(),
+            cause,
+        });
+        let breaker = self.breaker(addr);
+        self.breaker_changed(addr, breaker.trip());
+        self.node_failed();
+        for hook in self.down_hooks.lock().iter() {
+            hook(addr);
+        }
+    }
+
+    /// Runs `hook` whenever a health check finds a node gone.
+    pub(crate) fn on_node_down(&self, hook: NodeHook) {
+        self.down_hooks.lock().push(hook);
+    }
+
+    /// Forgets what the health checks knew of nodes no longer in the map.
+    pub(crate) fn keep_health_of(&self, nodes: &[Addr]) {
+        self.health.write().retain(|a, _| nodes.contains(a));
+    }
+
     pub(crate) fn mark_stale(&self) {
         self.stale.store(true, Ordering::Release);
     }
@@ -191,7 +365,7 @@ impl Topology {
     }
 
     /// `MOVED`: the slot's owner is known now; the rest of the map is refreshed soon.
-    fn moved(&self, slot: u16, to: &Addr) {
+    pub(crate) fn moved(&self, slot: u16, to: &Addr) {
         self.mark_stale();
         let mut guard = self.map.write();
         if guard.owner(slot) == Some(to) {
@@ -215,21 +389,24 @@ impl Topology {
     }
 
     /// Refreshes the map when a redirection or a failure said it is stale, at most once per
-    /// [`REFRESH_GAP`]. Failures are logged: the old map stays.
+    /// [`REFRESH_GAP`]. Failures are logged: the old map stays. Reports a change that has
+    /// settled.
     pub(crate) fn refresh_if_stale(&self) {
-        if !self.stale.load(Ordering::Acquire) {
-            return;
+        if self.stale.load(Ordering::Acquire) {
+            let mut refreshed = self.refreshed.lock();
+            if self.stale.load(Ordering::Acquire)
+                && !refreshed.is_some_and(|t| t.elapsed() < REFRESH_GAP)
+            {
+                if let Err(e) = self.refresh_locked() {
+                    debug!("cluster slot map refresh failed: {e}");
+                }
+                *refreshed = Some(Instant::now());
+            }
         }
-        let mut refreshed = self.refreshed.lock();
-        if !self.stale.load(Ordering::Acquire)
-            || refreshed.is_some_and(|t| t.elapsed() < REFRESH_GAP)
-        {
-            return;
+        // Without the heartbeat, calls report a settled change (the heartbeat does).
+        if !self.checked && self.change_pending.load(Ordering::Acquire) {
+            self.report_settled();
         }
-        if let Err(e) = self.refresh_locked() {
-            debug!("cluster slot map refresh failed: {e}");
-        }
-        *refreshed = Some(Instant::now());
     }
 
     /// Refreshes the map now; fails when no node answers with a map.
@@ -238,6 +415,48 @@ impl Topology {
         let result = self.refresh_locked();
         *refreshed = Some(Instant::now());
         result
+    }
+
+    /// Reports a change of the map once it has settled: no change for [`SETTLE`], the map
+    /// read once more first (a reshard still going on is not reported half-way).
+    pub(crate) fn settle(&self) {
+        if self.change_pending.load(Ordering::Acquire) {
+            self.report_settled();
+        }
+    }
+
+    fn report_settled(&self) {
+        let quiet = self
+            .change
+            .lock()
+            .as_ref()
+            .is_some_and(|c| c.last.elapsed() >= SETTLE);
+        if !quiet {
+            return;
+        }
+        if let Err(e) = self.refresh() {
+            debug!("cluster slot map refresh failed: {e}");
+            return;
+        }
+        let change = {
+            let mut change = self.change.lock();
+            if change.as_ref().is_none_or(|c| c.last.elapsed() < SETTLE) {
+                return;
+            }
+            self.change_pending.store(false, Ordering::Release);
+            change.take()
+        };
+        let Some(change) = change else { return };
+        let now = self.confirmed.lock().clone();
+        let moved = change.before.slots_changed(&now);
+        if moved > 0 {
+            let masters = now.masters.len();
+            info!("cluster slot map changed: {moved} slots moved, {masters} masters");
+            self.observed.events.emit(Event::ClusterTopologyChanged {
+                slots_moved: moved,
+                masters,
+            });
+        }
     }
 
     fn refresh_locked(&self) -> Result<()> {
@@ -254,19 +473,7 @@ impl Topology {
             seen.push(addr.clone());
             match self.ask_slots(&addr) {
                 Ok(ranges) if !ranges.is_empty() => {
-                    self.stale.store(false, Ordering::Release);
-                    let map = Arc::new(SlotMap::from_ranges(ranges));
-                    let confirmed = std::mem::replace(&mut *self.confirmed.lock(), map.clone());
-                    let changed = confirmed.slots_changed(&map);
-                    let masters = map.masters.len();
-                    *self.map.write() = map;
-                    if changed > 0 && !confirmed.masters.is_empty() {
-                        info!("cluster slot map changed: {changed} slots moved, {masters} masters");
-                        self.observed.events.emit(Event::ClusterTopologyChanged {
-                            slots_moved: changed,
-                            masters,
-                        });
-                    }
+                    self.install(ranges);
                     return Ok(());
                 }
                 Ok(_) => last_error = Some(cluster_error(format!("{addr} serves no slots"))),
@@ -277,6 +484,30 @@ impl Topology {
             }
         }
         Err(last_error.unwrap_or_else(|| cluster_error("no cluster node to ask".to_owned())))
+    }
+
+    /// A `CLUSTER SLOTS` answer becomes the map (a change is noted, to be reported once it
+    /// settles).
+    pub(crate) fn install(&self, ranges: Vec<route::SlotRange>) {
+        self.stale.store(false, Ordering::Release);
+        let map = Arc::new(SlotMap::from_ranges(ranges));
+        let confirmed = std::mem::replace(&mut *self.confirmed.lock(), map.clone());
+        let changed = confirmed.slots_changed(&map);
+        *self.map.write() = map;
+        if changed > 0 && !confirmed.masters.is_empty() {
+            debug!("cluster slot map: {changed} slots moved since the last refresh");
+            let mut change = self.change.lock();
+            match change.as_mut() {
+                Some(c) => c.last = Instant::now(),
+                None => {
+                    *change = Some(Change {
+                        before: confirmed,
+                        last: Instant::now(),
+                    })
+                }
+            }
+            self.change_pending.store(true, Ordering::Release);
+        }
     }
 
     fn ask_slots(&self, addr: &Addr) -> Result<Vec<route::SlotRange>> {
@@ -290,10 +521,9 @@ impl Topology {
         })
     }
 
-    /// Asks `addr`'s circuit breaker to let a call through.
-    fn admit(&self, addr: &Addr) -> Result<Admitted> {
+    fn breaker(&self, addr: &Addr) -> Arc<Breaker> {
         let known = self.breakers.read().get(addr).cloned();
-        let breaker = match known {
+        match known {
             Some(b) => b,
             None => self
                 .breakers
@@ -301,7 +531,12 @@ impl Topology {
                 .entry(addr.clone())
                 .or_insert_with(|| Arc::new(Breaker::new(self.config.breaker)))
                 .clone(),
-        };
+        }
+    }
+
+    /// Asks `addr`'s circuit breaker to let a call through.
+    pub(crate) fn admit(&self, addr: &Addr) -> Result<Admitted> {
+        let breaker = self.breaker(addr);
         let (admission, transition) = breaker.admit().inspect_err(|_| {
             // While the node fails fast, keep looking for its replacement.
             self.mark_stale();
@@ -329,11 +564,21 @@ impl Topology {
             BreakerState::HalfOpen => info!("cluster node {addr}: circuit breaker half-open"),
             BreakerState::Closed => info!("cluster node {addr}: circuit breaker closed"),
         }
+        self.observed.events.emit(Event::ClusterNodeBreakerChanged {
+            node: addr.clone(),
+            from: t.from,
+            to: t.to,
+        });
     }
 
     /// Opens a connection to one node with every setting of the handle.
     pub(crate) fn open(&self, addr: &Addr) -> Result<Connection> {
         self.connector.open(addr)
+    }
+
+    /// Opens a connection to one node by `deadline`.
+    pub(crate) fn open_by(&self, addr: &Addr, deadline: Instant) -> Result<Connection> {
+        self.connector.open_by(addr, deadline)
     }
 
     /// The master owning `slot` in the current map, without refreshing it (the subscriber
@@ -343,7 +588,7 @@ impl Topology {
     }
 }
 
-fn cluster_error(message: String) -> Error {
+pub(crate) fn cluster_error(message: String) -> Error {
     Error::io(io::ErrorKind::NotConnected, message, Delivery::NotSent)
 }
 
@@ -358,7 +603,7 @@ fn try_again() -> Error {
 }
 
 /// A call a node's breaker let through; a call dropped without an outcome counts as failed.
-struct Admitted {
+pub(crate) struct Admitted {
     breaker: Arc<Breaker>,
     admission: Option<Admission>,
 }
@@ -366,13 +611,14 @@ struct Admitted {
 impl Admitted {
     /// Gives the admission back without an outcome: a normal call needs none; a half-open
     /// probe frees its place by counting as failed.
-    fn forget(mut self) {
+    #[allow(dead_code)] // kept for calls that end without an outcome
+    pub(crate) fn forget(mut self) {
         if self.admission == Some(Admission::Call) {
             self.admission = None;
         }
     }
 
-    fn done(mut self, topo: &Topology, addr: &Addr, failed: bool) {
+    pub(crate) fn done(mut self, topo: &Topology, addr: &Addr, failed: bool) {
         if let Some(a) = self.admission.take() {
             topo.breaker_changed(addr, self.breaker.record(a, failed));
         }
@@ -387,16 +633,15 @@ impl Drop for Admitted {
     }
 }
 
-fn infrastructure<T>(r: &Result<T>) -> bool {
+pub(crate) fn infrastructure<T>(r: &Result<T>) -> bool {
     matches!(r, Err(e) if e.class().is_infrastructure())
 }
-
-/// A node's share of a pipeline round: (command index, sent after `ASKING`).
-type Entries = Vec<(usize, bool)>;
 
 struct NodeConn {
     con: Connection,
     epoch: u64,
+    /// `READONLY` was sent (the node serves reads as a replica).
+    readonly: bool,
 }
 
 /// One pooled cluster connection: a connection per node it talked to.
@@ -504,21 +749,19 @@ impl ClusterLink {
                 .open_by(addr, deadline)
                 .inspect_err(|_| self.topo.node_failed())?;
             con.set_response_timeout(self.response);
-            self.nodes.insert(addr.clone(), NodeConn { con, epoch });
+            self.nodes.insert(
+                addr.clone(),
+                NodeConn {
+                    con,
+                    epoch,
+                    readonly: false,
+                },
+            );
         }
         self.nodes
             .get_mut(addr)
             .map(|n| &mut n.con)
             .ok_or_else(|| cluster_error(format!("no connection to {addr}")))
-    }
-
-    /// Closes the connection to `addr` (its replies are no longer in step), without
-    /// suspecting the node.
-    fn close_node(&mut self, addr: &Addr) {
-        self.nodes.remove(addr);
-        if self.last.as_ref() == Some(addr) {
-            self.last = None;
-        }
     }
 
     /// A node connection failed: close it, and have the map refreshed.
@@ -532,10 +775,12 @@ impl ClusterLink {
         self.topo.node_failed();
     }
 
+    /// Where a request with no key goes: the node used last, else a master this link has
+    /// a connection to, else the first master.
     fn target(&mut self, route: &Route) -> Result<Addr> {
         match route {
             Route::Slot(s) => self.topo.owner(*s),
-            Route::Any | Route::AllMasters => {
+            Route::Any => {
                 if let Some(a) = &self.last {
                     return Ok(a.clone());
                 }
@@ -609,74 +854,45 @@ impl ClusterLink {
             .ok_or_else(|| cluster_error("no reply".to_owned()))
     }
 
-    /// One command to where `route` says, following redirections.
-    fn exec_routed(&mut self, packed: &[u8], route: &Route) -> Result<Value> {
-        let mut target = self.target(route)?;
-        let mut asking = false;
-        let mut reply = Value::Nil;
-        for _ in 0..=MAX_REDIRECTS {
-            reply = self.exchange(&target, packed, asking)?;
-            match route::redirect(&reply, &target) {
-                Some(Redirect::Moved(slot, to)) => {
-                    debug!("MOVED slot {slot} from {target} to {to}");
-                    self.topo.moved(slot, &to);
-                    target = to;
-                    asking = false;
-                }
-                Some(Redirect::Ask(to)) => {
-                    target = to;
-                    asking = true;
-                }
-                None => {
-                    self.last = Some(target);
-                    return Ok(reply);
-                }
+    /// Runs parsed commands through the routing engine (see [`engine`]).
+    fn routed(&mut self, cmds: &[route::Packed<'_>]) -> Result<Vec<Value>> {
+        let topo = self.topo.clone();
+        // Where a request without any key goes: the node used last, else a master.
+        let fallback = self.last.take();
+        let mut any = || -> Result<Addr> {
+            if let Some(a) = &fallback {
+                return Ok(a.clone());
             }
-        }
-        Ok(reply)
+            topo.refresh_if_stale();
+            topo.masters()
+                .into_iter()
+                .next()
+                .ok_or_else(|| cluster_error("the cluster has no master".to_owned()))
+        };
+        let result = engine::request(&topo, self, cmds, &mut any);
+        let (values, last) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                // Unless its connection failed meanwhile.
+                self.last = fallback.filter(|a| self.nodes.contains_key(a));
+                return Err(e);
+            }
+        };
+        self.last = last.or(fallback);
+        Ok(values)
     }
 
-    /// One packed command: routed by its first key, split when its keys span slots.
+    /// One packed command: routed by its first key, split when its keys span slots, to
+    /// every master when it is one of the keyless commands that go there.
     pub(crate) fn exec(&mut self, packed: &[u8], cap: Option<Instant>) -> Result<Value> {
         self.cap = cap;
         let Some((args, _)) = route::split_command(packed) else {
-            return self.exec_routed(packed, &Route::Any);
+            return Err(cluster_error("a command redkit cannot parse".to_owned()));
         };
-        if let Some((how, parts)) = route::split_multi_key(&args) {
-            let total = (args.len() - 1) / if how == route::Combine::Ok { 2 } else { 1 };
-            // One pipeline: every node's parts in one round trip.
-            let parsed: Vec<route::Packed<'_>> = parts
-                .iter()
-                .map(|(p, _)| {
-                    let args = route::split_command(p).map(|(a, _)| a).unwrap_or_default();
-                    (p.as_slice(), args)
-                })
-                .collect();
-            let values = self.spread(&parsed)?;
-            let replies = values
-                .into_iter()
-                .zip(parts.iter().map(|(_, positions)| positions.clone()))
-                .collect();
-            return Ok(route::combine(how, total, replies));
-        }
-        match route::route(&args) {
-            Route::AllMasters => {
-                self.topo.refresh_if_stale();
-                let mut first = None;
-                for (i, master) in self.topo.masters().into_iter().enumerate() {
-                    let reply = match self.exchange(&master, packed, false) {
-                        Ok(v) => v,
-                        Err(e) if i > 0 => return Err(e.with_delivery(Delivery::Unknown)),
-                        Err(e) => return Err(e),
-                    };
-                    if first.is_none() || matches!(reply, Value::ServerError(_)) {
-                        first = Some(reply);
-                    }
-                }
-                first.ok_or_else(|| cluster_error("the cluster has no master".to_owned()))
-            }
-            route => self.exec_routed(packed, &route),
-        }
+        let mut values = self.routed(&[(packed, args)])?;
+        values
+            .pop()
+            .ok_or_else(|| cluster_error("no reply".to_owned()))
     }
 
     /// A pipeline of packed commands: `offset + count` replies are read, the last `count`
@@ -692,11 +908,10 @@ impl ClusterLink {
         let Some(cmds) = route::split_pipeline(packed) else {
             return Err(cluster_error("a pipeline redkit cannot parse".to_owned()));
         };
-        let is_multi = |a: &Vec<&[u8]>| a.first().is_some_and(|n| n.eq_ignore_ascii_case(b"MULTI"));
-        let mut replies = if cmds.iter().any(|(_, a)| is_multi(a)) {
+        let mut replies = if cmds.iter().any(|(_, a)| route::is_multi(a)) {
             self.transaction(packed, &cmds)?
         } else {
-            self.spread(&cmds)?
+            self.routed(&cmds)?
         };
         if replies.len() < offset + count {
             return Err(cluster_error(
@@ -713,7 +928,7 @@ impl ClusterLink {
             .find_map(|(_, a)| route::first_key(a).map(|i| Route::Slot(route::slot(a[i]))))
             .unwrap_or(Route::Any);
         let mut target = self.target(&route)?;
-        for _ in 0..=MAX_REDIRECTS {
+        for _ in 0..=self.topo.max_redirects() {
             let admitted = self.topo.admit(&target)?;
             let result = self.send(&target, packed).and_then(|()| {
                 let by = self.reads_by();
@@ -742,177 +957,6 @@ impl ClusterLink {
         Err(try_again())
     }
 
-    /// A plain pipeline: each command to its slot's owner (a keyless one with the next keyed
-    /// command, or the previous one at the end), every node's share sent before any reply
-    /// is read; redirected entries are resent.
-    fn spread(&mut self, cmds: &[route::Packed<'_>]) -> Result<Vec<Value>> {
-        let mut slots: Vec<Option<u16>> = cmds
-            .iter()
-            .map(|(_, a)| route::first_key(a).map(|i| route::slot(a[i])))
-            .collect();
-        let mut next = None;
-        for s in slots.iter_mut().rev() {
-            match s {
-                Some(v) => next = Some(*v),
-                None => *s = next,
-            }
-        }
-        let mut prev = None;
-        for s in slots.iter_mut() {
-            match s {
-                Some(v) => prev = Some(*v),
-                None => *s = prev,
-            }
-        }
-        // The nodes this pipeline uses; commands refer to them by index.
-        let mut table: Vec<Addr> = Vec::new();
-        fn intern(table: &mut Vec<Addr>, addr: &Addr) -> usize {
-            match table.iter().position(|a| a == addr) {
-                Some(i) => i,
-                None => {
-                    table.push(addr.clone());
-                    table.len() - 1
-                }
-            }
-        }
-        self.topo.refresh_if_stale();
-        let map = self.topo.map();
-        // The map's master index -> table index.
-        let mut local: Vec<Option<usize>> = vec![None; map.masters.len()];
-        // (command index, table index, asking)
-        let mut pending: Vec<(usize, usize, bool)> = Vec::with_capacity(cmds.len());
-        for (i, s) in slots.iter().enumerate() {
-            let owner = s.and_then(|s| map.owner.get(usize::from(s)).copied());
-            let node = match owner {
-                Some(m) if m != NO_OWNER => match local.get(usize::from(m)).copied().flatten() {
-                    Some(n) => n,
-                    None => {
-                        let n = intern(&mut table, &map.masters[usize::from(m)]);
-                        if let Some(l) = local.get_mut(usize::from(m)) {
-                            *l = Some(n);
-                        }
-                        n
-                    }
-                },
-                _ => {
-                    let addr = match s {
-                        Some(s) => self.topo.owner(*s)?,
-                        None => self.target(&Route::Any)?,
-                    };
-                    intern(&mut table, &addr)
-                }
-            };
-            pending.push((i, node, false));
-        }
-        drop(map);
-        let mut results: Vec<Option<Value>> = vec![None; cmds.len()];
-        let mut sent_any = false;
-        for _ in 0..=MAX_REDIRECTS {
-            if pending.is_empty() {
-                break;
-            }
-            // Group by node, keeping each node's commands in order.
-            let mut by_node: Vec<Entries> = vec![Vec::new(); table.len()];
-            for (i, node, asking) in pending.drain(..) {
-                by_node[node].push((i, asking));
-            }
-            let groups: Vec<(Addr, Entries)> = by_node
-                .into_iter()
-                .enumerate()
-                .filter(|(_, e)| !e.is_empty())
-                .map(|(n, e)| (table[n].clone(), e))
-                .collect();
-            let asking_cmd = redis::cmd("ASKING").get_packed_command();
-            // Every node this round wrote to, with its breaker admission, until its
-            // replies are read: on any error the unread ones are closed (their replies
-            // would answer the next command).
-            let mut unread: Vec<(Addr, Entries, Admitted)> = Vec::new();
-            let mut failure = None;
-            for (addr, entries) in groups {
-                let admitted = match self.topo.admit(&addr) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                };
-                let mut buf = Vec::new();
-                for (i, asking) in &entries {
-                    if *asking {
-                        buf.extend_from_slice(&asking_cmd);
-                    }
-                    buf.extend_from_slice(cmds[*i].0);
-                }
-                if let Err(e) = self.send(&addr, &buf) {
-                    admitted.done(&self.topo, &addr, true);
-                    failure = Some(e);
-                    break;
-                }
-                unread.push((addr, entries, admitted));
-            }
-            let mut unread = unread.into_iter();
-            // Every node's replies of this round by one response timeout.
-            let by = self.reads_by();
-            while failure.is_none() {
-                let Some((addr, entries, admitted)) = unread.next() else {
-                    break;
-                };
-                let expected = entries.len() + entries.iter().filter(|(_, a)| *a).count();
-                let received = self.recv(&addr, expected, by);
-                admitted.done(&self.topo, &addr, infrastructure(&received));
-                let replies = match received {
-                    Ok(r) => r,
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                };
-                sent_any = true;
-                let mut replies = replies.into_iter();
-                for (i, asking) in entries {
-                    if asking {
-                        replies.next();
-                    }
-                    let reply = replies.next().unwrap_or(Value::Nil);
-                    match route::redirect(&reply, &addr) {
-                        Some(Redirect::Moved(slot, to)) => {
-                            self.topo.moved(slot, &to);
-                            pending.push((i, intern(&mut table, &to), false));
-                            results[i] = Some(reply);
-                        }
-                        Some(Redirect::Ask(to)) => {
-                            pending.push((i, intern(&mut table, &to), true));
-                            results[i] = Some(reply);
-                        }
-                        None => results[i] = Some(reply),
-                    }
-                }
-                self.last = Some(addr);
-            }
-            if let Some(e) = failure {
-                let wrote_elsewhere = unread.len() > 0;
-                for (addr, _, admitted) in unread {
-                    // Nothing is known about these nodes' health: no outcome recorded.
-                    admitted.forget();
-                    self.close_node(&addr);
-                }
-                // Commands that reached a node may have run.
-                return Err(if sent_any || wrote_elsewhere {
-                    e.with_delivery(Delivery::Unknown)
-                } else {
-                    e
-                });
-            }
-        }
-        if !pending.is_empty() {
-            warn!("a cluster pipeline kept being redirected; returning the redirections");
-        }
-        Ok(results
-            .into_iter()
-            .map(|r| r.unwrap_or(Value::Nil))
-            .collect())
-    }
-
     /// A transaction that did not run may leave a `WATCH` on another node (the `WATCH`
     /// followed an `ASK`): clear it everywhere this link has a connection.
     fn unwatch_everywhere(&mut self) {
@@ -934,5 +978,43 @@ impl ClusterLink {
     ) -> Result<Value> {
         self.cap = cap;
         self.exchange(addr, packed, false)
+    }
+}
+
+impl Transport for ClusterLink {
+    fn exchange(&mut self, _topo: &Topology, batches: &[Batch<'_>]) -> Vec<Result<Vec<Value>>> {
+        // Every batch written before any reply is read; `Ok(extra)`: replies to skip.
+        let mut sent: Vec<Result<usize>> = Vec::with_capacity(batches.len());
+        for b in batches {
+            let needs_readonly = b.replica
+                && !self
+                    .nodes
+                    .get(&b.addr)
+                    .is_some_and(|n| n.readonly && !n.con.is_broken());
+            let result = if needs_readonly {
+                let mut bytes = engine::READONLY.to_vec();
+                bytes.extend_from_slice(&b.bytes);
+                self.send(&b.addr, &bytes).map(|()| 1)
+            } else {
+                self.send(&b.addr, &b.bytes).map(|()| 0)
+            };
+            sent.push(result);
+        }
+        let by = self.reads_by();
+        batches
+            .iter()
+            .zip(sent)
+            .map(|(b, sent)| {
+                let extra = sent?;
+                let mut replies = self.recv(&b.addr, b.replies + extra, by)?;
+                if extra > 0 {
+                    replies.drain(..extra);
+                    if let Some(n) = self.nodes.get_mut(&b.addr) {
+                        n.readonly = true;
+                    }
+                }
+                Ok(replies)
+            })
+            .collect()
     }
 }

@@ -53,9 +53,6 @@ pub(crate) enum Route {
     /// No key: the node the connection used last (so that `UNWATCH` follows `WATCH` and
     /// `EXEC` follows `MULTI`), or any master.
     Any,
-    /// Every master (`SCRIPT LOAD`, `SCRIPT FLUSH`, `FLUSHALL`, `FLUSHDB`); the first reply
-    /// is returned, or the first error.
-    AllMasters,
 }
 
 fn upper(name: &[u8]) -> [u8; 16] {
@@ -109,18 +106,149 @@ pub(crate) fn first_key(args: &[&[u8]]) -> Option<usize> {
     }
 }
 
-/// Where a command goes.
+/// Where a command goes by its key (see [`plan`] for the whole picture).
+#[cfg(test)]
 pub(crate) fn route(args: &[&[u8]]) -> Route {
-    if let Some(name) = args.first().filter(|n| n.len() <= 16).map(|n| upper(n)) {
-        let sub = args.get(1).map(|s| upper(s));
-        let script_sub = sub.is_some_and(|s| is(&s, b"LOAD") || is(&s, b"FLUSH"));
-        if (is(&name, b"SCRIPT") && script_sub) || is(&name, b"FLUSHALL") || is(&name, b"FLUSHDB") {
-            return Route::AllMasters;
-        }
-    }
     match first_key(args) {
         Some(i) => Route::Slot(slot(args[i])),
         None => Route::Any,
+    }
+}
+
+/// Whether a parsed command is `MULTI` (a pipeline holding one is a transaction).
+pub(crate) fn is_multi(args: &[&[u8]]) -> bool {
+    args.first()
+        .is_some_and(|n| n.eq_ignore_ascii_case(b"MULTI"))
+}
+
+/// How the replies of a keyless command sent to every master become one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Merge {
+    /// `FLUSHALL`, `FLUSHDB`, `SCRIPT LOAD`/`FLUSH`, `FUNCTION LOAD`/`DELETE`/`FLUSH`/
+    /// `RESTORE`: the first error reply, else the first reply.
+    First,
+    /// `DBSIZE`: the sum.
+    Sum,
+    /// `KEYS`: every master's keys, one array (masters in map order).
+    Concat,
+    /// `INFO`: every master's text, each after a `# Node host:port` line.
+    PerNode,
+}
+
+/// Whether a keyless command goes to every master, and how its replies merge.
+pub(crate) fn every_master(args: &[&[u8]]) -> Option<Merge> {
+    let name = upper(args.first().filter(|n| n.len() <= 16)?);
+    let sub = args.get(1).filter(|s| s.len() <= 16).map(|s| upper(s));
+    let sub_is = |w: &[&[u8]]| sub.is_some_and(|s| w.iter().any(|w| is(&s, w)));
+    if is(&name, b"FLUSHALL")
+        || is(&name, b"FLUSHDB")
+        || (is(&name, b"SCRIPT") && sub_is(&[b"LOAD", b"FLUSH"]))
+        || (is(&name, b"FUNCTION") && sub_is(&[b"LOAD", b"DELETE", b"FLUSH", b"RESTORE"]))
+    {
+        Some(Merge::First)
+    } else if is(&name, b"DBSIZE") && args.len() == 1 {
+        Some(Merge::Sum)
+    } else if is(&name, b"KEYS") && args.len() == 2 {
+        Some(Merge::Concat)
+    } else if is(&name, b"INFO") {
+        Some(Merge::PerNode)
+    } else {
+        None
+    }
+}
+
+/// Merges every master's reply to a keyless command (see [`Merge`]); `nodes` names the
+/// master of each reply. An error reply from any master is the reply.
+pub(crate) fn merge(how: Merge, replies: Vec<(Addr, Value)>) -> Value {
+    if let Some((_, e)) = replies
+        .iter()
+        .find(|(_, v)| matches!(v, Value::ServerError(_)))
+    {
+        return e.clone();
+    }
+    match how {
+        Merge::First => replies.into_iter().next().map_or(Value::Nil, |(_, v)| v),
+        Merge::Sum => Value::Int(
+            replies
+                .iter()
+                .map(|(_, v)| match v {
+                    Value::Int(n) => *n,
+                    _ => 0,
+                })
+                .sum(),
+        ),
+        Merge::Concat => Value::Array(
+            replies
+                .into_iter()
+                .flat_map(|(_, v)| match v {
+                    Value::Array(items) | Value::Set(items) => items,
+                    _ => Vec::new(),
+                })
+                .collect(),
+        ),
+        Merge::PerNode => {
+            let mut out = Vec::new();
+            for (addr, v) in replies {
+                let text = match v {
+                    Value::BulkString(b) => b,
+                    Value::VerbatimString { text, .. } => text.into_bytes(),
+                    Value::SimpleString(s) => s.into_bytes(),
+                    _ => Vec::new(),
+                };
+                out.extend_from_slice(format!("# Node {addr}\r\n").as_bytes());
+                out.extend_from_slice(&text);
+                if !text.ends_with(b"\r\n") {
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            Value::BulkString(out)
+        }
+    }
+}
+
+/// What one command of a request becomes on a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// One command, to the owner of `slot` (`None`: no key, any node).
+    One {
+        /// The slot of its first key.
+        slot: Option<u16>,
+    },
+    /// A multi-key command whose keys span slots: one part per slot.
+    Split {
+        /// How the parts' replies combine.
+        how: Combine,
+        /// How many values the combined reply has (`MGET`).
+        total: usize,
+        /// Each part: packed, positions of its keys in the original, its slot.
+        parts: Vec<(Vec<u8>, Vec<usize>, u16)>,
+    },
+    /// A keyless command for every master.
+    Masters(Merge),
+}
+
+/// What `args` (one parsed command) becomes on a cluster.
+pub(crate) fn plan(args: &[&[u8]]) -> Plan {
+    if let Some(how) = every_master(args) {
+        return Plan::Masters(how);
+    }
+    if let Some((how, parts)) = split_multi_key(args) {
+        let stride = if how == Combine::Ok { 2 } else { 1 };
+        let total = (args.len() - 1) / stride;
+        let parts = parts
+            .into_iter()
+            .map(|(packed, positions)| {
+                let s = positions
+                    .first()
+                    .and_then(|p| args.get(1 + p * stride))
+                    .map_or(0, |k| slot(k));
+                (packed, positions, s)
+            })
+            .collect();
+        return Plan::Split { how, total, parts };
+    }
+    Plan::One {
+        slot: first_key(args).map(|i| slot(args[i])),
     }
 }
 
@@ -374,15 +502,41 @@ mod tests {
             route_of(redis::cmd("BLMPOP").arg(1).arg(1).arg("foo").arg("LEFT")),
             Route::Slot(12182)
         );
+        let plan_of = |cmd: &redis::Cmd| {
+            let a = args(cmd);
+            let refs: Vec<&[u8]> = a.iter().map(Vec::as_slice).collect();
+            plan(&refs)
+        };
         assert_eq!(
-            route_of(redis::cmd("SCRIPT").arg("LOAD").arg("x")),
-            Route::AllMasters
+            plan_of(redis::cmd("SCRIPT").arg("LOAD").arg("x")),
+            Plan::Masters(Merge::First)
         );
+        assert_eq!(plan_of(&redis::cmd("DBSIZE")), Plan::Masters(Merge::Sum));
+        assert_eq!(
+            plan_of(redis::cmd("KEYS").arg("*")),
+            Plan::Masters(Merge::Concat)
+        );
+        assert_eq!(
+            plan_of(redis::cmd("INFO").arg("memory")),
+            Plan::Masters(Merge::PerNode)
+        );
+        assert_eq!(
+            plan_of(&redis::cmd("FLUSHALL")),
+            Plan::Masters(Merge::First)
+        );
+        assert_eq!(plan_of(&redis::cmd("PING")), Plan::One { slot: None });
+        assert!(matches!(
+            plan_of(redis::cmd("MSET").arg("a").arg(1).arg("b").arg(2)),
+            Plan::Split {
+                how: Combine::Ok,
+                total: 2,
+                ..
+            }
+        ));
         assert_eq!(
             route_of(redis::cmd("SCRIPT").arg("EXISTS").arg("x")),
             Route::Any
         );
-        assert_eq!(route_of(&redis::cmd("FLUSHALL")), Route::AllMasters);
         assert_eq!(route_of(redis::cmd("SCAN").arg(0)), Route::Any);
     }
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    Addr, BreakerConfig, ClusterConfig, Config, MultiplexConfig, PoolConfig, Protocol, Secret,
-    SentinelConfig, SentinelRole, Timeouts, TlsConfig, DEFAULT_MAX_REPLY_SIZE,
+    Addr, BreakerConfig, ClusterConfig, ClusterOptions, Config, MultiplexConfig, PoolConfig,
+    Protocol, Secret, SentinelConfig, SentinelRole, Timeouts, TlsConfig, DEFAULT_MAX_REPLY_SIZE,
     DEFAULT_MAX_VALUE_SIZE,
 };
 use crate::error::{Error, Result};
@@ -25,6 +25,8 @@ pub(crate) struct TlsFiles {
 pub struct ConfigBuilder {
     pub(crate) config: Config,
     pub(crate) tls_files: TlsFiles,
+    /// Cluster settings given before (or without) the seeds.
+    pub(crate) cluster_options: ClusterOptions,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -64,6 +66,7 @@ impl Default for ConfigBuilder {
                 max_value_size: DEFAULT_MAX_VALUE_SIZE,
             },
             tls_files: TlsFiles::default(),
+            cluster_options: ClusterOptions::default(),
         }
     }
 }
@@ -390,7 +393,41 @@ impl ConfigBuilder {
                 port: *port,
             };
         }
-        self.config.cluster = Some(ClusterConfig { seeds });
+        self.config.cluster = Some(ClusterConfig {
+            seeds,
+            options: self.cluster_options,
+        });
+        self
+    }
+
+    /// With a [`cluster`](Self::cluster): lets replicas serve read-only commands (the
+    /// commands [`is_read_only_command`](crate::retry::is_read_only_command) lists, alone,
+    /// split or in pipelines; never writes, scripts or transactions). Each read goes to a
+    /// replica of the slot's master that the heartbeat found fit at its last beat, in turn,
+    /// else to the master: a replica is fit while its link to the master is up and it had
+    /// caught up, at that beat, with where its master was one heartbeat interval before.
+    /// **Staleness:** a read from a replica may miss writes acknowledged up to about two
+    /// heartbeat intervals earlier (2 s with the default 1 s interval), or more when the
+    /// replica fell behind since the last beat (the next beat takes it out). A replica that
+    /// fails a read, answers `LOADING`/`MASTERDOWN` or has its breaker open is replaced by
+    /// the master for that read. Needs the heartbeat (without it every read goes to the
+    /// master). Defaults to `false` (every command to the master).
+    pub fn cluster_read_from_replicas(mut self, on: bool) -> ConfigBuilder {
+        self.cluster_options.read_from_replicas = on;
+        if let Some(c) = self.config.cluster.as_mut() {
+            c.options.read_from_replicas = on;
+        }
+        self
+    }
+
+    /// With a [`cluster`](Self::cluster): how many redirections (`MOVED`, `ASK`) one command
+    /// follows before its last redirection is returned as its reply (0: none followed).
+    /// Defaults to 5; at most 100.
+    pub fn cluster_max_redirects(mut self, n: usize) -> ConfigBuilder {
+        self.cluster_options.max_redirects = n;
+        if let Some(c) = self.config.cluster.as_mut() {
+            c.options.max_redirects = n;
+        }
         self
     }
 
@@ -407,7 +444,10 @@ impl ConfigBuilder {
     /// [`Redis::run`](crate::Redis::run) and [`Redis::conn`](crate::Redis::conn); commands
     /// that change a connection's state are refused as on the pool (see
     /// [`Error::WrongConnection`]). Pick it for many threads doing short commands; a pool
-    /// is as fast for a few threads. Not available on a Cluster yet.
+    /// is as fast for a few threads. On a Cluster, `connections` is ignored: the handle
+    /// keeps one multiplexed connection per node it uses, with the pooled cluster path's
+    /// routing (redirections, split multi-key commands and pipelines, keyless commands on
+    /// every master, replica reads); transactions run on the pool.
     pub fn multiplexed(mut self, connections: u32) -> ConfigBuilder {
         self.config.multiplex.connections = connections;
         self
@@ -446,7 +486,14 @@ impl ConfigBuilder {
         let ConfigBuilder {
             mut config,
             tls_files,
+            cluster_options,
         } = self;
+        if config.cluster.is_none() && cluster_options != ClusterOptions::default() {
+            return Err(Error::config(
+                "cluster",
+                "cluster_read_from_replicas and cluster_max_redirects need a Cluster (ConfigBuilder::cluster)",
+            ));
+        }
         if let Some(tls) = config.tls.as_mut() {
             if let Some(path) = &tls_files.ca {
                 tls.ca_pem = Some(read_file("tls.ca_file", path)?);
@@ -484,12 +531,6 @@ fn validate(c: &Config) -> Result<()> {
             "needs room for at least 1 request and 1024 bytes",
         ));
     }
-    if m.connections > 0 && c.cluster.is_some() {
-        return Err(Error::config(
-            "multiplexed",
-            "multiplexed connections are not available on a Cluster yet: use the pool",
-        ));
-    }
     if c.max_reply_size < 1024 {
         return Err(Error::config(
             "max_reply_size",
@@ -514,6 +555,12 @@ fn validate(c: &Config) -> Result<()> {
         }
         if c.db != 0 {
             return Err(Error::config("db", "Redis Cluster has database 0 only"));
+        }
+        if cl.options.max_redirects > 100 {
+            return Err(Error::config(
+                "cluster_max_redirects",
+                "must be at most 100",
+            ));
         }
     }
     if let Some(s) = &c.sentinel {

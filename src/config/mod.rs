@@ -476,12 +476,44 @@ impl SentinelConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
     pub(crate) seeds: Vec<(String, u16)>,
+    pub(crate) options: ClusterOptions,
+}
+
+/// The Cluster settings besides the seeds (kept by the builder until the seeds are given).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ClusterOptions {
+    pub(crate) read_from_replicas: bool,
+    pub(crate) max_redirects: usize,
+}
+
+/// How many redirections (`MOVED`, `ASK`) one command follows by default.
+pub(crate) const DEFAULT_MAX_REDIRECTS: usize = 5;
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            read_from_replicas: false,
+            max_redirects: DEFAULT_MAX_REDIRECTS,
+        }
+    }
 }
 
 impl ClusterConfig {
     /// The seed nodes, tried in this order (after the masters already known).
     pub fn seeds(&self) -> &[(String, u16)] {
         &self.seeds
+    }
+
+    /// Whether read-only commands may be served by replicas (see
+    /// [`ConfigBuilder::cluster_read_from_replicas`]).
+    pub fn reads_from_replicas(&self) -> bool {
+        self.options.read_from_replicas
+    }
+
+    /// How many redirections one command follows (see
+    /// [`ConfigBuilder::cluster_max_redirects`]).
+    pub fn max_redirects(&self) -> usize {
+        self.options.max_redirects
     }
 }
 
@@ -543,6 +575,7 @@ impl Config {
         ConfigBuilder {
             config: self.clone(),
             tls_files: TlsFiles::default(),
+            cluster_options: self.cluster.as_ref().map(|c| c.options).unwrap_or_default(),
         }
     }
 
@@ -737,6 +770,59 @@ mod tests {
     use super::url::parse_duration;
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn cluster_options_need_a_cluster_and_sane_values() {
+        let c = Config::builder()
+            .cluster_read_from_replicas(true)
+            .cluster_max_redirects(3)
+            .cluster([("h", 1)])
+            .build()
+            .unwrap();
+        let cl = c.cluster().unwrap();
+        assert!(cl.reads_from_replicas());
+        assert_eq!(cl.max_redirects(), 3);
+        assert_eq!(c.to_builder().build().unwrap().cluster(), c.cluster());
+        let e = Config::builder()
+            .cluster_read_from_replicas(true)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Config {
+                    setting: "cluster",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = Config::builder()
+            .cluster([("h", 1)])
+            .cluster_max_redirects(101)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Config {
+                    setting: "cluster_max_redirects",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            Config::builder()
+                .cluster([("h", 1)])
+                .build()
+                .unwrap()
+                .cluster()
+                .unwrap()
+                .max_redirects(),
+            DEFAULT_MAX_REDIRECTS
+        );
+    }
 
     #[test]
     fn cluster_urls_name_every_seed() {

@@ -71,7 +71,7 @@ struct SlotState {
 
 /// One caller's request.
 #[derive(Debug)]
-struct Slot {
+pub(crate) struct Slot {
     /// Replies expected (`offset + count`), and how many of the first to drop.
     expect: usize,
     offset: usize,
@@ -488,6 +488,29 @@ impl Mux {
         }
     }
 
+    /// Sends `packed` (`offset + count` commands) without waiting for its replies: several
+    /// connections can be given requests before any reply is awaited (a cluster request
+    /// over several nodes). A TLS connection, driven by its callers, runs the whole call
+    /// here (its reply is ready when this returns).
+    pub(crate) fn submit(
+        &self,
+        packed: &[u8],
+        offset: usize,
+        count: usize,
+        deadline: Instant,
+    ) -> Submitted<'_> {
+        if let Err(e) = super::connection::check_sizes(packed, self.max_value) {
+            return Submitted::Ready(Err(e));
+        }
+        match &self.kind {
+            Kind::Split(s) => match s.inner.submit(packed, offset, count, deadline) {
+                Ok(slot) => Submitted::Queued(&s.inner, slot),
+                Err(e) => Submitted::Ready(Err(e)),
+            },
+            Kind::Driven(d) => Submitted::Ready(d.call(packed, offset, count, deadline)),
+        }
+    }
+
     /// Sends `packed` (`offset + count` commands) and returns the last `count` replies, all
     /// by `deadline`.
     pub(crate) fn call(
@@ -505,6 +528,25 @@ impl Mux {
     }
 }
 
+/// A request given to a multiplexed connection, its replies to come ([`Mux::submit`]).
+#[derive(Debug)]
+pub(crate) enum Submitted<'a> {
+    /// Written or queued: wait for it.
+    Queued(&'a SplitInner, Arc<Slot>),
+    /// Already done (or refused).
+    Ready(Result<Vec<Value>>),
+}
+
+impl Submitted<'_> {
+    /// The last `count` replies, by `deadline` (see [`Mux::call`] for the failures).
+    pub(crate) fn wait(self, deadline: Instant) -> Result<Vec<Value>> {
+        match self {
+            Submitted::Queued(inner, slot) => inner.wait(&slot, deadline),
+            Submitted::Ready(result) => result,
+        }
+    }
+}
+
 /// The write side of a split connection.
 #[derive(Debug, Default)]
 struct Outbox {
@@ -516,7 +558,7 @@ struct Outbox {
     failed: Option<Error>,
 }
 
-struct SplitInner {
+pub(crate) struct SplitInner {
     out: Mutex<Outbox>,
     /// Signalled when capacity frees up.
     space: Condvar,
@@ -611,6 +653,19 @@ impl SplitInner {
         count: usize,
         deadline: Instant,
     ) -> Result<Vec<Value>> {
+        let slot = self.submit(packed, offset, count, deadline)?;
+        self.wait(&slot, deadline)
+    }
+
+    /// Queues `packed` and writes the queue if nobody is writing; the reply is waited for
+    /// with [`SplitInner::wait`].
+    fn submit(
+        &self,
+        packed: &[u8],
+        offset: usize,
+        count: usize,
+        deadline: Instant,
+    ) -> Result<Arc<Slot>> {
         let slot = Slot::new(offset + count, offset, packed.len());
         let start = Instant::now();
         let mut out = self.out.lock();
@@ -645,7 +700,7 @@ impl SplitInner {
         } else {
             drop(out);
         }
-        self.wait(&slot, deadline)
+        Ok(slot)
     }
 
     /// Writes everything queued, again while more comes, then stops writing.

@@ -26,7 +26,7 @@ pub(crate) enum Effect {
 }
 
 const USE_SUBSCRIBER: &str =
-    "a subscribed connection serves nothing else: use Redis::subscriber() (or Redis::dedicated())";
+    "a subscribed connection serves nothing else: use redkit::Subscriber::new(&redis) (or Redis::dedicated())";
 const USE_DEDICATED: &str =
     "it changes the connection for later callers: use Redis::dedicated() for a connection of your own";
 const USE_CONFIG_DB: &str =

@@ -21,9 +21,10 @@
 //!
 //! ```no_run
 //! use redkit::Redis;
+//! use redkit::lock::Lock;
 //!
 //! let redis = Redis::connect("redis://127.0.0.1/")?;
-//! let lock = redis.lock("nightly-report")?;
+//! let lock = Lock::new(&redis, "nightly-report")?;
 //! let guard = lock.acquire()?;            // waits up to 10 s by default
 //! let fence = guard.fencing_token();      // strictly increasing per lock name
 //! // ... the protected work, passing `fence` to the resource ...
@@ -197,18 +198,6 @@ impl crate::client::Extension for HandleLocks {
 pub(crate) const DEFAULT_PREFIX: &str = "redkit:lock:";
 
 impl Redis {
-    /// A [`Lock`] named `name` with the default settings (TTL 30 s, wait 10 s, no watchdog);
-    /// use [`Lock::builder`] for others. Fails when the name is empty or contains `{` or `}`.
-    ///
-    /// ```no_run
-    /// let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-    /// let guard = redis.lock("migrations")?.acquire()?;
-    /// # Ok::<(), redkit::Error>(())
-    /// ```
-    pub fn lock(&self, name: &str) -> Result<Lock> {
-        Lock::new(self, name)
-    }
-
     /// Whether this handle's lock watchdog thread is running.
     pub fn lock_watchdog_running(&self) -> bool {
         self.extension::<HandleLocks>()

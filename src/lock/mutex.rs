@@ -151,9 +151,10 @@ impl LockBuilder {
 /// ```no_run
 /// use std::time::Duration;
 /// use redkit::Redis;
+/// use redkit::lock::Lock;
 ///
 /// let redis = Redis::connect("redis://127.0.0.1/")?;
-/// let lock = redis.lock("invoices")?;               // TTL 30 s, waits up to 10 s
+/// let lock = Lock::new(&redis, "invoices")?;               // TTL 30 s, waits up to 10 s
 /// let guard = lock.acquire()?;
 /// // Hand the fencing token to the protected resource: it rejects older ones.
 /// let fence = guard.fencing_token();
@@ -317,8 +318,9 @@ impl Lock {
     /// read the fencing token or check [`LockGuard::is_held`] between steps.
     ///
     /// ```no_run
+    /// # use redkit::lock::Lock;
     /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-    /// let total = redis.lock("ledger")?.with_lock(|guard| {
+    /// let total = Lock::new(&redis, "ledger")?.with_lock(|guard| {
     ///     // ... protected work, fenced by guard.fencing_token() ...
     ///     42
     /// })?;

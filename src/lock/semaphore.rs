@@ -119,9 +119,10 @@ impl SemaphoreBuilder {
 ///
 /// ```no_run
 /// use std::time::Duration;
+/// use redkit::lock::Semaphore;
 /// let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
 /// // At most 3 exports run at once, cluster-wide.
-/// let exports = redis.semaphore("exports", 3)?;
+/// let exports = Semaphore::new(&redis, "exports", 3)?;
 /// let permit = exports.acquire()?;
 /// // ... export; extend the lease if it runs long ...
 /// permit.extend(Duration::from_secs(30))?;
@@ -392,19 +393,5 @@ impl Drop for Permit {
                 self.keys.permits
             );
         }
-    }
-}
-
-impl Redis {
-    /// A [`Semaphore`] named `name` with `permits` permits and the default settings (leases
-    /// of 30 s, a 10 s wait); use [`Semaphore::builder`] for others.
-    ///
-    /// ```no_run
-    /// let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-    /// let permit = redis.semaphore("gpu", 2)?.acquire()?;
-    /// # Ok::<(), redkit::Error>(())
-    /// ```
-    pub fn semaphore(&self, name: &str, permits: u64) -> Result<Semaphore> {
-        Semaphore::new(self, name, permits)
     }
 }

@@ -261,7 +261,14 @@ impl Manager {
 
     /// Opens one connection with every setting applied, within the connect timeout.
     pub(crate) fn open(&self) -> Result<RawConn> {
-        self.open_link().map(|con| self.raw(con))
+        // Stamped with the generation from before it looked for its node: a connection
+        // whose target moved meanwhile (a failover) is retired with the others.
+        let generation = self.state.generation.current();
+        let con = self.open_link()?;
+        Ok(RawConn {
+            generation,
+            ..self.raw(con)
+        })
     }
 
     /// Opens the link of one connection (see [`Manager::open`]).

@@ -172,10 +172,21 @@ impl PooledConnection {
         result
     }
 
-    fn exec_packed_unmetered(&mut self, cmd: &[u8]) -> Result<Value> {
+    /// Refuses what must not go out on this connection: anything once it is broken, and
+    /// with Sentinel anything to a master being failed over or left (see
+    /// [`crate::sentinel`]).
+    fn check_sendable(&mut self) -> Result<()> {
         if self.conn.broken {
             return Err(stale());
         }
+        if let Some(sentinel) = &self.state.sentinel {
+            sentinel.check_send(self.conn.generation)?;
+        }
+        Ok(())
+    }
+
+    fn exec_packed_unmetered(&mut self, cmd: &[u8]) -> Result<Value> {
+        self.check_sendable()?;
         self.left.apply_packed(cmd);
         let cap = self.cap;
         let rewritten = self.with_prefix(cmd);
@@ -186,9 +197,7 @@ impl PooledConnection {
     /// Sends one packed command to the cluster node `addr` (a plain connection sends it to
     /// its server).
     pub(crate) fn exec_on(&mut self, addr: &Addr, cmd: &[u8]) -> Result<Value> {
-        if self.conn.broken {
-            return Err(stale());
-        }
+        self.check_sendable()?;
         self.left.apply_packed(cmd);
         let cap = self.cap;
         let rewritten = self.with_prefix(cmd);
@@ -209,9 +218,7 @@ impl PooledConnection {
         let c = &self.state.observed.counters;
         c.commands.fetch_add(1, Ordering::Relaxed);
         c.pipelines.fetch_add(1, Ordering::Relaxed);
-        if self.conn.broken {
-            return Err(stale());
-        }
+        self.check_sendable()?;
         self.left.apply_packed(cmd);
         let start = Instant::now();
         let cap = self.cap;

@@ -16,9 +16,10 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use redkit::Redis;
+//! use redkit::pubsub::Subscriber;
 //!
 //! let redis = Redis::connect("redis://127.0.0.1/")?;
-//! let subscriber = redis.subscriber()?;
+//! let subscriber = Subscriber::new(&redis)?;
 //! let news = subscriber.subscribe(["news"])?;          // confirmed by the server
 //! let alerts = subscriber.psubscribe(["alerts.*"])?;
 //!
@@ -159,12 +160,6 @@ impl std::fmt::Debug for Subscriber {
 }
 
 impl Redis {
-    /// Starts a [`Subscriber`]: opens its connection (a wrong address, password or
-    /// certificate fails here; on a Cluster, to the first node that answers) and its thread.
-    pub fn subscriber(&self) -> Result<Subscriber> {
-        Subscriber::new(self)
-    }
-
     /// `PUBLISH`: sends `payload` to every subscriber of `channel`; returns how many
     /// received it (on Cluster: the clients of the node that ran it). Not retried when its
     /// fate is unknown (it would publish twice).
@@ -214,7 +209,7 @@ fn not_confirmed(waited: Duration) -> Error {
 }
 
 impl Subscriber {
-    /// Starts a subscriber for `redis` (the same as [`Redis::subscriber`]).
+    /// Starts a subscriber for `redis`.
     pub fn new(redis: &Redis) -> Result<Subscriber> {
         if redis.is_closed() {
             return Err(Error::Closed);
@@ -302,9 +297,9 @@ impl Subscriber {
     /// Subscribes with explicit options (queue length, backpressure, confirmation timeout).
     ///
     /// ```no_run
-    /// use redkit::pubsub::{Backpressure, Kind, SubscriptionOptions};
+    /// use redkit::pubsub::{Backpressure, Kind, Subscriber, SubscriptionOptions};
     /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-    /// # let subscriber = redis.subscriber()?;
+    /// # let subscriber = Subscriber::new(&redis)?;
     /// let orders = subscriber.subscribe_with(
     ///     Kind::Channel,
     ///     ["orders"],
@@ -639,8 +634,9 @@ impl Subscription {
     /// Dropping the [`Handler`] stops the thread and unsubscribes.
     ///
     /// ```no_run
+    /// # use redkit::pubsub::Subscriber;
     /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-    /// # let subscriber = redis.subscriber()?;
+    /// # let subscriber = Subscriber::new(&redis)?;
     /// let handler = subscriber.subscribe(["jobs"])?.handle(|msg| {
     ///     log::info!("job: {:?}", msg.payload_str());
     /// })?;

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 /// A channel that carries values of type `T`, encoded as JSON.
 ///
 /// ```no_run
-/// use redkit::pubsub::Topic;
+/// use redkit::pubsub::{Subscriber, Topic};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Serialize, Deserialize)]
@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 ///
 /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
 /// let orders: Topic<OrderPlaced> = Topic::new("orders.placed");
-/// let subscriber = redis.subscriber()?;
+/// let subscriber = Subscriber::new(&redis)?;
 /// let placed = orders.subscribe(&subscriber)?;
 /// orders.publish(&redis, &OrderPlaced { id: 7, total_cents: 1250 })?;
 /// match placed.recv() {

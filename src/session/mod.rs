@@ -24,12 +24,17 @@
 //!
 //! ## Layout
 //!
-//! A store named `web` keeps session `<id>` in the hash `redkit:session:{web}:s:<id>` (the
+//! Each user has a *shard*: four hex digits from the hash slot of the user's name. A store
+//! named `web` keeps session `<id>` in the hash `redkit:session:web:s:{<shard>}:<id>` (the
 //! session's fields, plus the reserved fields `__user` and `__created`) and user `<u>`'s
-//! session ids in the set `redkit:session:{web}:u:<u>`. The index set lives as long as the
-//! user's longest-lived session; ids of sessions that expired are pruned whenever the index
-//! is read. The store name is the hash tag: on Redis Cluster all of one store lives in one
-//! slot, which the scripts need (they derive a user's index key from the session).
+//! session ids in the set `redkit:session:web:u:{<shard>}:<u>`. A session id starts with
+//! its user's shard (then 128 random bits), so a session, its user's other sessions and
+//! the user's index share one hash tag: on Redis Cluster they live in one slot, and every
+//! operation (create, read and touch, update, destroy, a user's sessions, destroying them
+//! all) is one script, atomic. Different users' sessions spread over every slot.
+//!
+//! The index set lives as long as the user's longest-lived session; ids of sessions that
+//! expired are pruned whenever the index is read.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -50,7 +55,8 @@ const CREATED_FIELD: &str = "__created";
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
-    /// The session id: 128 random bits from the operating system, in hex.
+    /// The session id: its user's shard (4 hex digits, see the [module docs](self)) and 128
+    /// random bits from the operating system, in hex.
     pub id: String,
     /// The user the session belongs to.
     pub user: String,
@@ -93,9 +99,7 @@ impl SessionStoreBuilder {
         if self.name.is_empty() {
             return Err(Error::config("session.name", "must not be empty"));
         }
-        let namespace = self
-            .redis
-            .key(&format!("{}{{{}}}:", self.prefix, self.name));
+        let namespace = self.redis.key(&format!("{}{}:", self.prefix, self.name));
         Ok(SessionStore {
             redis: self.redis,
             namespace,
@@ -130,12 +134,22 @@ impl SessionStore {
 
     /// The Redis key of a session's hash.
     pub fn key(&self, id: &str) -> String {
-        format!("{}s:{id}", self.namespace)
+        format!("{}{id}", self.session_prefix(id_shard(id)))
     }
 
     /// The Redis key of a user's index set.
     pub fn user_key(&self, user: &str) -> String {
-        format!("{}u:{user}", self.namespace)
+        format!("{}{user}", self.index_prefix(&shard(user)))
+    }
+
+    /// `...:s:{<shard>}:`: the keys of the sessions of a shard's users start so.
+    fn session_prefix(&self, shard: &str) -> String {
+        format!("{}s:{{{shard}}}:", self.namespace)
+    }
+
+    /// `...:u:{<shard>}:`: the index keys of a shard's users start so.
+    fn index_prefix(&self, shard: &str) -> String {
+        format!("{}u:{{{shard}}}:", self.namespace)
     }
 
     /// The session TTL.
@@ -155,7 +169,7 @@ impl SessionStore {
         // A collision of 128 random bits does not happen; the script refuses to overwrite
         // anyway, and a second id is drawn.
         for _ in 0..3 {
-            let id = new_id()?;
+            let id = format!("{}{}", shard(user), new_id()?);
             let mut call = create_script()
                 .key(self.key(&id))
                 .key(self.user_key(user))
@@ -251,7 +265,7 @@ impl SessionStore {
         let mut call = touch_script()
             .key(self.key(id))
             .arg(self.ttl_ms)
-            .arg(self.user_key(""))
+            .arg(self.index_prefix(id_shard(id)))
             .arg(if read { "1" } else { "0" })
             .arg(remove.len());
         for f in remove {
@@ -294,7 +308,7 @@ impl SessionStore {
     pub fn destroy(&self, id: &str) -> Result<bool> {
         let n: i64 = destroy_script()
             .key(self.key(id))
-            .arg(self.user_key(""))
+            .arg(self.index_prefix(id_shard(id)))
             .arg(id)
             .run(&self.redis)?;
         Ok(n > 0)
@@ -304,7 +318,7 @@ impl SessionStore {
     pub fn sessions_of(&self, user: &str) -> Result<Vec<String>> {
         user_sessions_script()
             .key(self.user_key(user))
-            .arg(self.key(""))
+            .arg(self.session_prefix(&shard(user)))
             .arg("0")
             .run(&self.redis)
     }
@@ -318,7 +332,7 @@ impl SessionStore {
     pub fn destroy_user(&self, user: &str) -> Result<u64> {
         user_sessions_script()
             .key(self.user_key(user))
-            .arg(self.key(""))
+            .arg(self.session_prefix(&shard(user)))
             .arg("1")
             .run(&self.redis)
     }
@@ -400,6 +414,23 @@ fn new_id() -> Result<String> {
     Ok(crate::util::ids::token())
 }
 
+/// How many hex digits of a session id name its user's shard.
+const SHARD_DIGITS: usize = 4;
+
+/// A user's shard: the hash slot of the user's name, as four hex digits (the hash tag of
+/// the user's keys; 16384 of them spread over every slot).
+fn shard(user: &str) -> String {
+    format!("{:04x}", crate::cluster::route::slot(user.as_bytes()))
+}
+
+/// The shard a session id starts with (an id of another form is a shard of its own).
+fn id_shard(id: &str) -> &str {
+    match id.get(..SHARD_DIGITS) {
+        Some(s) if id.len() > SHARD_DIGITS && s.bytes().all(|b| b.is_ascii_hexdigit()) => s,
+        _ => id,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,6 +441,23 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, new_id().unwrap());
+    }
+
+    #[test]
+    fn a_session_shares_its_users_hash_tag() {
+        let user = "user:42";
+        let id = format!("{}{}", shard(user), new_id().unwrap());
+        assert_eq!(id.len(), 36);
+        assert_eq!(id_shard(&id), shard(user));
+        let slot = |k: &str| crate::cluster::route::slot(k.as_bytes());
+        assert_eq!(
+            slot(&format!("p:s:{{{}}}:{id}", id_shard(&id))),
+            slot(&format!("p:u:{{{}}}:{user}", shard(user)))
+        );
+        // Anything else is a shard of its own, never a panic.
+        assert_eq!(id_shard("ab"), "ab");
+        assert_eq!(id_shard("é€xyz"), "é€xyz");
+        assert_eq!(id_shard(""), "");
     }
 
     #[test]

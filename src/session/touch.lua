@@ -1,11 +1,11 @@
 -- Sliding expiry: extends a session (and its user's index), optionally merging fields in
 -- and removing some, and returns its fields.
--- KEYS[1] session hash; ARGV[1] TTL in ms, ARGV[2] user index key prefix, ARGV[3] "1" to
--- return the fields, ARGV[4] number N of fields to remove, ARGV[5..4+N] those fields,
--- then field, value pairs to set.
+-- KEYS[1] session hash; ARGV[1] TTL in ms, ARGV[2] user index key prefix
+-- (`...:u:{<shard>}:`), ARGV[3] "1" to return the fields, ARGV[4] number N of fields to
+-- remove, ARGV[5..4+N] those fields, then field, value pairs to set.
 -- Returns false when the session does not exist (it is never recreated).
 -- The index key is derived from the session's user; it shares the session's hash tag (the
--- store's namespace), so both live in one cluster slot.
+-- user's shard), so both live in one cluster slot.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end

@@ -1,6 +1,6 @@
 -- A user's live sessions: prunes ids whose session expired; with ARGV[2] = "1", destroys
 -- every live session and the index instead.
--- KEYS[1] user index set; ARGV[1] session key prefix, ARGV[2] "1" to destroy.
+-- KEYS[1] user index set; ARGV[1] session key prefix (`...:s:{<shard>}:`), ARGV[2] "1" to destroy.
 -- Returns the live ids (or, destroying, how many sessions were destroyed).
 local ids = redis.call('SMEMBERS', KEYS[1])
 local live = {}

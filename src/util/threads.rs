@@ -85,6 +85,11 @@ impl Background {
         })
     }
 
+    /// Asks the thread to stop without waiting (see [`Background::stop`]).
+    pub(crate) fn ask_to_stop(&mut self) {
+        drop(self.stop.take());
+    }
+
     /// Asks the thread to stop and waits at most `bound` for it. A thread still busy then
     /// (a call in flight, which ends by its own deadline) is left to finish on its own; it
     /// sees the stop request as soon as that call returns. `Err` when it had panicked.
