@@ -76,8 +76,7 @@ fn redkit_block(
     n: usize,
     backlog: bool,
 ) -> f64 {
-    let queue = redis
-        .stream_queue(&format!("bench-redkit-{block}-{backlog}"))
+    let queue = redkit::StreamQueue::builder(redis, &format!("bench-redkit-{block}-{backlog}"))
         .build()
         .expect("queue");
     if backlog {

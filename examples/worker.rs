@@ -21,8 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(_) => Redis::from_env()?,
         Err(_) => Redis::connect("redis://127.0.0.1/")?,
     };
-    let queue = redis
-        .stream_queue("example-jobs")
+    let queue = redkit::StreamQueue::builder(&redis, "example-jobs")
         .max_len(1_000_000)
         .max_retries(2)
         .retry_backoff(Backoff::exponential(
@@ -38,7 +37,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let workers = queue.workers().threads(8).run(|job| {
-        let text = job.payload_str().ok_or("payload is not UTF-8")?;
+        let text = job
+            .payload_str()
+            .map_err(|e| format!("payload is not UTF-8: {e}"))?;
         if let Ok(n) = text.parse::<u32>() {
             if n == 999 {
                 return Err(format!("job {n} can never succeed"));

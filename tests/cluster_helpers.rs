@@ -137,8 +137,7 @@ fn locks_limiters_cache_sessions_and_queues_work_across_slots() -> TestResult {
 
     // A stream queue: produced jobs are all processed by workers (XREADGROUP BLOCK on the
     // stream's slot owner, XACK, the delayed set on the same slot).
-    let queue = redis
-        .stream_queue("mail")
+    let queue = redkit::StreamQueue::builder(&redis, "mail")
         .block(Duration::from_millis(50))
         .build()?;
     for i in 0..50 {

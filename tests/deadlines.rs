@@ -212,7 +212,7 @@ fn drops_and_close_return_within_their_bounds_in_a_black_hole() -> TestResult {
     let subscriber = Subscriber::new(&redis)?;
     let _sub = subscriber.subscribe(["news"])?;
     let sampler = redkit::monitor::Monitor::new(&redis).sample_every(Duration::from_millis(20))?;
-    let queue = redis.stream_queue("bh").build()?;
+    let queue = redkit::StreamQueue::builder(&redis, "bh").build()?;
     let workers = queue
         .workers()
         .threads(2)

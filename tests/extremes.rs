@@ -45,7 +45,7 @@ fn huge_durations_never_panic() -> TestResult {
     assert!(e.to_string().contains("capacity"), "{e}");
     drop(subscriber);
 
-    let queue = redis.stream_queue("extreme").build()?;
+    let queue = redkit::StreamQueue::builder(&redis, "extreme").build()?;
     let mut consumer = queue.consumer()?;
     queue.produce(b"job")?;
     let job = consumer.recv_timeout(MAX)?.expect("a job");
@@ -55,10 +55,10 @@ fn huge_durations_never_panic() -> TestResult {
         .shutdown_timeout(MAX)
         .run(|_| Ok::<(), String>(()))?;
     workers.shutdown()?;
-    let list = redis.list_queue("extreme-list").build()?;
+    let list = redkit::ListQueue::builder(&redis, "extreme-list").build()?;
     let mut lc = list.consumer()?;
     list.push("x")?;
-    assert!(lc.pop_timeout(MAX)?.is_some());
+    assert!(lc.recv_timeout(MAX)?.is_some());
     let e = redkit::Cache::builder(&redis, "extreme")
         .default_ttl(MAX)
         .build()

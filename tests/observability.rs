@@ -216,7 +216,7 @@ fn workload(server: &redkit::testing::RedisServer) -> TestResult<(redkit::Stats,
     let _: (String, String) = redis.pipeline(&pipe)?;
 
     // A queue of 3 items, read once.
-    let queue = redis.list_queue("observed").build()?;
+    let queue = redkit::ListQueue::builder(&redis, "observed").build()?;
     queue.push_batch(["a", "b", "c"])?;
     assert_eq!(queue.len()?, 3);
 

@@ -11,7 +11,7 @@ use support::*;
 fn schedule_in_uses_the_servers_clock_and_move_due_reports_the_next() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis.list_queue("later").build()?;
+    let queue = redkit::ListQueue::builder(&redis, "later").build()?;
     let delayed = queue.delayed();
     delayed.schedule_in("a", Duration::from_millis(100))?;
     delayed.schedule_in("b", Duration::from_secs(60))?;

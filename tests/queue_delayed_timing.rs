@@ -20,7 +20,7 @@ fn three_schedulers_fire_each_job_once_within_50ms_of_its_time() -> TestResult {
     const N: i64 = 150;
     let server = server();
     let handles: Vec<_> = (0..3).map(|_| redis(&server)).collect();
-    let queue = handles[0].list_queue("timers").build()?;
+    let queue = redkit::ListQueue::builder(&handles[0], "timers").build()?;
     let start = now_ms() + 300;
     for i in 0..N {
         let due = start + i * 10;
@@ -30,7 +30,7 @@ fn three_schedulers_fire_each_job_once_within_50ms_of_its_time() -> TestResult {
     let schedulers = handles
         .iter()
         .map(|r| {
-            r.list_queue("timers")
+            redkit::ListQueue::builder(r, "timers")
                 .build()
                 .and_then(|q| q.delayed().scheduler())
         })
@@ -39,7 +39,7 @@ fn three_schedulers_fire_each_job_once_within_50ms_of_its_time() -> TestResult {
     let mut fired: HashMap<i64, Vec<i64>> = HashMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while fired.len() < N as usize && std::time::Instant::now() < deadline {
-        if let Some(job) = consumer.pop_timeout(Duration::from_millis(100))? {
+        if let Some(job) = consumer.recv_timeout(Duration::from_millis(100))? {
             let at = now_ms();
             consumer.ack(&job)?;
             let text = job.payload_str().expect("utf-8").to_owned();
@@ -49,7 +49,7 @@ fn three_schedulers_fire_each_job_once_within_50ms_of_its_time() -> TestResult {
         }
     }
     // Anything fired twice would show up now.
-    while let Some(job) = consumer.pop_timeout(Duration::from_millis(200))? {
+    while let Some(job) = consumer.recv_timeout(Duration::from_millis(200))? {
         let text = job.payload_str().expect("utf-8").to_owned();
         let i: i64 = text.split_once(':').expect("i:due").0.parse()?;
         fired.entry(i).or_default().push(i64::MAX);

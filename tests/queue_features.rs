@@ -17,8 +17,7 @@ use support::*;
 fn a_replayed_dead_letter_runs_once_with_its_headers() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("replay")
+    let queue = redkit::StreamQueue::builder(&redis, "replay")
         .max_retries(0)
         .block(Duration::from_millis(20))
         .build()?;
@@ -81,8 +80,7 @@ fn strict_priorities_serve_level_zero_first_under_load() -> TestResult {
     const N: usize = 300;
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("prio")
+    let queue = redkit::StreamQueue::builder(&redis, "prio")
         .priorities(3)
         .default_priority(2)
         .batch(20)
@@ -109,8 +107,7 @@ fn strict_priorities_serve_level_zero_first_under_load() -> TestResult {
     wait_until(Duration::from_secs(30), "level 2 started", || {
         order.lock().iter().any(|(l, _)| *l == 2)
     })?;
-    let urgent = redis
-        .stream_queue("prio")
+    let urgent = redkit::StreamQueue::builder(&redis, "prio")
         .priorities(3)
         .default_priority(0)
         .build()?;
@@ -157,8 +154,7 @@ fn strict_priorities_serve_level_zero_first_under_load() -> TestResult {
 fn weighted_priorities_share_reads_by_weight() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("weighted")
+    let queue = redkit::StreamQueue::builder(&redis, "weighted")
         .weighted(&[3, 1])
         .batch(40)
         .build()?;
@@ -177,8 +173,14 @@ fn weighted_priorities_share_reads_by_weight() -> TestResult {
     // 3:1 over the first 80: 60 and 20.
     assert_eq!(per_level, [60, 20]);
     assert!(queue.job("x").priority(2).send().is_err(), "no such level");
-    assert!(redis.stream_queue("w").weighted(&[1, 0]).build().is_err());
-    assert!(redis.stream_queue("w").priorities(0).build().is_err());
+    assert!(redkit::StreamQueue::builder(&redis, "w")
+        .weighted(&[1, 0])
+        .build()
+        .is_err());
+    assert!(redkit::StreamQueue::builder(&redis, "w")
+        .priorities(0)
+        .build()
+        .is_err());
     Ok(())
 }
 
@@ -186,8 +188,7 @@ fn weighted_priorities_share_reads_by_weight() -> TestResult {
 fn a_duplicate_unique_id_within_the_window_is_dropped() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("dedup")
+    let queue = redkit::StreamQueue::builder(&redis, "dedup")
         .dedup_window(Duration::from_millis(400))
         .build()?;
     let first = queue.job("charge 42").unique_id("charge-42").send()?;
@@ -234,8 +235,7 @@ fn a_duplicate_unique_id_within_the_window_is_dropped() -> TestResult {
 fn a_job_with_a_heartbeat_is_not_claimed_and_a_dead_one_is() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("beat")
+    let queue = redkit::StreamQueue::builder(&redis, "beat")
         .claim_idle(Duration::from_millis(400))
         .claim_interval(Duration::from_millis(50))
         .block(Duration::from_millis(20))
@@ -278,8 +278,7 @@ fn a_job_with_a_heartbeat_is_not_claimed_and_a_dead_one_is() -> TestResult {
 fn idle_consumers_with_nothing_pending_are_removed() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("idle")
+    let queue = redkit::StreamQueue::builder(&redis, "idle")
         .idle_consumers(Some(Duration::from_millis(300)))
         .block(Duration::from_millis(20))
         .build()?;
@@ -320,8 +319,7 @@ fn idle_consumers_with_nothing_pending_are_removed() -> TestResult {
 fn shutdown_returns_by_its_bound_with_a_handler_that_never_ends() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("stuck")
+    let queue = redkit::StreamQueue::builder(&redis, "stuck")
         .block(Duration::from_millis(20))
         .build()?;
     queue.job("forever").header("k", "v").send()?;

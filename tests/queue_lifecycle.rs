@@ -43,18 +43,17 @@ fn queue_threads_and_connections_go_away() -> TestResult {
     let baseline = threads();
     {
         let redis = redkit::Redis::connect(builder(&server).client_name("queue-life"))?;
-        let queue = redis
-            .stream_queue("life")
+        let queue = redkit::StreamQueue::builder(&redis, "life")
             .block(Duration::from_millis(20))
             .build()?;
         queue.produce_batch(["1", "2", "3"])?;
         let workers = queue.workers().threads(3).run(|_| Ok::<(), String>(()))?;
         let scheduler = queue.delayed().scheduler()?;
-        let list = redis.list_queue("life-list").build()?;
+        let list = redkit::ListQueue::builder(&redis, "life-list").build()?;
         let reaper = list.reaper(Duration::from_millis(20))?;
         let mut consumer = list.consumer()?;
         list.push("x")?;
-        consumer.pop_timeout(Duration::from_secs(1))?.expect("x");
+        consumer.recv_timeout(Duration::from_secs(1))?.expect("x");
         wait_until(Duration::from_secs(10), "jobs done", || {
             queue.stats().is_ok_and(|s| s.processed == 3)
         })?;

@@ -14,12 +14,12 @@ use support::*;
 fn items_are_taken_in_order_and_acknowledged() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis.list_queue("mail").build()?;
+    let queue = redkit::ListQueue::builder(&redis, "mail").build()?;
     queue.push("a")?;
     queue.push_batch(["b", "c"])?;
     let mut consumer = queue.consumer()?;
     let mut got = Vec::new();
-    while let Some(job) = consumer.try_pop()? {
+    while let Some(job) = consumer.try_recv()? {
         got.push(job);
     }
     let texts: Vec<_> = got.iter().map(|j| j.payload_str().unwrap_or("")).collect();
@@ -30,8 +30,8 @@ fn items_are_taken_in_order_and_acknowledged() -> TestResult {
     }
     assert!(!consumer.ack(&got[0])?);
     assert_eq!(consumer.in_flight()?, 0);
-    assert!(consumer.pop_timeout(Duration::from_millis(50))?.is_none());
-    assert!(redis.list_queue("").build().is_err());
+    assert!(consumer.recv_timeout(Duration::from_millis(50))?.is_none());
+    assert!(redkit::ListQueue::builder(&redis, "").build().is_err());
     assert!(queue.consumer_named("").is_err());
     Ok(())
 }
@@ -40,14 +40,13 @@ fn items_are_taken_in_order_and_acknowledged() -> TestResult {
 fn the_reaper_returns_the_items_of_a_dead_consumer() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .list_queue("reaped")
+    let queue = redkit::ListQueue::builder(&redis, "reaped")
         .alive_ttl(Duration::from_millis(300))
         .build()?;
     queue.push_batch(["x", "y", "z"])?;
     let mut doomed = queue.consumer_named("doomed")?;
-    doomed.try_pop()?.expect("x");
-    doomed.try_pop()?.expect("y");
+    doomed.try_recv()?.expect("x");
+    doomed.try_recv()?.expect("y");
     // Dies without acknowledging (dropping does not give anything back).
     drop(doomed);
     assert_eq!(queue.reap()?, 0, "still counts as alive");
@@ -58,7 +57,7 @@ fn the_reaper_returns_the_items_of_a_dead_consumer() -> TestResult {
     })?;
     let mut other = queue.consumer()?;
     let mut got = HashSet::new();
-    while let Some(job) = other.try_pop()? {
+    while let Some(job) = other.try_recv()? {
         other.ack(&job)?;
         got.insert(job.into_payload());
     }
@@ -71,14 +70,13 @@ fn the_reaper_returns_the_items_of_a_dead_consumer() -> TestResult {
 fn a_reaper_thread_gives_back_items_by_itself() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .list_queue("reaper")
+    let queue = redkit::ListQueue::builder(&redis, "reaper")
         .alive_ttl(Duration::from_millis(200))
         .build()?;
     let reaper = queue.reaper(Duration::from_millis(50))?;
     queue.push("lost")?;
     let mut doomed = queue.consumer()?;
-    doomed.try_pop()?.expect("lost");
+    doomed.try_recv()?.expect("lost");
     drop(doomed);
     wait_until(Duration::from_secs(5), "the item back", || {
         queue.len().is_ok_and(|n| n == 1)
@@ -93,11 +91,11 @@ fn a_reaper_thread_gives_back_items_by_itself() -> TestResult {
 fn close_gives_back_unacknowledged_items() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis.list_queue("closing").build()?;
+    let queue = redkit::ListQueue::builder(&redis, "closing").build()?;
     queue.push_batch(["1", "2"])?;
     let mut c = queue.consumer()?;
-    let one = c.try_pop()?.expect("one");
-    c.try_pop()?.expect("two");
+    let one = c.try_recv()?.expect("one");
+    c.try_recv()?.expect("two");
     c.ack(&one)?;
     assert_eq!(c.close()?, 1);
     assert_eq!(queue.len()?, 1);
@@ -109,8 +107,7 @@ fn four_consumers_take_every_item_exactly_once() -> TestResult {
     const N: usize = 2000;
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .list_queue("shared")
+    let queue = redkit::ListQueue::builder(&redis, "shared")
         .wait(Duration::from_millis(200))
         .build()?;
     queue.push_batch((0..N).map(|i| i.to_string()))?;
@@ -121,7 +118,7 @@ fn four_consumers_take_every_item_exactly_once() -> TestResult {
             let seen = seen.clone();
             s.spawn(move || {
                 let mut c = queue.consumer().expect("consumer");
-                while let Some(job) = c.pop().expect("pop") {
+                while let Some(job) = c.recv().expect("recv") {
                     c.ack(&job).expect("ack");
                     seen.lock().push(job.into_payload());
                 }
@@ -138,8 +135,7 @@ fn four_consumers_take_every_item_exactly_once() -> TestResult {
 fn failed_items_are_retried_with_backoff_then_dead_lettered_and_replayed() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .list_queue("flaky")
+    let queue = redkit::ListQueue::builder(&redis, "flaky")
         .max_retries(2)
         .retry_backoff(redkit::Backoff::exponential(
             Duration::from_millis(20),
@@ -164,7 +160,7 @@ fn failed_items_are_retried_with_backoff_then_dead_lettered_and_replayed() -> Te
     let dead = queue.dead_letters(10)?;
     assert_eq!(dead[0].attempts, 3);
     assert_eq!(dead[0].error, "attempt 2 failed");
-    assert_eq!(dead[0].payload_str(), Some("always fails"));
+    assert_eq!(dead[0].payload_str(), Ok("always fails"));
     // Replayed: it runs once more, from attempt 0, and succeeds.
     assert!(queue.replay_dead(&dead[0])?);
     assert!(!queue.replay_dead(&dead[0])?, "replayed twice");
@@ -185,7 +181,7 @@ fn the_list_worker_pool_runs_every_item_once_and_shuts_down_by_its_bound() -> Te
     const N: usize = 500;
     let server = server();
     let redis = redis(&server);
-    let queue = redis.list_queue("pool").build()?;
+    let queue = redkit::ListQueue::builder(&redis, "pool").build()?;
     queue.push_batch((0..N).map(|i| i.to_string()))?;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
@@ -228,7 +224,7 @@ fn the_list_worker_pool_runs_every_item_once_and_shuts_down_by_its_bound() -> Te
     assert_eq!(queue.len()?, 1, "the item is back");
     release.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut c = queue.consumer()?;
-    let job = c.try_pop()?.ok_or("the item")?;
+    let job = c.try_recv()?.ok_or("the item")?;
     assert_eq!(job.payload(), b"forever");
     assert!(c.ack(&job)?);
     Ok(())

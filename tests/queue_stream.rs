@@ -16,6 +16,7 @@ use support::*;
 
 fn idx(job: &redkit::Job) -> usize {
     job.payload_str()
+        .ok()
         .and_then(|s| s.parse().ok())
         .expect("payload is an index")
 }
@@ -42,7 +43,9 @@ fn hundred_thousand_jobs_through_eight_workers_each_acknowledged_once() -> TestR
     const N: usize = 100_000;
     let server = server();
     let redis = redis(&server);
-    let queue = redis.stream_queue("bulk").batch(200).build()?;
+    let queue = redkit::StreamQueue::builder(&redis, "bulk")
+        .batch(200)
+        .build()?;
     let seen: Arc<Vec<AtomicU32>> = Arc::new((0..N).map(|_| AtomicU32::new(0)).collect());
     let counts = seen.clone();
     let workers = queue.workers().threads(8).prefetch(400).run(move |job| {
@@ -80,8 +83,7 @@ fn hundred_thousand_jobs_through_eight_workers_each_acknowledged_once() -> TestR
 fn always_failing_handler_is_retried_then_dead_lettered_with_the_error() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("failing")
+    let queue = redkit::StreamQueue::builder(&redis, "failing")
         .max_retries(3)
         .retry_backoff(Backoff::exponential(
             Duration::from_millis(10),
@@ -125,8 +127,7 @@ fn always_failing_handler_is_retried_then_dead_lettered_with_the_error() -> Test
 fn a_panicking_handler_counts_as_a_failure() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("panics")
+    let queue = redkit::StreamQueue::builder(&redis, "panics")
         .max_retries(0)
         .block(Duration::from_millis(20))
         .build()?;
@@ -161,7 +162,9 @@ fn child_stuck_worker() {
         return;
     };
     let redis = Redis::connect(url.as_str()).expect("child connect");
-    let queue = redis.stream_queue("crash").build().expect("queue");
+    let queue = redkit::StreamQueue::builder(&redis, "crash")
+        .build()
+        .expect("queue");
     let r = redis.clone();
     let _workers = queue
         .workers()
@@ -183,8 +186,7 @@ fn a_killed_worker_process_has_its_jobs_claimed_by_others() -> TestResult {
     const N: usize = 20;
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("crash")
+    let queue = redkit::StreamQueue::builder(&redis, "crash")
         .claim_idle(Duration::from_millis(500))
         .claim_interval(Duration::from_millis(100))
         .block(Duration::from_millis(20))
@@ -241,8 +243,7 @@ fn a_server_restart_mid_run_loses_no_acknowledged_job() -> TestResult {
         .config("appendfsync", "always")
         .start()?;
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("durable")
+    let queue = redkit::StreamQueue::builder(&redis, "durable")
         .claim_idle(Duration::from_secs(1))
         .claim_interval(Duration::from_millis(200))
         .build()?;
@@ -280,8 +281,7 @@ fn a_server_restart_mid_run_loses_no_acknowledged_job() -> TestResult {
 fn shutdown_finishes_running_jobs_and_hands_back_the_rest() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("graceful")
+    let queue = redkit::StreamQueue::builder(&redis, "graceful")
         .block(Duration::from_millis(20))
         .build()?;
     produce_indices(&queue, 10);
@@ -326,8 +326,7 @@ fn shutdown_finishes_running_jobs_and_hands_back_the_rest() -> TestResult {
 fn a_caller_driven_consumer_reads_acks_and_fails() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("manual")
+    let queue = redkit::StreamQueue::builder(&redis, "manual")
         .max_retries(0)
         .block(Duration::from_millis(20))
         .build()?;
@@ -357,8 +356,7 @@ fn a_caller_driven_consumer_reads_acks_and_fails() -> TestResult {
 fn delayed_produce_and_bad_settings() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("later")
+    let queue = redkit::StreamQueue::builder(&redis, "later")
         .block(Duration::from_millis(20))
         .build()?;
     let start = Instant::now();
@@ -372,11 +370,11 @@ fn delayed_produce_and_bad_settings() -> TestResult {
     consumer.ack(&job)?;
 
     for bad in [
-        redis.stream_queue("").build(),
-        redis.stream_queue("a{b").build(),
-        redis.stream_queue("q").batch(0).build(),
-        redis.stream_queue("q").max_len(0).build(),
-        redis.stream_queue("q").group("").build(),
+        redkit::StreamQueue::builder(&redis, "").build(),
+        redkit::StreamQueue::builder(&redis, "a{b").build(),
+        redkit::StreamQueue::builder(&redis, "q").batch(0).build(),
+        redkit::StreamQueue::builder(&redis, "q").max_len(0).build(),
+        redkit::StreamQueue::builder(&redis, "q").group("").build(),
     ] {
         assert_eq!(bad.unwrap_err().class(), redkit::ErrorClass::Config);
     }
@@ -392,8 +390,7 @@ fn delayed_produce_and_bad_settings() -> TestResult {
 fn a_concurrency_limiter_caps_running_jobs() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("limited")
+    let queue = redkit::StreamQueue::builder(&redis, "limited")
         .block(Duration::from_millis(20))
         .build()?;
     produce_indices(&queue, 20);
@@ -425,8 +422,7 @@ fn a_concurrency_limiter_caps_running_jobs() -> TestResult {
 fn a_job_claimed_too_often_is_dead_lettered() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("poison")
+    let queue = redkit::StreamQueue::builder(&redis, "poison")
         .max_claims(1)
         .claim_idle(Duration::from_millis(100))
         .claim_interval(Duration::from_millis(20))
@@ -458,8 +454,7 @@ fn a_job_claimed_too_often_is_dead_lettered() -> TestResult {
 fn a_rate_limiter_paces_the_workers() -> TestResult {
     let server = server();
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("paced")
+    let queue = redkit::StreamQueue::builder(&redis, "paced")
         .block(Duration::from_millis(20))
         .build()?;
     produce_indices(&queue, 30);

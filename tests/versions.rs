@@ -64,18 +64,18 @@ fn list_queue_moves_with_lmove_or_with_brpoplpush_before_6_2() -> TestResult {
     let server = server();
     let redis = redis(&server);
     let version = redis.server_version()?;
-    let queue = redis.list_queue("moves").build()?;
+    let queue = redkit::ListQueue::builder(&redis, "moves").build()?;
     queue.push_batch(["1", "2", "3", "4"])?;
     let mut c = queue.consumer()?;
-    let first = c.try_pop()?.expect("one ready");
-    let second = c.pop_timeout(Duration::from_secs(2))?.expect("one more");
+    let first = c.try_recv()?.expect("one ready");
+    let second = c.recv_timeout(Duration::from_secs(2))?.expect("one more");
     assert_eq!((first.payload(), second.payload()), (&b"1"[..], &b"2"[..]));
     assert_eq!(c.in_flight()?, 2);
     // The reaper script gives both back to the end consumers take from, in order.
     assert_eq!(c.close()?, 2);
     let mut again = queue.consumer()?;
     let mut order = Vec::new();
-    while let Some(job) = again.try_pop()? {
+    while let Some(job) = again.try_recv()? {
         assert!(again.ack(&job)?);
         order.push(job.into_payload());
     }
@@ -112,8 +112,7 @@ fn claimed_jobs_trimmed_or_deleted_from_the_stream_are_skipped_and_the_live_ones
         .exec(&mut admin(&server))?;
     let redis = redis(&server);
     let version = redis.server_version()?;
-    let queue = redis
-        .stream_queue("trimmed")
+    let queue = redkit::StreamQueue::builder(&redis, "trimmed")
         .max_len(4)
         .claim_idle(Duration::from_millis(200))
         .claim_interval(Duration::from_millis(20))
@@ -181,8 +180,7 @@ fn workers_claim_orphans_and_skip_trimmed_entries() -> TestResult {
         .arg(1)
         .exec(&mut admin(&server))?;
     let redis = redis(&server);
-    let queue = redis
-        .stream_queue("pool")
+    let queue = redkit::StreamQueue::builder(&redis, "pool")
         .max_len(10)
         .claim_idle(Duration::from_millis(200))
         .claim_interval(Duration::from_millis(20))

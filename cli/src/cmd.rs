@@ -149,7 +149,9 @@ fn slowlog(redis: &Redis, out: &Out, count: usize) -> Done {
 }
 
 fn open_queue(redis: &Redis, q: &QueueArgs) -> Result<StreamQueue, Failure> {
-    Ok(redis.stream_queue(&q.queue).group(&q.group).open()?)
+    Ok(redkit::StreamQueue::builder(redis, &q.queue)
+        .group(&q.group)
+        .open()?)
 }
 
 fn queue(redis: &Redis, out: &Out, cmd: QueueCmd) -> Done {

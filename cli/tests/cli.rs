@@ -68,7 +68,9 @@ fn every_subcommand_against_a_real_server() -> TestResult {
     assert!(String::from_utf8_lossy(&table.stdout).starts_with("ID"));
 
     // queue: two dead letters, one job pending
-    let queue = redis.stream_queue("mail").max_retries(0).build()?;
+    let queue = redkit::StreamQueue::builder(&redis, "mail")
+        .max_retries(0)
+        .build()?;
     queue.job("to ann").header("tenant", "acme").send()?;
     queue.produce("to bob")?;
     queue.produce("held")?;
@@ -102,7 +104,7 @@ fn every_subcommand_against_a_real_server() -> TestResult {
     assert_eq!(queue.stats()?.dead_letters, 0);
 
     // lock show
-    let lock = redis.lock("nightly")?;
+    let lock = redkit::Lock::new(&redis, "nightly")?;
     let guard = lock.acquire()?;
     let shown = json(&url, &["lock", "show", "nightly"])?;
     assert_eq!(shown["held"], true);

@@ -38,7 +38,7 @@ pub(crate) enum Target {
 /// ```no_run
 /// use std::time::Duration;
 /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-/// let queue = redis.list_queue("reminders").build()?;
+/// let queue = redkit::ListQueue::builder(&redis, "reminders").build()?;
 /// let delayed = queue.delayed();
 /// delayed.schedule_in(b"call back", Duration::from_secs(60))?;
 /// let scheduler = delayed.scheduler()?; // moves due jobs every 10 ms until dropped

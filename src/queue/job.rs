@@ -119,9 +119,9 @@ impl Job {
         &self.payload
     }
 
-    /// The payload as UTF-8, if it is.
-    pub fn payload_str(&self) -> Option<&str> {
-        std::str::from_utf8(&self.payload).ok()
+    /// The payload as UTF-8, or the error saying where it is not.
+    pub fn payload_str(&self) -> std::result::Result<&str, std::str::Utf8Error> {
+        std::str::from_utf8(&self.payload)
     }
 
     /// Takes the payload.
@@ -139,7 +139,7 @@ impl Job {
     ///
     /// ```no_run
     /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-    /// # let queue = redis.stream_queue("videos").build()?;
+    /// # let queue = redkit::StreamQueue::builder(&redis, "videos").build()?;
     /// let workers = queue.workers().run(|job| {
     ///     for chunk in 0..100 {
     ///         // ... transcode chunk ...

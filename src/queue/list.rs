@@ -62,10 +62,10 @@ struct Inner {
 ///
 /// ```no_run
 /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-/// let queue = redis.list_queue("mail").build()?;
+/// let queue = redkit::ListQueue::builder(&redis, "mail").build()?;
 /// queue.push(b"to: ann")?;
 /// let mut consumer = queue.consumer()?;
-/// if let Some(job) = consumer.pop()? {
+/// if let Some(job) = consumer.recv()? {
 ///     // ... send it
 ///     consumer.ack(&job)?;
 /// }
@@ -85,7 +85,7 @@ impl std::fmt::Debug for ListQueue {
     }
 }
 
-/// Builds a [`ListQueue`]; made by [`Redis::list_queue`].
+/// Builds a [`ListQueue`]; made by [`ListQueue::builder`].
 #[must_use = "a builder does nothing until `build` is called"]
 #[derive(Debug, Clone)]
 pub struct ListQueueBuilder {
@@ -97,11 +97,11 @@ pub struct ListQueueBuilder {
     retry_backoff: Backoff,
 }
 
-impl Redis {
+impl ListQueue {
     /// Starts building a [`ListQueue`] named `name`.
-    pub fn list_queue(&self, name: &str) -> ListQueueBuilder {
+    pub fn builder(redis: &Redis, name: &str) -> ListQueueBuilder {
         ListQueueBuilder {
-            redis: self.unprefixed(),
+            redis: redis.unprefixed(),
             name: name.to_owned(),
             alive_ttl: Duration::from_secs(30),
             wait: Duration::from_secs(5),
@@ -121,7 +121,7 @@ impl ListQueueBuilder {
         self
     }
 
-    /// How long [`ListConsumer::pop`] waits for an item. Defaults to 5 s.
+    /// How long [`ListConsumer::recv`] waits for an item. Defaults to 5 s.
     pub fn wait(mut self, d: Duration) -> Self {
         self.wait = d;
         self
@@ -228,9 +228,9 @@ impl ListJob {
         &self.payload
     }
 
-    /// The payload as UTF-8, if it is.
-    pub fn payload_str(&self) -> Option<&str> {
-        std::str::from_utf8(&self.payload).ok()
+    /// The payload as UTF-8, or the error saying where it is not.
+    pub fn payload_str(&self) -> std::result::Result<&str, std::str::Utf8Error> {
+        std::str::from_utf8(&self.payload)
     }
 
     /// Takes the payload.
@@ -529,9 +529,9 @@ impl ListDeadLetter {
         }
     }
 
-    /// The payload as UTF-8, if it is.
-    pub fn payload_str(&self) -> Option<&str> {
-        std::str::from_utf8(&self.payload).ok()
+    /// The payload as UTF-8, or the error saying where it is not.
+    pub fn payload_str(&self) -> std::result::Result<&str, std::str::Utf8Error> {
+        std::str::from_utf8(&self.payload)
     }
 }
 
@@ -560,12 +560,12 @@ impl ListConsumer {
     }
 
     /// The next item, waiting at most the queue's [`wait`](ListQueueBuilder::wait).
-    pub fn pop(&mut self) -> Result<Option<ListJob>> {
-        self.pop_timeout(self.queue.inner.wait)
+    pub fn recv(&mut self) -> Result<Option<ListJob>> {
+        self.recv_timeout(self.queue.inner.wait)
     }
 
     /// The next item, waiting at most `timeout`.
-    pub fn pop_timeout(&mut self, timeout: Duration) -> Result<Option<ListJob>> {
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<ListJob>> {
         let deadline = crate::util::time::after(timeout);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -579,7 +579,7 @@ impl ListConsumer {
     }
 
     /// An item if one is ready now; never blocks.
-    pub fn try_pop(&mut self) -> Result<Option<ListJob>> {
+    pub fn try_recv(&mut self) -> Result<Option<ListJob>> {
         self.take(Duration::ZERO)
     }
 

@@ -25,9 +25,9 @@ impl ListQueue {
     ///
     /// ```no_run
     /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-    /// let queue = redis.list_queue("mail").max_retries(3).build()?;
+    /// let queue = redkit::ListQueue::builder(&redis, "mail").max_retries(3).build()?;
     /// let workers = queue.workers().threads(4).run(|job| {
-    ///     let to = job.payload_str().ok_or("not UTF-8")?;
+    ///     let to = job.payload_str()?;
     ///     println!("mail to {to}");
     ///     Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     /// })?;
@@ -162,7 +162,7 @@ impl Shared {
         };
         let mut failing = false;
         while !self.stop.load(Relaxed) {
-            let job = match consumer.pop_timeout(TICK) {
+            let job = match consumer.recv_timeout(TICK) {
                 Ok(Some(job)) => job,
                 Ok(None) => continue,
                 Err(Error::Closed) => break,

@@ -33,12 +33,12 @@
 //! use redkit::Redis;
 //!
 //! let redis = Redis::connect("redis://127.0.0.1/")?;
-//! let queue = redis.stream_queue("emails").max_retries(3).build()?;
+//! let queue = redkit::StreamQueue::builder(&redis, "emails").max_retries(3).build()?;
 //! queue.produce(b"hello@example.com")?;
 //!
 //! // 8 worker threads; a job is acknowledged only when the handler returns Ok.
 //! let workers = queue.workers().threads(8).run(|job| {
-//!     let to = job.payload_str().ok_or("not UTF-8")?;
+//!     let to = job.payload_str()?;
 //!     println!("sending to {to}");
 //!     Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
 //! })?;

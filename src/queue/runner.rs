@@ -38,7 +38,7 @@ type SharedLimiter = Arc<dyn RateLimiter + Send + Sync>;
 /// use std::time::Duration;
 /// use redkit::ratelimit::{ConcurrencyLimiter, Gcra, GcraLimit};
 /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-/// let queue = redis.stream_queue("crawl").build()?;
+/// let queue = redkit::StreamQueue::builder(&redis, "crawl").build()?;
 /// let per_second = Gcra::new(&redis, "crawl", GcraLimit::per_second(50))?;
 /// let workers = queue
 ///     .workers()

@@ -127,7 +127,7 @@ impl std::fmt::Debug for StreamQueue {
     }
 }
 
-/// Builds a [`StreamQueue`]; made by [`Redis::stream_queue`].
+/// Builds a [`StreamQueue`]; made by [`StreamQueue::builder`].
 #[must_use = "a builder does nothing until `build` is called"]
 #[derive(Debug, Clone)]
 pub struct StreamQueueBuilder {
@@ -150,20 +150,20 @@ pub struct StreamQueueBuilder {
     idle_consumers: Option<Duration>,
 }
 
-impl Redis {
+impl StreamQueue {
     /// Starts building a [`StreamQueue`] named `name` (its keys: `{name}` for the stream,
     /// `{name}:p<N>` for priority level N above 0, `{name}:delayed`, `{name}:dead`,
     /// `{name}:meta`, `{name}:u:<id>` for unique ids, after the handle's key prefix).
     ///
     /// ```no_run
     /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-    /// let queue = redis.stream_queue("thumbnails").group("resizers").max_len(1_000_000).build()?;
+    /// let queue = redkit::StreamQueue::builder(&redis, "thumbnails").group("resizers").max_len(1_000_000).build()?;
     /// let id = queue.produce(b"img-42.png")?;
     /// # Ok::<(), redkit::Error>(())
     /// ```
-    pub fn stream_queue(&self, name: &str) -> StreamQueueBuilder {
+    pub fn builder(redis: &Redis, name: &str) -> StreamQueueBuilder {
         StreamQueueBuilder {
-            redis: self.unprefixed(),
+            redis: redis.unprefixed(),
             name: name.to_owned(),
             group: "workers".to_owned(),
             max_len: None,
@@ -455,8 +455,7 @@ impl StreamQueueBuilder {
 /// use std::time::Duration;
 /// use redkit::queue::Produced;
 /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-/// let queue = redis
-///     .stream_queue("orders")
+/// let queue = redkit::StreamQueue::builder(&redis, "orders")
 ///     .priorities(3)
 ///     .dedup_window(Duration::from_secs(3600))
 ///     .build()?;
@@ -579,9 +578,9 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// The payload as UTF-8, if it is.
-    pub fn payload_str(&self) -> Option<&str> {
-        std::str::from_utf8(&self.payload).ok()
+    /// The payload as UTF-8, or the error saying where it is not.
+    pub fn payload_str(&self) -> std::result::Result<&str, std::str::Utf8Error> {
+        std::str::from_utf8(&self.payload)
     }
 }
 
@@ -736,7 +735,7 @@ impl StreamQueue {
     ///
     /// ```no_run
     /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-    /// # let queue = redis.stream_queue("jobs").build()?;
+    /// # let queue = redkit::StreamQueue::builder(&redis, "jobs").build()?;
     /// let ids = queue.produce_batch((0..1000).map(|i| format!("job {i}")))?;
     /// assert_eq!(ids.len(), 1000);
     /// # Ok::<(), redkit::Error>(())
@@ -1502,7 +1501,7 @@ fn field<'a>(pairs: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
 ///
 /// ```no_run
 /// # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
-/// # let queue = redis.stream_queue("jobs").build()?;
+/// # let queue = redkit::StreamQueue::builder(&redis, "jobs").build()?;
 /// let mut consumer = queue.consumer()?;
 /// while let Some(job) = consumer.recv()? {
 ///     match std::str::from_utf8(job.payload()) {
