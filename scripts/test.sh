@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-exec cargo test "$@"
+# --workspace: the library and the `redkit` command line (cli/).
+exec cargo test --workspace "$@"
