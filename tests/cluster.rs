@@ -237,14 +237,14 @@ fn a_killed_master_is_replaced_and_commands_and_pipelines_recover() -> TestResul
     let killed_at = Instant::now();
     let promoted = cluster.kill_master_and_wait(victim, Duration::from_secs(30))?;
     let promoted_at = Instant::now();
-    // Within the bound the README states, the load runs again without errors.
+    // Within the bound docs/cluster.md states, the load runs again without errors.
     load.wait_rounds(50, Duration::from_secs(10))?;
     let recovered_at = Instant::now();
     load.wait_rounds(200, Duration::from_secs(20))?;
     let tallies = load.stop();
 
     assert_eq!(cluster.slot_owner(slot)?, promoted);
-    // The bound the README states: calls fail only between the kill and 3 s after the
+    // The bound docs/cluster.md states: calls fail only between the kill and 3 s after the
     // promotion, and each failure is typed.
     let bound = promoted_at + Duration::from_secs(3);
     let mut failed = 0;

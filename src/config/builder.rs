@@ -294,7 +294,7 @@ impl ConfigBuilder {
     /// Finds the master through Redis Sentinel instead of connecting to a fixed address:
     /// `sentinels` are tried in turn (each with the connect and response timeouts) for the
     /// address of the master named `master_name`; the pool connects there, and a background
-    /// thread follows failovers (see the crate's README, "Sentinel"). The data nodes use this
+    /// thread follows failovers (see `docs/sentinel.md`). The data nodes use this
     /// config's user, password, database and TLS settings; the host and port set with
     /// [`host`](Self::host)/[`port`](Self::port) are ignored. Settings made before with
     /// [`sentinel_auth`](Self::sentinel_auth), [`sentinel_tls`](Self::sentinel_tls) and
@@ -369,8 +369,7 @@ impl ConfigBuilder {
 
     /// Talks to a Redis Cluster instead of one server: the slot map is asked of `seeds` (in
     /// turn, each with the connect and response timeouts), and every command goes to the
-    /// master that owns its key's slot, following `MOVED` and `ASK` (see the crate's README,
-    /// "Cluster"). Every node uses this config's user, password, TLS settings and timeouts;
+    /// master that owns its key's slot, following `MOVED` and `ASK` (see `docs/cluster.md`). Every node uses this config's user, password, TLS settings and timeouts;
     /// the host and port set with [`host`](Self::host)/[`port`](Self::port) are ignored, and
     /// the database must be 0. Defaults to no Cluster.
     ///
@@ -402,7 +401,8 @@ impl ConfigBuilder {
 
     /// With a [`cluster`](Self::cluster): lets replicas serve read-only commands (the
     /// commands [`is_read_only_command`](crate::retry::is_read_only_command) lists, alone,
-    /// split or in pipelines; never writes, scripts or transactions). Each read goes to a
+    /// split or in pipelines, the read-only scripts `EVAL_RO`, `EVALSHA_RO` and `FCALL_RO`
+    /// included; never writes, other scripts or transactions). Each read goes to a
     /// replica of the slot's master that the heartbeat found fit at its last beat, in turn,
     /// else to the master: a replica is fit while its link to the master is up and it had
     /// caught up, at that beat, with where its master was one heartbeat interval before.

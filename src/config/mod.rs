@@ -33,7 +33,9 @@
 //! `250ms`, `2s`, or plain milliseconds), `pool_max_size` (1 to 10,000), `pool_min_idle`,
 //! `key_prefix`, `heartbeat_interval` (a duration, or `off`), `heartbeat_timeout`,
 //! `multiplexed` (a number of connections, or `true`), `max_value_size` and `max_reply_size`
-//! (bytes), and for unix sockets `db`, `user`, `pass`. Any other parameter is an error. An
+//! (bytes), for `redis+cluster://` URLs `cluster_read_from_replicas` (`true`/`false`) and
+//! `cluster_max_redirects`, and for unix sockets `db`, `user`, `pass`. Any other parameter is
+//! an error. An
 //! error names the part at fault (the scheme, the port, the database, the parameter and its
 //! value), never the password.
 //!

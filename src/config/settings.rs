@@ -198,6 +198,12 @@ struct SentinelRepr {
 struct ClusterRepr {
     /// `host:port` (`[v6]:port`).
     seeds: Vec<String>,
+    /// [`ConfigBuilder::cluster_read_from_replicas`].
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    read_from_replicas: bool,
+    /// [`ConfigBuilder::cluster_max_redirects`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_redirects: Option<usize>,
 }
 
 /// The serde form of a [`Config`].
@@ -312,6 +318,9 @@ impl Repr {
         });
         let cluster = c.cluster.as_ref().map(|cl| ClusterRepr {
             seeds: cl.seeds.iter().map(|(h, p)| join_host(h, *p)).collect(),
+            read_from_replicas: cl.options.read_from_replicas,
+            max_redirects: (cl.options.max_redirects != crate::config::DEFAULT_MAX_REDIRECTS)
+                .then_some(cl.options.max_redirects),
         });
         Repr {
             url: None,
@@ -528,7 +537,12 @@ impl Repr {
                 .iter()
                 .map(|a| split_host("cluster.seeds", a, None))
                 .collect::<Result<Vec<_>>>()?;
-            b = b.cluster(seeds);
+            b = b
+                .cluster(seeds)
+                .cluster_read_from_replicas(c.read_from_replicas);
+            if let Some(n) = c.max_redirects {
+                b = b.cluster_max_redirects(n);
+            }
         }
         Ok(b)
     }
@@ -621,5 +635,21 @@ mod tests {
         let c: Config = "redis+cluster://h1:7000,[::1]:7001".parse().unwrap();
         let back: Config = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back.cluster(), c.cluster());
+        let c: Config =
+            "redis+cluster://h1:7000,h2:7001?cluster_read_from_replicas=true&cluster_max_redirects=9"
+                .parse()
+                .unwrap();
+        let options = c.cluster().unwrap().options;
+        assert!(options.read_from_replicas);
+        assert_eq!(options.max_redirects, 9);
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(text.contains("\"read_from_replicas\":true"), "{text}");
+        let back: Config = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.cluster(), c.cluster());
+        // The options need a Cluster; bad values are named.
+        let plain = "redis://h1?cluster_read_from_replicas=true".parse::<Config>();
+        assert!(plain.is_err());
+        let bad = "redis+cluster://h1?cluster_read_from_replicas=maybe".parse::<Config>();
+        assert!(format!("{}", bad.unwrap_err()).contains("cluster_read_from_replicas"));
     }
 }

@@ -428,6 +428,22 @@ pub(super) fn parse_url(url: &str) -> Result<ConfigBuilder> {
                 })?
             }
             "pool_min_idle" => b.config.pool.min_idle = number("pool_min_idle")?,
+            "cluster_read_from_replicas" => {
+                b.cluster_options.read_from_replicas = match v.as_str() {
+                    "true" | "yes" | "on" => true,
+                    "false" | "no" | "off" => false,
+                    other => {
+                        return Err(Error::config(
+                            "cluster_read_from_replicas",
+                            format!("`{other}` is not true or false"),
+                        ))
+                    }
+                }
+            }
+            "cluster_max_redirects" => {
+                b.cluster_options.max_redirects =
+                    number("cluster_max_redirects")? as usize
+            }
             "heartbeat_interval" if v == "off" => {
                 b.config.heartbeat = HeartbeatConfig {
                     interval: None,
