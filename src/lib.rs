@@ -314,3 +314,9 @@ pub use version::{ServerFlavor, ServerVersion};
 
 /// The `redis` crate, re-exported so that versions always match.
 pub use redis;
+
+/// The README's code blocks, compiled (and its `no_run` blocks type-checked) by the doc tests,
+/// so that the quick start keeps working as shown.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
