@@ -77,6 +77,16 @@ pub fn machine() -> Value {
     json!({ "cores": cores, "cpu": cpu, "os": kernel, "redis_server": redis })
 }
 
+/// The 1-minute load average (`/proc/loadavg`), to tell a quiet run from a loaded one.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// What a scenario is measured against.
 #[derive(Clone, Copy, Debug)]
 pub enum Target {
@@ -94,6 +104,7 @@ pub enum Target {
 pub struct Report {
     bench: &'static str,
     started: Instant,
+    load_at_start: Option<f64>,
     params: Map<String, Value>,
     rows: Vec<Value>,
 }
@@ -126,6 +137,7 @@ impl Report {
         Report {
             bench,
             started: Instant::now(),
+            load_at_start: load_average(),
             params: Map::new(),
             rows: Vec::new(),
         }
@@ -257,6 +269,7 @@ impl Report {
         doc["benches"][self.bench] = json!({
             "measured_at_unix": now,
             "took_s": took,
+            "load_average": [self.load_at_start, load_average()],
             "params": self.params,
             "rows": self.rows,
         });
