@@ -124,13 +124,17 @@ fn strict_priorities_serve_level_zero_first_under_load() -> TestResult {
         .collect();
     let last = |level: u8| levels.iter().rposition(|&l| l == level).unwrap_or(0);
     let first = |level: u8| levels.iter().position(|&l| l == level).unwrap_or(0);
-    // Reads are strict; only jobs already read ahead (prefetch 8, 4 running) run out of
-    // order.
+    // Reads are strict; only jobs already read ahead run out of order: up to the prefetch
+    // (8, shared by the 2 readers 4 threads get by default), plus the 4 running.
+    const AHEAD: usize = 8 + 4;
     assert!(
-        last(0) < first(1) + 12,
+        last(0) < first(1) + AHEAD,
         "level 0 all before level 1: {levels:?}"
     );
-    assert!(last(1) < first(2) + 12, "level 1 all before level 2");
+    assert!(
+        last(1) < first(2) + AHEAD,
+        "level 1 all before level 2: {levels:?}"
+    );
     let late_first = order
         .iter()
         .position(|(_, p)| p.contains("late"))
@@ -144,7 +148,7 @@ fn strict_priorities_serve_level_zero_first_under_load() -> TestResult {
         .filter(|(l, _)| *l == 2)
         .count();
     assert!(
-        level2_between <= 12,
+        level2_between <= AHEAD,
         "the late urgent jobs went first: {order:?}"
     );
     Ok(())

@@ -1,7 +1,7 @@
 //! The worker-pool runner: one reader thread, N worker threads, limiters, graceful shutdown.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -97,7 +97,8 @@ impl WorkersBuilder {
         self
     }
 
-    /// Jobs read ahead of the workers (taken from the stream, waiting for a free thread).
+    /// Jobs read ahead of the workers (taken from the stream, waiting for a free thread),
+    /// over every reader (each reads at most its share at a time).
     /// Defaults to 8 per thread. A job read ahead waits (pending, its idle time growing)
     /// until a thread is free: keep `prefetch × job time / threads` well under the queue's
     /// [`claim_idle`](super::StreamQueueBuilder::claim_idle), or lower it for slow jobs.
@@ -211,12 +212,19 @@ impl WorkersBuilder {
             rx: ack_rx,
         };
         workers.acker = Some(spawn("redkit-q-acker", move || acker.run())?);
+        // Jobs read but not yet in the channel, over every reader: with the channel's length,
+        // never more than `prefetch` (each reader reads at most its share at a time), so
+        // that a reader holding urgent jobs cannot be overtaken by more than that.
+        let in_hand = Arc::new(AtomicUsize::new(0));
+        let share = prefetch.div_ceil(readers).max(1);
         for consumer in consumers {
             let reader = Reader {
                 consumer,
                 tx: tx.clone(),
                 stop: stop.clone(),
                 prefetch,
+                share,
+                in_hand: in_hand.clone(),
             };
             workers
                 .readers
@@ -278,9 +286,37 @@ struct Reader {
     tx: Sender<Job>,
     stop: Arc<AtomicBool>,
     prefetch: usize,
+    /// The most this reader reads at a time: its share of `prefetch`.
+    share: usize,
+    /// Jobs the readers have read and not yet sent into the channel (shared).
+    in_hand: Arc<AtomicUsize>,
 }
 
 impl Reader {
+    /// Reserves up to this reader's share (and `batch`) of what the channel and every
+    /// reader's hands leave free of `prefetch`; 0 when nothing is.
+    fn reserve(&self, batch: usize) -> usize {
+        let mut held = self.in_hand.load(Relaxed);
+        loop {
+            let free = self
+                .prefetch
+                .saturating_sub(self.tx.len())
+                .saturating_sub(held)
+                .min(self.share)
+                .min(batch);
+            if free == 0 {
+                return 0;
+            }
+            match self
+                .in_hand
+                .compare_exchange_weak(held, held + free, Relaxed, Relaxed)
+            {
+                Ok(_) => return free,
+                Err(now) => held = now,
+            }
+        }
+    }
+
     fn run(mut self) {
         let queue = self.consumer.queue().clone();
         let batch = queue.inner.s.batch;
@@ -288,12 +324,21 @@ impl Reader {
         let mut backoff = None;
         let mut failing = false;
         'outer: while !self.stop.load(Relaxed) {
-            let free = self.prefetch.saturating_sub(self.tx.len());
+            let free = self.reserve(batch);
             if free == 0 {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
-            let jobs = match self.consumer.fetch(free.min(batch), Some(block)) {
+            let fetched = self.consumer.fetch(free, Some(block));
+            let read = fetched.as_ref().map_or(0, Vec::len);
+            // The count holds what was read (a job leaves it once in the channel): give back
+            // what this read did not use (or count what a claim brought beyond it).
+            if read < free {
+                self.in_hand.fetch_sub(free - read, Relaxed);
+            } else {
+                self.in_hand.fetch_add(read - free, Relaxed);
+            }
+            let jobs = match fetched {
                 Ok(jobs) => {
                     if failing {
                         log::info!("queue {}: reading works again", queue.name());
@@ -324,7 +369,10 @@ impl Reader {
             while let Some(mut job) = jobs.next() {
                 loop {
                     match self.tx.send_timeout(job, TICK) {
-                        Ok(()) => break,
+                        Ok(()) => {
+                            self.in_hand.fetch_sub(1, Relaxed);
+                            break;
+                        }
                         Err(SendTimeoutError::Timeout(j)) if !self.stop.load(Relaxed) => job = j,
                         Err(SendTimeoutError::Timeout(j))
                         | Err(SendTimeoutError::Disconnected(j)) => {

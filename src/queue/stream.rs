@@ -261,6 +261,11 @@ impl StreamQueueBuilder {
     /// 0, `{name}:p1`...) read by the same group. The number is recorded on the server
     /// (`{name}:meta`) so that [`StreamQueueBuilder::open`] (and the `redkit` tool) find
     /// every level. Defaults to 1.
+    ///
+    /// Strict applies to reads: a worker pool runs out of order only the jobs already read
+    /// when more urgent work arrived, at most its
+    /// [`prefetch`](super::WorkersBuilder::prefetch) (shared by its readers) plus one per
+    /// worker thread.
     pub fn priorities(mut self, levels: u8) -> Self {
         self.priorities = levels;
         self
