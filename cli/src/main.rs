@@ -94,7 +94,7 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct QueueArgs {
-    /// The queue's name (as given to `stream_queue`).
+    /// The queue's name (as given to `StreamQueue::builder`).
     queue: String,
     /// The consumer group.
     #[arg(long, default_value = "workers")]
