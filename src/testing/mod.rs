@@ -11,8 +11,8 @@
 //! Everything here is meant for test suites (ours and yours): every server listens on
 //! `127.0.0.1` only, on a fresh port, out of a private temporary directory, persists nothing,
 //! and is killed when its [`RedisServer`] handle is dropped, even if the test panics. Every
-//! thread of the launchers, the proxy and the fake server is named and joined when its owner
-//! is dropped.
+//! thread of the fault proxy and of the fake server is named and joined when its owner is
+//! dropped.
 //!
 //! The `redis-server` binary is taken from the `REDKIT_REDIS_SERVER` environment variable, or
 //! else looked up (as `redis-server`, then `valkey-server`) in `PATH`, `/usr/bin` and
