@@ -42,7 +42,7 @@
 //! zero).
 //!
 //! The sampler ([`Monitor::sample_every`], thread `redkit-monitor`) sends a
-//! `Result<`[`Snapshot`]`>` per interval: the `INFO`, operations per second since the
+//! `Result<`[`Snapshot`]`>` at once and then every interval: the `INFO`, operations per second since the
 //! previous sample, the handle's [`Stats`] and its per-command metrics. The channel is
 //! bounded: a reader that falls behind loses samples ([`Sampler::dropped`] counts them) and
 //! never stalls the thread. Dropping the [`Sampler`] stops the thread.
