@@ -42,10 +42,10 @@
 //! zero).
 //!
 //! The sampler ([`Monitor::sample_every`], thread `redkit-monitor`) sends a
-//! `Result<`[`Snapshot`]`>` at once and then every interval: the `INFO`, operations per second since the
-//! previous sample, the handle's [`Stats`] and its per-command metrics. The channel is
-//! bounded: a reader that falls behind loses samples ([`Sampler::dropped`] counts them) and
-//! never stalls the thread. Dropping the [`Sampler`] stops the thread.
+//! `Result<`[`Snapshot`]`>` at once and then every interval: the `INFO`, operations per
+//! second since the previous sample, the handle's [`Stats`] and its per-command metrics. The
+//! channel is bounded: a reader that falls behind loses samples ([`Sampler::dropped`] counts
+//! them) and never stalls the thread. Dropping the [`Sampler`] stops the thread.
 //!
 //! Per-command metrics ([`Monitor::command_metrics`], the same as
 //! [`Redis::command_metrics`]) time each round trip on the connection, from the write to the
