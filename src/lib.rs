@@ -27,6 +27,32 @@
 //! Runs on Redis 6.0 and later and on Valkey: see [`version`] for the servers tested, the
 //! version each feature needs, and what redkit does on an older server.
 //!
+//! These docs are the guide. This page covers the client itself (connections, failures,
+//! deadlines, Sentinel and Cluster); each module's page covers its topic in full:
+//!
+//! | topic | read |
+//! |---|---|
+//! | every setting, URL forms, defaults | [`config`] |
+//! | what is retried, and why a command whose fate is unknown is not resent | [`retry`] |
+//! | the heartbeat, health, reconnecting, lifecycle events | [`heartbeat`], [`events`] |
+//! | pub/sub, keyspace events, typed topics | [`pubsub`] |
+//! | locks, their safety model, fencing tokens, leader election | [`lock`] |
+//! | rate limits | [`ratelimit`] |
+//! | caching, in Redis and in process | [`cache`], [`near`] |
+//! | sessions | [`session`] |
+//! | work queues | [`queue`] |
+//! | `INFO`, `SLOWLOG`, a sampler, per-command metrics, the `metrics` and `tracing` features | [`monitor`], [`metrics`] |
+//! | named connections | [`registry`] |
+//! | `SCAN` iterators and bulk writes for batch jobs | [`scan`] |
+#![cfg_attr(
+    feature = "testing",
+    doc = "| real servers, Sentinel and Cluster topologies, a fault proxy, a hostile fake server for your tests | [`testing`] |"
+)]
+#![cfg_attr(
+    not(feature = "testing"),
+    doc = "| real servers, Sentinel and Cluster topologies, a fault proxy, a hostile fake server for your tests | `testing` (feature `testing`) |"
+)]
+//!
 //! ## Quick start
 //!
 //! ```no_run

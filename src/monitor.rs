@@ -29,8 +29,29 @@
 //! if let Ok(Ok(snapshot)) = sampler.snapshots().recv() {
 //!     println!("{:?} ops/s", snapshot.ops_per_sec);
 //! }
+//!
+//! // What this process sent, per command name: count, errors, round-trip percentiles.
+//! for c in monitor.command_metrics() {
+//!     println!("{}: {} calls, {} errors, p99 {:?}", c.name, c.count, c.errors, c.latency.p99);
+//! }
 //! # Ok::<(), redkit::Error>(())
 //! ```
+//!
+//! [`Info::parse`] never fails: every line is kept by section (lines without a colon too) and
+//! can be read with [`Info::get`], and the common fields are typed as `Option`s (absent is not
+//! zero).
+//!
+//! The sampler ([`Monitor::sample_every`], thread `redkit-monitor`) sends a
+//! `Result<`[`Snapshot`]`>` at once and then every interval: the `INFO`, operations per
+//! second since the previous sample, the handle's [`Stats`] and its per-command metrics. The
+//! channel is bounded: a reader that falls behind loses samples ([`Sampler::dropped`] counts
+//! them) and never stalls the thread. Dropping the [`Sampler`] stops the thread.
+//!
+//! Per-command metrics ([`Monitor::command_metrics`], the same as
+//! [`Redis::command_metrics`]) time each round trip on the connection, from the write to the
+//! reply (`PIPELINE` for a pipeline or a transaction), without checkout or retries; the
+//! percentiles cover the last one to two minutes. See [`metrics`](crate::metrics) for them
+//! and for what the `metrics` feature exports.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

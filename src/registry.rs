@@ -16,8 +16,14 @@
 //! # Ok::<(), redkit::Error>(())
 //! ```
 //!
-//! A CLI job picks its connection by name (`--redis cache`) without knowing URLs, and a
-//! test swaps one name for a test server with [`Registry::insert`].
+//! `REDIS_URL_<NAME>` names the connection after the variable's suffix, in lower case
+//! (`REDIS_URL_JOB_QUEUE` is `job_queue`). Every URL is checked when the registry is made;
+//! each handle connects on its first [`get`](Registry::get). [`Registry::from_vars`] takes
+//! the variables explicitly (from a test or a config file) instead of the environment.
+//!
+//! A CLI job picks its connection by name (`--redis cache`) without knowing URLs (as
+//! `examples/batch.rs` in the repository does), and a test swaps one name for a test server
+//! with [`Registry::insert`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

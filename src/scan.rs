@@ -26,6 +26,19 @@
 //! with a set when that matters). On a cluster, [`ScanIter::keys`] walks every master in
 //! turn; when a master fails over during the walk, its successor is scanned from the start
 //! (its keys may come twice).
+//!
+//! [`ScanIter`] takes `MATCH` ([`pattern`](ScanIter::pattern)), `COUNT`
+//! ([`count`](ScanIter::count)) and, for `SCAN`, `TYPE` ([`kind`](ScanIter::kind)). A
+//! transient error does not end it: it waits and asks again from the same cursor (10 times
+//! in a row by default), then yields the error, and the next `next()` resumes again. The
+//! test suite scans 100,000 keys through a handle without retries while the fault proxy
+//! cuts the connection mid-way, and sees every key exactly once.
+//!
+//! [`Bulk`] encodes its `SET` commands straight into one buffer per chunk and sends it as one
+//! pipeline (deletes: one `UNLINK` per chunk), one round trip each, with a progress report
+//! after every chunk; a chunk whose fate is unknown is sent again as a whole, which is safe
+//! because `SET` and `UNLINK` are idempotent. `examples/batch.rs` in the repository is a CLI
+//! job with progress bars.
 
 use std::collections::VecDeque;
 use std::io;

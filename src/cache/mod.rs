@@ -6,15 +6,19 @@
 //! use redkit::cache::Cache;
 //!
 //! let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+//! # fn find_product(id: u32) -> Result<Option<String>, redkit::Error> { Ok(None) }
 //! let cache = Cache::builder(&redis, "products")
 //!     .default_ttl(Duration::from_secs(600))
-//!     .early_refresh(1.0)
+//!     .negative_ttl(Duration::from_secs(30))       // cache "not found" too
+//!     .early_refresh(1.0)                          // XFetch
 //!     .build()?;
 //!
 //! // Many threads (and processes) asking for one cold key run the loader once.
 //! let name: String = cache.get_or_set("p:1", None, || {
 //!     Ok::<_, redkit::Error>("expensive".to_owned()) // e.g. a database query
 //! })?;
+//! // A loader that may find nothing; with `negative_ttl` the miss is cached as well.
+//! let p7: Option<String> = cache.get_or_set_optional("p:7", None, || find_product(7))?;
 //!
 //! // One round trip for many keys.
 //! let names: Vec<Option<String>> = cache.mget(&["p:1", "p:2"])?;
@@ -22,9 +26,41 @@
 //! // Tags, and invalidating everything under one.
 //! cache.set_tagged("p:3", &"widget".to_owned(), None, &["catalog"])?;
 //! let removed = cache.invalidate_tag("catalog")?;
-//! println!("hit ratio {:.2}", cache.stats().hit_ratio());
+//! let gone = cache.invalidate_pattern("p:1*")?;     // SCAN in batches + UNLINK, never KEYS
+//! let stats = cache.stats();
+//! println!("hit ratio {:.2}, stampedes avoided {}", stats.hit_ratio(), stats.stampedes_avoided);
 //! # Ok::<(), redkit::Error>(())
 //! ```
+//!
+//! Values are any [`CacheValue`]: bytes, strings and integers, and with the `json` feature
+//! any `Serialize + DeserializeOwned` type wrapped in `Json`.
+//! `examples/cache.rs` in the repository puts a cache in front of a slow database.
+//!
+//! ## Loading once: single flight
+//!
+//! [`Cache::get_or_set`] (and [`Cache::get_or_set_optional`]) load a missing value once,
+//! however many callers miss it at the same time:
+//!
+//! - **In one process**, concurrent misses for one key wait for one loader call (a map of
+//!   loads in flight, behind a mutex that is never held across Redis I/O).
+//! - **Across processes**, the loading caller takes a lock key (`SET NX PX`, for
+//!   [`lock_ttl`](CacheBuilder::lock_ttl), 10 s by default) in the same script that reads
+//!   the value; the others poll for the value (every 2 ms, doubling to 50 ms) up to
+//!   [`lock_wait`](CacheBuilder::lock_wait) (5 s by default), then load themselves.
+//! - **A failing loader** stores nothing, returns its error to its own caller only and
+//!   releases the lock; the callers that waited for it try again.
+//!
+//! The test suite checks both: 32 threads on one cold key call the loader once, and two
+//! processes on one cold key load once and both get the value. Callers that got a value
+//! another caller loaded are counted in [`CacheStats::stampedes_avoided`].
+//!
+//! **Early refresh** ([`early_refresh(beta)`](CacheBuilder::early_refresh), XFetch): stored
+//! values carry the time their load took, and a hit reads the value's TTL in the same round
+//! trip; a caller refreshes early when `load_time * beta * -ln(rand)` reaches the remaining
+//! TTL, which grows likelier as expiry nears and for values that are slow to load. Only one
+//! caller refreshes (the in-process flight plus the lock); the others keep getting the
+//! current value. **When Redis is down** the loader's value is returned without being
+//! stored ([`degrade`](CacheBuilder::degrade)).
 //!
 //! ## Keys, values and clusters
 //!

@@ -294,9 +294,10 @@ impl ConfigBuilder {
     /// Finds the master through Redis Sentinel instead of connecting to a fixed address:
     /// `sentinels` are tried in turn (each with the connect and response timeouts) for the
     /// address of the master named `master_name`; the pool connects there, and a background
-    /// thread follows failovers (see `docs/sentinel.md`). The data nodes use this
-    /// config's user, password, database and TLS settings; the host and port set with
-    /// [`host`](Self::host)/[`port`](Self::port) are ignored. Settings made before with
+    /// thread follows failovers (see the [crate docs](crate#sentinel-and-cluster) and
+    /// `docs/sentinel.md`). The data nodes use this config's user, password, database and
+    /// TLS settings; the host and port set with [`host`](Self::host)/[`port`](Self::port)
+    /// are ignored. Settings made before with
     /// [`sentinel_auth`](Self::sentinel_auth), [`sentinel_tls`](Self::sentinel_tls) and
     /// [`sentinel_role`](Self::sentinel_role) are kept. Defaults to no Sentinel.
     ///
@@ -369,8 +370,10 @@ impl ConfigBuilder {
 
     /// Talks to a Redis Cluster instead of one server: the slot map is asked of `seeds` (in
     /// turn, each with the connect and response timeouts), and every command goes to the
-    /// master that owns its key's slot, following `MOVED` and `ASK` (see `docs/cluster.md`). Every node uses this config's user, password, TLS settings and timeouts;
-    /// the host and port set with [`host`](Self::host)/[`port`](Self::port) are ignored, and
+    /// master that owns its key's slot, following `MOVED` and `ASK` (see the
+    /// [crate docs](crate#sentinel-and-cluster) and `docs/cluster.md`). Every node uses this
+    /// config's user, password, TLS settings and timeouts; the host and port set with
+    /// [`host`](Self::host)/[`port`](Self::port) are ignored, and
     /// the database must be 0. Defaults to no Cluster.
     ///
     /// ```

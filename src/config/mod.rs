@@ -1,6 +1,12 @@
 //! Configuration: a consuming builder validated into an immutable [`Config`], also parsed from
 //! a URL or from the `REDIS_URL` environment variable.
 //!
+//! [`Redis::connect`](crate::Redis::connect) takes any of them: a [`Config`], a
+//! [`ConfigBuilder`] (built on the way), or a URL. To start from a URL and change a few
+//! settings in code, use [`ConfigBuilder::from_url`] (or [`ConfigBuilder::from_env`]) and go on
+//! with the builder. With the `serde` feature a [`Config`] also reads from and writes to TOML,
+//! JSON or any other serde format (the `settings` module).
+//!
 //! ```
 //! use std::time::Duration;
 //! use redkit::{Config, Timeouts};
@@ -23,6 +29,62 @@
 //! # Ok::<(), redkit::Error>(())
 //! ```
 //!
+//! ## Every setting, at once
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use redkit::{Backoff, BreakerConfig, Config, HeartbeatConfig, Jitter, RetryPolicy, Timeouts};
+//!
+//! let config = Config::builder()
+//!     .host("redis.internal").port(6380)
+//!     .username("app").password("s3cret")          // ACL user; never shown in Debug/Display
+//!     .db(2)
+//!     .client_name("billing-worker")                // CLIENT SETNAME on every connection
+//!     .timeouts(Timeouts::default()
+//!         .connect(Duration::from_secs(2))
+//!         .response(Duration::from_millis(500))
+//!         .write(Duration::from_millis(500))
+//!         .checkout(Duration::from_secs(1)))
+//!     .pool_max_size(32).pool_min_idle(2)
+//!     .retry(RetryPolicy::default()
+//!         .max_attempts(4)
+//!         .max_elapsed(Duration::from_secs(3))
+//!         .backoff(Backoff::exponential(Duration::from_millis(20), Duration::from_secs(1))
+//!             .jitter(Jitter::Decorrelated)))
+//!     .breaker(BreakerConfig::default().consecutive_failures(5).open_for(Duration::from_secs(5)))
+//!     .heartbeat(HeartbeatConfig::default()
+//!         .interval(Duration::from_secs(1))         // PING on the heartbeat's own connection
+//!         .timeout(Duration::from_millis(500))      // no answer within this: connection lost
+//!         .reconnect_backoff(Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5)))
+//!         .max_elapsed(Duration::from_secs(300)))   // then one attempt per interval
+//!     .tcp_keepalive(Some(Duration::from_secs(30)))
+//!     .tls_ca_file("/etc/redis/ca.pem")             // files are read by build()
+//!     .tls_client_identity_files("/etc/redis/client.pem", "/etc/redis/client.key")
+//!     .build()?;
+//! # Ok::<(), redkit::Error>(())
+//! ```
+//!
+//! [`timeouts`](ConfigBuilder::timeouts) replaces all four timeouts (also those a URL set);
+//! [`connect_timeout`](ConfigBuilder::connect_timeout),
+//! [`response_timeout`](ConfigBuilder::response_timeout) and their siblings change one and
+//! keep the others. What the retry
+//! policy, the breaker and the heartbeat do with their settings is told in
+//! [`retry`](crate::retry), [`BreakerConfig`] and [`heartbeat`](crate::heartbeat).
+//!
+//! ## Defaults
+//!
+//! - **Timeouts**: connect 2 s, response 3 s, write 3 s, pool checkout 3 s.
+//! - **Pool**: at most 16 connections, 1 kept idle, idle ones closed after 5 minutes, every
+//!   connection replaced after 30 minutes.
+//! - **Retries**: 3 attempts within 5 s, backoff from 10 ms doubling to 1 s with full jitter;
+//!   [`Redis::transaction`](crate::Redis::transaction) tries 5 times while watched keys keep
+//!   changing.
+//! - **Breaker**: opens after 5 consecutive failures, for 5 s, then lets 1 probe call through.
+//! - **Heartbeat**: a `PING` every second with a 1 s deadline, health `Degraded` above 250 ms,
+//!   reconnect backoff from 100 ms doubling to 5 s with full jitter and no limit.
+//! - **TCP keepalive**: first probe after 30 s of silence.
+//! - Database 0, RESP2, no TLS, no client name, no key prefix, no multiplexed connection.
+//!
 //! ## URL forms
 //! `redis://[user[:password]@]host[:port][/db][?params]`, `rediss://...` (TLS with the system
 //! roots; `rediss://...#insecure` skips verification) and `unix:///path/to/socket[?db=N]`.
@@ -35,9 +97,8 @@
 //! `multiplexed` (a number of connections, or `true`), `max_value_size` and `max_reply_size`
 //! (bytes), for `redis+cluster://` URLs `cluster_read_from_replicas` (`true`/`false`) and
 //! `cluster_max_redirects`, and for unix sockets `db`, `user`, `pass`. Any other parameter is
-//! an error. An
-//! error names the part at fault (the scheme, the port, the database, the parameter and its
-//! value), never the password.
+//! an error, never silently ignored. An error names the part at fault (the scheme, the port,
+//! the database, the parameter and its value), never the password.
 //!
 //! ## Limits
 //! Durations may be as large as `Duration::MAX` (they saturate: "never" is about thirty
@@ -45,13 +106,17 @@
 //! out of range: `pool_max_size` 1 to 10,000, `pool_min_idle` at most `pool_max_size`,
 //! `max_value_size` and `max_reply_size` at least 1 KiB, at most 64 multiplexed connections.
 //!
+//! ## Sentinel and Cluster URLs
 //! Redis Sentinel: `redis+sentinel://[user[:password]@]host1[:port1],host2[:port2]/master_name[/db][?params]`
 //! (`rediss+sentinel://` for TLS). Each host is a sentinel (port 26379 when left out); the
 //! user, password, database, TLS and other parameters are the data nodes', as above. The
 //! sentinels' own settings come as parameters: `sentinel_username` and `sentinel_password`
 //! (see [`ConfigBuilder::sentinel_auth`]), `sentinel_tls` (`true`/`false`, see
 //! [`ConfigBuilder::sentinel_tls`]) and `sentinel_role` (`master`/`replica`, see
-//! [`ConfigBuilder::sentinel_role`]).
+//! [`ConfigBuilder::sentinel_role`]). Redis Cluster:
+//! `redis+cluster://[user[:password]@]host1[:port1],host2[:port2][/][?params]`
+//! (`rediss+cluster://` for TLS): every host is a seed ([`ConfigBuilder::cluster`]), and the
+//! parameters are those of a plain URL.
 //!
 //! ```
 //! let config: redkit::Config =
@@ -62,6 +127,9 @@
 //! assert_eq!(sentinel.role(), redkit::SentinelRole::Replica);
 //! assert_eq!(config.db(), 2);
 //! assert!(!format!("{config:?} {config}").contains("s3cret"));
+//!
+//! let cluster: redkit::Config = "redis+cluster://10.0.0.1:7000,10.0.0.2:7001".parse()?;
+//! assert_eq!(cluster.cluster().expect("cluster settings").seeds().len(), 2);
 //! # Ok::<(), redkit::Error>(())
 //! ```
 

@@ -38,7 +38,10 @@
 //! millisecond expiry (the TTL). Release, extend and renewal are scripts that act only while
 //! the key still holds *our* token: a holder whose lock expired and was taken by someone else
 //! can never release or extend the new holder's lock, and is told so (`false`). The guard
-//! carries the token, so it can move to another thread and be released there.
+//! carries the token, so it can move to another thread and be released there. Reentrancy is
+//! explicit and counted: [`LockGuard::reenter`] checks with the server that the lock is still
+//! ours and returns a second guard for the same acquisition; the lock is released with the
+//! last of them.
 //!
 //! ## The safety model
 //!
@@ -64,14 +67,23 @@
 //! still promote a replica that had not confirmed, and a confirmed write is lost when the
 //! confirming replicas fail too. It does nothing for stalled holders.
 //!
-//! **Redlock** (over several independent servers) is what keeps mutual exclusion when one
-//! server is lost: a lock held on a majority survives any minority failing. It still assumes
-//! bounded pauses and clock drift, so it needs fencing for the same reason.
+//! **Redlock** ([`Redlock`], over several independent servers, not replicas of each other)
+//! is what keeps mutual exclusion when one server is lost: the lock is held only when a
+//! majority (N/2 + 1) accepted it within its validity (the TTL minus the time the attempt
+//! took minus a drift allowance of 1% + 2 ms), a failed attempt is released on every server,
+//! and a lock held on a majority survives any minority failing. It still assumes bounded
+//! pauses and clock drift, so it needs fencing for the same reason; its guards carry fencing
+//! tokens of their own ([`RedlockGuard::fencing_token`], see [`Redlock`] for how they stay
+//! increasing across servers).
 //!
 //! What still needs fencing (with any of the above): every holder that can stall past its
 //! TTL, which in practice is every holder. What still needs Redlock (or fencing): exclusion
 //! that must survive losing the one server (or its data) without the resource checking
 //! tokens.
+//!
+//! `examples/locks.rs` in the repository shows the difference: a holder that stalls past its
+//! TTL comes back with a stale token, and the fenced resource refuses its late write instead
+//! of letting it overwrite the newer holder's work.
 //!
 //! ## Fencing tokens
 //!
@@ -104,7 +116,7 @@
 //!
 //! A waiting acquire does not sleep on a fixed poll interval (redsync sleeps 50-250 ms,
 //! redis-py 100 ms). A failed attempt leaves a mark, the holder's release pushes a wake-up
-//! token, and the waiter blocks on it with `BLPOP` (on a pooled connection):
+//! token, and the waiter blocks on it with `BLPOP` (on a dedicated connection, see below):
 //!
 //! - [`Lock`], [`Semaphore`], [`MultiLock`] (and the
 //!   [`ConcurrencyLimiter`](crate::ratelimit::ConcurrencyLimiter)): the failed attempt sets a
@@ -156,6 +168,18 @@
 //! sends one [`LockLost`](crate::Event::LockLost) event to the handle's
 //! [listeners](crate::Redis::events). The watchdog renews while the process lives: a holder
 //! stuck forever keeps the lock forever, which is why it is off by default.
+//!
+//! ## Semaphores, read-write locks, leader election
+//!
+//! A [`Semaphore`] (`Semaphore::new(&redis, "exports", 3)`) hands out N permits, each a lease
+//! on the server's clock, so the permit of a holder that crashed comes back after its TTL.
+//! A [`ReadWriteLock`] lets many readers or one writer in; it is phase-fair: a waiting writer
+//! keeps new readers out, and the readers that queued meanwhile go in together after it, so
+//! neither side starves. A [`Group`] (`Group::new(&redis, "bots")?.join("bot-7")?`) tracks
+//! who is present ([`Group::members`]) and elects at most one leader through a lease renewed
+//! by the watchdog, with a term number that works as a fencing token; each [`Member`] gets
+//! [`Election`] events and stops calling itself leader ([`Member::is_leader`]) before anyone
+//! else can be elected. A new leader is elected within the leader TTL after the old one dies.
 //!
 //! ## Durations
 //!

@@ -10,8 +10,11 @@
 //! [`crossbeam_channel::Receiver`]: `recv`, `recv_timeout`, iterate, or `select!` across
 //! several subscriptions and your other channels. Several subscriptions to one channel each
 //! get every message; dropping a subscription unsubscribes on the server when it was the last
-//! one for that channel. [`Subscription::handle`] runs a callback on its own dispatcher thread
-//! instead, catching (and counting) panics.
+//! one for that channel (without waiting; [`Subscription::unsubscribe`] waits for the
+//! server's confirmation). Messages are shared between those subscriptions, not copied.
+//! [`Subscription::handle`] runs a callback on a dispatcher thread of its own instead: a
+//! panic in it is caught, logged and counted, and delivery goes on; dropping the [`Handler`]
+//! stops the thread and unsubscribes.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -21,9 +24,9 @@
 //! let redis = Redis::connect("redis://127.0.0.1/")?;
 //! let subscriber = Subscriber::new(&redis)?;
 //! let news = subscriber.subscribe(["news"])?;          // confirmed by the server
-//! let alerts = subscriber.psubscribe(["alerts.*"])?;
+//! let alerts = subscriber.psubscribe(["alerts.*"])?;   // patterns; ssubscribe: shard channels
 //!
-//! redis.publish("news", "hello")?;
+//! redis.publish("news", "hello")?;                     // through the pool; returns the receivers
 //! let msg = news.recv_timeout(Duration::from_secs(1))?;
 //! assert_eq!(msg.payload(), b"hello");
 //!
@@ -45,7 +48,10 @@
 //! attempt at once), resubscribes every channel, pattern and shard channel, and emits
 //! [`Event::Resubscribed`](crate::Event::Resubscribed) with the downtime once the server has
 //! confirmed them all. Errors never end the thread; only dropping the [`Subscriber`],
-//! [`Subscriber::close`] or closing the handle does.
+//! [`Subscriber::close`] or closing the handle does. The test suite checks the bound: after a
+//! server restart everything is resubscribed within the heartbeat interval plus the reconnect
+//! backoff's cap (plus a little slack) of the server coming back, and every message published
+//! after [`Event::Resubscribed`](crate::Event::Resubscribed) arrives.
 //!
 //! **Redis Pub/Sub is at-most-once**: a message published while the subscriber is
 //! disconnected is lost, and so is one the subscriber drops under backpressure. Use a
@@ -89,11 +95,54 @@
 //!   black-holed node delays delivery on the other connections by up to that much per attempt.
 //!
 //! ## Backpressure
-//! Each subscription's queue is bounded ([`SubscriptionOptions::capacity`]); when it is full
-//! the subscription's [`Backpressure`] policy drops the newest message, drops the oldest, or
-//! blocks the subscriber thread (read its warning). Dropped messages are counted per
-//! subscription ([`Subscription::dropped`]) and in [`Subscriber::stats`]. A reader that stops
-//! reading holds at most `capacity` messages.
+//! Each subscription's queue is bounded ([`SubscriptionOptions::capacity`], 4,096 messages by
+//! default); when it is full the subscription's [`Backpressure`] policy decides:
+//! [`DropOldest`](Backpressure::DropOldest) (the default: the reader sees the freshest
+//! messages), [`DropNewest`](Backpressure::DropNewest), or [`Block`](Backpressure::Block).
+//! Dropped messages are counted per subscription ([`Subscription::dropped`]) and in
+//! [`Subscriber::stats`]. A reader that stops reading holds at most `capacity` messages.
+//!
+//! `Block` loses nothing in redkit, but while one queue is full the subscriber thread reads
+//! nothing, so every subscription of that subscriber stalls; the server buffers meanwhile,
+//! and past its `client-output-buffer-limit pubsub` (32 MB, or 8 MB for 60 s, by default) it
+//! disconnects the subscriber, and what is published until the resubscription is lost. Give
+//! a slow reader a `Subscriber` of its own. Capacity and policy are set per subscription with
+//! [`Subscriber::subscribe_with`].
+//!
+//! ## Keyspace events
+//! [`Redis::enable_keyspace_events`] merges event classes (`"A"` for all, or letters such as
+//! `"g$x"`) into the server's `notify-keyspace-events` (it needs the `CONFIG` command, which
+//! managed services often refuse: set the option in their console instead), and
+//! [`Subscriber::keyspace`] subscribes to the notifications of the keys matching a pattern,
+//! each a [`KeyEvent`] with the key and the event (`set`, `del`, `expired`...).
+//!
+//! ```no_run
+//! # use redkit::pubsub::Subscriber;
+//! # let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+//! # let subscriber = Subscriber::new(&redis)?;
+//! redis.enable_keyspace_events("A")?;
+//! let users = subscriber.keyspace("user:*")?;
+//! for event in users.iter() {
+//!     println!("{} on {}", event.event, event.key_str());
+//! }
+//! # Ok::<(), redkit::Error>(())
+//! ```
+//!
+//! ## Typed topics
+//! With the `json` feature, a `Topic<T>` publishes and receives values of any `T: Serialize +
+//! DeserializeOwned` as JSON. A payload that does not decode comes back as a `DecodeError`
+//! holding the raw message, never dropped silently.
+//!
+//! ## Why not the `redis` crate's `PubSub`
+//! Its blocking `get_message` waits without a deadline unless a read timeout is set, so a
+//! half-open connection leaves it deaf; nothing reconnects or resubscribes; and it borrows
+//! the connection mutably, so no other thread can subscribe while one reads. The subscriber
+//! therefore runs on redkit's own connections (the same TCP, TLS or unix socket settings,
+//! handshake and deadlines as every other connection of the handle), parsing with the
+//! `redis` crate's own parser.
+//!
+//! `examples/pubsub.rs` in the repository shows a typed topic, `select!` over subscriptions, a
+//! handler, keyspace events and a server restart in the middle.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -209,7 +258,8 @@ fn not_confirmed(waited: Duration) -> Error {
 }
 
 impl Subscriber {
-    /// Starts a subscriber for `redis`.
+    /// Starts a subscriber for `redis`: its thread and its connection (see the
+    /// [module docs](self)).
     pub fn new(redis: &Redis) -> Result<Subscriber> {
         if redis.is_closed() {
             return Err(Error::Closed);

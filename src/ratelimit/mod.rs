@@ -1,8 +1,8 @@
 //! Rate limiters: Lua scripts on the server's clock, one round trip per decision.
 //!
 //! Every limiter runs as a Lua script that reads the server's clock (`TIME`), never the
-//! client's, so any number of processes on any number of machines share one limit exactly.
-//! The keys of one limited subject carry a hash tag (`{subject}`), so they live in one
+//! client's, so any number of threads and processes on any number of machines share one limit
+//! exactly. The keys of one limited subject carry a hash tag (`{subject}`), so they live in one
 //! cluster slot, and every key gets a TTL so idle subjects cost nothing.
 //!
 //! Every decision is a [`Decision`]: how many units were granted, how many remain, when to
@@ -11,15 +11,39 @@
 //! to wait: zero units always fit (go-redis/redis_rate's GCRA peek says the same);
 //! `remaining` tells whether the next unit would.
 //!
-//! | need | pick |
-//! |---|---|
-//! | smooth rate with a burst allowance, O(1) memory | [`Gcra`] |
-//! | never more than N in any window of the period, exactly | [`SlidingLog`] |
-//! | N per window, smoothed across window edges, O(1) memory | [`SlidingWindow`] |
-//! | N per calendar window (per minute, per hour), cheapest | [`FixedWindow`] |
-//! | a bucket of tokens refilled at a rate, taking several at once | [`TokenBucket`] |
-//! | at most N at the same time (in flight), with leases, waiters woken by releases | [`ConcurrencyLimiter`] |
-//! | several limits of any of these kinds at once, all or nothing, one round trip | [`MultiLimit`] |
+//! | need | pick | state per subject |
+//! |---|---|---|
+//! | smooth rate with a burst allowance (the same results as go-redis/redis_rate) | [`Gcra`] | one string (a timestamp) |
+//! | never more than N in any window of the period, exactly | [`SlidingLog`] | a sorted set, one member per unit admitted in the window |
+//! | N per window, smoothed across window edges | [`SlidingWindow`] | a hash of three fields (two window counts, a timestamp) |
+//! | N per calendar window (per minute, per hour), cheapest | [`FixedWindow`] | a hash of two fields (a count, a timestamp) |
+//! | a bucket of tokens refilled at a rate, taking several at once | [`TokenBucket`] | a hash of two fields (tokens, a timestamp) |
+//! | at most N at the same time (in flight), with leases, waiters woken by releases | [`ConcurrencyLimiter`] | a sorted set, one member per slot held |
+//! | several limits at once (any of the above but the concurrency limiter), all or nothing, one round trip | [`MultiLimit`] | theirs |
+//!
+//! ```no_run
+//! use redkit::ratelimit::{
+//!     Gcra, GcraLimit, MultiLimit, MultiPart, RateLimiter, SlidingLog, WindowLimit,
+//! };
+//!
+//! let redis = redkit::Redis::connect("redis://127.0.0.1/")?;
+//! let per_second = Gcra::new(&redis, "api-s", GcraLimit::per_second(10))?;
+//! let per_hour = SlidingLog::new(&redis, "api-h", WindowLimit::per_hour(1000))?;
+//!
+//! let d = per_second.allow("user:42")?;        // granted, remaining, retry_after, reset_after
+//! if !d.is_allowed() {
+//!     println!("slow down: retry after {:?}", d.retry_after);
+//! }
+//! per_second.acquire("user:42", 1)?;           // worker threads: sleep until allowed (max_wait)
+//!
+//! // 10 per second AND 1,000 per hour: both take the unit, or neither does.
+//! let both = MultiLimit::new(&redis)
+//!     .allow_n(&[per_second.part("user:42"), per_hour.part("user:42")], 1)?;
+//! println!("allowed: {}", both.is_allowed());
+//!
+//! per_second.set_limit(GcraLimit::per_second(20))?;  // at run time, state kept
+//! # Ok::<(), redkit::Error>(())
+//! ```
 //!
 //! Limits can be changed at run time (`set_limit`): the new parameters apply to the stored
 //! state from the next decision on; nothing is reset by accident. Each limiter's docs say
@@ -27,7 +51,8 @@
 //!
 //! Worker threads use the blocking helpers of [`RateLimiter`]: [`RateLimiter::acquire`]
 //! sleeps for the retry-after until allowed or the deadline passes (any timeout works,
-//! `Duration::MAX` included), [`RateLimiter::try_acquire`] never sleeps.
+//! `Duration::MAX` included), [`RateLimiter::try_acquire`] never sleeps. `examples/throttle.rs`
+//! in the repository is a worker pool that throttles itself.
 //!
 //! Settings are checked when a limiter is made or changed: periods of at least 1 ms and at
 //! most ten years, lease TTLs of at most a year, and bursts or capacities that refill within

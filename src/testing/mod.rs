@@ -1,10 +1,18 @@
 //! Test support: a real `redis-server` launcher, run-time generated TLS material and a
 //! fault-injection proxy.
 //!
-//! Enabled by the `testing` feature. Everything here is meant for test suites (ours and
-//! yours): every server runs on a fresh loopback port out of a private temporary directory,
-//! persists nothing, and is killed when its [`RedisServer`] handle is dropped, even if the
-//! test panics.
+//! Enabled by the `testing` feature, usually as a dev-dependency:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! redkit = { version = "0.2", features = ["testing"] }
+//! ```
+//!
+//! Everything here is meant for test suites (ours and yours): every server listens on
+//! `127.0.0.1` only, on a fresh port, out of a private temporary directory, persists nothing,
+//! and is killed when its [`RedisServer`] handle is dropped, even if the test panics. Every
+//! thread of the fault proxy and of the fake server is named and joined when its owner is
+//! dropped.
 //!
 //! The `redis-server` binary is taken from the `REDKIT_REDIS_SERVER` environment variable, or
 //! else looked up (as `redis-server`, then `valkey-server`) in `PATH`, `/usr/bin` and
@@ -22,9 +30,28 @@
 //! then connect to [`FaultProxy::url`]) and simulates outages on demand with
 //! [`FaultProxy::set_mode`]: added latency ([`ProxyMode::Delay`]), a silent, half-open
 //! server ([`ProxyMode::BlackHole`]) or refused connections ([`ProxyMode::Refuse`]);
-//! [`FaultProxy::cut`] resets every current connection on both sides. Unlike killing the
-//! server, the server's state survives, and the fault ends the moment you switch back to
-//! [`ProxyMode::Pass`].
+//! [`FaultProxy::cut`] resets every current connection on both sides. A mode applies to
+//! existing and new connections alike. Unlike killing the server, the server's state
+//! survives, and the fault ends the moment you switch back to [`ProxyMode::Pass`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use redkit::testing::{FaultProxy, ProxyMode, RedisServer};
+//!
+//! let server = RedisServer::start()?;
+//! let proxy = FaultProxy::start_for(&server)?;
+//! let redis = redkit::Redis::connect(proxy.url())?;             // your code under test
+//! proxy.set_mode(ProxyMode::Delay(Duration::from_millis(200)));  // a slow network
+//! proxy.set_mode(ProxyMode::BlackHole);  // accepted, nothing forwarded: a half-open server
+//! proxy.set_mode(ProxyMode::Refuse);     // new connections are reset at once
+//! proxy.set_mode(ProxyMode::Pass);
+//! proxy.cut();                           // reset every current connection, both sides
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! For what a real server never does, a [`FakeServer`] answers each command as the test
+//! says ([`Action`]): slowly, a byte at a time, never, with garbage, or with a reply that
+//! never ends.
 //!
 //! # Topologies
 //!
@@ -65,7 +92,8 @@
 //! let mut admin = secure.admin()?;
 //! redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("10mb").exec(&mut admin)?;
 //!
-//! // Kill it, then bring it back on the same port.
+//! // Kill it (SIGKILL), then bring it back on the same port; `restart` returns once it
+//! // answers again (with no data: nothing is persisted).
 //! secure.kill()?;
 //! secure.restart()?;
 //! # Ok(())
