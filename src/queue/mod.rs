@@ -300,6 +300,20 @@ fn string(v: &Value) -> Option<String> {
     bytes(v).and_then(|b| String::from_utf8(b.to_vec()).ok())
 }
 
+/// An entry's fields as (name, value) pairs: a flat array or a RESP3 map; `None` for
+/// anything else.
+pub(crate) fn field_pairs(fields: &Value) -> Option<Vec<(&Value, &Value)>> {
+    match fields {
+        Value::Array(f) => Some(
+            f.chunks(2)
+                .filter_map(|c| Some((c.first()?, c.get(1)?)))
+                .collect(),
+        ),
+        Value::Map(m) => Some(m.iter().map(|(k, v)| (k, v)).collect()),
+        _ => None,
+    }
+}
+
 /// Parses stream entries (`[[id, [field, value, ...]], ...]`, fields as an array or a RESP3
 /// map) into jobs. Entries deleted meanwhile (nil fields) are skipped.
 pub(crate) fn parse_entries(v: &Value, level: u8) -> Result<Vec<Job>> {
@@ -321,14 +335,9 @@ pub(crate) fn parse_entries(v: &Value, level: u8) -> Result<Vec<Job>> {
             return Err(bad_reply("stream entry", entry));
         };
         let id = string(id).ok_or_else(|| bad_reply("stream id", id))?;
-        let fields: Vec<(&Value, &Value)> = match fields {
-            Value::Array(f) => f
-                .chunks(2)
-                .filter_map(|c| Some((c.first()?, c.get(1)?)))
-                .collect(),
-            Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+        let fields = match fields {
             Value::Nil => continue,
-            other => return Err(bad_reply("stream fields", other)),
+            other => field_pairs(other).ok_or_else(|| bad_reply("stream fields", other))?,
         };
         let mut job = Job::new(id, level);
         for (k, v) in fields {

@@ -1415,13 +1415,8 @@ fn parse_dead(v: &Value) -> Vec<DeadLetter> {
         let (Some(id), Some(fields)) = (pair.first(), pair.get(1)) else {
             continue;
         };
-        let fields: Vec<(&Value, &Value)> = match fields {
-            Value::Array(f) => f
-                .chunks(2)
-                .filter_map(|c| Some((c.first()?, c.get(1)?)))
-                .collect(),
-            Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
-            _ => continue,
+        let Some(fields) = super::field_pairs(fields) else {
+            continue;
         };
         let id = super::string(id).unwrap_or_default();
         let ms = id
