@@ -113,9 +113,13 @@ impl Load {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
+                        let mut ok = true;
                         match redis.query::<i64>(redis::cmd("INCR").arg(&counter)) {
                             Ok(_) => tally.acked += 1,
-                            Err(e) => tally.errors.push((Instant::now(), e)),
+                            Err(e) => {
+                                ok = false;
+                                tally.errors.push((Instant::now(), e));
+                            }
                         }
                         let mut pipe = Pipeline::new();
                         for i in 0..8 {
@@ -123,9 +127,15 @@ impl Load {
                                 .arg(format!("spread:{t}:{}", (n * 8 + i) % 64));
                         }
                         if let Err(e) = redis.pipeline::<Vec<i64>>(&pipe) {
+                            ok = false;
                             tally.errors.push((Instant::now(), e));
                         }
-                        done.fetch_add(1, Ordering::Relaxed);
+                        if ok {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            // Failing calls fail fast: do not spin.
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
                     }
                     tally
                 })
@@ -138,7 +148,7 @@ impl Load {
         }
     }
 
-    /// Waits until the writers completed `more` further rounds.
+    /// Waits until the writers completed `more` further rounds without an error.
     fn wait_rounds(&self, more: u64, timeout: Duration) -> TestResult {
         let target = self.done.load(Ordering::Relaxed) + more;
         let deadline = Instant::now() + timeout;

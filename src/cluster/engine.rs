@@ -263,6 +263,38 @@ impl Nodes {
         Ok(self.intern(&addr, false))
     }
 
+    /// Once per request, for units bound for `dead` (a master whose breaker is open): the
+    /// map read again, and where each unit's slot is owned now, when no longer by `dead`.
+    /// `None` when it still is (or a unit is bound to that node, not to a slot).
+    fn reroute(
+        &mut self,
+        topo: &Topology,
+        units: &[Unit<'_>],
+        entries: &[(usize, bool)],
+        dead: &Addr,
+        rerouted: &mut bool,
+    ) -> Option<Vec<(usize, usize, bool)>> {
+        if *rerouted {
+            return None;
+        }
+        *rerouted = true;
+        topo.refresh_if_stale();
+        self.map = topo.map();
+        self.masters = vec![None; self.map.masters.len()];
+        let mut moved = Vec::with_capacity(entries.len());
+        for &(i, _) in entries {
+            let unit = &units[i];
+            let slot = unit.slot.filter(|_| unit.node.is_none())?;
+            let n = self.owner(topo, slot).ok()?;
+            if self.table[n].0 == *dead {
+                return None;
+            }
+            moved.push((i, n, false));
+        }
+        debug!("{dead} fails fast; its units go to their slots' new owners");
+        Some(moved)
+    }
+
     /// Where a unit goes first.
     fn first(
         &mut self,
@@ -322,6 +354,7 @@ fn run_one(
     let mut asking = false;
     let mut reply = Value::Nil;
     let mut rounds = topo.max_redirects() + 1 + usize::from(replica);
+    let mut rerouted = false;
     while rounds > 0 {
         rounds -= 1;
         let admitted = match topo.admit(&addr) {
@@ -330,7 +363,23 @@ fn run_one(
                 (addr, replica) = (to_master(topo)?, false);
                 continue;
             }
-            Err(e) => return Err(e),
+            // A master failing fast: the map may name its replacement by now (a promoted
+            // replica); go there once instead of failing.
+            Err(e) => match slot {
+                Some(s) if !rerouted => {
+                    rerouted = true;
+                    topo.refresh_if_stale();
+                    let owner = topo.owner(s)?;
+                    if owner == addr {
+                        return Err(e);
+                    }
+                    debug!("slot {s}: {addr} fails fast, its slot map owner is now {owner}");
+                    addr = owner;
+                    rounds += 1;
+                    continue;
+                }
+                _ => return Err(e),
+            },
         };
         let batch = if asking {
             let mut bytes = ASKING.to_vec();
@@ -400,6 +449,7 @@ fn run(
         pending.push((i, nodes.first(topo, u, any)?, false));
     }
     let mut answered_any = false;
+    let mut rerouted = false;
     let mut last = None;
     // The first round and one per redirection; reads a replica could not serve get one
     // more round (to their master).
@@ -458,9 +508,17 @@ fn run(
                         pending.push((i, nodes.owner(topo, slot)?, false));
                     }
                 }
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
+                // A master failing fast: the map may name its replacement by now (a promoted
+                // replica); its units go there once instead of failing.
+                Err(e) => match nodes.reroute(topo, units, &entries, &addr, &mut rerouted) {
+                    Some(moved) => {
+                        pending.extend(moved);
+                        rounds += 1;
+                    }
+                    None => {
+                        failure.get_or_insert(e);
+                    }
+                },
             }
         }
         let outcomes = if batches.is_empty() {
