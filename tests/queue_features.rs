@@ -376,3 +376,61 @@ fn shutdown_returns_by_its_bound_with_a_handler_that_never_ends() -> TestResult 
     )?;
     Ok(())
 }
+
+/// Jobs read ahead of a slow worker wait past `claim_idle`: another consumer may claim them,
+/// and then the first one must not run them too; the ones it reaches first are extended
+/// before they run, so another consumer does not take them while they run. Every job runs
+/// exactly once.
+#[test]
+fn jobs_waiting_read_ahead_past_the_claim_idle_time_run_once() -> TestResult {
+    let server = server();
+    let redis = redis(&server);
+    let queue = redkit::StreamQueue::builder(&redis, "ahead")
+        .claim_idle(Duration::from_millis(400))
+        .claim_interval(Duration::from_millis(50))
+        .build()?;
+    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let count = |runs: &Arc<Mutex<HashMap<String, u32>>>| {
+        let runs = runs.clone();
+        move |job: &redkit::Job| {
+            *runs
+                .lock()
+                .entry(job.payload_str().unwrap_or("?").to_owned())
+                .or_default() += 1;
+            std::thread::sleep(Duration::from_millis(150));
+            Ok::<(), String>(())
+        }
+    };
+    // One slow worker reads all ten at once: the last waits about 1.4 s, past claim_idle.
+    let slow = queue
+        .workers()
+        .threads(1)
+        .prefetch(10)
+        .consumer_name("slow")
+        .run(count(&runs))?;
+    queue.produce_batch((0..10).map(|i| format!("job-{i}")))?;
+    wait_until(
+        Duration::from_secs(10),
+        "the slow worker read every job",
+        || queue.stats().is_ok_and(|s| s.pending == 10),
+    )?;
+    // Another consumer claims what waits idle there.
+    let other = queue
+        .workers()
+        .threads(1)
+        .consumer_name("other")
+        .run(count(&runs))?;
+    wait_until(Duration::from_secs(20), "every job ran", || {
+        runs.lock().len() == 10 && queue.stats().is_ok_and(|s| s.pending == 0)
+    })?;
+    slow.shutdown()?;
+    other.shutdown()?;
+    let runs = runs.lock();
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "jobs run more than once: {twice:?}");
+    assert!(
+        queue.stats()?.claimed > 0,
+        "the other consumer claimed some"
+    );
+    Ok(())
+}

@@ -30,6 +30,9 @@ pub struct Job {
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) unique: Option<String>,
     pub(crate) lease: Option<Arc<Lease>>,
+    /// When this consumer read it (its idle time on the server started then, or at its
+    /// last heartbeat).
+    pub(crate) read_at: Option<std::time::Instant>,
 }
 
 impl PartialEq for Job {
@@ -71,6 +74,7 @@ impl Job {
             headers: Vec::new(),
             unique: None,
             lease: None,
+            read_at: None,
         }
     }
 

@@ -98,10 +98,14 @@ impl WorkersBuilder {
     }
 
     /// Jobs read ahead of the workers (taken from the stream, waiting for a free thread),
-    /// over every reader (each reads at most its share at a time).
-    /// Defaults to 8 per thread. A job read ahead waits (pending, its idle time growing)
-    /// until a thread is free: keep `prefetch × job time / threads` well under the queue's
-    /// [`claim_idle`](super::StreamQueueBuilder::claim_idle), or lower it for slow jobs.
+    /// over every reader (each reads at most its share at a time). Defaults to 32 per
+    /// thread: large reads are what lets a pool drain a backlog of fast jobs as quickly as
+    /// hand-written loops (8 workers: 1.06 of 8 raw loops with 256, 0.44 with 64, on 2
+    /// cores). A job that waited read ahead for half the queue's
+    /// [`claim_idle`](super::StreamQueueBuilder::claim_idle) is extended (or, when another
+    /// consumer claimed it meanwhile, left to that one) before it runs, so a large prefetch
+    /// does not make slow jobs run twice; it does delay more urgent work that arrives
+    /// behind it (see [`priorities`](super::StreamQueueBuilder::priorities)).
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = Some(n);
         self
@@ -173,7 +177,9 @@ impl WorkersBuilder {
         } else {
             self.readers
         };
-        let prefetch = self.prefetch.unwrap_or(self.threads * 8);
+        let prefetch = self
+            .prefetch
+            .unwrap_or_else(|| self.threads.saturating_mul(32));
         if prefetch == 0 {
             return Err(Error::config("workers.prefetch", "must be at least 1"));
         }
@@ -527,6 +533,37 @@ impl WorkerShared {
         }
     }
 
+    /// A job that waited read ahead for half the queue's `claim_idle` gets its idle time
+    /// restarted before it runs (one `heartbeat`), so that a large prefetch never lets
+    /// another consumer claim a job still waiting here; `false` when another consumer took
+    /// it meanwhile (it runs there, not here). A failed heartbeat runs the job anyway (at
+    /// least once).
+    fn still_ours(&self, job: &Job) -> bool {
+        let half = self.queue.inner.s.claim_idle / 2;
+        if job.read_at.is_none_or(|at| at.elapsed() < half) {
+            return true;
+        }
+        match job.heartbeat() {
+            Ok(true) => true,
+            Ok(false) => {
+                log::debug!(
+                    "queue {}: job {} waited past the claim idle time and another consumer took it",
+                    self.queue.name(),
+                    job.origin()
+                );
+                false
+            }
+            Err(e) => {
+                log::debug!(
+                    "queue {}: could not extend job {} before running it: {e}",
+                    self.queue.name(),
+                    job.origin()
+                );
+                true
+            }
+        }
+    }
+
     /// Runs one job, then acknowledges it (through the acknowledging thread) or settles
     /// its failure; nothing when a shutdown took it meanwhile (handed back).
     fn handle(&self, index: usize, job: Job) {
@@ -543,6 +580,9 @@ impl WorkerShared {
             hand_back(&self.queue, &job);
             return;
         };
+        if !self.still_ours(&job) {
+            return;
+        }
         let job = Arc::new(job);
         *running.lock() = Some(job.clone());
         counters.in_flight.fetch_add(1, Relaxed);

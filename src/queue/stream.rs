@@ -1609,8 +1609,10 @@ impl StreamConsumer {
     /// (blocking up to `block`).
     pub(crate) fn fetch(&mut self, max: usize, block: Option<Duration>) -> Result<Vec<Job>> {
         let mut jobs = self.fetch_unleased(max, block)?;
+        let now = Instant::now();
         for job in &mut jobs {
             job.lease = Some(self.lease.clone());
+            job.read_at = Some(now);
         }
         Ok(jobs)
     }
