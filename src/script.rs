@@ -296,17 +296,17 @@ impl Pipeline {
 
     /// Whether a command may block its connection (`BLPOP`, `XREAD ... BLOCK`...).
     pub(crate) fn any_blocking(&self) -> bool {
+        use crate::conn::state::{is_blocking, may_block};
         self.entries.iter().any(|e| {
-            let args: Vec<&[u8]> = e
-                .cmd
-                .args_iter()
-                .filter_map(|a| match a {
-                    redis::Arg::Simple(b) => Some(b),
-                    _ => None,
-                })
-                .collect();
-            args.first()
-                .is_some_and(|n| crate::conn::state::is_blocking(n, &args[1..]))
+            let mut args = e.cmd.args_iter().filter_map(|a| match a {
+                redis::Arg::Simple(b) => Some(b),
+                _ => None,
+            });
+            match args.next() {
+                // Only a command that may block has its arguments looked at.
+                Some(name) if may_block(name) => is_blocking(name, &args.collect::<Vec<_>>()),
+                _ => false,
+            }
         })
     }
 
@@ -347,7 +347,7 @@ impl Pipeline {
     }
 
     fn run_plain(&self, con: &mut dyn ConnectionLike) -> Result<Option<Vec<Value>>> {
-        let mut packed = Vec::new();
+        let mut packed = Vec::with_capacity(self.entries.len() * 32);
         for e in &self.entries {
             e.cmd.write_packed_command(&mut packed);
         }

@@ -624,16 +624,16 @@ impl Redis {
 
     fn query_with<T: FromRedisValue>(&self, idempotent: impl Fn() -> bool, cmd: &Cmd) -> Result<T> {
         let packed = cmd.get_packed_command();
-        self.check_shared(&packed)?;
-        let muxable = !crate::conn::state::any_blocking(&packed);
+        let muxable = !self.check_shared(&packed)?;
         self.execute_call(Op::Command(&packed), idempotent, muxable, |con| {
             script::convert(con.exec_packed(&packed)?)
         })
     }
 
     /// Refuses what would change a pooled connection for later callers (see
-    /// [`Error::WrongConnection`]), counting the refusal.
-    fn check_shared(&self, packed: &[u8]) -> Result<()> {
+    /// [`Error::WrongConnection`]), counting the refusal; `Ok(true)` when a command may block
+    /// its connection (it never goes on a multiplexed one).
+    fn check_shared(&self, packed: &[u8]) -> Result<bool> {
         crate::conn::state::check_shared(packed).inspect_err(|e| {
             self.inner.observed.counters.error(e.class());
         })
@@ -762,9 +762,8 @@ fn packed_all_read_only(packed: &[u8]) -> bool {
 
 impl ConnectionLike for Redis {
     fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<Value> {
-        self.check_shared(cmd).map_err(to_redis_error)?;
+        let muxable = !self.check_shared(cmd).map_err(to_redis_error)?;
         let read_only = || resp::command_name(cmd).is_some_and(is_read_only_command);
-        let muxable = !crate::conn::state::any_blocking(cmd);
         let value = self
             .execute_call(Op::Command(cmd), read_only, muxable, |con| {
                 transient_reply_as_error(con.exec_packed(cmd)?)
@@ -780,9 +779,8 @@ impl ConnectionLike for Redis {
         offset: usize,
         count: usize,
     ) -> redis::RedisResult<Vec<Value>> {
-        self.check_shared(cmd).map_err(to_redis_error)?;
+        let muxable = !self.check_shared(cmd).map_err(to_redis_error)?;
         let read_only = || packed_all_read_only(cmd);
-        let muxable = !crate::conn::state::any_blocking(cmd);
         let values = self
             .execute_call(
                 Op::Pipeline {

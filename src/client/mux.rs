@@ -109,7 +109,7 @@ impl MuxSet {
         let opened = self.manager.open_link();
         state.record_connect(self.manager.addr(), opened.as_ref().map(|_| ()), true);
         let conn = match opened? {
-            Link::Node(conn) => conn,
+            Link::Node(conn) => *conn,
             Link::Cluster(mut c) => {
                 c.close();
                 // A cluster handle uses the per-node connections, never the stripes.

@@ -107,6 +107,9 @@ fn client(sub: Option<&[u8]>) -> Effect {
 /// blocking pops, `XREAD`/`XREADGROUP ... BLOCK`, `WAIT`, `WAITAOF`): such a command must not
 /// share a connection with others, whose replies would wait behind it.
 pub(crate) fn is_blocking(args_name: &[u8], args: &[&[u8]]) -> bool {
+    if !may_block(args_name) {
+        return false;
+    }
     let blocking = [
         "BLPOP",
         "BRPOP",
@@ -126,9 +129,27 @@ pub(crate) fn is_blocking(args_name: &[u8], args: &[&[u8]]) -> bool {
         && args.iter().any(|a| is(a, b"BLOCK"))
 }
 
+/// A quick filter for [`is_blocking`]: every blocking command starts with `B`, `W` or `X`
+/// (most commands are not looked at further).
+pub(crate) fn may_block(name: &[u8]) -> bool {
+    matches!(
+        name.first().map(u8::to_ascii_uppercase),
+        Some(b'B' | b'W' | b'X')
+    )
+}
+
 /// Whether any command of a packed request may block its connection (see [`is_blocking`]);
 /// a request that does not parse counts as blocking.
 pub(crate) fn any_blocking(packed: &[u8]) -> bool {
+    // Names first, without allocating: most requests hold no command that may block.
+    let mut maybe = false;
+    let parsed = resp::each_command(packed, |name, _| {
+        maybe = may_block(name);
+        !maybe
+    });
+    if !maybe {
+        return !parsed;
+    }
     match resp::split_pipeline(packed) {
         Some(cmds) => cmds.iter().any(|(_, args)| {
             args.first()
@@ -188,10 +209,15 @@ impl Left {
 /// handle, the multiplexed connection): nothing may outlive the request. A whole transaction
 /// (`MULTI` ... `EXEC` in one request) is fine; a lone `WATCH`, `MULTI` or `EXEC`, or any
 /// command that changes the connection, is refused before anything is sent.
-pub(crate) fn check_shared(packed: &[u8]) -> Result<(), Error> {
+///
+/// Also tells, in the same pass over the request, whether a command may block its
+/// connection (see [`any_blocking`]): `Ok(true)` then.
+pub(crate) fn check_shared(packed: &[u8]) -> Result<bool, Error> {
     let mut left = Left::default();
     let mut refused: Option<Error> = None;
+    let mut maybe_blocking = false;
     let parsed = resp::each_command(packed, |name, sub| {
+        maybe_blocking |= may_block(name);
         let e = effect(name, sub);
         let bad = match e {
             Effect::Changes { command, instead } => Some((command.to_owned(), instead)),
@@ -216,7 +242,9 @@ pub(crate) fn check_shared(packed: &[u8]) -> Result<(), Error> {
             instead: USE_TRANSACTION,
         });
     }
-    Ok(())
+    // A request that does not parse counts as blocking; a name that may block has its
+    // arguments looked at.
+    Ok(!parsed || (maybe_blocking && any_blocking(packed)))
 }
 
 fn upper(name: &[u8]) -> String {
@@ -233,6 +261,31 @@ mod tests {
             c.arg(*a);
         }
         c.get_packed_command()
+    }
+
+    #[test]
+    fn blocking_commands_are_found_in_a_request() {
+        assert!(!any_blocking(&packed(&["GET", "k"])));
+        assert!(any_blocking(&packed(&["blpop", "q", "0"])));
+        assert!(any_blocking(&packed(&[
+            "XREAD", "COUNT", "1", "block", "0", "STREAMS", "s", "$"
+        ])));
+        assert!(!any_blocking(&packed(&[
+            "XREAD", "COUNT", "1", "STREAMS", "s", "0"
+        ])));
+        assert!(!any_blocking(&packed(&["WATCH", "k"])));
+        assert!(any_blocking(&packed(&["WAIT", "1", "0"])));
+        let mut two = packed(&["GET", "k"]);
+        two.extend(packed(&["BRPOP", "q", "1"]));
+        assert!(any_blocking(&two));
+        // A request that does not parse counts as blocking.
+        assert!(any_blocking(b"*2\r\n$3\r\nGET"));
+        assert!(!may_block(b"GET") && may_block(b"bzpopmin") && !may_block(b""));
+        // The same answers from the shared-connection check's single pass.
+        assert_eq!(check_shared(&packed(&["GET", "k"])).ok(), Some(false));
+        assert_eq!(check_shared(&packed(&["BLPOP", "q", "0"])).ok(), Some(true));
+        assert_eq!(check_shared(&packed(&["BITCOUNT", "k"])).ok(), Some(false));
+        assert_eq!(check_shared(&two).ok(), Some(true));
     }
 
     #[test]

@@ -14,7 +14,9 @@ use crate::error::{to_redis_error, Result};
 // The node variant is the common one: kept inline (no indirection on every call).
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Link {
-    Node(Connection),
+    // Boxed: the pool moves a connection in and out of its idle list on every checkout,
+    // and a connection (its TLS state inline) is large.
+    Node(Box<Connection>),
     Cluster(Box<ClusterLink>),
 }
 

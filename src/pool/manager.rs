@@ -296,7 +296,7 @@ impl Manager {
 
     fn node(&self, con: Connection) -> Link {
         self.state.remember_hello(con.hello());
-        Link::Node(con)
+        Link::Node(Box::new(con))
     }
 
     pub(crate) fn raw(&self, con: Link) -> RawConn {

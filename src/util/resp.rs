@@ -3,16 +3,22 @@
 //! key prefixes, pipelines split into commands. Pure functions, no allocation but the
 //! argument lists.
 
-/// One `<marker><number>\r\n` header: the number and the bytes after the line.
+/// One `<marker><number>\r\n` header: the number and the bytes after the line (at most 19
+/// digits, so that it never overflows).
 fn header(b: &[u8], marker: u8) -> Option<(usize, &[u8])> {
     let b = b.strip_prefix(&[marker])?;
-    let nl = b.iter().position(|&c| c == b'\n')?;
-    let digits = b.get(..nl)?.strip_suffix(b"\r")?;
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
+    let mut n: u64 = 0;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'0'..=b'9' if i < 19 => n = n * 10 + u64::from(c - b'0'),
+            b'\r' if i > 0 => {
+                let rest = b.get(i + 1..)?.strip_prefix(b"\n")?;
+                return Some((usize::try_from(n).ok()?, rest));
+            }
+            _ => return None,
+        }
     }
-    let n = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some((n, &b[nl + 1..]))
+    None
 }
 
 /// The arguments of the first packed command in `packed` and the bytes after it.
@@ -26,33 +32,6 @@ pub(crate) fn split_command(packed: &[u8]) -> Option<(Vec<&[u8]>, &[u8])> {
         rest = after.get(len..)?.strip_prefix(b"\r\n")?;
     }
     Some((args, rest))
-}
-
-/// The bytes after the first packed command, without collecting its arguments.
-pub(crate) fn skip_command(packed: &[u8]) -> Option<&[u8]> {
-    let (count, mut rest) = header(packed, b'*')?;
-    for _ in 0..count {
-        let (len, after) = header(rest, b'$')?;
-        rest = after.get(len..)?.strip_prefix(b"\r\n")?;
-    }
-    Some(rest)
-}
-
-/// The first argument (the command name) of the first packed command, and the second one
-/// (a subcommand such as `CLIENT TRACKING`'s `TRACKING`) when there is one.
-pub(crate) fn command_words(packed: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
-    let (count, rest) = header(packed, b'*')?;
-    if count == 0 {
-        return None;
-    }
-    let (len, after) = header(rest, b'$')?;
-    let name = after.get(..len)?;
-    if count == 1 {
-        return Some((name, None));
-    }
-    let rest = after.get(len..)?.strip_prefix(b"\r\n")?;
-    let (len2, after2) = header(rest, b'$')?;
-    Some((name, after2.get(..len2)))
 }
 
 /// The name of the first packed command.
@@ -85,17 +64,34 @@ pub(crate) fn each_command<'a>(
     mut packed: &'a [u8],
     mut f: impl FnMut(&'a [u8], Option<&'a [u8]>) -> bool,
 ) -> bool {
+    // One walk over each command: its first two arguments kept, the rest skipped.
     while !packed.is_empty() {
-        let Some((name, sub)) = command_words(packed) else {
+        let Some((count, mut rest)) = header(packed, b'*') else {
+            return false;
+        };
+        let mut words: [Option<&'a [u8]>; 2] = [None, None];
+        for i in 0..count {
+            let Some((len, after)) = header(rest, b'$') else {
+                return false;
+            };
+            let (Some(arg), Some(next)) = (
+                after.get(..len),
+                after.get(len..).and_then(|a| a.strip_prefix(b"\r\n")),
+            ) else {
+                return false;
+            };
+            if let Some(w) = words.get_mut(i) {
+                *w = Some(arg);
+            }
+            rest = next;
+        }
+        let [Some(name), sub] = words else {
             return false;
         };
         if !f(name, sub) {
             return false;
         }
-        let Some(next) = skip_command(packed) else {
-            return false;
-        };
-        packed = next;
+        packed = rest;
     }
     true
 }
@@ -145,6 +141,16 @@ pub(crate) fn pack_into(out: &mut Vec<u8>, args: &[&[u8]]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first command's name and subcommand, as `each_command` sees them.
+    fn command_words(packed: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+        let mut first = None;
+        each_command(packed, |name, sub| {
+            first = Some((name, sub));
+            false
+        });
+        first
+    }
 
     #[test]
     fn reads_names_and_arguments() {
@@ -200,6 +206,7 @@ mod tests {
 
     mod properties {
         use super::super::*;
+        use super::command_words;
         use proptest::prelude::*;
 
         proptest! {
@@ -211,7 +218,6 @@ mod tests {
                 let _ = split_pipeline(&bytes);
                 let _ = command_words(&bytes);
                 let _ = command_name(&bytes);
-                let _ = skip_command(&bytes);
                 let _ = each_command(&bytes, |_, _| true);
                 let _ = oversized_argument(&bytes, 4);
             }
