@@ -701,7 +701,6 @@ impl Store {
     pub(crate) fn flush(&self, kind: FlushKind) {
         let _one_at_a_time = self.flushing.lock();
         let epoch = self.epoch.fetch_add(1, SeqCst) + 1;
-        self.counters.flushes.fetch_add(1, Relaxed);
         let keep = kind == FlushKind::Lost && self.limits.stale_for.is_some();
         let since = self.confirmed.load(SeqCst);
         for shard in self.shards.iter() {
@@ -715,6 +714,8 @@ impl Store {
             }
             shard.epoch = epoch;
         }
+        // Counted once done: whoever sees the count grow sees the entries gone.
+        self.counters.flushes.fetch_add(1, Relaxed);
     }
 
     /// Entries and bytes now.

@@ -276,8 +276,8 @@ impl Shared {
     pub(crate) fn reader_lost(&self, node: &Node, reader: Reader, cause: &Error) {
         if self.settings.mode == Mode::Default {
             info!("near cache: a reader connection failed ({cause}); clearing the near cache");
-            self.counters.losses.fetch_add(1, Relaxed);
             self.flush(FlushKind::Lost);
+            self.counters.losses.fetch_add(1, Relaxed);
         }
         node.discard(reader);
     }
@@ -287,8 +287,8 @@ impl Shared {
         match keys {
             Value::Nil => {
                 info!("near cache: the server flushed its keys; clearing the near cache");
-                self.counters.server_flushes.fetch_add(1, Relaxed);
                 self.flush(FlushKind::Server);
+                self.counters.server_flushes.fetch_add(1, Relaxed);
             }
             Value::Array(keys) | Value::Set(keys) => {
                 for k in keys {
@@ -581,8 +581,8 @@ fn track(shared: &Weak<Shared>, node: &Arc<Node>, stop: &Receiver<()>) {
                                 link.addr
                             );
                         }
-                        s.counters.losses.fetch_add(1, Relaxed);
                         s.flush(FlushKind::Lost);
+                        s.counters.losses.fetch_add(1, Relaxed);
                         s.reconfirm();
                     }
                 }
