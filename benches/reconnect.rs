@@ -437,6 +437,7 @@ fn main() {
         .expect("the default heartbeat is enabled");
     let target = BACKOFF_MIN + TARGET_SLACK;
     let started = Instant::now();
+    let load = common::load_average();
 
     println!(
         "reconnect time after a server restart ({restarts} restarts per scenario, held down {hold:?} after the outage is seen; t0 = restart() returned, the new server answers PING; t1 = first successful GET)"
@@ -516,7 +517,8 @@ fn main() {
     let mut report = Report::new(
         "reconnect",
         "server restart to the first successful GET (medians)",
-    );
+    )
+    .started_at(started, load);
     report.param("restarts", restarts);
     report.param("outage_hold_ms", hold.as_millis() as u64);
     let ms = |v: f64| Duration::from_secs_f64(v / 1e3);
