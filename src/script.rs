@@ -264,9 +264,11 @@ impl Pipeline {
 
     /// Refuses a pipeline that would leave a shared connection changed for later callers
     /// (see [`crate::conn::state::check_shared`]); `MULTI`/`EXEC` come from
-    /// [`Pipeline::atomic`], not from commands in it.
-    pub(crate) fn check_shared(&self) -> Result<()> {
-        use crate::conn::state::{effect, Effect};
+    /// [`Pipeline::atomic`], not from commands in it. In the same pass, `Ok(true)` when a
+    /// command may block its connection (`BLPOP`, `XREAD ... BLOCK`...).
+    pub(crate) fn check_shared(&self) -> Result<bool> {
+        use crate::conn::state::{effect, is_blocking, may_block, Effect};
+        let mut blocking = false;
         for e in &self.entries {
             let mut args = e.cmd.args_iter().filter_map(|a| match a {
                 redis::Arg::Simple(b) => Some(b),
@@ -290,24 +292,13 @@ impl Pipeline {
                     })
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// Whether a command may block its connection (`BLPOP`, `XREAD ... BLOCK`...).
-    pub(crate) fn any_blocking(&self) -> bool {
-        use crate::conn::state::{is_blocking, may_block};
-        self.entries.iter().any(|e| {
-            let mut args = e.cmd.args_iter().filter_map(|a| match a {
-                redis::Arg::Simple(b) => Some(b),
-                _ => None,
-            });
-            match args.next() {
-                // Only a command that may block has its arguments looked at.
-                Some(name) if may_block(name) => is_blocking(name, &args.collect::<Vec<_>>()),
-                _ => false,
+            // Only a command that may block has its arguments looked at.
+            if !blocking && may_block(name) {
+                let rest: Vec<&[u8]> = sub.into_iter().chain(args).collect();
+                blocking = is_blocking(name, &rest);
             }
-        })
+        }
+        Ok(blocking)
     }
 
     /// Whether every command is one redkit knows to be read-only.
@@ -453,3 +444,42 @@ macro_rules! static_script {
     };
 }
 pub(crate) use static_script;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipeline_check_refuses_state_and_finds_blocking_commands() {
+        let mut plain = Pipeline::new();
+        plain.cmd("GET").arg("k").cmd("BITCOUNT").arg("k");
+        assert!(matches!(plain.check_shared(), Ok(false)));
+        let mut blpop = Pipeline::new();
+        blpop.cmd("GET").arg("k").cmd("blpop").arg("q").arg(0);
+        assert!(matches!(blpop.check_shared(), Ok(true)));
+        let mut xread = Pipeline::new();
+        xread
+            .cmd("XREAD")
+            .arg("BLOCK")
+            .arg(0)
+            .arg("STREAMS")
+            .arg("s")
+            .arg("$");
+        assert!(matches!(xread.check_shared(), Ok(true)));
+        let mut no_block = Pipeline::new();
+        no_block
+            .cmd("XREAD")
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg("s")
+            .arg("0");
+        assert!(matches!(no_block.check_shared(), Ok(false)));
+        let mut select = Pipeline::new();
+        select.cmd("SELECT").arg(1);
+        assert!(matches!(
+            select.check_shared(),
+            Err(Error::WrongConnection { .. })
+        ));
+    }
+}

@@ -658,10 +658,9 @@ impl Redis {
     /// Runs a [`Pipeline`] (plain or atomic, with scripts), with the breaker and the retry
     /// policy (resent after an unknown fate only when every command is read-only).
     pub fn pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T> {
-        pipe.check_shared().inspect_err(|e| {
+        let muxable = !pipe.check_shared().inspect_err(|e| {
             self.inner.observed.counters.error(e.class());
         })?;
-        let muxable = !pipe.any_blocking();
         let what = Op::Pipeline {
             commands: pipe.len(),
             atomic: pipe.is_atomic(),
